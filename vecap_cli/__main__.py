@@ -1,0 +1,3 @@
+from vecap_cli.cli.app import main
+
+main()

@@ -1,0 +1,1 @@
+"""The command line: thin typer adapters over the stream core and the steps."""

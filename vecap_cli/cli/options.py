@@ -1,0 +1,236 @@
+"""The flags every command shares, declared once.
+
+`@record_command` adds INPUT... and the stream flags to a command's signature and
+hands the command one `StreamOptions`; `@run_command` adds only the flags that
+are not about record streams (train, eval). Both make the flags read the same
+everywhere, help text included.
+"""
+
+import functools
+import inspect
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Annotated
+
+import typer
+
+from vecap_cli.stream.runner import StreamOptions
+
+_RUN = "Run"
+_OUT = "Output"
+
+Inputs = Annotated[
+    list[str] | None,
+    typer.Argument(
+        help="JSONL (.jsonl, .jsonl.gz) or webdataset tar inputs: files, globs, "
+        "brace ranges (shards/{000..099}.tar), pipe:COMMAND, or - for stdin.",
+        show_default=False,
+    ),
+]
+Output = Annotated[
+    str,
+    typer.Option(
+        "--output",
+        "-o",
+        metavar="PATH",
+        help="- for stdout, a file, or numbered shards: out/%06d.tar (or out/{shard}.tar).",
+        rich_help_panel=_OUT,
+    ),
+]
+Format = Annotated[
+    str | None,
+    typer.Option(
+        metavar="jsonl|tar",
+        help="jsonl or tar; default: from the output name, else the input's carrier.",
+        rich_help_panel=_OUT,
+        show_default=False,
+    ),
+]
+ShardSize = Annotated[
+    int, typer.Option(min=1, help="Samples per output shard.", rich_help_panel=_OUT)
+]
+Resume = Annotated[
+    bool,
+    typer.Option("--resume", help="Skip the shards a previous run finished.", rich_help_panel=_OUT),
+]
+ImagesDir = Annotated[
+    str | None,
+    typer.Option(
+        metavar="DIR",
+        help="Where JSONL output writes the images of tar input.",
+        rich_help_panel=_OUT,
+        show_default=False,
+    ),
+]
+Stats = Annotated[
+    str | None,
+    typer.Option(
+        metavar="FILE.json",
+        help="Write the counts (in, out, dropped and rejected per rule) as JSON.",
+        rich_help_panel=_RUN,
+        show_default=False,
+    ),
+]
+Rejects = Annotated[
+    str | None,
+    typer.Option(
+        metavar="FILE.jsonl",
+        help="Write each rejected record, with its reason, as JSONL.",
+        rich_help_panel=_RUN,
+        show_default=False,
+    ),
+]
+Strict = Annotated[
+    bool, typer.Option("--strict", help="Stop at the first rejected record.", rich_help_panel=_RUN)
+]
+Seed = Annotated[
+    int,
+    typer.Option(help="Seed of every random choice, with each record's key.", rich_help_panel=_RUN),
+]
+Rank = Annotated[
+    int | None,
+    typer.Option(
+        min=0,
+        help="This worker's rank; default: $RANK, $SLURM_PROCID, else 0.",
+        rich_help_panel=_RUN,
+        show_default=False,
+    ),
+]
+WorldSize = Annotated[
+    int | None,
+    typer.Option(
+        min=1,
+        help="Number of workers splitting the input; default: $WORLD_SIZE, $SLURM_NTASKS, else 1.",
+        rich_help_panel=_RUN,
+        show_default=False,
+    ),
+]
+Quiet = Annotated[
+    bool,
+    typer.Option(
+        "--quiet", "-q", help="No progress and no summary on stderr.", rich_help_panel=_RUN
+    ),
+]
+
+_RUN_FLAGS = {
+    "stats": (Stats, None),
+    "rejects": (Rejects, None),
+    "strict": (Strict, False),
+    "seed": (Seed, 0),
+    "rank": (Rank, None),
+    "world_size": (WorldSize, None),
+    "quiet": (Quiet, False),
+}
+_STREAM_FLAGS = {
+    "inputs": (Inputs, None),
+    "output": (Output, "-"),
+    "format": (Format, None),
+    "shard_size": (ShardSize, 10_000),
+    "resume": (Resume, False),
+    "images_dir": (ImagesDir, None),
+    **_RUN_FLAGS,
+}
+
+
+def resolve_rank(rank: int | None, world_size: int | None) -> tuple[int, int]:
+    """--rank/--world-size, else torchrun's RANK/WORLD_SIZE, else Slurm's, else (0, 1)."""
+    env = os.environ
+
+    def pick(flag, *names):
+        if flag is not None:
+            return flag
+        for name in names:
+            if env.get(name, "").isdigit():
+                return int(env[name])
+        return None
+
+    rank = pick(rank, "RANK", "SLURM_PROCID") or 0
+    world_size = pick(world_size, "WORLD_SIZE", "SLURM_NTASKS") or 1
+    if rank >= world_size:
+        raise typer.BadParameter(
+            f"rank {rank} is not below world size {world_size}", param_hint="--rank"
+        )
+    return rank, world_size
+
+
+def log(quiet: bool, command: str):
+    def write(line: str) -> None:
+        if not quiet:
+            print(f"vecap {command}: {line}", file=sys.stderr)
+
+    return write
+
+
+def _with_flags(flags: dict, build, command_name: str):
+    """Append `flags` to the command's signature; pass their values as `opts=build(...)`."""
+
+    def decorate(fn):
+        sig = inspect.signature(fn)
+        own = [p for p in sig.parameters.values() if p.name != "opts"]
+        added = [
+            inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=ann, default=default)
+            for name, (ann, default) in flags.items()
+        ]
+
+        @functools.wraps(fn)
+        def command(**kwargs):
+            values = {name: kwargs.pop(name) for name in flags}
+            return fn(**kwargs, opts=build(command_name, **values))
+
+        command.__signature__ = sig.replace(parameters=own + added)
+        command.__annotations__ = {p.name: p.annotation for p in own + added}
+        return command
+
+    return decorate
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """The shared flags of commands that do not stream records (train, eval)."""
+
+    stats: str | None = None
+    rejects: str | None = None
+    strict: bool = False
+    seed: int = 0
+    rank: int = 0
+    world_size: int = 1
+    quiet: bool = False
+    log: Callable[[str], None] = field(default=lambda line: None, compare=False)
+
+
+def _run_options(command: str, *, rank, world_size, quiet, **values) -> RunOptions:
+    rank, world_size = resolve_rank(rank, world_size)
+    return RunOptions(
+        rank=rank, world_size=world_size, quiet=quiet, log=log(quiet, command), **values
+    )
+
+
+def _stream_options(command: str, *, inputs, rank, world_size, quiet, **values) -> StreamOptions:
+    if values["format"] not in (None, "jsonl", "tar"):
+        raise typer.BadParameter("choose jsonl or tar", param_hint="--format")
+    rank, world_size = resolve_rank(rank, world_size)
+    return StreamOptions(
+        inputs=tuple(inputs or ["-"]),
+        rank=rank,
+        world_size=world_size,
+        quiet=quiet,
+        log=log(quiet, command),
+        **values,
+    )
+
+
+def record_command(name: str):
+    """For commands that read and write records: INPUT..., -o and the stream flags."""
+    return _with_flags(_STREAM_FLAGS, _stream_options, name)
+
+
+def run_command(name: str):
+    """For train and eval: the run flags (--stats, --seed, --rank, --quiet, ...)."""
+    return _with_flags(_RUN_FLAGS, _run_options, name)
+
+
+def report(tally, opts: StreamOptions | RunOptions) -> None:
+    """The closing summary: one line on stderr."""
+    opts.log(tally.summary())

@@ -1,0 +1,15 @@
+"""The two kinds of failure every command distinguishes.
+
+A `VecapError` is structural (unreadable input, unwritable output, missing model):
+the command stops at once and prints one line. A per-record problem is not an
+exception at all: it goes to `Tally.reject`, which raises `StrictError` only
+under `--strict`.
+"""
+
+
+class VecapError(Exception):
+    """A structural failure; `str(err)` is the one line the user sees."""
+
+
+class StrictError(VecapError):
+    """The first per-record rejection under --strict."""

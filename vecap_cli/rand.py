@@ -1,0 +1,16 @@
+"""Deterministic randomness: every random decision derives from (seed, key, ...).
+
+Python's `hash()` is salted per process, so it cannot be used: a draw must be the
+same on every machine, in every worker, in every shard split.
+"""
+
+from hashlib import blake2b
+
+_SCALE = 2.0**-53
+
+
+def uniform(seed: int, *parts: object) -> float:
+    """A float in [0, 1) fixed by `seed` and `parts` (keys, epochs, entry ids)."""
+    text = "\x1f".join(map(str, (seed, *parts)))
+    digest = blake2b(text.encode(), digest_size=8).digest()
+    return (int.from_bytes(digest, "little") >> 11) * _SCALE

@@ -1,0 +1,1 @@
+"""Record logic of each command, as stream stages; no CLI and no I/O here."""

@@ -1,0 +1,107 @@
+"""`vecap mix`: choose the training caption among AltText and the rewrites.
+
+VeCLIP trains on AltText and VeCap together, one drawn per sample and per epoch;
+`caption_choice` is that draw, shared with `vecap train --text-keys`, so mixing
+offline and mixing in the loader give the same captions.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+from vecap_cli.rand import uniform
+from vecap_cli.stream.sample import Sample
+from vecap_cli.stream.tally import Tally
+
+POLICIES = ("random", "all", "concat", "first")
+
+
+@dataclass(frozen=True)
+class MixConfig:
+    policy: str = "random"
+    keys: tuple[str, ...] = ("alt", "vecap")
+    probs: tuple[float, ...] | None = None  # per key, for `random`; None: equal
+    seed: int = 0
+    epoch: int = 0
+    sep: str = " "
+
+    def __post_init__(self):
+        if self.policy not in POLICIES:
+            raise ValueError(f"unknown policy '{self.policy}' (choose from {', '.join(POLICIES)})")
+        if not self.keys or any(not k for k in self.keys):
+            raise ValueError("--keys needs at least one field name")
+        if self.probs is not None:
+            if len(self.probs) != len(self.keys):
+                raise ValueError(f"--probs has {len(self.probs)} values for {len(self.keys)} keys")
+            if min(self.probs) < 0 or abs(sum(self.probs) - 1) > 1e-6:
+                raise ValueError(
+                    f"--probs must be non-negative and sum to 1 (they sum to {sum(self.probs):g})"
+                )
+
+
+def available(record: dict, keys: Iterable[str]) -> list[tuple[str, str]]:
+    """(field, caption) for each field that holds a non-blank string, in `keys` order."""
+    found = []
+    for name in keys:
+        value = record.get(name)
+        if isinstance(value, str) and value.strip():
+            found.append((name, value))
+    return found
+
+
+class CaptionDraw:
+    """Draws one (field, caption) per sample and epoch from hash(seed, key, epoch).
+
+    Probabilities are renormalized over the fields a record has, so a record
+    without a rewrite trains on its AltText rather than being lost.
+    """
+
+    def __init__(self, keys: tuple[str, ...], probs: tuple[float, ...] | None, seed: int):
+        self.keys = keys
+        self.weights = dict(zip(keys, probs or [1.0] * len(keys), strict=True))
+        self.seed = seed
+
+    def __call__(self, record: dict, key: str, epoch: int) -> tuple[str, str] | None:
+        found = [
+            (name, text) for name, text in available(record, self.keys) if self.weights[name] > 0
+        ]
+        if len(found) < 2:
+            return found[0] if found else None
+        threshold = uniform(self.seed, key, epoch) * sum(self.weights[name] for name, _ in found)
+        for name, text in found:
+            threshold -= self.weights[name]
+            if threshold < 0:
+                return name, text
+        return found[-1]  # float rounding at the top edge
+
+
+def mix(samples: Iterable[Sample], tally: Tally, config: MixConfig) -> Iterator[Sample]:
+    chosen: Counter[str] = Counter()
+    tally.extra["chosen"] = chosen
+    policy, keys, epoch = config.policy, config.keys, config.epoch
+    draw = CaptionDraw(keys, config.probs, config.seed)
+    for sample in samples:
+        record = sample.record
+        if policy == "random":
+            pick = draw(record, sample.key, epoch)
+            found = [pick] if pick else []
+        else:
+            found = available(record, keys)
+        if not found:
+            tally.drop("no-caption", sample)
+            continue
+        if policy == "all":
+            tally.add("all", sample, len(found) - 1)
+            for name, text in found:
+                chosen[name] += 1
+                yield sample.derive({**record, "key": f"{sample.key}_{name}", "text": text})
+            continue
+        if policy == "concat":
+            name, text = "+".join(n for n, _ in found), config.sep.join(t for _, t in found)
+        else:
+            name, text = found[0]
+        record["text"] = text
+        chosen[name] += 1
+        yield sample

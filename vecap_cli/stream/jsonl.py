@@ -1,0 +1,95 @@
+"""JSONL carrier: one JSON object per line; images travel as paths in `image`."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from typing import BinaryIO
+
+import orjson
+
+from vecap_cli.errors import VecapError
+from vecap_cli.stream.sample import IMAGE_EXTS, Sample, Source
+from vecap_cli.stream.tally import Tally
+
+
+def parse_record(line: bytes) -> tuple[dict | None, str, str]:
+    """(record, '', '') or (None, reason, detail) for a line that is not a usable record."""
+    try:
+        record = orjson.loads(line)
+    except orjson.JSONDecodeError as err:
+        try:
+            line.decode("utf-8")
+        except UnicodeDecodeError:
+            return None, "not-utf8", "line is not UTF-8"
+        return None, "bad-json", str(err)
+    if not isinstance(record, dict):
+        return None, "not-object", f"a JSON {type(record).__name__}, not an object"
+    key = record.get("key")
+    if key is None:
+        return None, "no-key", "record has no 'key'"
+    if not isinstance(key, str | int) or isinstance(key, bool) or key == "":
+        return None, "bad-key", f"'key' must be a non-empty string or an integer, not {key!r}"
+    return record, "", ""
+
+
+def read_jsonl(stream: BinaryIO, source: Source, tally: Tally, pick) -> Iterator[Sample]:
+    """Samples from a JSONL stream; `pick(ordinal)` returns this run's idx, or -1 to skip."""
+    for lineno, line in enumerate(stream, 1):
+        if line.isspace():
+            continue
+        idx = pick()
+        if idx < 0:
+            continue
+        tally.n_in += 1
+        record, reason, detail = parse_record(line)
+        if record is None:
+            raw = line.decode("utf-8", "backslashreplace").rstrip("\n")
+            tally.reject(reason, detail, idx=idx, origin=f"{source.name}:{lineno}", raw=raw)
+            continue
+        yield Sample(record, None, idx, source, lineno)
+
+
+class JsonlWriter:
+    """Writes records; tar members (images and others) go to files under `images_dir`.
+
+    Image paths are written relative to `rel_to` (the output file's directory), so
+    the JSONL reads back from wherever it is, as the reader resolves them.
+    """
+
+    def __init__(self, stream: BinaryIO, images_dir: str | None = None, rel_to: str = ""):
+        self._stream = stream
+        self._images_dir = images_dir
+        self._rel_to = rel_to
+
+    def write(self, sample: Sample) -> bool:
+        record = sample.record
+        if sample.members:
+            record = self._extract(sample)
+        self._stream.write(orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE))
+        return True
+
+    def _extract(self, sample: Sample) -> dict:
+        if self._images_dir is None:
+            raise VecapError(
+                f"{sample.origin}: the input carries images, which JSONL output cannot hold: "
+                "pass --images-dir DIR to write them there"
+            )
+        record = dict(sample.record)
+        others = {}
+        for ext, data in sample.members.items():
+            path = os.path.join(self._images_dir, f"{sample.key}.{ext}")
+            os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+            with open(path, "wb") as f:
+                f.write(data)
+            rel = os.path.relpath(path, self._rel_to) if self._rel_to else path
+            if ext in IMAGE_EXTS:
+                record["image"] = rel
+            else:
+                others[ext] = rel
+        if others:
+            record["members"] = others
+        return record
+
+    def close(self) -> None:
+        self._stream.flush()

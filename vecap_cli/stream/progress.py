@@ -1,0 +1,36 @@
+"""A live count on stderr, only when stderr is a terminal (logs stay clean)."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+
+@contextmanager
+def progress(label: str, enabled: bool) -> Iterator[Callable[[int, int], None]]:
+    """Yields `update(n_in, n_out)`; a no-op unless enabled and stderr is a TTY."""
+    if not (enabled and sys.stderr.isatty()):
+        yield lambda n_in, n_out: None
+        return
+    from rich.console import Console
+    from rich.progress import (
+        Progress,
+        SpinnerColumn,
+        TaskProgressColumn,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+
+    bar = Progress(
+        SpinnerColumn(),
+        TextColumn("[bold]{task.description}"),
+        TextColumn("{task.completed:,} in · {task.fields[out]:,} out"),
+        TaskProgressColumn(show_speed=True),  # records/s, as the total is unknown
+        TimeElapsedColumn(),
+        console=Console(stderr=True),
+        transient=True,
+    )
+    task = bar.add_task(label, total=None, out=0)
+    with bar:
+        yield lambda n_in, n_out: bar.update(task, completed=n_in, out=n_out)

@@ -1,0 +1,167 @@
+"""One call that runs a step over a stream: inputs → stage → output, with accounting.
+
+Every record command (curate, caption, rewrite, mix) is this call with its own
+stage. A stage is a generator `stage(samples, tally) -> samples`: it may drop
+(`tally.drop`), reject (`tally.reject`) or expand (`tally.add`) records, and
+must keep their order.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import BinaryIO
+
+import orjson
+
+from vecap_cli.errors import VecapError
+from vecap_cli.stream.jsonl import read_jsonl
+from vecap_cli.stream.progress import progress
+from vecap_cli.stream.sample import Sample
+from vecap_cli.stream.sinks import OutputSpec, Sink, fingerprint, open_sink
+from vecap_cli.stream.sources import expand, open_source
+from vecap_cli.stream.tally import Tally
+from vecap_cli.stream.tar import read_tar
+
+Stage = Callable[[Iterable[Sample], Tally], Iterator[Sample]]
+
+
+@dataclass(frozen=True)
+class StreamOptions:
+    """The flags every record command shares, resolved at the CLI edge."""
+
+    inputs: tuple[str, ...] = ("-",)
+    output: str = "-"
+    format: str | None = None
+    shard_size: int = 10_000
+    resume: bool = False
+    images_dir: str | None = None
+    stats: str | None = None
+    rejects: str | None = None
+    strict: bool = False
+    seed: int = 0
+    rank: int = 0
+    world_size: int = 1
+    quiet: bool = False
+    log: Callable[[str], None] = field(default=lambda line: None, compare=False)
+
+
+def per_rank(path: str, rank: int, world_size: int) -> str:
+    """`stats.json` → `stats.rank1.json` when several ranks would share one name."""
+    if "{rank}" in path:
+        return path.format(rank=rank)
+    if world_size == 1:
+        return path
+    stem, ext = os.path.splitext(path)
+    return f"{stem}.rank{rank}{ext}"
+
+
+def split_inputs(names: Sequence[str], rank: int, world_size: int) -> tuple[list[str], int, int]:
+    """This rank's inputs, and the (rank, world) that still splits their records.
+
+    With at least as many inputs as ranks, ranks take whole inputs (shards) in
+    turn; with fewer (one big JSONL, stdin), every rank reads all and keeps every
+    world_size-th record.
+    """
+    if world_size == 1:
+        return list(names), 0, 1
+    if len(names) >= world_size:
+        return list(names[rank::world_size]), 0, 1
+    return list(names), rank, world_size
+
+
+class _Picker:
+    """Numbers this rank's records 0, 1, 2 ...; -1 for records it must skip."""
+
+    __slots__ = ("ordinal", "rank", "skip", "world")
+
+    def __init__(self, rank: int, world: int, skip: int):
+        self.rank, self.world, self.skip, self.ordinal = rank, world, skip, -1
+
+    def __call__(self) -> int:
+        self.ordinal += 1
+        if self.world > 1:
+            if self.ordinal % self.world != self.rank:
+                return -1
+            idx = self.ordinal // self.world
+        else:
+            idx = self.ordinal
+        return idx if idx >= self.skip else -1
+
+
+def _read(
+    names: list[str], tally: Tally, pick: _Picker, carriers: list[str], log
+) -> Iterator[Sample]:
+    for name in names:
+        with open_source(name) as (source, stream):
+            carriers.append(source.carrier)
+            if stream is None:
+                if name != "-":
+                    log(f"warning: '{name}' is empty")
+                continue
+            reader = read_jsonl if source.carrier == "jsonl" else read_tar
+            yield from reader(stream, source, tally, pick)
+
+
+def run_stream(command: str, opts: StreamOptions, stage: Stage, config: object = None) -> Tally:
+    names = expand(opts.inputs)
+    mine, split_rank, split_world = split_inputs(names, opts.rank, opts.world_size)
+    tally = Tally(command, strict=opts.strict)
+    carriers: list[str] = []
+    spec = OutputSpec(
+        path=opts.output,
+        format=opts.format,
+        shard_size=opts.shard_size,
+        images_dir=opts.images_dir,
+        rank=opts.rank,
+        world_size=opts.world_size,
+        resume=opts.resume,
+        fingerprint=fingerprint(command, names, opts.format, opts.shard_size, config),
+    )
+    sink: Sink = open_sink(spec, tally, lambda: carriers[0] if carriers else "jsonl")
+    skip = getattr(sink, "skip", 0)
+    rejects = _open_rejects(opts, keep_below=skip)
+    tally.rejects = rejects
+    ok = False
+    try:
+        samples = _read(mine, tally, _Picker(split_rank, split_world, skip), carriers, opts.log)
+        with progress(command, not opts.quiet) as update:
+            for n, sample in enumerate(stage(samples, tally)):
+                sink.write(sample)
+                if not n & 1023:
+                    update(tally.n_in, tally.n_out)
+        ok = True
+    finally:
+        sink.close(ok)
+        if rejects is not None:
+            rejects.close()
+    if opts.stats:
+        write_stats(per_rank(opts.stats, opts.rank, opts.world_size), tally)
+    return tally
+
+
+def _open_rejects(opts: StreamOptions, keep_below: int) -> BinaryIO | None:
+    """The rejects file; on resume, keeps only lines of inputs the finished shards cover."""
+    if not opts.rejects:
+        return None
+    path = per_rank(opts.rejects, opts.rank, opts.world_size)
+    kept = b""
+    if opts.resume and keep_below and os.path.exists(path):
+        with open(path, "rb") as f:
+            kept = b"".join(line for line in f if orjson.loads(line).get("idx", -1) < keep_below)
+    try:
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        stream = open(path, "wb")
+    except OSError as err:
+        raise VecapError(f"cannot write '{path}': {err.strerror}") from None
+    stream.write(kept)
+    return stream
+
+
+def write_stats(path: str, tally: Tally) -> None:
+    try:
+        with open(path, "wb") as f:
+            f.write(orjson.dumps(tally.as_dict(), option=orjson.OPT_INDENT_2))
+    except OSError as err:
+        raise VecapError(f"cannot write '{path}': {err.strerror}") from None

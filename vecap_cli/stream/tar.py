@@ -1,0 +1,169 @@
+"""webdataset tar carrier, on the standard library's streaming `tarfile`.
+
+A sample is the run of consecutive members sharing a key, split exactly as
+webdataset does (`dir/KEY.ext...`: the key ends at the first dot of the base
+name), so shards written here read in webdataset and open_clip unchanged, and
+raw img2dataset shards read here. We do not import webdataset itself: it imports
+torch, and a text-only step must start in milliseconds.
+
+Members: `json` is the record; `txt` (the training caption: `text`, else `alt`)
+and `cls` are views of the record, written for trainers; everything else (the
+image, embeddings, ...) travels as bytes in `Sample.members`.
+"""
+
+from __future__ import annotations
+
+import re
+import tarfile
+from collections.abc import Iterator
+from typing import BinaryIO
+
+import orjson
+
+from vecap_cli.errors import VecapError
+from vecap_cli.stream.sample import IMAGE_EXTS, ImageMissing, Sample, Source, read_beside
+from vecap_cli.stream.tally import Tally
+
+_SPLIT = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")  # webdataset's base_plus_ext
+_MTIME = 1_700_000_000  # fixed, so the same samples always give the same bytes
+
+
+def _groups(tar: tarfile.TarFile) -> Iterator[tuple[str | None, dict[str, bytes], str]]:
+    """(key, {ext: bytes}, error): error is set once, on the group a damaged stream cut short."""
+    key, group = None, {}
+    try:
+        for info in tar:
+            if not info.isfile():
+                continue
+            match = _SPLIT.match(info.name)
+            if match is None or match.group(1).rsplit("/", 1)[-1].startswith("__"):
+                continue  # no extension, or webdataset's __meta__ files
+            prefix, ext = match.group(1), match.group(2).lower()
+            if prefix != key or ext in group:
+                if group:
+                    yield key, group, ""
+                key, group = prefix, {}
+            group[ext] = tar.extractfile(info).read()  # type: ignore[union-attr]
+    except (tarfile.TarError, EOFError, OSError) as err:
+        yield key, group, str(err) or type(err).__name__
+        return
+    if group:
+        yield key, group, ""
+
+
+def to_sample(key: str, group: dict[str, bytes]) -> tuple[dict | None, str, str]:
+    """The record of one member group, or (None, reason, detail)."""
+    record: dict = {}
+    if "json" in group:
+        try:
+            record = orjson.loads(group.pop("json"))
+        except orjson.JSONDecodeError as err:
+            return None, "bad-json", f"{key}.json: {err}"
+        if not isinstance(record, dict):
+            return None, "not-object", f"{key}.json holds a JSON {type(record).__name__}"
+    record.setdefault("key", key)
+    txt = group.pop("txt", None)
+    if "alt" not in record and "text" not in record:
+        # a raw img2dataset shard: its caption is the AltText
+        if txt is not None:
+            record["alt"] = txt.decode("utf-8", "replace")
+        elif isinstance(record.get("caption"), str):
+            record["alt"] = record["caption"]
+    cls = group.pop("cls", None)
+    if cls is not None and "cls" not in record:
+        try:
+            record["cls"] = int(cls)
+        except ValueError:
+            return None, "bad-cls", f"{key}.cls is not an integer: {cls[:20]!r}"
+    return record, "", ""
+
+
+def read_tar(stream: BinaryIO, source: Source, tally: Tally, pick) -> Iterator[Sample]:
+    """Samples from a tar stream; `pick()` returns this run's idx, or -1 to skip."""
+    try:
+        tar = tarfile.open(fileobj=stream, mode="r|")
+    except tarfile.TarError as err:
+        raise VecapError(f"cannot read '{source.name}': not a tar file ({err})") from None
+    for key, group, error in _groups(tar):
+        idx = pick()
+        if idx < 0:
+            continue
+        tally.n_in += 1
+        origin = f"{source.name}:{key}" if key else source.name
+        if error:
+            # Samples before the damage are already out; the one cut short is
+            # rejected and the next input goes on.
+            tally.reject("tar-truncated", f"tar stream ends early: {error}", idx=idx, origin=origin)
+            continue
+        record, reason, detail = to_sample(key, group)
+        if record is None:
+            tally.reject(reason, detail, idx=idx, origin=origin)
+            continue
+        yield Sample(record, group, idx, source, key)
+
+
+def member_name_ok(key: str) -> bool:
+    """Keys that name tar members and files safely: relative, no '..', no dot in the base."""
+    parts = key.split("/")
+    return bool(key) and "." not in parts[-1] and all(p not in ("", "..") for p in parts)
+
+
+class TarWriter:
+    def __init__(self, stream: BinaryIO, tally: Tally):
+        self._tar = tarfile.open(fileobj=stream, mode="w|", format=tarfile.USTAR_FORMAT)
+        self._tally = tally
+
+    def write(self, sample: Sample) -> bool:
+        key = sample.key
+        if not member_name_ok(key):
+            self._tally.reject("bad-key", f"key {key!r} cannot name a tar member", sample)
+            return False
+        try:
+            members = self._members(sample)
+        except ImageMissing as err:
+            self._tally.reject("image-missing", str(err), sample)
+            return False
+        for ext in sorted(members):
+            self._add(f"{key}.{ext}", members[ext])
+        return True
+
+    def _members(self, sample: Sample) -> dict[str, bytes]:
+        record = sample.record
+        members = dict(sample.members)
+        if sample.has_image() and not any(ext in members for ext in IMAGE_EXTS):
+            members[sample.image_ext() or "jpg"] = sample.image_bytes()
+        extra = record.get("members")
+        if isinstance(extra, dict):  # members a JSONL writer put in files
+            record = {k: v for k, v in record.items() if k != "members"}
+            for ext, path in extra.items():
+                members[ext] = read_beside(sample.source, path)
+        members["json"] = orjson.dumps(record)
+        caption = sample.caption()
+        if caption is not None:
+            members["txt"] = caption.encode()
+        if isinstance(record.get("cls"), int):
+            members["cls"] = str(record["cls"]).encode()
+        return members
+
+    def _add(self, name: str, data: bytes) -> None:
+        info = tarfile.TarInfo(name)
+        info.size, info.mtime, info.mode = len(data), _MTIME, 0o444
+        self._tar.addfile(info, _Reader(data))
+
+    def close(self) -> None:
+        self._tar.close()
+
+
+class _Reader:
+    """The one method tarfile.addfile needs, without copying `data` into a BytesIO."""
+
+    __slots__ = ("_data", "_pos")
+
+    def __init__(self, data: bytes):
+        self._data, self._pos = memoryview(data), 0
+
+    def read(self, n: int = -1) -> bytes:
+        end = len(self._data) if n < 0 else self._pos + n
+        chunk = self._data[self._pos : end]
+        self._pos += len(chunk)
+        return bytes(chunk)
