@@ -1,6 +1,6 @@
 """vecap mix: choose the caption each sample trains on."""
 
-from enum import Enum
+from enum import StrEnum
 from typing import Annotated
 
 import typer
@@ -9,7 +9,7 @@ from vecap_cli.cli.options import record_command, report
 from vecap_cli.stream.runner import StreamOptions
 
 
-class Policy(str, Enum):
+class Policy(StrEnum):
     random = "random"
     all = "all"
     concat = "concat"
