@@ -93,3 +93,6 @@ class JsonlWriter:
 
     def close(self) -> None:
         self._stream.flush()
+
+    def abort(self) -> None:
+        self._stream.flush()  # the lines written are whole records

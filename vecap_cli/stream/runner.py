@@ -15,11 +15,10 @@ from typing import BinaryIO
 
 import orjson
 
-from vecap_cli.errors import VecapError
 from vecap_cli.stream.jsonl import read_jsonl
 from vecap_cli.stream.progress import progress
 from vecap_cli.stream.sample import Sample
-from vecap_cli.stream.sinks import OutputSpec, Sink, fingerprint, open_sink
+from vecap_cli.stream.sinks import OutputSpec, Sink, fingerprint, open_for_writing, open_sink
 from vecap_cli.stream.sources import expand, open_source
 from vecap_cli.stream.tally import Tally
 from vecap_cli.stream.tar import read_tar
@@ -150,18 +149,11 @@ def _open_rejects(opts: StreamOptions, keep_below: int) -> BinaryIO | None:
     if opts.resume and keep_below and os.path.exists(path):
         with open(path, "rb") as f:
             kept = b"".join(line for line in f if orjson.loads(line).get("idx", -1) < keep_below)
-    try:
-        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-        stream = open(path, "wb")
-    except OSError as err:
-        raise VecapError(f"cannot write '{path}': {err.strerror}") from None
+    stream = open_for_writing(path)
     stream.write(kept)
     return stream
 
 
 def write_stats(path: str, tally: Tally) -> None:
-    try:
-        with open(path, "wb") as f:
-            f.write(orjson.dumps(tally.as_dict(), option=orjson.OPT_INDENT_2))
-    except OSError as err:
-        raise VecapError(f"cannot write '{path}': {err.strerror}") from None
+    with open_for_writing(path) as f:
+        f.write(orjson.dumps(tally.as_dict(), option=orjson.OPT_INDENT_2))

@@ -8,6 +8,7 @@ counts behind them, which is what `--resume` continues from.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import os
@@ -53,68 +54,88 @@ def open_sink(spec: OutputSpec, tally: Tally, input_carrier: Callable[[], str]) 
     return Sink(spec, tally, input_carrier)
 
 
+class _File:
+    """One output being written: under `PATH.tmp` until `commit` renames it to PATH."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.tmp = "" if path == "-" else f"{path}.tmp"
+        self.writer: JsonlWriter | TarWriter | None = None
+        self._layers: list = []  # what to close, innermost (the writer's stream) first
+        if path == "-":
+            self.raw: BinaryIO = sys.stdout.buffer
+            return
+        self.raw = open_for_writing(self.tmp, shown=path)
+
+    def open_writer(
+        self, fmt: str, tally: Tally, images_dir: str | None
+    ) -> JsonlWriter | TarWriter:
+        stream = self.raw
+        if self.path.endswith(".gz"):
+            stream = gzip.GzipFile(fileobj=stream, mode="wb", mtime=0)  # type: ignore[assignment]
+            self._layers.append(stream)
+        if fmt == "tar":
+            if self.path == "-" and stream.isatty():
+                raise VecapError(
+                    "refusing to write a tar stream to a terminal: use -o FILE or a pipe"
+                )
+            self.writer = TarWriter(stream, tally)
+        else:
+            rel_to = os.path.dirname(os.path.abspath(self.path)) if self.path != "-" else ""
+            self.writer = JsonlWriter(stream, images_dir, rel_to)
+        return self.writer
+
+    def commit(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        for layer in self._layers:
+            layer.close()
+        if self.path == "-":
+            self.raw.flush()
+            return
+        self.raw.close()
+        os.replace(self.tmp, self.path)
+
+    def abandon(self) -> None:
+        """Drop a partial file; on stdout, leave the stream visibly unterminated."""
+        if self.writer is not None:
+            self.writer.abort()
+        for layer in self._layers:
+            with contextlib.suppress(Exception):
+                layer.close()
+        if self.path != "-":
+            self.raw.close()
+            if os.path.exists(self.tmp):
+                os.remove(self.tmp)
+
+
 class Sink:
     """Stdout or one file; `write` returns False when the writer rejected the sample."""
 
     def __init__(self, spec: OutputSpec, tally: Tally, input_carrier: Callable[[], str]):
         self.spec, self.tally, self._input_carrier = spec, tally, input_carrier
-        self._writer: JsonlWriter | TarWriter | None = None
-        self._file: BinaryIO | None = None
-        self._tmp = ""
-        if spec.path != "-" and not spec.sharded:
-            self._file = self._create(spec.path)
+        self.file: _File | None = None if spec.sharded else _File(spec.path)
 
-    def format_for(self, path: str) -> str:
-        return self.spec.format or carrier_from_name(path) or self._input_carrier()
-
-    def _create(self, path: str) -> BinaryIO:
-        self._tmp = f"{path}.tmp"
-        try:
-            os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-            return open(self._tmp, "wb")
-        except OSError as err:
-            raise VecapError(f"cannot write '{path}': {err.strerror}") from None
-
-    def _open_writer(self, path: str, stream: BinaryIO) -> JsonlWriter | TarWriter:
-        fmt = self.format_for(path)
-        if path.endswith(".gz"):
-            stream = gzip.GzipFile(fileobj=stream, mode="wb", mtime=0)  # type: ignore[assignment]
-        if fmt == "tar":
-            if path == "-" and stream.isatty():
-                raise VecapError(
-                    "refusing to write a tar stream to a terminal: use -o FILE or a pipe"
-                )
-            return TarWriter(stream, self.tally)
-        rel_to = os.path.dirname(os.path.abspath(path)) if path != "-" else ""
-        return JsonlWriter(stream, self.spec.images_dir, rel_to)
+    def _writer(self) -> JsonlWriter | TarWriter:
+        assert self.file is not None
+        if self.file.writer is not None:
+            return self.file.writer
+        fmt = self.spec.format or carrier_from_name(self.file.path) or self._input_carrier()
+        return self.file.open_writer(fmt, self.tally, self.spec.images_dir)
 
     def write(self, sample: Sample) -> bool:
-        if self._writer is None:
-            stream = self._file or sys.stdout.buffer
-            self._writer = self._open_writer(self.spec.path, stream)
-        if self._writer.write(sample):
+        if self._writer().write(sample):
             self.tally.n_out += 1
             return True
         return False
 
     def close(self, ok: bool) -> None:
-        if ok and self._writer is None:  # no samples: still a valid (empty) file
-            self._writer = self._open_writer(self.spec.path, self._file or sys.stdout.buffer)
-        self._finish(self._writer, self._file, self._tmp, self.spec.path, ok)
-        self._writer = None
-
-    @staticmethod
-    def _finish(writer, file, tmp: str, path: str, ok: bool) -> None:
-        try:
-            if writer is not None and ok:
-                writer.close()
-            if file is not None:
-                file.close()
-                if ok:
-                    os.replace(tmp, path)
-        finally:
-            if file is not None and not ok and os.path.exists(tmp):
-                os.remove(tmp)
+        assert self.file is not None
+        if not ok:
+            self.file.abandon()
+            return
+        self._writer()  # no samples: still a valid (empty) file
+        self.file.commit()
 
 
 class ShardedSink(Sink):
@@ -140,7 +161,7 @@ class ShardedSink(Sink):
             self._resume()
         elif os.path.exists(self.progress_path):
             os.remove(self.progress_path)
-        self._file = self._create(self.shard_path(self.local))
+        self.file = _File(self.shard_path(self.local))
 
     def shard_path(self, local: int) -> str:
         number = local * self.spec.world_size + self.spec.rank
@@ -168,25 +189,20 @@ class ShardedSink(Sink):
     def write(self, sample: Sample) -> bool:
         if self.count >= self.spec.shard_size and sample.idx != self.last_idx:
             self._seal(boundary=sample.idx)
-        if self._writer is None:
-            self._writer = self._open_writer(self.shard_path(self.local), self._file)  # type: ignore[arg-type]
-        if not self._writer.write(sample):
+        if not super().write(sample):
             return False
-        self.tally.n_out += 1
         self.count += 1
         self.last_idx = sample.idx
         return True
 
     def _seal(self, boundary: int) -> None:
-        path = self.shard_path(self.local)
-        if self._writer is None:
-            self._writer = self._open_writer(path, self._file)  # type: ignore[arg-type]
-        self._finish(self._writer, self._file, self._tmp, path, ok=True)
+        self._writer()
+        self.file.commit()  # type: ignore[union-attr]
         self.sealed_out += self.count
         self.local += 1
         self._write_progress(self.tally.seal(boundary, self.sealed_out))
-        self._writer, self.count = None, 0
-        self._file = self._create(self.shard_path(self.local))
+        self.count = 0
+        self.file = _File(self.shard_path(self.local))
 
     def _write_progress(self, sealed: dict) -> None:
         state = {"fingerprint": self.spec.fingerprint, "shards": self.local, "tally": sealed}
@@ -196,14 +212,23 @@ class ShardedSink(Sink):
         os.replace(tmp, self.progress_path)
 
     def close(self, ok: bool) -> None:
-        if not ok:
-            self._finish(self._writer, self._file, self._tmp, "", ok=False)
-            return
-        if self.count:
+        if ok and self.count:
             self._seal(boundary=self.tally.n_in)
-        else:  # inputs dropped since the last shard: record them as done
+        elif ok:  # inputs dropped since the last shard: record them as done
             self._write_progress(self.tally.seal(self.tally.n_in, self.sealed_out))
-        self._finish(None, self._file, self._tmp, "", ok=False)  # the unused next shard
+        self.file.abandon()  # type: ignore[union-attr]  # the shard opened next, unused
+
+
+def open_for_writing(path: str, shown: str | None = None) -> BinaryIO:
+    """Open `path` for writing, creating its directory; one clear error if it cannot be."""
+    try:
+        try:
+            return open(path, "wb")
+        except FileNotFoundError:
+            os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+            return open(path, "wb")
+    except OSError as err:
+        raise VecapError(f"cannot write '{shown or path}': {err.strerror}") from None
 
 
 def fingerprint(*parts: object) -> str:

@@ -28,8 +28,15 @@ _SPLIT = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")  # webdataset's base_plus_ex
 _MTIME = 1_700_000_000  # fixed, so the same samples always give the same bytes
 
 
-def _groups(tar: tarfile.TarFile) -> Iterator[tuple[str | None, dict[str, bytes], str]]:
-    """(key, {ext: bytes}, error): error is set once, on the group a damaged stream cut short."""
+def _groups(
+    tar: tarfile.TarFile, stream: _Counting
+) -> Iterator[tuple[str | None, dict[str, bytes], str]]:
+    """(key, {ext: bytes}, error): error is set once, on the group a damaged stream cut short.
+
+    A stream cut exactly between two members reads as a shorter valid tar to
+    tarfile; only the missing end-of-archive block tells, so the group read last
+    is then reported as damaged too (it may have lost members).
+    """
     key, group = None, {}
     try:
         for info in tar:
@@ -48,7 +55,20 @@ def _groups(tar: tarfile.TarFile) -> Iterator[tuple[str | None, dict[str, bytes]
         yield key, group, str(err) or type(err).__name__
         return
     if group:
-        yield key, group, ""
+        ended = stream.total > tar.offset  # the end-of-archive block was read
+        yield key, group, "" if ended else "no end-of-archive block"
+
+
+class _Counting:
+    """Counts the bytes tarfile reads: how a missing end-of-archive block shows."""
+
+    def __init__(self, stream: BinaryIO):
+        self._stream, self.total = stream, 0
+
+    def read(self, n: int = -1) -> bytes:
+        data = self._stream.read(n)
+        self.total += len(data)
+        return data
 
 
 def to_sample(key: str, group: dict[str, bytes]) -> tuple[dict | None, str, str]:
@@ -80,11 +100,12 @@ def to_sample(key: str, group: dict[str, bytes]) -> tuple[dict | None, str, str]
 
 def read_tar(stream: BinaryIO, source: Source, tally: Tally, pick) -> Iterator[Sample]:
     """Samples from a tar stream; `pick()` returns this run's idx, or -1 to skip."""
+    counted = _Counting(stream)
     try:
-        tar = tarfile.open(fileobj=stream, mode="r|")
+        tar = tarfile.open(fileobj=counted, mode="r|")  # type: ignore[call-overload]
     except tarfile.TarError as err:
         raise VecapError(f"cannot read '{source.name}': not a tar file ({err})") from None
-    for key, group, error in _groups(tar):
+    for key, group, error in _groups(tar, counted):
         idx = pick()
         if idx < 0:
             continue
@@ -152,6 +173,12 @@ class TarWriter:
 
     def close(self) -> None:
         self._tar.close()
+
+    def abort(self) -> None:
+        """Stop without the end-of-archive blocks, so a reader sees a damaged
+        stream rather than a short valid one (tarfile would add them when collected)."""
+        self._tar.fileobj.closed = True  # tarfile's _Stream in "w|" mode
+        self._tar.closed = True
 
 
 class _Reader:

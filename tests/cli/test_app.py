@@ -1,0 +1,53 @@
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import run_vecap
+
+COMMANDS = ["curate", "caption", "rewrite", "mix", "train", "eval"]
+
+
+def test_help_lists_every_command_with_a_summary():
+    result = run_vecap("--help")
+    assert result.code == 0
+    text = result.out.decode()
+    for command in COMMANDS:
+        assert f" {command} " in text
+
+
+def test_module_and_version():
+    assert run_vecap("--version").out.decode().startswith("vecap ")
+
+
+def test_record_commands_do_not_import_torch():
+    code = (
+        "import sys\n"
+        "from vecap_cli.cli.app import main\n"
+        "try:\n    main(['mix', '--help'])\nexcept SystemExit:\n    pass\n"
+        "print(sorted(m for m in ('torch', 'numpy', 'webdataset', 'transformers') if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
+    assert out.strip().splitlines()[-1] == "[]"
+
+
+NOT_BUILT = ["curate", "caption", "rewrite", "train", "eval"]
+
+
+@pytest.mark.parametrize("command", NOT_BUILT)
+def test_commands_not_built_yet_exit_2_in_one_line(command):
+    result = run_vecap(command, "anything", "--flag")
+    assert result.code == 2
+    assert result.err.strip().splitlines() == [f"vecap {command}: not built yet in this version"]
+
+
+def test_rank_falls_back_to_torchrun_then_slurm_env(tmp_path):
+    pool = tmp_path / "p.jsonl"
+    pool.write_text("".join(f'{{"key": "{i}", "alt": "x"}}\n' for i in range(10)))
+    torchrun = run_vecap("mix", pool, "-q", env={"RANK": "1", "WORLD_SIZE": "2"})
+    slurm = run_vecap("mix", pool, "-q", env={"SLURM_PROCID": "1", "SLURM_NTASKS": "2"})
+    flags = run_vecap("mix", pool, "-q", "--rank", "1", "--world-size", "2")
+    assert [r["key"] for r in flags.records()] == ["1", "3", "5", "7", "9"]
+    assert torchrun.records() == slurm.records() == flags.records()

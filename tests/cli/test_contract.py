@@ -1,0 +1,140 @@
+"""The stream contract, written once and applied to every record command.
+
+A command joins by adding its flags to CASES: the flags that make it run on
+the small input below (records with `alt`, `vecap` and a real image).
+"""
+
+import random
+
+import orjson
+import pytest
+
+from tests.conftest import run_vecap, tiny_image
+
+CASES = {
+    "mix": ["--policy", "first"],
+}
+
+
+@pytest.fixture
+def pool(tmp_path):
+    rng = random.Random(0)
+    lines = []
+    for i in range(6):
+        (tmp_path / f"{i}.png").write_bytes(tiny_image(rng))
+        record = {
+            "key": f"r{i}",
+            "alt": f"a photo {i}",
+            "vecap": f"a red cube {i}",
+            "image": f"{i}.png",
+            "x": [i],
+        }
+        lines.append(orjson.dumps(record))
+    lines.insert(2, b"{not json")
+    lines.insert(4, b'"a string"')
+    path = tmp_path / "pool.jsonl"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    return path
+
+
+def no_traceback(result):
+    assert "Traceback" not in result.err, result.err
+
+
+@pytest.mark.parametrize("command", CASES)
+def test_empty_input_is_an_empty_output(command):
+    result = run_vecap(command, *CASES[command], "-q", stdin=b"")
+    assert (result.code, result.out) == (0, b""), result.err
+
+
+@pytest.mark.parametrize("command", CASES)
+def test_stdin_and_file_inputs_agree(command, pool):
+    from_file = run_vecap(command, *CASES[command], "-q", pool)
+    from_stdin = run_vecap(
+        command, *CASES[command], "-q", "-", stdin=pool.read_bytes(), cwd=pool.parent
+    )
+    assert from_file.code == from_stdin.code == 0, from_file.err + from_stdin.err
+    assert from_file.records() == from_stdin.records()
+    assert len(from_file.records()) == 6
+
+
+@pytest.mark.parametrize("command", CASES)
+def test_every_record_is_accounted_for(command, pool, tmp_path):
+    stats, rejects = tmp_path / "stats.json", tmp_path / "rejects.jsonl"
+    result = run_vecap(
+        command,
+        *CASES[command],
+        pool,
+        "--stats",
+        stats,
+        "--rejects",
+        rejects,
+        "-o",
+        tmp_path / "o.jsonl",
+    )
+    assert result.code == 0, result.err
+    counts = orjson.loads(stats.read_bytes())
+    assert counts["in"] == 8 and counts["balanced"]
+    assert counts["rejected"] == {"bad-json": 1, "not-object": 1}
+    reasons = [orjson.loads(line)["reason"] for line in rejects.read_bytes().splitlines()]
+    assert reasons == ["bad-json", "not-object"]
+    assert f"vecap {command}: in 8" in result.err  # the one-line summary
+
+
+@pytest.mark.parametrize("command", CASES)
+def test_tar_output_reads_back_as_the_same_records(command, pool, tmp_path):
+    as_jsonl = run_vecap(command, *CASES[command], "-q", pool)
+    as_tar = run_vecap(command, *CASES[command], "-q", pool, "--format", "tar")
+    back = run_vecap(
+        "mix",
+        "--policy",
+        "first",
+        "--keys",
+        "text",
+        "-q",
+        "--format",
+        "jsonl",
+        "--images-dir",
+        tmp_path / "img",
+        stdin=as_tar.out,
+    )
+    assert back.code == 0, back.err
+    strip = lambda r: {k: v for k, v in r.items() if k != "image"}  # noqa: E731 -- re-homed by --images-dir
+    assert [strip(r) for r in back.records()] == [strip(r) for r in as_jsonl.records()]
+
+
+@pytest.mark.parametrize("command", CASES)
+def test_strict_fails_on_the_first_bad_record_in_one_line(command, pool):
+    result = run_vecap(command, *CASES[command], pool, "--strict")
+    assert result.code == 1
+    assert (
+        result.err.strip()
+        == f"vecap {command}: error: {pool}:3: bad-json: "
+        + result.err.split("bad-json: ", 1)[1].strip()
+    )
+    no_traceback(result)
+
+
+@pytest.mark.parametrize("command", CASES)
+def test_structural_errors_are_one_line(command, pool, tmp_path):
+    missing = run_vecap(command, *CASES[command], tmp_path / "nope.jsonl")
+    assert (missing.code, missing.err.strip()) == (
+        1,
+        f"vecap {command}: error: cannot read '{tmp_path}/nope.jsonl': no such file",
+    )
+    blocked = tmp_path / "blocker"
+    blocked.write_text("")
+    unwritable = run_vecap(command, *CASES[command], pool, "-o", blocked / "out.jsonl")
+    assert unwritable.code == 1
+    assert (
+        unwritable.err.strip()
+        == f"vecap {command}: error: cannot write '{blocked}/out.jsonl': Not a directory"
+    )
+
+
+@pytest.mark.parametrize("command", CASES)
+def test_bad_flags_exit_2_naming_the_flag(command):
+    result = run_vecap(command, *CASES[command], "--rank", "3", "--world-size", "2", stdin=b"")
+    assert result.code == 2
+    assert "--rank" in result.err
+    no_traceback(result)

@@ -1,0 +1,98 @@
+from collections import Counter
+
+import pytest
+
+from vecap_cli.steps.mix import CaptionDraw, MixConfig, mix
+from vecap_cli.stream.sample import Sample
+from vecap_cli.stream.tally import Tally
+
+
+def run(records, **config):
+    tally = Tally("mix")
+    samples = [Sample(dict(r), idx=i) for i, r in enumerate(records)]
+    out = [s.record for s in mix(samples, tally, MixConfig(**config))]
+    return out, tally
+
+
+RECORDS = [
+    {"key": "a", "alt": "web a", "vecap": "fused a"},
+    {"key": "b", "alt": "web b"},
+    {"key": "c", "vecap": "fused c", "alt": "   "},
+    {"key": "d", "alt": 5, "vecap": ""},
+]
+
+
+def test_first_takes_the_first_usable_key_in_order():
+    out, tally = run(RECORDS, policy="first", keys=("vecap", "alt"))
+    assert [r["text"] for r in out] == ["fused a", "web b", "fused c"]
+    assert dict(tally.dropped) == {"no-caption": 1}
+
+
+def test_concat_joins_what_is_there():
+    out, _ = run(RECORDS, policy="concat", sep=" | ")
+    assert [r["text"] for r in out] == ["web a | fused a", "web b", "fused c"]
+
+
+def test_all_emits_one_suffixed_sample_per_caption_and_counts_the_extra():
+    out, tally = run(RECORDS, policy="all")
+    assert [(r["key"], r["text"]) for r in out] == [
+        ("a_alt", "web a"),
+        ("a_vecap", "fused a"),
+        ("b_alt", "web b"),
+        ("c_vecap", "fused c"),
+    ]
+    assert dict(tally.added) == {"all": 1}
+    assert out[0]["vecap"] == "fused a"  # everything else carried through
+
+
+def test_unknown_fields_travel_untouched():
+    record = {"key": "z", "alt": "x", "meta": {"deep": [1, {"a": None}]}, "curate": {"keep": True}}
+    out, _ = run([record], policy="first")
+    assert out[0] == {**record, "text": "x"}
+
+
+def test_random_draws_match_probabilities_over_100k_records():
+    records = [{"key": f"k{i}", "alt": "a", "vecap": "v", "x": "x"} for i in range(100_000)]
+    out, tally = run(records, keys=("alt", "vecap", "x"), probs=(0.2, 0.5, 0.3), seed=3)
+    share = Counter(r["text"] for r in out)
+    for text, p in (("a", 0.2), ("v", 0.5), ("x", 0.3)):
+        assert abs(share[text] / 100_000 - p) < 0.01
+    assert dict(tally.extra["chosen"]) == {"alt": share["a"], "vecap": share["v"], "x": share["x"]}
+
+
+def test_random_falls_back_to_the_keys_a_record_has():
+    out, _ = run([{"key": "b", "alt": "only alt"}], probs=(0.01, 0.99))
+    assert out[0]["text"] == "only alt"
+
+
+def test_a_draw_depends_on_seed_key_and_epoch_only():
+    draw = CaptionDraw(("alt", "vecap"), None, seed=7)
+    record = {"alt": "a", "vecap": "v"}
+    picks = [draw(record, f"k{i}", 0) for i in range(200)]
+    assert picks == [draw(dict(record, noise=i), f"k{i}", 0) for i in range(200)]
+    assert picks != [draw(record, f"k{i}", 1) for i in range(200)]
+    assert picks != [
+        CaptionDraw(("alt", "vecap"), None, seed=8)(record, f"k{i}", 0) for i in range(200)
+    ]
+
+
+def test_draws_do_not_depend_on_how_the_pool_is_split():
+    records = [{"key": f"k{i}", "alt": "a", "vecap": "v"} for i in range(1000)]
+    whole, _ = run(records, seed=5)
+    parts = run(records[:333], seed=5)[0] + run(records[333:], seed=5)[0]
+    assert whole == parts
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        ({"policy": "nope"}, "unknown policy"),
+        ({"keys": ("alt", "vecap"), "probs": (1.0,)}, "1 values for 2 keys"),
+        ({"probs": (0.7, 0.7)}, "sum to 1"),
+        ({"probs": (-0.5, 1.5)}, "non-negative"),
+        ({"keys": ()}, "at least one"),
+    ],
+)
+def test_bad_configs_say_what_is_wrong(config, message):
+    with pytest.raises(ValueError, match=message):
+        MixConfig(**config)
