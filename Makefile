@@ -16,7 +16,7 @@ test: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
 
 demo: $(STAMP)
-	$(MAKE) -C examples/mini PATH="$(CURDIR)/$(BIN):$$PATH"
+	$(MAKE) -C examples/mini PATH="$(CURDIR)/$(BIN):$$PATH" PYTHON="$(CURDIR)/$(BIN)/python"
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run.py

@@ -1,13 +1,13 @@
 """`vecap`: the entry point. Each command lives in its own module, imported here
 for its signature only; heavy libraries load inside the command when it runs."""
 
+import importlib
 import signal
 import sys
 
 import typer
 
 from vecap_cli import __version__
-from vecap_cli.cli import mix
 from vecap_cli.errors import VecapError
 
 app = typer.Typer(
@@ -20,35 +20,10 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
-_NOT_BUILT = {
-    "curate": "MetaCLIP curation: metadata substring matching and balancing.",
-    "caption": "Write visual-concept captions (VeC) with a vision-language model.",
-    "rewrite": "Fuse AltText and VeC into one caption (VeCap) with an LLM or rules.",
-}
-_NOT_BUILT_AFTER = {
-    "train": "Train CLIP, SigLIP or CoCa models on the fused kernels.",
-    "eval": "Zero-shot classification and image-text retrieval.",
-}
-
-
-def _not_built(name: str, summary: str) -> None:
-    def command(args: list[str] | None = typer.Argument(None, hidden=True)) -> None:
-        print(f"vecap {name}: not built yet in this version", file=sys.stderr)
-        raise typer.Exit(2)
-
-    command.__doc__ = f"{summary} (not built yet)"
-    app.command(
-        name,
-        context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
-        add_help_option=False,
-    )(command)
-
-
-for _name, _summary in _NOT_BUILT.items():
-    _not_built(_name, _summary)
-app.command("mix")(mix.mix)
-for _name, _summary in _NOT_BUILT_AFTER.items():
-    _not_built(_name, _summary)
+# Each command module has `register(app)`; its heavy imports wait until it runs.
+COMMANDS = ("curate", "caption", "rewrite", "mix", "train", "eval")
+for _name in COMMANDS:
+    importlib.import_module(f"vecap_cli.cli.{_name}").register(app)
 
 
 def _version(value: bool) -> None:

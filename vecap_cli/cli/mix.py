@@ -79,3 +79,7 @@ def mix(
         raise typer.BadParameter(str(err)) from None
     tally = run_stream("mix", opts, partial(mix_stage, config=config), config)
     report(tally, opts)
+
+
+def register(app) -> None:
+    app.command("mix")(mix)

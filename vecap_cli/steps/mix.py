@@ -41,13 +41,15 @@ class MixConfig:
                 )
 
 
-def available(record: dict, keys: Iterable[str]) -> list[tuple[str, str]]:
+def available(record: dict, keys: Iterable[str], first: bool = False) -> list[tuple[str, str]]:
     """(field, caption) for each field that holds a non-blank string, in `keys` order."""
     found = []
     for name in keys:
         value = record.get(name)
         if isinstance(value, str) and value.strip():
             found.append((name, value))
+            if first:
+                break
     return found
 
 
@@ -87,6 +89,8 @@ def mix(samples: Iterable[Sample], tally: Tally, config: MixConfig) -> Iterator[
         if policy == "random":
             pick = draw(record, sample.key, epoch)
             found = [pick] if pick else []
+        elif policy == "first":
+            found = available(record, keys, first=True)
         else:
             found = available(record, keys)
         if not found:

@@ -103,6 +103,23 @@ def _read(
             yield from reader(stream, source, tally, pick)
 
 
+def iter_samples(
+    inputs: Sequence[str],
+    tally: Tally,
+    *,
+    rank: int = 0,
+    world_size: int = 1,
+    log=lambda line: None,
+) -> Iterator[Sample]:
+    """This rank's samples of `inputs` (specs as on the command line), counted in `tally`.
+
+    For commands that consume records without writing a stream (train, eval,
+    curate count); record commands use `run_stream`.
+    """
+    mine, split_rank, split_world = split_inputs(expand(inputs), rank, world_size)
+    yield from _read(mine, tally, _Picker(split_rank, split_world, 0), [], log)
+
+
 def run_stream(command: str, opts: StreamOptions, stage: Stage, config: object = None) -> Tally:
     names = expand(opts.inputs)
     mine, split_rank, split_world = split_inputs(names, opts.rank, opts.world_size)

@@ -124,7 +124,8 @@ class Sink:
         return self.file.open_writer(fmt, self.tally, self.spec.images_dir)
 
     def write(self, sample: Sample) -> bool:
-        if self._writer().write(sample):
+        writer = self.file.writer or self._writer()  # type: ignore[union-attr]
+        if writer.write(sample):
             self.tally.n_out += 1
             return True
         return False
