@@ -57,3 +57,32 @@ def test_rank_falls_back_to_torchrun_then_slurm_env(tmp_path):
     flags = run_vecap("mix", pool, "-q", "--rank", "1", "--world-size", "2")
     assert [r["key"] for r in flags.records()] == ["1", "3", "5", "7", "9"]
     assert torchrun.records() == slurm.records() == flags.records()
+
+
+def test_progress_shows_on_a_terminal_and_not_in_logs(tmp_path):
+    import os
+    import pty
+
+    pool = tmp_path / "p.jsonl"
+    pool.write_text("".join(f'{{"key": "{i}", "alt": "x"}}\n' for i in range(50_000)))
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "vecap_cli", "mix", str(pool), "-o", str(tmp_path / "o.jsonl")],
+        stderr=follower,
+        stdout=subprocess.DEVNULL,
+    )
+    os.close(follower)
+    seen = b""
+    while True:
+        try:
+            chunk = os.read(leader, 4096)
+        except OSError:  # the terminal closes when vecap exits
+            break
+        if not chunk:
+            break
+        seen += chunk
+    assert proc.wait() == 0
+    assert b" in \xc2\xb7 " in seen  # the live count: "N in · M out"
+    assert b"vecap mix: in 50,000 = out 50,000" in seen
+    logged = run_vecap("mix", pool, "-o", tmp_path / "o2.jsonl")
+    assert logged.err.strip().splitlines() == [logged.err.strip()]  # the summary line only

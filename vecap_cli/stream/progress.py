@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -32,5 +33,13 @@ def progress(label: str, enabled: bool) -> Iterator[Callable[[int, int], None]]:
         transient=True,
     )
     task = bar.add_task(label, total=None, out=0)
+    last = [0.0]
+
+    def update(n_in: int, n_out: int) -> None:
+        now = time.monotonic()
+        if now - last[0] > 0.1:  # rich's bookkeeping is not free: at most 10 updates/s
+            last[0] = now
+            bar.update(task, completed=n_in, out=n_out)
+
     with bar:
-        yield lambda n_in, n_out: bar.update(task, completed=n_in, out=n_out)
+        yield update
