@@ -165,21 +165,30 @@ def _replayable_stdin(inputs: tuple[str, ...]):
             sys.stdin = original
 
 
-def _count_pass(inputs, tally, config, metadata, matcher, rank, world_size, log, cache=None):
+def _count_pass(inputs, tally, config, metadata, matcher, rank, world_size, opts, cache=None):
     """Reads the inputs once and returns their EntryCounts; `cache` records the decisions."""
     from vecap_cli.steps.curate import Accumulator, count, prepare
+    from vecap_cli.stream.progress import progress
     from vecap_cli.stream.runner import iter_samples
 
     accumulator = Accumulator(len(metadata.entries))
-    samples = iter_samples(inputs, tally, rank=rank, world_size=world_size, log=log)
-    if cache is None:
-        pairs = prepare(samples, tally, config, accumulator.recording(matcher))
-    else:
-        pairs = prepare(samples, tally, config, matcher, cache)
-    records, matched = count(pairs, tally)
+    samples = iter_samples(inputs, tally, rank=rank, world_size=world_size, log=opts.log)
+    # counted from the cache at the end when there is one, else as matched
+    match = matcher if cache is not None else accumulator.recording(matcher)
+    with progress(f"{tally.command} (counting)", not opts.quiet) as update:
+        if not opts.quiet and sys.stderr.isatty():
+            samples = _updating(samples, tally, update)
+        records, matched = count(prepare(samples, tally, config, match, cache), tally)
     if cache is not None:
         accumulator.add_all(cache.ids)
     return accumulator.result(metadata.sha256, config.matching(), records, matched)
+
+
+def _updating(samples, tally, update):
+    for n, sample in enumerate(samples):
+        if not n & 1023:
+            update(tally.n_in, tally.n_out)
+        yield sample
 
 
 def _balance_pass(command, opts: StreamOptions, config, metadata, counts, decide, started):
@@ -255,7 +264,7 @@ def run(
         # share, as the counting pass numbered the whole input, not the share.
         cache = MatchCache() if opts.world_size == 1 else None
         first = Tally("curate", strict=opts.strict)
-        counts = _count_pass(opts.inputs, first, config, meta, matcher, 0, 1, opts.log, cache)
+        counts = _count_pass(opts.inputs, first, config, meta, matcher, 0, 1, opts, cache)
         if save_counts:
             write_counts(save_counts, counts)
         cleaned = first.extra.get("html_cleaned")
@@ -335,9 +344,7 @@ def count_entries(
     tally = Tally("curate count", rejects=rejects, strict=opts.strict)
     inputs = tuple(inputs or ["-"])
     try:
-        counts = _count_pass(
-            inputs, tally, config, meta, matcher, opts.rank, opts.world_size, opts.log
-        )
+        counts = _count_pass(inputs, tally, config, meta, matcher, opts.rank, opts.world_size, opts)
     finally:
         if rejects is not None:
             rejects.close()

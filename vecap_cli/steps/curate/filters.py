@@ -73,3 +73,28 @@ class Dedup:
                 return "duplicate-text"
             self._seen_text.add(digest)
         return None
+
+
+class Screen:
+    """The filters a config asks for, in order: HTML cleanup, the text filter, dedup.
+
+    `screen(record, text)` -> (the text to match, the rule that removes the
+    record or ""). Counts the texts HTML cleanup changed in `cleaned`.
+    """
+
+    def __init__(self, config):
+        self.html = config.html
+        self.text_filter = config.text_filter
+        self.dedup = Dedup(config.dedup) if config.dedup else None
+        self.cleaned = 0
+
+    def __call__(self, record: dict, text: str) -> tuple[str, str]:
+        if self.html:
+            clean = strip_html(text)
+            self.cleaned += clean != text
+            text = clean
+        if self.text_filter and not basic_text_filter(text):
+            return text, "text-filter"
+        if self.dedup is not None:
+            return text, self.dedup.rule(record, text) or ""
+        return text, ""

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from vecap_cli.errors import VecapError
 from vecap_cli.steps.curate.balancing import Balancer
-from vecap_cli.steps.curate.filters import Dedup, basic_text_filter, strip_html
+from vecap_cli.steps.curate.filters import Dedup, Screen
 from vecap_cli.stream.sample import Sample
 from vecap_cli.stream.tally import Tally
 
@@ -63,39 +63,37 @@ def prepare(
     With a cache, every decision (ids, or the rule that removed the record) is
     recorded by input ordinal for `MatchCache.replaying`.
     """
-    field, html, text_filter = config.field, config.html, config.text_filter
-    dedup = Dedup(config.dedup) if config.dedup else None
-    note = cache.note if cache is not None else None
-    cleaned = 0
+    field = config.field
+    screen = Screen(config) if config.html or config.text_filter or config.dedup else None
+    codes, starts, all_ids = (cache.codes, cache.starts, cache.ids) if cache else (None,) * 3
     try:
         for sample in samples:
+            # the hot path (no filters): a dict lookup, a type check, the match
             text = sample.record.get(field)
-            rule = ""
             if not isinstance(text, str):
                 rule = NO_TEXT
                 tally.reject(NO_TEXT, f"record has no string '{field}'", sample)
-            else:
-                if html:
-                    clean = strip_html(text)
-                    cleaned += clean != text
-                    text = clean
-                if text_filter and not basic_text_filter(text):
-                    rule = "text-filter"
-                elif dedup is not None:
-                    rule = dedup.rule(sample.record, text) or ""
+            elif screen is not None:
+                text, rule = screen(sample.record, text)
                 if rule:
                     tally.drop(rule, sample)
+            else:
+                rule = ""
             if rule:
-                if note is not None:
-                    note(sample.idx, rule, ())
+                if cache is not None:
+                    cache.note(sample.idx, rule)
                 continue
-            ids = match(text)
-            if note is not None:
-                note(sample.idx, "", ids)
-            yield sample, ids
+            found = match(text)
+            if codes is not None:
+                if sample.idx != len(codes):
+                    cache.note_gap(sample.idx)
+                codes.append(0)
+                starts.append(len(all_ids))
+                all_ids.extend(found)
+            yield sample, found
     finally:
-        if html:
-            tally.extra["html_cleaned"] = tally.extra.get("html_cleaned", 0) + cleaned
+        if screen is not None and config.html:
+            tally.extra["html_cleaned"] = tally.extra.get("html_cleaned", 0) + screen.cleaned
 
 
 def count(pairs: Iterable[tuple[Sample, list[int]]], tally: Tally) -> tuple[int, int]:
@@ -157,16 +155,18 @@ class MatchCache:
         self.ids = array("i")
         self._code_of = {rule: i for i, rule in enumerate(RULES)}
 
-    def note(self, idx: int, rule: str, ids) -> None:
-        codes, starts = self.codes, self.starts
-        gap = idx - len(codes)
-        if gap:  # inputs the reader rejected
-            codes.extend([-1] * gap)
-            starts.extend([len(self.ids)] * gap)
-        codes.append(self._code_of[rule])
-        starts.append(len(self.ids))
-        if ids:
-            self.ids.extend(ids)
+    def note_gap(self, idx: int) -> None:
+        """Inputs the reader rejected before `idx`: they never reach prepare."""
+        gap = idx - len(self.codes)
+        self.codes.extend([-1] * gap)
+        self.starts.extend([len(self.ids)] * gap)
+
+    def note(self, idx: int, rule: str) -> None:
+        """A record removed under `rule` (matched records are written by `prepare`)."""
+        if idx != len(self.codes):
+            self.note_gap(idx)
+        self.codes.append(self._code_of[rule])
+        self.starts.append(len(self.ids))
 
     def replaying(self, samples: Iterable[Sample], tally: Tally, config: CurateConfig) -> Pairs:
         """`prepare`'s output again, from the cache: the same drops, the same ids."""
