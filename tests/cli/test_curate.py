@@ -211,3 +211,18 @@ def test_metadata_command_without_wordnet_says_how_to_get_it(tmp_path):
     result = run_vecap("curate", "metadata", "--wordnet", tmp_path / "none")
     assert result.code == 1
     assert "wordnet-base" in result.err and len(result.err.strip().splitlines()) == 1
+
+
+def test_help_loads_no_matching_or_plotting_library():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from vecap_cli.cli.app import main\n"
+        "for args in (['curate', '--help'], ['curate', 'run', '--help']):\n"
+        "    try:\n        main(args)\n    except SystemExit:\n        pass\n"
+        "print(sorted(m for m in ('ahocorasick', 'numpy', 'matplotlib', 'torch') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "[]"
