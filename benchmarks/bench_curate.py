@@ -1,0 +1,280 @@
+"""`vecap curate` throughput (issue 3), beside the loops it is measured against, in one run.
+
+Pool: the 10k real LAION AltTexts of ../shared/data/laion-alt-10k.jsonl repeated to
+--records (keys made unique). Metadata: WordNet synset names plus every WordNet
+lemma (as titles), ~150k entries; the memory row uses a 500k list topped up with
+two-lemma entries (a stand-in for Wikipedia bigrams and titles).
+
+1. end-to-end `vecap curate POOL -o out.jsonl` (one process: count, then balance)
+   vs a bare pyahocorasick loop over the same texts in this process: MetaCLIP's
+   spacing, `automaton.iter`, a set of ids (goal: >= 0.5x). The one-pass reads the
+   pool twice; its two passes alone (`count`, and `balance` with those counts, each
+   one read) are timed against the same loop.
+2. the naive v1 loop (`" e " in spaced_text` for every entry) on a sample of texts:
+   the speed-up of end-to-end vecap over it.
+3. peak memory (max RSS) of `vecap curate` with the 500k-entry metadata.
+4. sharded: `count` on 2 ranks at once, `count --merge`, `balance` on 2 ranks at
+   once, over --shards JSONL shards, vs the one-pass in one process.
+
+Needs ../shared/data/laion-alt-10k.jsonl and WordNet (Debian's wordnet-base).
+"""
+
+import argparse
+import os
+import platform
+import random
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import orjson
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+LAION = REPO.parent / "shared" / "data" / "laion-alt-10k.jsonl"
+WORDNET = "/usr/share/wordnet"
+WORK = Path(__file__).parent / "_work" / "curate"
+
+
+def vecap_cmd(*args) -> list[str]:
+    return [sys.executable, "-m", "vecap_cli", "curate", *map(str, args)]
+
+
+def run_timed(cmd: list[str]) -> tuple[float, float, int]:
+    """(wall s, cpu s, max RSS MiB) of a child process."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, env=env)
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - start
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"failed: {' '.join(cmd)}")
+    return wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss // 1024
+
+
+def run_parallel(cmds: list[list[str]]) -> float:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    start = time.perf_counter()
+    procs = [subprocess.Popen(cmd, env=env) for cmd in cmds]
+    if any(p.wait() != 0 for p in procs):
+        raise SystemExit(f"failed: {cmds}")
+    return time.perf_counter() - start
+
+
+def make_pool(n: int) -> tuple[Path, list[str]]:
+    records = [orjson.loads(line) for line in LAION.read_bytes().splitlines()]
+    path = WORK / f"pool-{n}.jsonl"
+    texts = []
+    with open(path, "wb") as f:
+        for i in range(n):
+            record = dict(records[i % len(records)])
+            record["key"] = f"{i:09d}"
+            texts.append(record["alt"])
+            f.write(orjson.dumps(record) + b"\n")
+    return path, texts
+
+
+def make_shards(pool: Path, n_shards: int) -> list[Path]:
+    lines = pool.read_bytes().splitlines(keepends=True)
+    per = -(-len(lines) // n_shards)
+    paths = []
+    for s in range(n_shards):
+        path = WORK / "shards" / f"{s:03d}.jsonl"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"".join(lines[s * per : (s + 1) * per]))
+        paths.append(path)
+    return paths
+
+
+def wordnet_lemmas() -> list[str]:
+    lemmas = []
+    for pos in ("noun", "verb", "adj", "adv"):
+        for line in open(f"{WORDNET}/index.{pos}", encoding="utf-8"):
+            if not line.startswith(" "):
+                lemmas.append(line.split(" ", 1)[0])
+    return lemmas
+
+
+def make_metadata(size: int) -> Path:
+    """`vecap curate metadata` with WordNet, WordNet lemmas as titles, and (to reach
+    `size`) synthetic two-lemma titles."""
+    lemmas = wordnet_lemmas()
+    rng = random.Random(0)
+    pairs = [f"{rng.choice(lemmas)} {rng.choice(lemmas)}" for _ in range(max(0, size - 100_000))]
+    titles = WORK / f"titles-{size}.txt"
+    titles.write_text("\n".join(lemmas + pairs) + "\n")
+    path = WORK / f"metadata-{size}.json"
+    run_timed(vecap_cmd("metadata", "-q", "--titles", titles, "--max-entries", size, "-o", path))
+    return path
+
+
+def bare_loop(texts: list[str], entries: list[str]) -> float:
+    """Seconds for the bare match loop (automaton built outside the timing)."""
+    import ahocorasick
+
+    from vecap_cli.steps.curate.matching import spacing
+
+    automaton = ahocorasick.Automaton(ahocorasick.STORE_INTS)
+    for idx, entry in enumerate(entries):
+        automaton.add_word(f" {entry} ", idx)
+    automaton.make_automaton()
+    search = automaton.iter
+    start = time.process_time()
+    for text in texts:
+        {idx for _, idx in search(spacing(text))}  # the work measured
+    return time.process_time() - start
+
+
+def naive_loop(texts: list[str], entries: list[str]) -> float:
+    from vecap_cli.steps.curate.matching import spacing
+
+    spaced_entries = [f" {e} " for e in entries]
+    start = time.process_time()
+    for text in texts:
+        spaced = spacing(text)
+        [i for i, e in enumerate(spaced_entries) if e in spaced]
+    return time.process_time() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--records", type=int, default=1_000_000)
+    parser.add_argument("--entries", type=int, default=150_000)
+    parser.add_argument("--big-entries", type=int, default=500_000)
+    parser.add_argument("--naive-sample", type=int, default=200)
+    parser.add_argument("--shards", type=int, default=10)
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args()
+    if not LAION.exists() or not os.path.isdir(WORDNET):
+        raise SystemExit(f"needs {LAION} and WordNet in {WORDNET} (apt-get install wordnet-base)")
+    WORK.mkdir(parents=True, exist_ok=True)
+    n = args.records
+    pool, texts = make_pool(n)
+    metadata = make_metadata(args.entries)
+    big = make_metadata(args.big_entries)
+    entries = orjson.loads(metadata.read_bytes())
+    out = WORK / "out.jsonl"
+
+    # 1. end-to-end vs bare, interleaved, best of --repeat (the machine may be shared)
+    counts = WORK / "counts.json"
+    walls, cpus, bares, t_counts, t_balances = [], [], [], [], []
+    for _ in range(args.repeat):
+        wall, cpu, _ = run_timed(vecap_cmd(pool, "--metadata", metadata, "-q", "-o", out))
+        walls.append(wall)
+        cpus.append(cpu)
+        bares.append(bare_loop(texts, entries))
+        t_counts.append(
+            run_timed(vecap_cmd("count", pool, "--metadata", metadata, "-q", "-o", counts))[0]
+        )
+        t_balances.append(
+            run_timed(
+                vecap_cmd(
+                    "balance", pool, "--metadata", metadata, "--counts", counts, "-q", "-o", out
+                )
+            )[0]
+        )
+    t_vecap, t_cpu, t_bare = min(walls), min(cpus), min(bares)
+
+    # 2. naive v1 loop on a sample
+    sample = texts[:: max(1, n // args.naive_sample)][: args.naive_sample]
+    t_naive = naive_loop(sample, entries) / len(sample)
+
+    # 3. peak memory with the big list
+    big_wall, _, big_rss = run_timed(vecap_cmd(pool, "--metadata", big, "-q", "-o", out))
+
+    # 4. sharded over 2 ranks vs one-pass in one process
+    shards = make_shards(pool, args.shards)
+    t_count = run_parallel(
+        [
+            vecap_cmd(
+                "count",
+                *shards,
+                "--metadata",
+                metadata,
+                "-q",
+                "-o",
+                counts,
+                "--rank",
+                r,
+                "--world-size",
+                2,
+            )
+            for r in (0, 1)
+        ]
+    )
+    merged = WORK / "counts-all.json"
+    t_merge, _, _ = run_timed(
+        vecap_cmd(
+            "count",
+            "--merge",
+            WORK / "counts.rank0.json",
+            WORK / "counts.rank1.json",
+            "-q",
+            "-o",
+            merged,
+        )
+    )
+    t_balance = run_parallel(
+        [
+            vecap_cmd(
+                "balance",
+                *shards,
+                "--metadata",
+                metadata,
+                "--counts",
+                merged,
+                "-q",
+                "-o",
+                WORK / "sharded" / "%06d.jsonl",
+                "--rank",
+                r,
+                "--world-size",
+                2,
+            )
+            for r in (0, 1)
+        ]
+    )
+    t_sharded = t_count + t_merge + t_balance
+    t_onepass_shards, _, _ = run_timed(vecap_cmd(*shards, "--metadata", metadata, "-q", "-o", out))
+
+    print(
+        f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}; "
+        f"pool {n:,} records (LAION 10k repeated), metadata {len(entries):,} entries"
+    )
+    print("| case | records/s | vs | ratio | goal |")
+    print("|---|---:|---|---:|---:|")
+    print(
+        f"| `vecap curate` end-to-end, 1 process (wall) | {n / t_vecap:,.0f} | bare AC loop "
+        f"{n / t_bare:,.0f}/s | {t_bare / t_vecap:.2f} | >= 0.5 |"
+    )
+    print(
+        f"| `vecap curate` end-to-end, 1 process (CPU time) | {n / t_cpu:,.0f} | bare AC loop "
+        f"{n / t_bare:,.0f}/s | {t_bare / t_cpu:.2f} | >= 0.5 |"
+    )
+    for name, t in (("count", min(t_counts)), ("balance --counts", min(t_balances))):
+        print(
+            f"| `vecap curate {name}` alone, 1 process (wall) | {n / t:,.0f} | bare AC loop "
+            f"{n / t_bare:,.0f}/s | {t_bare / t:.2f} | |"
+        )
+    print(
+        f"| naive v1 loop, {len(sample)} texts x {len(entries):,} entries | {1 / t_naive:,.1f} | "
+        f"`vecap curate` | {t_naive * n / t_vecap:,.0f}x faster | |"
+    )
+    print(
+        f"| `vecap curate`, {args.big_entries:,}-entry metadata | {n / big_wall:,.0f} | "
+        f"peak RSS | {big_rss:,} MiB | |"
+    )
+    print(
+        f"| count + merge + balance, `--world-size 2` ({args.shards} shards, 2 cores) | "
+        f"{n / t_sharded:,.0f} | one-pass, 1 process {n / t_onepass_shards:,.0f}/s | "
+        f"{t_onepass_shards / t_sharded:.2f}x | |"
+    )
+    print(
+        "\nvecap times include process start, metadata load and the automaton build; "
+        "the bare and naive loops run in this process, automaton built outside the timing."
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,54 @@
+"""Balancing: P(keep) = 1 - prod(1 - p_e), p_e = min(1, t / count_e), draws by hash."""
+
+import math
+import random
+
+from vecap_cli.steps.curate.balancing import Balancer, entry_probabilities, head_tail
+
+
+def test_entry_probabilities_are_metaclips():
+    assert entry_probabilities([0, 5, 20, 40, 1000], t=20) == [1.0, 1.0, 1.0, 0.5, 0.02]
+
+
+def test_keep_rate_matches_one_minus_the_product_on_a_synthetic_pool():
+    counts = [100_000, 40_000, 25_000, 20_000, 500, 0]  # t = 20k: three head entries
+    probs = entry_probabilities(counts, t=20_000)
+    balancer = Balancer(probs, seed=11)
+    rng = random.Random(0)
+    groups = {(0,): [], (1,): [], (0, 1): [], (0, 1, 2): [], (2, 4): []}
+    for i in range(60_000):
+        ids = rng.choice(list(groups))
+        groups[ids].append(balancer(f"k{i}", ids))
+    for ids, results in groups.items():
+        expected = 1 - math.prod(1 - probs[e] for e in ids)
+        assert all(p == expected for p, _ in results)
+        rate = sum(keep for _, keep in results) / len(results)
+        sigma = math.sqrt(expected * (1 - expected) / len(results)) or 1e-9
+        assert abs(rate - expected) < 4.5 * sigma, (ids, rate, expected)
+
+
+def test_a_tail_entry_keeps_the_record_whatever_else_it_matches():
+    balancer = Balancer([0.0001, 1.0], seed=0)
+    assert all(balancer(f"k{i}", [0, 1]) == (1.0, True) for i in range(100))
+
+
+def test_no_entries_no_keep():
+    assert Balancer([0.5], seed=0)("k", []) == (0.0, False)
+
+
+def test_draws_depend_on_seed_key_and_entry_only():
+    balancer = Balancer([0.5, 0.5, 0.5], seed=3)
+    keys = [f"k{i}" for i in range(400)]
+    once = [balancer(k, [0])[1] for k in keys]
+    assert once == [balancer(k, [0])[1] for k in keys]
+    assert once != [Balancer([0.5] * 3, seed=4)(k, [0])[1] for k in keys]
+    assert once != [balancer(k, [1])[1] for k in keys]  # each entry draws on its own
+    assert 150 < sum(once) < 250
+
+
+def test_head_tail_split():
+    split = head_tail([0, 10, 30, 60], t=30)
+    assert split["entries_matched"] == 3 and split["matches"] == 100
+    assert split["head"] == {"entries": 2, "matches": 90, "share": 0.9}
+    assert split["tail"]["entries"] == 1 and split["tail"]["matches"] == 10
+    assert split["matches_capped_at_t"] == 10 + 30 + 30

@@ -1,0 +1,109 @@
+"""The stages on plain lists: filters, matching, balancing, and the one-pass cache."""
+
+import pytest
+
+from vecap_cli.errors import VecapError
+from vecap_cli.steps.curate.balancing import Balancer
+from vecap_cli.steps.curate.matching import Matcher
+from vecap_cli.steps.curate.stages import CurateConfig, MatchCache, balance, count, prepare
+from vecap_cli.stream.sample import Sample
+from vecap_cli.stream.tally import Tally
+
+ENTRIES = ["dog", "cat", "red cube", "photo"]
+RECORDS = [
+    {"key": "a", "alt": "a dog and a cat", "url": "u1"},
+    {"key": "b", "alt": "a red cube"},
+    {"key": "c", "alt": "there is nothing here"},
+    {"key": "d", "alt": None},
+    {"key": "e", "alt": "A dog   AND a cat", "url": "u2"},
+    {"key": "f", "alt": "<b>dog</b> in a park", "url": "u1"},
+    {"key": "g", "alt": "cat"},
+]
+
+
+def samples(records=RECORDS):
+    return [Sample(dict(r), idx=i) for i, r in enumerate(records)]
+
+
+def run(config=CurateConfig(), probs=(1.0, 1.0, 1.0, 1.0), records=RECORDS):
+    tally = Tally("curate")
+    pairs = prepare(samples(records), tally, config, Matcher(ENTRIES))
+    out = list(balance(pairs, tally, config, Balancer(list(probs), config.seed)))
+    return {s.key: s.record["curate"] for s in out}, tally
+
+
+def test_matches_are_written_and_everything_is_accounted_for():
+    out, tally = run()
+    assert out == {
+        "a": {"entries": [0, 1], "p": 1.0, "keep": True},
+        "b": {"entries": [2], "p": 1.0, "keep": True},
+        "e": {"entries": [0, 1], "p": 1.0, "keep": True},
+        "g": {"entries": [1], "p": 1.0, "keep": True},
+    }
+    assert dict(tally.dropped) == {"no-match": 2}  # c, and f ("<b>dog</b>" is no " dog ")
+    assert dict(tally.rejected) == {"no-text": 1}
+
+
+def test_filters_drop_under_their_own_rules():
+    config = CurateConfig(html=True, text_filter=True, dedup=("url", "text"))
+    out, tally = run(config)
+    assert sorted(out) == ["a", "b"]
+    assert dict(tally.dropped) == {
+        "duplicate-text": 1,  # e: the same text as a, by case and spaces
+        "duplicate-url": 1,  # f: a's url
+        "text-filter": 1,  # g: one word
+        "no-match": 1,  # c
+    }
+    assert tally.extra["html_cleaned"] == 1
+
+
+def test_keep_all_marks_instead_of_dropping():
+    out, tally = run(CurateConfig(keep_all=True), probs=(0.0, 0.0, 1.0, 1.0))
+    assert out["c"] == {"entries": [], "p": 0.0, "keep": False}
+    assert out["a"] == {"entries": [0, 1], "p": 0.0, "keep": False}
+    assert out["b"]["keep"] is True
+    assert not tally.dropped and tally.extra["kept"] == 1
+
+
+def test_unknown_fields_travel_untouched_and_curate_is_replaced():
+    record = {"key": "z", "alt": "a dog", "curate": {"old": 1}, "x": {"deep": [1, None]}}
+    tally = Tally("curate")
+    pairs = prepare(samples([record]), tally, CurateConfig(), Matcher(ENTRIES))
+    (out,) = balance(pairs, tally, CurateConfig(), Balancer([1.0] * 4, 0))
+    assert out.record == {**record, "curate": {"entries": [0], "p": 1.0, "keep": True}}
+
+
+def test_count_tallies_matched_as_out_and_the_rest_as_no_match():
+    tally = Tally("curate count")
+    config = CurateConfig(dedup=("url",))
+    records, matched = count(prepare(samples(), tally, config, Matcher(ENTRIES)), tally)
+    assert (records, matched) == (5, 4)  # d rejected, f a duplicate url
+    assert tally.n_out == 4 and dict(tally.dropped) == {"no-match": 1, "duplicate-url": 1}
+
+
+def test_the_cache_replays_what_prepare_decided():
+    config = CurateConfig(html=True, text_filter=True, dedup=("url", "text"))
+    cache = MatchCache()
+    first = Tally("curate")
+    direct = list(prepare(samples(), first, config, Matcher(ENTRIES), cache))
+    # the reader rejected an input before these: ordinals jump by one
+    shifted = [Sample(s.record, idx=s.idx + (s.idx >= 3)) for s in samples()]
+    cache = MatchCache()
+    list(prepare(shifted, Tally("curate"), config, Matcher(ENTRIES), cache))
+    second = Tally("curate")
+    replayed = list(cache.replaying(shifted, second, config))
+    assert [(s.key, ids) for s, ids in replayed] == [(s.key, ids) for s, ids in direct]
+    assert second.dropped == first.dropped and second.rejected == first.rejected
+
+
+def test_the_cache_notices_an_input_that_grew():
+    cache = MatchCache()
+    list(prepare(samples(), Tally("curate"), CurateConfig(), Matcher(ENTRIES), cache))
+    more = [*samples(), Sample({"key": "h", "alt": "dog"}, idx=len(RECORDS))]
+    with pytest.raises(VecapError, match="the input changed between curate's two passes"):
+        list(cache.replaying(more, Tally("curate"), CurateConfig()))
+
+
+def test_t_must_be_positive():
+    with pytest.raises(ValueError, match="--t must be positive"):
+        CurateConfig(t=0)

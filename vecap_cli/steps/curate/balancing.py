@@ -1,0 +1,64 @@
+"""MetaCLIP balancing: p_e = min(1, t / count_e); a record is kept when any of its
+matched entries passes its own draw, so P(keep) = 1 - prod(1 - p_e).
+
+MetaCLIP draws with `random.random()`; here entry e's draw for a record is
+`uniform(seed, key, e)`, so the kept set does not depend on how the pool is split,
+ordered, or spread over workers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from vecap_cli.rand import uniform
+
+
+def entry_probabilities(counts: Sequence[int], t: float) -> list[float]:
+    """p_e per entry; an entry never counted gets 1 (MetaCLIP raises counts below t to t)."""
+    return [t / c if c > t else 1.0 for c in counts]
+
+
+class Balancer:
+    """`balancer(key, ids)` -> (p, keep) for a record with matched entry ids."""
+
+    def __init__(self, probs: list[float], seed: int):
+        self.probs = probs
+        self.seed = seed
+
+    def __call__(self, key: str, ids: Sequence[int]) -> tuple[float, bool]:
+        probs = self.probs
+        miss = 1.0
+        for e in ids:
+            pe = probs[e]
+            if pe >= 1.0:
+                return 1.0, True  # a tail entry: kept whatever the other draws say
+            miss *= 1.0 - pe
+        if not ids:
+            return 0.0, False
+        seed = self.seed
+        keep = any(uniform(seed, key, e) < probs[e] for e in ids)
+        return 1.0 - miss, keep
+
+
+def head_tail(counts: Sequence[int], t: float) -> dict:
+    """Entries with count >= t (the head, sub-sampled) and their share of all matches."""
+    total = head_matches = head_entries = matched = 0
+    for c in counts:
+        if c:
+            matched += 1
+            total += c
+            if c >= t:
+                head_entries += 1
+                head_matches += c
+    share = head_matches / total if total else 0.0
+    return {
+        "entries_matched": matched,
+        "matches": total,
+        "head": {"entries": head_entries, "matches": head_matches, "share": round(share, 6)},
+        "tail": {
+            "entries": matched - head_entries,
+            "matches": total - head_matches,
+            "share": round(1 - share, 6) if total else 0.0,
+        },
+        "matches_capped_at_t": int(sum(min(c, t) for c in counts if c)),
+    }

@@ -1,0 +1,76 @@
+"""What a counts file says: the distribution of entry counts, the head/tail split at t,
+and a log-log picture of it (MetaCLIP's Figure: counts by entry rank, t marked)."""
+
+from __future__ import annotations
+
+from vecap_cli.steps.curate.balancing import head_tail
+from vecap_cli.steps.curate.counts import EntryCounts
+
+_BINS = (1, 10, 100, 1_000, 10_000, 100_000, 1_000_000)
+
+
+def _pct(part: float, whole: float) -> str:
+    return f"{100 * part / whole:.1f}%" if whole else "-"
+
+
+def describe(counts: EntryCounts, t: float, entries: list[str] | None = None, top: int = 20) -> str:
+    """The report as text: totals, head/tail at t, counts by decade, the top entries."""
+    split = head_tail(counts.counts, t)
+    head, tail, total = split["head"], split["tail"], split["matches"]
+    lines = [
+        f"records counted   {counts.records:,}, matched {counts.matched:,} "
+        f"({_pct(counts.matched, counts.records)})",
+        f"entries matched   {split['entries_matched']:,} of {counts.n_entries:,}",
+        f"matches           {total:,} ({total / max(counts.matched, 1):.2f} per matched record)",
+        f"head (count >= t) {head['entries']:,} entries, {head['matches']:,} matches "
+        f"({_pct(head['matches'], total)})   t = {t:,g}",
+        f"tail              {tail['entries']:,} entries, {tail['matches']:,} matches "
+        f"({_pct(tail['matches'], total)})",
+        f"capped at t       {split['matches_capped_at_t']:,} matches "
+        f"({_pct(split['matches_capped_at_t'], total)} of them)",
+        "",
+        "count          entries    matches",
+    ]
+    for low, high in zip(_BINS, (*_BINS[1:], None), strict=True):
+        inside = [c for c in counts.counts if c >= low and (high is None or c < high)]
+        if inside:
+            label = f"{low:,}+" if high is None else f"{low:,}-{high - 1:,}"
+            lines.append(f"{label:<14} {len(inside):>7,} {sum(inside):>10,}")
+    ranked = sorted(
+        ((c, i) for i, c in enumerate(counts.counts) if c), key=lambda ci: (-ci[0], ci[1])
+    )[:top]
+    if ranked:
+        lines += ["", "top entries     count      p_e  entry"]
+        for c, i in ranked:
+            name = repr(entries[i]) if entries is not None else f"#{i}"
+            lines.append(f"#{i:<8} {c:>12,} {min(1.0, t / c):>8.4f}  {name}")
+    return "\n".join(lines)
+
+
+def plot(counts: EntryCounts, t: float, path: str) -> None:
+    """Entry counts by rank, log-log, with t drawn across."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ranked = sorted((c for c in counts.counts if c), reverse=True)
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    if ranked:
+        ax.plot(range(1, len(ranked) + 1), ranked, lw=1.5, label="entry count")
+    ax.axhline(t, color="tab:red", ls="--", lw=1, label=f"t = {t:,g}")
+    split = head_tail(counts.counts, t)
+    ax.set_title(
+        f"{split['entries_matched']:,} entries matched; head: {split['head']['entries']:,} "
+        f"entries, {100 * split['head']['share']:.1f}% of matches",
+        fontsize=10,
+    )
+    ax.set_xlabel("entry rank (by count)")
+    ax.set_ylabel("records matching the entry")
+    ax.legend()
+    ax.grid(True, which="major", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

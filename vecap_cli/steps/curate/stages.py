@@ -1,0 +1,186 @@
+"""The stream stages of curation.
+
+    prepare(samples)  -> (sample, ids)         filters (drops), then matching
+    count(pairs)                               consumes: records and matched
+    balance(pairs)    -> samples + `curate`    keeps by the draws (or marks, keep_all)
+
+The one-pass run matches once: `prepare` records what it decided for each input
+in a `MatchCache` while counting, and `MatchCache.replaying` stands in for
+`prepare` while balancing the same inputs.
+"""
+
+from __future__ import annotations
+
+from array import array
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+
+from vecap_cli.errors import VecapError
+from vecap_cli.steps.curate.balancing import Balancer
+from vecap_cli.steps.curate.filters import Dedup, Screen
+from vecap_cli.stream.sample import Sample
+from vecap_cli.stream.tally import Tally
+
+Pairs = Iterator[tuple[Sample, list[int]]]
+NO_TEXT = "no-text"  # a rejection: the record lacks the text field
+RULES = ("", NO_TEXT, "text-filter", "duplicate-url", "duplicate-text")  # cache codes
+
+
+@dataclass(frozen=True)
+class CurateConfig:
+    field: str = "alt"  # the record field matched against the metadata
+    html: bool = False  # strip tags and unescape entities before matching
+    text_filter: bool = False  # DataComp's basic caption filter
+    dedup: tuple[str, ...] = ()  # "url", "text"
+    t: int = 20_000
+    seed: int = 0
+    keep_all: bool = False  # mark records with keep: false instead of dropping them
+
+    def __post_init__(self):
+        if self.t <= 0:
+            raise ValueError("--t must be positive")
+        Dedup(self.dedup)  # validates the kinds
+
+    def matching(self) -> dict:
+        """The settings that decide what is counted: a counts file records them."""
+        return {
+            "field": self.field,
+            "html": self.html,
+            "text_filter": self.text_filter,
+            "dedup": sorted(self.dedup),
+        }
+
+
+def prepare(
+    samples: Iterable[Sample],
+    tally: Tally,
+    config: CurateConfig,
+    match: Callable[[str], list[int]],
+    cache: MatchCache | None = None,
+) -> Pairs:
+    """(sample, sorted matched ids) for every record the filters let through.
+
+    With a cache, every decision (ids, or the rule that removed the record) is
+    recorded by input ordinal for `MatchCache.replaying`.
+    """
+    field = config.field
+    screen = Screen(config) if config.html or config.text_filter or config.dedup else None
+    codes, starts, all_ids = (cache.codes, cache.starts, cache.ids) if cache else (None,) * 3
+    try:
+        for sample in samples:
+            # the hot path (no filters): a dict lookup, a type check, the match
+            text = sample.record.get(field)
+            if not isinstance(text, str):
+                rule = NO_TEXT
+                tally.reject(NO_TEXT, f"record has no string '{field}'", sample)
+            elif screen is not None:
+                text, rule = screen(sample.record, text)
+                if rule:
+                    tally.drop(rule, sample)
+            else:
+                rule = ""
+            if rule:
+                if cache is not None:
+                    cache.note(sample.idx, rule)
+                continue
+            found = match(text)
+            if codes is not None:
+                if sample.idx != len(codes):
+                    cache.note_gap(sample.idx)
+                codes.append(0)
+                starts.append(len(all_ids))
+                all_ids.extend(found)
+            yield sample, found
+    finally:
+        if screen is not None and config.html:
+            tally.extra["html_cleaned"] = tally.extra.get("html_cleaned", 0) + screen.cleaned
+
+
+def count(pairs: Iterable[tuple[Sample, list[int]]], tally: Tally) -> tuple[int, int]:
+    """Consumes the matched records; returns (records, matched).
+
+    Accounting as in `balance`: a record that matched counts as out, one that
+    matched nothing is dropped under `no-match` (counted in bulk: a counting pass
+    writes no shards, so no drop needs its input ordinal).
+    """
+    records = matched = 0
+    for _, ids in pairs:
+        records += 1
+        if ids:
+            matched += 1
+    tally.n_out += matched
+    if records > matched:
+        tally.dropped["no-match"] += records - matched
+    return records, matched
+
+
+def balance(
+    pairs: Iterable[tuple[Sample, list[int]]],
+    tally: Tally,
+    config: CurateConfig,
+    balancer: Balancer,
+) -> Iterator[Sample]:
+    """Adds `curate: {entries, p, keep}`; drops `no-match` and `balance` unless keep_all."""
+    keep_all = config.keep_all
+    kept = 0
+    expected = 0.0
+    try:
+        for sample, ids in pairs:
+            if ids:
+                p, keep = balancer(sample.key, ids)
+            elif keep_all:
+                p, keep = 0.0, False
+            else:
+                tally.drop("no-match", sample)
+                continue
+            kept += keep
+            expected += p
+            if keep or keep_all:
+                sample.record["curate"] = {"entries": ids, "p": p, "keep": keep}
+                yield sample
+            else:
+                tally.drop("balance", sample)
+    finally:
+        tally.extra["kept"] = kept
+        tally.extra["expected_kept"] = round(expected, 3)
+
+
+class MatchCache:
+    """What `prepare` decided for each input ordinal (`sample.idx`), packed in arrays:
+    9 bytes per record plus 4 per match."""
+
+    def __init__(self):
+        self.codes = array("b")  # codes[idx]: index into RULES; -1: never reached prepare
+        self.starts = array("q")  # starts[idx]: where idx's ids begin in `ids`
+        self.ids = array("i")
+        self._code_of = {rule: i for i, rule in enumerate(RULES)}
+
+    def note_gap(self, idx: int) -> None:
+        """Inputs the reader rejected before `idx`: they never reach prepare."""
+        gap = idx - len(self.codes)
+        self.codes.extend([-1] * gap)
+        self.starts.extend([len(self.ids)] * gap)
+
+    def note(self, idx: int, rule: str) -> None:
+        """A record removed under `rule` (matched records are written by `prepare`)."""
+        if idx != len(self.codes):
+            self.note_gap(idx)
+        self.codes.append(self._code_of[rule])
+        self.starts.append(len(self.ids))
+
+    def replaying(self, samples: Iterable[Sample], tally: Tally, config: CurateConfig) -> Pairs:
+        """`prepare`'s output again, from the cache: the same drops, the same ids."""
+        codes, ids = self.codes, self.ids
+        starts = self.starts + array("q", [len(ids)])  # with the end of the last one's ids
+        n = len(codes)
+        for sample in samples:
+            idx = sample.idx
+            code = codes[idx] if idx < n else -1
+            if code == 0:
+                yield sample, ids[starts[idx] : starts[idx + 1]].tolist()
+            elif code < 0:
+                raise VecapError(f"{sample.origin}: the input changed between curate's two passes")
+            elif code == 1:
+                tally.reject(NO_TEXT, f"record has no string '{config.field}'", sample)
+            else:
+                tally.drop(RULES[code], sample)
