@@ -3,6 +3,7 @@ import io
 import pytest
 
 from vecap_cli.stream.jsonl import JsonlWriter, parse_record, read_jsonl
+from vecap_cli.stream.picker import Picker
 from vecap_cli.stream.sample import Sample, Source
 from vecap_cli.stream.tally import Tally
 
@@ -35,21 +36,11 @@ def test_integer_keys_are_kept_as_written():
     assert record["key"] == 7
 
 
-def _counter():
-    state = {"n": -1}
-
-    def pick():
-        state["n"] += 1
-        return state["n"]
-
-    return pick
-
-
 def test_reader_skips_blank_lines_and_rejects_bad_ones_with_line_numbers():
     data = b'{"key":"a"}\n\n   \n{oops\n{"key":"b"}\n'
     rejects = io.BytesIO()
     tally = Tally("t", rejects)
-    samples = list(read_jsonl(io.BytesIO(data), Source("f.jsonl", "jsonl", ""), tally, _counter()))
+    samples = list(read_jsonl(io.BytesIO(data), Source("f.jsonl", "jsonl", ""), tally, Picker()))
     assert [s.key for s in samples] == ["a", "b"]
     assert [s.origin for s in samples] == ["f.jsonl:1", "f.jsonl:5"]
     assert [s.idx for s in samples] == [0, 2]

@@ -5,19 +5,10 @@ import orjson
 import pytest
 
 from vecap_cli.errors import VecapError
+from vecap_cli.stream.picker import Picker
 from vecap_cli.stream.sample import Sample, Source
 from vecap_cli.stream.tally import Tally
 from vecap_cli.stream.tar import TarWriter, member_name_ok, read_tar
-
-
-def _pick():
-    state = [-1]
-
-    def pick():
-        state[0] += 1
-        return state[0]
-
-    return pick
 
 
 def _write(samples, tally=None) -> bytes:
@@ -31,7 +22,7 @@ def _write(samples, tally=None) -> bytes:
 
 def _read(data: bytes, tally=None, name="s.tar"):
     tally = tally or Tally("t")
-    return list(read_tar(io.BytesIO(data), Source(name, "tar", ""), tally, _pick())), tally
+    return list(read_tar(io.BytesIO(data), Source(name, "tar", ""), tally, Picker())), tally
 
 
 def _tar(members: list[tuple[str, bytes]]) -> bytes:

@@ -9,6 +9,7 @@ from typing import BinaryIO
 import orjson
 
 from vecap_cli.errors import VecapError
+from vecap_cli.stream.picker import Picker
 from vecap_cli.stream.sample import IMAGE_EXTS, Sample, Source
 from vecap_cli.stream.tally import Tally
 
@@ -18,36 +19,62 @@ def parse_record(line: bytes) -> tuple[dict | None, str, str]:
     try:
         record = orjson.loads(line)
     except orjson.JSONDecodeError as err:
-        try:
-            line.decode("utf-8")
-        except UnicodeDecodeError:
-            return None, "not-utf8", "line is not UTF-8"
-        return None, "bad-json", str(err)
+        return None, *_unparsable(line, err)
+    problem = _unusable(record)
+    return (None, *problem) if problem else (record, "", "")
+
+
+def _unparsable(line: bytes, err: Exception) -> tuple[str, str]:
+    try:
+        line.decode("utf-8")
+    except UnicodeDecodeError:
+        return "not-utf8", "line is not UTF-8"
+    return "bad-json", str(err)
+
+
+def _unusable(record: object) -> tuple[str, str] | None:
     if not isinstance(record, dict):
-        return None, "not-object", f"a JSON {type(record).__name__}, not an object"
+        return "not-object", f"a JSON {type(record).__name__}, not an object"
     key = record.get("key")
     if key is None:
-        return None, "no-key", "record has no 'key'"
+        return "no-key", "record has no 'key'"
     if not isinstance(key, str | int) or isinstance(key, bool) or key == "":
-        return None, "bad-key", f"'key' must be a non-empty string or an integer, not {key!r}"
-    return record, "", ""
+        return "bad-key", f"'key' must be a non-empty string or an integer, not {key!r}"
+    return None
 
 
-def read_jsonl(stream: BinaryIO, source: Source, tally: Tally, pick) -> Iterator[Sample]:
-    """Samples from a JSONL stream; `pick(ordinal)` returns this run's idx, or -1 to skip."""
+def read_jsonl(stream: BinaryIO, source: Source, tally: Tally, pick: Picker) -> Iterator[Sample]:
+    """Samples from a JSONL stream, numbered (and split between ranks) by `pick`.
+
+    This loop is every command's floor: the common record (an object with a
+    string key, on a run that keeps every record) takes the short path.
+    """
+    loads, plain = orjson.loads, pick.plain
     for lineno, line in enumerate(stream, 1):
         if line.isspace():
             continue
-        idx = pick()
-        if idx < 0:
-            continue
+        if plain:
+            pick.ordinal += 1
+            idx = pick.ordinal
+        else:
+            idx = pick()
+            if idx < 0:
+                continue
         tally.n_in += 1
-        record, reason, detail = parse_record(line)
-        if record is None:
-            raw = line.decode("utf-8", "backslashreplace").rstrip("\n")
-            tally.reject(reason, detail, idx=idx, origin=f"{source.name}:{lineno}", raw=raw)
+        try:
+            record = loads(line)
+        except orjson.JSONDecodeError as err:
+            problem: tuple[str, str] | None = _unparsable(line, err)
+        else:
+            if type(record) is dict and type(record.get("key")) is str and record["key"]:
+                yield Sample(record, None, idx, source, lineno)
+                continue
+            problem = _unusable(record)
+        if problem is None:  # an integer key
+            yield Sample(record, None, idx, source, lineno)
             continue
-        yield Sample(record, None, idx, source, lineno)
+        raw = line.decode("utf-8", "backslashreplace").rstrip("\n")
+        tally.reject(*problem, idx=idx, origin=f"{source.name}:{lineno}", raw=raw)
 
 
 class JsonlWriter:

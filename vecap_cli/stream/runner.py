@@ -16,6 +16,7 @@ from typing import BinaryIO
 import orjson
 
 from vecap_cli.stream.jsonl import read_jsonl
+from vecap_cli.stream.picker import Picker
 from vecap_cli.stream.progress import progress
 from vecap_cli.stream.sample import Sample
 from vecap_cli.stream.sinks import OutputSpec, Sink, fingerprint, open_for_writing, open_sink
@@ -70,27 +71,8 @@ def split_inputs(names: Sequence[str], rank: int, world_size: int) -> tuple[list
     return list(names), rank, world_size
 
 
-class _Picker:
-    """Numbers this rank's records 0, 1, 2 ...; -1 for records it must skip."""
-
-    __slots__ = ("ordinal", "rank", "skip", "world")
-
-    def __init__(self, rank: int, world: int, skip: int):
-        self.rank, self.world, self.skip, self.ordinal = rank, world, skip, -1
-
-    def __call__(self) -> int:
-        self.ordinal += 1
-        if self.world > 1:
-            if self.ordinal % self.world != self.rank:
-                return -1
-            idx = self.ordinal // self.world
-        else:
-            idx = self.ordinal
-        return idx if idx >= self.skip else -1
-
-
 def _read(
-    names: list[str], tally: Tally, pick: _Picker, carriers: list[str], log
+    names: list[str], tally: Tally, pick: Picker, carriers: list[str], log
 ) -> Iterator[Sample]:
     for name in names:
         with open_source(name) as (source, stream):
@@ -117,7 +99,7 @@ def iter_samples(
     curate count); record commands use `run_stream`.
     """
     mine, split_rank, split_world = split_inputs(expand(inputs), rank, world_size)
-    yield from _read(mine, tally, _Picker(split_rank, split_world, 0), [], log)
+    yield from _read(mine, tally, Picker(split_rank, split_world, 0), [], log)
 
 
 def run_stream(command: str, opts: StreamOptions, stage: Stage, config: object = None) -> Tally:
@@ -141,7 +123,7 @@ def run_stream(command: str, opts: StreamOptions, stage: Stage, config: object =
     tally.rejects = rejects
     ok = False
     try:
-        samples = _read(mine, tally, _Picker(split_rank, split_world, skip), carriers, opts.log)
+        samples = _read(mine, tally, Picker(split_rank, split_world, skip), carriers, opts.log)
         with progress(command, not opts.quiet) as update:
             for n, sample in enumerate(stage(samples, tally)):
                 sink.write(sample)
