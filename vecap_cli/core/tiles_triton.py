@@ -2,6 +2,9 @@
 
 Imports triton at module level: import this only from the `*_triton` modules,
 which the ops import lazily when they dispatch to Triton.
+
+Helpers are called once per tile, never per inner step: Triton's interpreter
+(the CPU test path) re-patches the language on every @triton.jit call.
 """
 
 from __future__ import annotations
@@ -33,16 +36,7 @@ def loss_tiles(x: torch.Tensor) -> LossTiles:
     # numpy fast, and the interpreter multiplies bf16 operands as raw uint16
     # bit patterns, so bf16 dots are done in fp32 there.
     upcast = x.dtype == torch.bfloat16
-    return LossTiles(16, 32, 256, 512, 1, "ieee", upcast=upcast)
-
-
-@triton.jit
-def mma(a, b, acc, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
-    """acc + a·b with fp32 accumulation."""
-    if UPCAST:
-        a = a.to(tl.float32)
-        b = b.to(tl.float32)
-    return tl.dot(a, b, acc, input_precision=PRECISION)
+    return LossTiles(32, 32, 256, 512, 1, "ieee", upcast=upcast)
 
 
 @triton.jit
@@ -77,7 +71,10 @@ def logits_tile(
             mask=col_ok[:, None] & k_ok[None, :],
             other=0.0,
         )  # (BLOCK_N, BLOCK_K)
-        acc = mma(a, tl.trans(b), acc, PRECISION, UPCAST)
+        if UPCAST:
+            a = a.to(tl.float32)
+            b = b.to(tl.float32)
+        acc = tl.dot(a, tl.trans(b), acc, input_precision=PRECISION)
     return acc
 
 
@@ -100,4 +97,8 @@ def accumulate_rows(
         mask=col_ok[:, None] & d_ok[None, :],
         other=0.0,
     )  # (BLOCK_N, BLOCK_D)
-    return mma(g.to(y.dtype), y, acc, PRECISION, UPCAST)
+    g = g.to(y.dtype)
+    if UPCAST:
+        g = g.to(tl.float32)
+        y = y.to(tl.float32)
+    return tl.dot(g, y, acc, input_precision=PRECISION)
