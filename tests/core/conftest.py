@@ -10,11 +10,11 @@ import os
 os.environ.setdefault("TRITON_INTERPRET", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
+import pytest
+import torch
+import torch.nn.functional as F
 
-from vecap_cli.core.dispatch import ENV_VAR, triton_available  # noqa: E402
+from vecap_cli.core.dispatch import ENV_VAR, triton_available
 
 BACKENDS = [
     "torch",

@@ -29,7 +29,9 @@ def _sdpa64(q, k, v, causal, key_padding_mask, scale=None):
 
 def _check(backend, shape, dtype, causal=False, key_padding_mask=None, scale=None):
     q, k, v = _qkv(*shape, dtype)
-    out = flash_attention(q, k, v, causal=causal, key_padding_mask=key_padding_mask, scale=scale, backend=backend)
+    out = flash_attention(
+        q, k, v, causal=causal, key_padding_mask=key_padding_mask, scale=scale, backend=backend
+    )
     grad_out = torch.randn(out.shape, generator=torch.Generator().manual_seed(1)).to(dtype)
     out.backward(grad_out)
     ref, ref_inputs = _sdpa64(q, k, v, causal, key_padding_mask, scale)

@@ -30,7 +30,7 @@ def _run(fn, image, text, scale, bias):
 def _check(backend, b, d, dtype, scale=SCALE_CLAMP, bias=None, seed=0):
     image64, text64 = paired_features(b, d, seed)
     image, text = leaves(image64, text64, dtype=dtype)
-    s, = leaves(torch.tensor(scale))
+    (s,) = leaves(torch.tensor(scale))
     bias_t = leaves(torch.tensor(bias))[0] if bias is not None else None
     loss = _run(lambda *a: clip_loss(*a, backend=backend), image, text, s, bias_t)
 
@@ -84,7 +84,9 @@ def test_local_loss_matches_open_clips_formula(backend):
         image64[b : 2 * b], text64[b : 2 * b], image64, text64, dtype=torch.float32
     )
     s = torch.tensor(SCALE_CLAMP, requires_grad=True)
-    loss = clip_loss_local(image, text, all_image, all_text, s, label_offset=b * rank, backend=backend)
+    loss = clip_loss_local(
+        image, text, all_image, all_text, s, label_offset=b * rank, backend=backend
+    )
     loss.backward()
 
     r_image, r_text, r_all_image, r_all_text, r_s = leaves(

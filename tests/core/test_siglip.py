@@ -20,7 +20,7 @@ def _small_torch_tiles(monkeypatch):
 def _check(backend, b, d, dtype, scale=100.0, bias=-10.0, seed=0):
     image64, text64 = paired_features(b, d, seed)
     image, text = leaves(image64, text64, dtype=dtype)
-    s, = leaves(torch.tensor(scale))
+    (s,) = leaves(torch.tensor(scale))
     bias_t = leaves(torch.tensor(bias))[0] if bias is not None else None
     loss = siglip_loss(image, text, s, bias_t, backend=backend)
     loss.backward()
@@ -86,7 +86,9 @@ def test_rows_against_gathered_columns(backend):
 def test_reference_is_open_clips_formula():
     image, text = paired_features(19, 16)
     s, bias = torch.tensor(10.0, dtype=torch.float64), torch.tensor(-3.0, dtype=torch.float64)
-    assert torch.allclose(siglip_loss_reference(image, text, s, bias), SigLipLoss()(image, text, s, bias))
+    assert torch.allclose(
+        siglip_loss_reference(image, text, s, bias), SigLipLoss()(image, text, s, bias)
+    )
 
 
 def test_module_has_open_clips_interface():

@@ -74,7 +74,9 @@ class _FlashAttention(torch.autograd.Function):
     @staticmethod
     def backward(ctx, do):
         q, k, v, o, lse, key_padding_mask = ctx.saved_tensors
-        dq, dk, dv = ctx.kernels.backward(do, q, k, v, o, lse, ctx.causal, key_padding_mask, ctx.scale)
+        dq, dk, dv = ctx.kernels.backward(
+            do, q, k, v, o, lse, ctx.causal, key_padding_mask, ctx.scale
+        )
         return dq, dk, dv, None, None, None
 
 

@@ -63,7 +63,9 @@ def _visible(offs_m, offs_n, n_ok, kpm_ptr, CAUSAL: tl.constexpr, HAS_KPM: tl.co
 @triton.jit
 def _load_rows(ptr, offs, ok, stride, offs_d, d_ok, UPCAST: tl.constexpr):
     """(len(offs), BLOCK_D) rows of a (N, d) slice; zeros outside."""
-    x = tl.load(ptr + offs[:, None] * stride + offs_d[None, :], mask=ok[:, None] & d_ok[None, :], other=0.0)
+    x = tl.load(
+        ptr + offs[:, None] * stride + offs_d[None, :], mask=ok[:, None] & d_ok[None, :], other=0.0
+    )
     if UPCAST:
         x = x.to(tl.float32)
     return x
@@ -95,7 +97,8 @@ def _attn_fwd(
     offs_d = tl.arange(0, BLOCK_D)
     m_ok = offs_m < NQ
     d_ok = offs_d < HEAD_DIM
-    q = _load_rows(q_ptr + b * sqb + h * sqh, offs_m, m_ok, sqn, offs_d, d_ok, UPCAST)  # (BLOCK_M, BLOCK_D)
+    # (BLOCK_M, BLOCK_D)
+    q = _load_rows(q_ptr + b * sqb + h * sqh, offs_m, m_ok, sqn, offs_d, d_ok, UPCAST)
     k_base = k_ptr + b * skb + h * skh
     v_base = v_ptr + b * svb + h * svh
     kpm_base = kpm_ptr + b * skpm
@@ -116,14 +119,18 @@ def _attn_fwd(
             k = k.to(tl.float32)
             v = v.to(tl.float32)
         s = tl.dot(q, tl.trans(k), input_precision=PRECISION)  # (BLOCK_M, BLOCK_N)
-        s = tl.where(_visible(offs_m, offs_n, n_ok, kpm_base, CAUSAL, HAS_KPM), s * qk_scale, float("-inf"))
+        s = tl.where(
+            _visible(offs_m, offs_n, n_ok, kpm_base, CAUSAL, HAS_KPM), s * qk_scale, float("-inf")
+        )
         new_max = tl.maximum(run_max, tl.max(s, axis=1))
         # A row with no visible key so far has new_max = -inf; exp2(-inf - -inf) would be NaN.
         safe_max = tl.where(new_max == float("-inf"), 0.0, new_max)
         p = tl.exp2(s - safe_max[:, None])
         alpha = tl.exp2(run_max - safe_max)
         run_sum = run_sum * alpha + tl.sum(p, axis=1)
-        acc = tl.dot(_as_operand(p, v_ptr, UPCAST), v, acc * alpha[:, None], input_precision=PRECISION)
+        acc = tl.dot(
+            _as_operand(p, v_ptr, UPCAST), v, acc * alpha[:, None], input_precision=PRECISION
+        )
         run_max = new_max
     empty = run_sum == 0.0
     out = acc / tl.where(empty, 1.0, run_sum)[:, None]
@@ -150,7 +157,8 @@ def _attn_bwd_dkdv(
     offs_d = tl.arange(0, BLOCK_D)
     n_ok = offs_n < NK
     d_ok = offs_d < HEAD_DIM
-    k = _load_rows(k_ptr + b * skb + h * skh, offs_n, n_ok, skn, offs_d, d_ok, UPCAST)  # (BLOCK_N, BLOCK_D)
+    # (BLOCK_N, BLOCK_D)
+    k = _load_rows(k_ptr + b * skb + h * skh, offs_n, n_ok, skn, offs_d, d_ok, UPCAST)
     v = _load_rows(v_ptr + b * svb + h * svh, offs_n, n_ok, svn, offs_d, d_ok, UPCAST)
     q_base = q_ptr + b * sqb + h * sqh
     do_base = do_ptr + b * sdb + h * sdh
@@ -181,7 +189,9 @@ def _attn_bwd_dkdv(
         dk = tl.dot(tl.trans(_as_operand(ds, q_ptr, UPCAST)), q, dk, input_precision=PRECISION)
     kv_rows = offs_n[:, None] * skn + offs_d[None, :]
     mask = n_ok[:, None] & d_ok[None, :]
-    tl.store(dk_ptr + b * skb + h * skh + kv_rows, (dk * sm_scale).to(dk_ptr.dtype.element_ty), mask=mask)
+    tl.store(
+        dk_ptr + b * skb + h * skh + kv_rows, (dk * sm_scale).to(dk_ptr.dtype.element_ty), mask=mask
+    )
     tl.store(dv_ptr + b * skb + h * skh + kv_rows, dv.to(dv_ptr.dtype.element_ty), mask=mask)
 
 
@@ -202,7 +212,8 @@ def _attn_bwd_dq(
     offs_d = tl.arange(0, BLOCK_D)
     m_ok = offs_m < NQ
     d_ok = offs_d < HEAD_DIM
-    q = _load_rows(q_ptr + b * sqb + h * sqh, offs_m, m_ok, sqn, offs_d, d_ok, UPCAST)  # (BLOCK_M, BLOCK_D)
+    # q, do: (BLOCK_M, BLOCK_D)
+    q = _load_rows(q_ptr + b * sqb + h * sqh, offs_m, m_ok, sqn, offs_d, d_ok, UPCAST)
     do = _load_rows(do_ptr + b * sdb + h * sdh, offs_m, m_ok, sdn, offs_d, d_ok, UPCAST)
     lse = tl.load(lse_ptr + bh * NQ + offs_m, mask=m_ok, other=float("inf"))
     delta = tl.load(delta_ptr + bh * NQ + offs_m, mask=m_ok, other=0.0)
@@ -231,7 +242,9 @@ def _attn_bwd_dq(
         dq = tl.dot(_as_operand(ds, q_ptr, UPCAST), k, dq, input_precision=PRECISION)
     q_rows = offs_m[:, None] * sqn + offs_d[None, :]
     mask = m_ok[:, None] & d_ok[None, :]
-    tl.store(dq_ptr + b * sqb + h * sqh + q_rows, (dq * sm_scale).to(dq_ptr.dtype.element_ty), mask=mask)
+    tl.store(
+        dq_ptr + b * sqb + h * sqh + q_rows, (dq * sm_scale).to(dq_ptr.dtype.element_ty), mask=mask
+    )
 
 
 def _bhn(t: torch.Tensor) -> tuple[int, int, int]:

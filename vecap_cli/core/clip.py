@@ -266,13 +266,17 @@ class FusedClipLoss(nn.Module):
         self.world_size = world_size
         self.backend = backend
 
-    def forward(self, image_features, text_features, logit_scale, logit_bias=None, output_dict=False):
+    def forward(
+        self, image_features, text_features, logit_scale, logit_bias=None, output_dict=False
+    ):
         loss = self._loss(image_features, text_features, logit_scale, logit_bias)
         return {"contrastive_loss": loss} if output_dict else loss
 
     def _loss(self, image_features, text_features, logit_scale, logit_bias):
         if self.world_size == 1:
-            return clip_loss(image_features, text_features, logit_scale, logit_bias, backend=self.backend)
+            return clip_loss(
+                image_features, text_features, logit_scale, logit_bias, backend=self.backend
+            )
         all_images, all_texts = gather_features(
             image_features,
             text_features,

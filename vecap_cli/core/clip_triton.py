@@ -116,7 +116,9 @@ def _grad_kernel(
         # cancels (rows of G sum to ~0), so G rounded to bf16 would blur it.
         gdot += tl.sum(g * dots, axis=1)
         acc = accumulate_rows(acc, g, y_ptr, cols, col_ok, dcols, d_ok, stride_y, PRECISION, UPCAST)
-    tl.store(g_ptr + rows[:, None] * stride_g + dcols[None, :], acc, mask=row_ok[:, None] & d_ok[None, :])
+    tl.store(
+        g_ptr + rows[:, None] * stride_g + dcols[None, :], acc, mask=row_ok[:, None] & d_ok[None, :]
+    )
     tl.store(gdot_ptr + rows, gdot, mask=row_ok & (tl.program_id(1) == 0))
 
 

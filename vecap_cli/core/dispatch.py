@@ -36,5 +36,7 @@ def choose_backend(tensor: torch.Tensor, backend: str | None = None) -> Backend:
     if choice == "auto":
         return "triton" if tensor.is_cuda and triton_available() else "torch"
     if choice == "triton" and not triton_available():
-        raise RuntimeError(f"backend 'triton' was asked for ({ENV_VAR}) but triton is not installed")
+        raise RuntimeError(
+            f"backend 'triton' was asked for ({ENV_VAR}) but triton is not installed"
+        )
     return choice  # type: ignore[return-value]

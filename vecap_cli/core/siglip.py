@@ -39,7 +39,9 @@ _DIST_IMPLS = ("bidir", "shift", "reduce", "gather")
 # -- reference -------------------------------------------------------------------
 
 
-def siglip_loss_reference(image_features, text_features, logit_scale, logit_bias=None, label_offset=0):
+def siglip_loss_reference(
+    image_features, text_features, logit_scale, logit_bias=None, label_offset=0
+):
     """open_clip's SigLipLoss._loss written out, with labels shifted by label_offset."""
     logits = logit_scale * image_features @ text_features.T  # (m, n)
     if logit_bias is not None:

@@ -21,7 +21,9 @@ from vecap_cli.core.tiles_triton import accumulate_rows, logits_tile, loss_tiles
 def _softplus(u):
     """log(1 + exp(u)) with no overflow; log1p by series where 1 + e would round e away."""
     e = tl.exp(-tl.abs(u))
-    log1p_e = tl.where(e < 1e-2, e * (1.0 - e * (0.5 - e * (1.0 / 3.0 - e * 0.25))), tl.log(1.0 + e))
+    log1p_e = tl.where(
+        e < 1e-2, e * (1.0 - e * (0.5 - e * (1.0 / 3.0 - e * 0.25))), tl.log(1.0 + e)
+    )
     return tl.maximum(u, 0.0) + log1p_e
 
 
@@ -114,7 +116,9 @@ def _grad_kernel(
         gdot += tl.sum(t * dots, axis=1)
         gsum += tl.sum(t, axis=1)
         acc = accumulate_rows(acc, t, y_ptr, cols, col_ok, dcols, d_ok, stride_y, PRECISION, UPCAST)
-    tl.store(g_ptr + rows[:, None] * stride_g + dcols[None, :], acc, mask=row_ok[:, None] & d_ok[None, :])
+    tl.store(
+        g_ptr + rows[:, None] * stride_g + dcols[None, :], acc, mask=row_ok[:, None] & d_ok[None, :]
+    )
     first_slice = tl.program_id(1) == 0
     tl.store(gdot_ptr + rows, gdot, mask=row_ok & first_slice)
     tl.store(gsum_ptr + rows, gsum, mask=row_ok & first_slice)
