@@ -37,9 +37,9 @@ from torch import nn
 from vecap_cli.core.dispatch import choose_backend
 from vecap_cli.core.distributed import gather_features
 
-# Elements of S held at once by the torch path (fp32: 16 MiB). Its working set is
+# Elements of S held at once by the torch path (fp32: 32 MiB). Its working set is
 # a few such chunks plus O(B·D) buffers, independent of B².
-_TILE_ELEMENTS = 1 << 22
+_TILE_ELEMENTS = 1 << 23
 
 
 # -- reference -------------------------------------------------------------------

@@ -31,8 +31,8 @@ from vecap_cli.core.clip import as_scale
 from vecap_cli.core.dispatch import choose_backend
 from vecap_cli.core.distributed import all_gather_with_grad
 
-# Elements of S held at once by the torch path (fp32: 16 MiB).
-_TILE_ELEMENTS = 1 << 22
+# Elements of S held at once by the torch path (fp32: 32 MiB).
+_TILE_ELEMENTS = 1 << 23
 _DIST_IMPLS = ("bidir", "shift", "reduce", "gather")
 
 
