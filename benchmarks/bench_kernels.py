@@ -16,7 +16,8 @@ CPU the peak resident set above the inputs (VmHWM after resetting it through
 /proc/self/clear_refs), on CUDA `max_memory_allocated` above the inputs. A CPU
 worker's address space is capped below the memory available when it starts,
 so a baseline too big for the machine reports OOM instead of swapping it dead.
-Times are the best of a few repetitions.
+Times are the best of a few repetitions; at small sizes the baseline and ours
+alternate over three rounds, since load on a shared host drifts.
 """
 
 from __future__ import annotations
@@ -238,6 +239,30 @@ def run_case(case: Case) -> dict:
     return json.loads(lines[-1])
 
 
+def _rounds(case: Case) -> int:
+    return 3 if case.device == "cpu" and case.shape[0] <= 4096 else 1
+
+
+def _paired(cases: list[Case]) -> list[list[Case]]:
+    groups: dict[tuple, list[Case]] = {}
+    for case in cases:
+        groups.setdefault(_group(case), []).append(case)
+    return list(groups.values())
+
+
+def _better(old: dict | None, new: dict) -> dict:
+    """Best time over rounds, highest peak (the peak is a property of the case, not luck)."""
+    if old is None or old.get("status") != "ok":
+        return new
+    if new.get("status") != "ok":
+        return old
+    return {
+        "status": "ok",
+        "time": min(old["time"], new["time"]),
+        "peak": max(old["peak"], new["peak"]),
+    }
+
+
 def _group(case: Case) -> tuple:
     return (case.op, case.device, case.dtype, case.shape, case.causal)
 
@@ -290,11 +315,13 @@ def main(argv: list[str] | None = None) -> None:
     if args.device in ("cuda", "all") and torch.cuda.is_available():
         cases += cuda_cases(args.quick)
     results = []
-    for case in cases:
-        results.append((case, run_case(case)))
-        print(
-            f"{case.op} {case.impl} {case.device} {case.shape}: {results[-1][1]}", file=sys.stderr
-        )
+    for group in _paired(cases):
+        merged: dict[Case, dict] = {}
+        for _ in range(_rounds(group[0])):  # alternate base and ours: load drifts on shared hosts
+            for case in group:
+                merged[case] = _better(merged.get(case), run_case(case))
+                print(f"{case.op} {case.impl} {case.shape}: {merged[case]}", file=sys.stderr)
+        results += merged.items()
     print(table(results))
 
 
