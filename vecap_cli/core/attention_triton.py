@@ -13,6 +13,8 @@ forward stores lse per query; a query that sees no key gets output 0 and
 lse = +inf, which makes every recomputed probability exp2(s − lse) exactly 0
 in backward instead of NaN. Backward is two kernels so nothing needs atomics:
 one per key block (dk, dv) and one per query block (dq), both recomputing p.
+The grid is (blocks, H, B), not (blocks, B·H): CUDA caps grid axes 1 and 2 at
+65535, which B·H passes at B = 8192 with 8 heads.
 """
 
 from __future__ import annotations
@@ -90,9 +92,9 @@ def _attn_fwd(
     PRECISION: tl.constexpr, UPCAST: tl.constexpr,
 ):  # fmt: skip
     start_m = tl.program_id(0)
-    bh = tl.program_id(1)
-    b = bh // H
-    h = bh % H
+    h = tl.program_id(1)
+    b = tl.program_id(2).to(tl.int64)  # b·stride can pass 2**31 on large batches
+    bh = b * H + h
     offs_m = start_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     m_ok = offs_m < NQ
@@ -150,9 +152,9 @@ def _attn_bwd_dkdv(
     PRECISION: tl.constexpr, UPCAST: tl.constexpr,
 ):  # fmt: skip
     start_n = tl.program_id(0)
-    bh = tl.program_id(1)
-    b = bh // H
-    h = bh % H
+    h = tl.program_id(1)
+    b = tl.program_id(2).to(tl.int64)  # b·stride can pass 2**31 on large batches
+    bh = b * H + h
     offs_n = start_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
     n_ok = offs_n < NK
@@ -205,9 +207,9 @@ def _attn_bwd_dq(
     PRECISION: tl.constexpr, UPCAST: tl.constexpr,
 ):  # fmt: skip
     start_m = tl.program_id(0)
-    bh = tl.program_id(1)
-    b = bh // H
-    h = bh % H
+    h = tl.program_id(1)
+    b = tl.program_id(2).to(tl.int64)  # b·stride can pass 2**31 on large batches
+    bh = b * H + h
     offs_m = start_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     m_ok = offs_m < NQ
@@ -271,7 +273,7 @@ def forward(q, k, v, causal: bool, key_padding_mask, scale: float):
     o = torch.empty_like(q, memory_format=torch.contiguous_format)
     lse = torch.empty(B, H, NQ, device=q.device, dtype=torch.float32)
     kpm, skpm, has_kpm = _kpm_args(key_padding_mask, q)
-    _attn_fwd[(triton.cdiv(NQ, tiles.block_m), B * H)](
+    _attn_fwd[(triton.cdiv(NQ, tiles.block_m), H, B)](
         q, k, v, o, lse, kpm, scale * _LOG2E,
         *_bhn(q), *_bhn(k), *_bhn(v), *_bhn(o), skpm,
         H, NQ, NK, d, causal, has_kpm,
@@ -296,10 +298,10 @@ def backward(do, q, k, v, o, lse, causal: bool, key_padding_mask, scale: float):
         tiles.block_m, tiles.block_n, tiles.block_d, tiles.precision, tiles.upcast,
     )  # fmt: skip
     launch = {"num_warps": tiles.num_warps, "num_stages": tiles.num_stages}
-    _attn_bwd_dkdv[(triton.cdiv(NK, tiles.block_n), B * H)](
+    _attn_bwd_dkdv[(triton.cdiv(NK, tiles.block_n), H, B)](
         q, k, v, do, lse, delta, dk, dv, kpm, scale * _LOG2E, scale, *common, **launch
     )
-    _attn_bwd_dq[(triton.cdiv(NQ, tiles.block_m), B * H)](
+    _attn_bwd_dq[(triton.cdiv(NQ, tiles.block_m), H, B)](
         q, k, v, do, lse, delta, dq, kpm, scale * _LOG2E, scale, *common, **launch
     )
     return dq, dk, dv
