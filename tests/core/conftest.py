@@ -1,0 +1,63 @@
+"""Shared setup for the core kernel tests.
+
+Triton reads TRITON_INTERPRET when @triton.jit decorates, i.e. when a
+`*_triton` module is first imported: set it here, before any test imports one,
+so the Triton kernels run on CPU through the interpreter.
+"""
+
+import os
+
+os.environ.setdefault("TRITON_INTERPRET", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from vecap_cli.core.dispatch import ENV_VAR, triton_available
+
+BACKENDS = [
+    "torch",
+    pytest.param(
+        "triton",
+        marks=pytest.mark.skipif(not triton_available(), reason="triton is not installed"),
+    ),
+]
+
+# Relative error ‖actual − reference‖ / ‖reference‖ against fp64, per input dtype.
+LOSS_TOL = {torch.float32: 1e-5, torch.bfloat16: 1e-2, torch.float16: 1e-2}
+# Attention rounds probabilities to the input dtype before each dot (as flash
+# attention does on GPUs): one more half-precision rounding than the losses.
+ATTN_TOL = {torch.float32: 1e-5, torch.bfloat16: 2e-2, torch.float16: 1e-2}
+
+
+@pytest.fixture(autouse=True)
+def _no_dispatch_override(monkeypatch):
+    """Tests choose backends explicitly; an exported VECAP_KERNELS must not leak in."""
+    monkeypatch.delenv(ENV_VAR, raising=False)
+
+
+def rel_err(actual: torch.Tensor, reference: torch.Tensor) -> float:
+    diff = (actual.detach().double() - reference.detach().double()).norm()
+    scale = reference.detach().double().norm()
+    return (diff / scale).item() if scale > 0 else diff.item()
+
+
+def paired_features(b: int, d: int, seed: int = 0, n: int | None = None, offset: int = 0):
+    """Unit image rows (b, D) and text rows (n, D) with text offset+i a noisy copy of image i.
+
+    Matching pairs, as after training, make the softmax rows sharp at
+    logit_scale 100: the regime where precision is hardest.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    n = b if n is None else n
+    image = F.normalize(torch.randn(b, d, generator=gen, dtype=torch.float64), dim=-1)
+    text = F.normalize(torch.randn(n, d, generator=gen, dtype=torch.float64), dim=-1)
+    noise = torch.randn(b, d, generator=gen, dtype=torch.float64)
+    text[offset : offset + b] = F.normalize(image + 0.7 * noise, dim=-1)
+    return image, text
+
+
+def leaves(*tensors, dtype=None):
+    """Fresh leaf copies (requiring grad) in `dtype`, or in their own dtype."""
+    return [t.detach().to(dtype or t.dtype).clone().requires_grad_(True) for t in tensors]

@@ -1,0 +1,152 @@
+"""Two gloo processes: the distributed losses equal open_clip's per rank and the
+single-process loss on the same global batch."""
+
+import functools
+import importlib.util
+import socket
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from tests.core.conftest import LOSS_TOL, leaves, paired_features, rel_err
+from vecap_cli.core.clip import FusedClipLoss
+from vecap_cli.core.dispatch import triton_available
+from vecap_cli.core.siglip import FusedSigLipLoss
+
+WORLD, B, D, SEED = 2, 13, 32, 7
+BACKENDS = ["torch", "triton"] if triton_available() else ["torch"]
+
+
+@functools.cache
+def _open_clip_loss():
+    """open_clip/loss.py alone. Importing the package pulls in torchvision, dynamo and
+    transformers: over 10 s in each spawned process on a 2-core machine."""
+    path = Path(importlib.util.find_spec("open_clip").origin).with_name("loss.py")
+    spec = importlib.util.spec_from_file_location("_open_clip_loss", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _cases(rank):
+    """name -> (loss module, feature dtype); open_clip's modules are the per-rank oracle."""
+    ClipLoss, SigLipLoss = _open_clip_loss().ClipLoss, _open_clip_loss().SigLipLoss
+    dist_args = {"rank": rank, "world_size": WORLD}
+    cases = {
+        "clip_local/open_clip": (
+            ClipLoss(local_loss=True, gather_with_grad=True, **dist_args),
+            torch.float64,
+        ),
+        "clip_global/open_clip": (ClipLoss(**dist_args), torch.float64),
+        "siglip/open_clip_bidir": (SigLipLoss(dist_impl="bidir", **dist_args), torch.float64),
+        "siglip/open_clip_gather": (SigLipLoss(dist_impl="gather", **dist_args), torch.float64),
+    }
+    for backend in BACKENDS:
+        cases[f"clip_local/{backend}"] = (
+            FusedClipLoss(local_loss=True, gather_with_grad=True, backend=backend, **dist_args),
+            torch.float32,
+        )
+        cases[f"clip_global/{backend}"] = (
+            FusedClipLoss(backend=backend, **dist_args),
+            torch.float32,
+        )
+        cases[f"siglip/{backend}"] = (FusedSigLipLoss(backend=backend, **dist_args), torch.float32)
+    return cases
+
+
+def _run_case(loss_fn, dtype, image, text):
+    image, text = leaves(image, text, dtype=dtype)
+    scale, bias = leaves(torch.tensor(50.0, dtype=dtype), torch.tensor(-5.0, dtype=dtype))
+    loss = loss_fn(image, text, scale, bias)
+    loss.backward()
+    return {
+        "loss": loss,
+        "image": image.grad,
+        "text": text.grad,
+        "scale": scale.grad,
+        "bias": bias.grad,
+    }
+
+
+def _worker(rank, port, out_dir):
+    dist.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD
+    )
+    try:
+        image, text = paired_features(B * WORLD, D, seed=SEED)
+        mine = slice(rank * B, (rank + 1) * B)
+        results = {
+            name: {
+                k: v.detach().double()
+                for k, v in _run_case(fn, dtype, image[mine], text[mine]).items()
+            }
+            for name, (fn, dtype) in _cases(rank).items()
+        }
+        torch.save(results, f"{out_dir}/rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def ranks(tmp_path_factory):
+    out_dir = tmp_path_factory.mktemp("gloo")
+    mp.start_processes(
+        _worker, args=(_free_port(), str(out_dir)), nprocs=WORLD, start_method="spawn"
+    )
+    return [torch.load(out_dir / f"rank{r}.pt") for r in range(WORLD)]
+
+
+@pytest.fixture(scope="module")
+def single():
+    """One process, the whole global batch."""
+    image, text = paired_features(B * WORLD, D, seed=SEED)
+    losses = _open_clip_loss()
+    return {
+        "clip": _run_case(losses.ClipLoss(), torch.float64, image, text),
+        "siglip": _run_case(losses.SigLipLoss(), torch.float64, image, text),
+    }
+
+
+TOL = LOSS_TOL[torch.float32]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize(
+    ("case", "oracle"),
+    [
+        ("clip_local", "clip_local/open_clip"),
+        ("clip_global", "clip_global/open_clip"),
+        ("siglip", "siglip/open_clip_bidir"),
+        ("siglip", "siglip/open_clip_gather"),
+    ],
+)
+def test_each_rank_matches_open_clip(ranks, backend, case, oracle):
+    for rank in ranks:
+        got, want = rank[f"{case}/{backend}"], rank[oracle]
+        for key in ("loss", "image", "text", "scale"):
+            assert rel_err(got[key], want[key]) < TOL, (key, oracle)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize(("case", "loss"), [("clip_local", "clip"), ("siglip", "siglip")])
+def test_ranks_together_equal_one_process(ranks, single, backend, case, loss):
+    """What DDP sees: the mean rank loss and averaged gradients are the global batch's."""
+    per_rank = [r[f"{case}/{backend}"] for r in ranks]
+    want = single[loss]
+    assert rel_err(sum(r["loss"] for r in per_rank) / WORLD, want["loss"]) < TOL
+    # each rank's feature gradients already hold every rank's contribution
+    # (all_gather's backward sums them), so they are WORLD × the global ones
+    for key in ("image", "text"):
+        got = torch.cat([r[key] for r in per_rank]) / WORLD
+        assert rel_err(got, want[key]) < TOL, key
+    for key in ("scale", "bias") if loss == "siglip" else ("scale",):
+        assert rel_err(sum(r[key] for r in per_rank) / WORLD, want[key]) < TOL, key

@@ -1,0 +1,50 @@
+"""Core kernels: fused contrastive losses and flash attention, with torch references.
+
+Public API (imported lazily: `import vecap_cli.core` loads neither triton nor
+open_clip; each name loads its own module on first use):
+
+    clip_loss(image, text, logit_scale, logit_bias=None, *, backend=None)
+    clip_loss_local(image, text, all_image, all_text, logit_scale, logit_bias=None,
+                    *, label_offset, backend=None)
+    siglip_loss(image, text, logit_scale, logit_bias=None, *, label_offset=0, backend=None)
+    flash_attention(q, k, v, causal=False, key_padding_mask=None, scale=None, *, backend=None)
+    FusedClipLoss, FusedSigLipLoss      open_clip's ClipLoss / SigLipLoss interfaces
+    use_fused_attention(model), restore_attention(model)
+    clip_loss_reference, siglip_loss_reference, attention_reference
+
+Dispatch: CUDA tensors run the Triton kernels, CPU tensors the tiled torch path
+(which never holds the B×B logits either). The environment variable
+
+    VECAP_KERNELS=torch|triton
+
+forces one side for every op; it is read at call time. An op's `backend=`
+argument wins over it. Forcing triton on CPU tensors needs Triton's
+interpreter (TRITON_INTERPRET=1, set before the first kernel import).
+"""
+
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "clip_loss": "vecap_cli.core.clip",
+    "clip_loss_local": "vecap_cli.core.clip",
+    "clip_loss_reference": "vecap_cli.core.clip",
+    "FusedClipLoss": "vecap_cli.core.clip",
+    "siglip_loss": "vecap_cli.core.siglip",
+    "siglip_loss_reference": "vecap_cli.core.siglip",
+    "FusedSigLipLoss": "vecap_cli.core.siglip",
+    "flash_attention": "vecap_cli.core.attention",
+    "attention_reference": "vecap_cli.core.attention",
+    "use_fused_attention": "vecap_cli.core.attention_patch",
+    "restore_attention": "vecap_cli.core.attention_patch",
+    "ENV_VAR": "vecap_cli.core.dispatch",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name]), name)

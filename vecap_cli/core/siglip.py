@@ -1,0 +1,187 @@
+"""SigLIP's sigmoid loss, computed tile by tile: no B×B tensor ever exists.
+
+The chain, imports going down:
+
+    FusedSigLipLoss     open_clip's SigLipLoss interface, gathers texts across ranks
+    siglip_loss         functional: rows against (possibly gathered) columns
+    _SigLip             autograd.Function: the loss algebra, O(B·D) saved
+    kernels             `siglip_triton` (CUDA) or `TorchKernels` below (CPU)
+
+`siglip_loss_reference` is the plain B×B formula, the oracle of the tests.
+
+For rows X (m, D), columns Y (n, D): S = s·X·Yᵀ + b, z = +1 on row i's label
+column i + offset and −1 elsewhere, loss = Σ softplus(−z·S) / m (open_clip
+normalises by the local batch). With T = z·σ(−z·S), ∂loss/∂S = −T/m, so a
+kernel set provides
+
+    loss_rows(X, Y, s, b, k)  Σ_j softplus(−z·S) per row
+    grad(X, Y, s, b, k)       (T·Y, Tᵀ·X, Σ T∘(X·Yᵀ), Σ T)
+"""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vecap_cli.core.clip import as_scale
+from vecap_cli.core.dispatch import choose_backend
+from vecap_cli.core.distributed import all_gather_with_grad
+
+# Elements of S held at once by the torch path (fp32: 32 MiB).
+_TILE_ELEMENTS = 1 << 23
+_DIST_IMPLS = ("bidir", "shift", "reduce", "gather")
+
+
+# -- reference -------------------------------------------------------------------
+
+
+def siglip_loss_reference(
+    image_features, text_features, logit_scale, logit_bias=None, label_offset=0
+):
+    """open_clip's SigLipLoss._loss written out, with labels shifted by label_offset."""
+    logits = logit_scale * image_features @ text_features.T  # (m, n)
+    if logit_bias is not None:
+        logits = logits + logit_bias
+    signs = -torch.ones_like(logits)
+    signs.diagonal(label_offset).fill_(1.0)
+    return -F.logsigmoid(signs * logits).sum() / image_features.shape[0]
+
+
+# -- tiled torch kernels (CPU path, fallback) -------------------------------------
+
+
+def _chunks(m: int, n: int):
+    step = max(1, min(m, _TILE_ELEMENTS // max(n, 1)))
+    for start in range(0, m, step):
+        yield start, min(start + step, m)
+
+
+def _minus_z_logits(xc, y, scale, bias, label_diagonal):
+    """u = −z·S for a chunk of rows: S off the labels, −S on them. (c, n)"""
+    u = (xc * scale) @ y.T
+    u += bias
+    u.diagonal(label_diagonal).neg_()
+    return u
+
+
+class TorchKernels:
+    """The kernel set in torch: chunks of rows of S, fp32, recomputed in backward."""
+
+    @staticmethod
+    def loss_rows(x, y, scale, bias, offset: int):
+        x, y = x.float(), y.float()
+        out = x.new_empty(x.shape[0])  # (m,)
+        for start, stop in _chunks(x.shape[0], y.shape[0]):
+            u = _minus_z_logits(x[start:stop], y, scale, bias, start + offset)
+            out[start:stop] = F.softplus(u).sum(dim=1)
+        return out
+
+    @staticmethod
+    def grad(x, y, scale, bias, offset: int):
+        x, y = x.float(), y.float()
+        gx = torch.empty_like(x)  # (m, D)
+        gy = torch.zeros_like(y)  # (n, D)
+        gsum = x.new_zeros(())
+        for start, stop in _chunks(x.shape[0], y.shape[0]):
+            xc = x[start:stop]
+            t = _minus_z_logits(xc, y, scale, bias, start + offset).sigmoid_()
+            t.neg_().diagonal(start + offset).neg_()  # T = z·σ(u): −σ off the labels
+            torch.mm(t, y, out=gx[start:stop])
+            gy.addmm_(t.T, xc)
+            gsum += t.sum()
+        return gx, gy, (x * gx).sum(), gsum
+
+
+def _kernels(features: torch.Tensor, backend: str | None) -> type[TorchKernels] | ModuleType:
+    if choose_backend(features, backend) == "triton":
+        return importlib.import_module("vecap_cli.core.siglip_triton")
+    return TorchKernels
+
+
+# -- autograd ---------------------------------------------------------------------
+
+
+class _SigLip(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, rows, cols, scale, bias, offset, kernels):
+        with torch.autocast(rows.device.type, enabled=False):
+            loss = kernels.loss_rows(rows, cols, scale, bias, offset).sum() / rows.shape[0]
+        ctx.save_for_backward(rows, cols, scale, bias)
+        ctx.kernels, ctx.offset = kernels, offset
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        rows, cols, scale, bias = ctx.saved_tensors
+        with torch.autocast(rows.device.type, enabled=False):
+            gx, gy, gdot, gsum = ctx.kernels.grad(rows, cols, scale, bias, ctx.offset)
+            w = -grad_loss.float() / rows.shape[0]  # ∂loss/∂S = −T/m
+            d_rows, d_cols = (w * scale) * gx, (w * scale) * gy
+        return d_rows.to(rows.dtype), d_cols.to(cols.dtype), w * gdot, w * gsum, None, None
+
+
+# -- functional -------------------------------------------------------------------
+
+
+def siglip_loss(
+    image_features, text_features, logit_scale, logit_bias=None, *, label_offset=0, backend=None
+):
+    """Σ_ij softplus(−z_ij·S_ij) / m for S = logit_scale·I·Tᵀ + logit_bias.
+
+    image_features: (m, D) this rank's rows. text_features: (n, D), the same
+    batch (n = m) or all ranks' gathered texts, row i's positive being text
+    label_offset + i. fp32/bf16/fp16, accumulated in fp32; logit_scale already
+    exponentiated. Returns a 0-dim fp32 loss. `backend` overrides dispatch.
+    """
+    if image_features.ndim != 2 or image_features.shape[1:] != text_features.shape[1:]:
+        raise ValueError(
+            f"features must be (B, D) with equal D, got {tuple(image_features.shape)} "
+            f"and {tuple(text_features.shape)}"
+        )
+    if label_offset + image_features.shape[0] > text_features.shape[0]:
+        raise ValueError("label_offset + batch exceeds the number of texts")
+    kernels = _kernels(image_features, backend)
+    scale = as_scale(logit_scale, image_features)
+    bias = as_scale(0.0 if logit_bias is None else logit_bias, image_features)
+    return _SigLip.apply(image_features, text_features, scale, bias, label_offset, kernels)
+
+
+# -- module -----------------------------------------------------------------------
+
+
+class FusedSigLipLoss(nn.Module):
+    """Drop-in for open_clip's `SigLipLoss` (same constructor and forward), O(B·D) memory.
+
+    Across ranks the texts are all-gathered with gradient; every `dist_impl`
+    gives the values and gradients of open_clip's (they differ there only in
+    how texts travel). `cache_labels` is accepted and unused.
+    """
+
+    def __init__(self, cache_labels=False, rank=0, world_size=1, dist_impl=None, backend=None):
+        super().__init__()
+        self.cache_labels = cache_labels
+        self.rank = rank
+        self.world_size = world_size
+        self.dist_impl = dist_impl or "bidir"
+        if self.dist_impl not in _DIST_IMPLS:
+            raise ValueError(f"dist_impl must be one of {_DIST_IMPLS}, got {dist_impl!r}")
+        self.backend = backend
+
+    def forward(self, image_features, text_features, logit_scale, logit_bias, output_dict=False):
+        offset = 0
+        if self.world_size > 1:
+            text_features = all_gather_with_grad(text_features)  # (world·b, D)
+            offset = image_features.shape[0] * self.rank
+        loss = siglip_loss(
+            image_features,
+            text_features,
+            logit_scale,
+            logit_bias,
+            label_offset=offset,
+            backend=self.backend,
+        )
+        return {"contrastive_loss": loss} if output_dict else loss
