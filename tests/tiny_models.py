@@ -169,6 +169,14 @@ def _never_silent(model, tokenizer) -> None:
     model.generation_config.min_new_tokens = 3
 
 
+def _louder(model, std: float = 0.2) -> None:
+    import torch
+
+    with torch.no_grad():
+        for param in model.parameters():
+            param.normal_(0, std)
+
+
 def _seeded(seed: int):
     import torch
 
@@ -327,9 +335,7 @@ def save_tiny_coca(directory: Path, seed: int = 0) -> Path:
     config = {"model_cfg": TINY_COCA, "preprocess_cfg": {}}
     (directory / "open_clip_config.json").write_text(json.dumps(config))
     model = open_clip.create_model(f"local-dir:{directory}")
-    with torch.no_grad():  # open_clip zero-inits some projections: every token would tie
-        for param in model.parameters():
-            param.normal_(0, 0.2)
+    _louder(model)  # open_clip zero-inits some projections: every token would tie
     torch.save(model.state_dict(), directory / "open_clip_pytorch_model.bin")
     return directory
 

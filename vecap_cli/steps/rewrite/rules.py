@@ -25,22 +25,32 @@ from __future__ import annotations
 import html
 import re
 
-MAX_PHRASES = 4
-MAX_ADDED_WORDS = 12
+MAX_PHRASES = 5
+MAX_ADDED_WORDS = 16  # with a ~20-word VeC, still well inside CLIP's 77 tokens
+
+
+def _both(pattern: str) -> tuple[re.Pattern, re.Pattern]:
+    """The pattern (written in lower case) for lower-cased text, and case-insensitive.
+
+    re.IGNORECASE makes these alternations 3-5x slower, so they run on the
+    lower-cased text and their spans cut the original; the second form is for
+    the rare text whose lower case changes its length (then spans would not line up).
+    """
+    return re.compile(pattern), re.compile(pattern, re.IGNORECASE)
+
 
 _TAG = re.compile(r"<[^<>]{0,300}>")
-_URL = re.compile(r"(?:\b(?:https?|ftp)://|\bwww\.)\S+", re.IGNORECASE)
-_DOMAIN = re.compile(
-    r"\b[\w-]+(?:\.[\w-]+)*\.(?:com|net|org|info|biz|co\.uk|co|uk|de|fr|nl|ru|jp|cn|it|es|au|ca|in|io|us)\b",
-    re.IGNORECASE,
-)
-_FILE = re.compile(
-    r"\b[\w.-]*\w\.(?:jpe?g|png|gif|webp|bmp|tiff?|svg|heic|pdf|html?|php|aspx?|mp4|mov|avi|docx?|zip)\b",
-    re.IGNORECASE,
-)
-_CAMERA = re.compile(r"\b(?:IMG|DSC[NF]?|DCIM|PXL|MVIMG|GOPR|P)[_-]?\d{3,}\w*\b", re.IGNORECASE)
 _BRACKETED = re.compile(r"\[[^\]]{0,120}\]|\{[^}]{0,120}\}")
-_BOILERPLATE = re.compile(
+_URL = _both(r"(?:\b(?:https?|ftp)://|\bwww\.)\S+")
+_FILE = _both(
+    r"\b[\w.-]*\w\.(?:jpe?g|png|gif|webp|bmp|tiff?|svg|heic|pdf|html?|php|aspx?|mp4|mov|avi"
+    r"|docx?|zip)\b"
+)
+_DOMAIN = _both(
+    r"\b[\w-]+(?:\.[\w-]+)*\.(?:com|net|org|info|biz|co\.uk|co|uk|de|fr|nl|ru|jp|cn|it|es|au"
+    r"|ca|in|io|us)\b"
+)
+_BOILERPLATE = _both(
     r"\b(?:stock\s+(?:photos?|images?|photography|vectors?|illustrations?|footage|pictures?)"
     r"|royalty[\s-]*free|hi[\s-]*res|high[\s-]*res(?:olution)?|free\s+shipping|buy\s+(?:it\s+)?now"
     r"|shop\s+now|order\s+now|add\s+to\s+(?:cart|basket)|(?:in|out\s+of)\s+stock|best\s+prices?"
@@ -48,34 +58,32 @@ _BOILERPLATE = re.compile(
     r"|free\s+(?:delivery|returns)|(?:image|picture|photo)s?\s+of|cheap|discount(?:ed)?"
     r"|\d+\s*%\s*off|(?:etsy|amazon|ebay|aliexpress|alibaba|walmart|pinterest|shutterstock"
     r"|alamy|dreamstime|istock(?:photo)?|123rf|depositphotos|getty\s+images|vectorstock"
-    r"|fotolia|adobe\s+stock|bigstock|canstock(?:photo)?)(?:\.com)?)\b",
-    re.IGNORECASE,
+    r"|fotolia|adobe\s+stock|bigstock|canstock(?:photo)?)(?:\.com)?)\b"
 )
-_SIZE = re.compile(
-    r"\b\d+(?:[.,]\d+)?\s*[x×*]\s*\d+(?:[.,]\d+)?(?:\s*[x×*]\s*\d+(?:[.,]\d+)?)?"
-    r"(?:\s*(?:cm|mm|in|inch(?:es)?|px|pixels?|ft|m)\b|\")?"
-    r"|\bsizes?\s*:?\s*(?:[2-6]?x{0,3}[sml]|\d+)(?:\s*/\s*(?:[2-6]?x{0,3}[sml]|\d+))*\b"
-    r"|\b[2-6]?x{1,3}[sl]\b",
-    re.IGNORECASE,
-)
-_SKU_LABEL = re.compile(
+_CAMERA = _both(r"\b(?:img|dsc[nf]?|dcim|pxl|mvimg|gopr)[_-]?\d{3,}\w*\b")
+_SKU_LABEL = _both(
     r"\b(?:(?:sku|upc|ean|isbn|asin)\s*[#:]?"
     r"|(?:item|art(?:icle)?|ref|part|style|product|model|order|stock)"
     r"(?:\s*(?:code|no\.?|nr\.?|number)\s*[#:]?|\s*[#:]))"
-    r"\s*[\w./-]*\d[\w./-]*|\bcode\s*[#:]?\s*[\w./-]*\d[\w./-]*",
-    re.IGNORECASE,
+    r"\s*[\w./-]*\d[\w./-]*|\bcode\s*[#:]?\s*[\w./-]*\d[\w./-]*"
+)
+_SIZE = _both(
+    r"\b\d+(?:[.,]\d+)?\s*[x×*]\s*\d+(?:[.,]\d+)?(?:\s*[x×*]\s*\d+(?:[.,]\d+)?)?"
+    r"(?:\s*(?:cm|mm|in|inch(?:es)?|px|pixels?|ft|m)\b|\")?"
+    r"|\bsizes?\s*:?\s*(?:[2-6]?x{0,3}[sml]|\d+)(?:\s*/\s*(?:[2-6]?x{0,3}[sml]|\d+))*\b"
+    r"|\b[2-6]?x{1,3}[sl]\b"
 )
 _CODE = re.compile(r"\b(?=[\w-]*\d)(?=[\w-]*[A-Za-z])[A-Za-z0-9][\w-]{5,}\b|\b\d{7,}\b")
 _LETTER_DIGIT = re.compile(r"[A-Za-z](?=\d)|\d(?=[A-Za-z])")
 _SLUG = re.compile(r"[-_]+")
-_SEP = re.compile(r"\s+(?:[|•·»«~]+|[-–—]+|::+)\s+|\s*[|•»]\s*|\s+[-–—]\s*|\s*[–—]\s+")
+_SEP = re.compile(r"\s+[-–—~]+\s+|\s*[|•·»«]+\s*|\s+[–—]|[–—]\s+")
 _SEP_HINT = re.compile(r"[|•·»«~–—]| -|- |::")
 _DIGIT = re.compile(r"\d")
+_YEAR = re.compile(r"\b(?:1[89]|20)\d\d\b")
 _DOT_SUFFIX = re.compile(
     r"\.(?:jpe?g|png|gif|webp|bmp|tiff?|svg|heic|pdf|html?|php|aspx?|mp4|mov|avi|docx?|zip"
-    r"|com|net|org|info|biz|co|uk|de|fr|nl|ru|jp|cn|it|es|au|ca|in|io|us)\b",
-    re.IGNORECASE,
-)
+    r"|com|net|org|info|biz|co|uk|de|fr|nl|ru|jp|cn|it|es|au|ca|in|io|us)\b"
+)  # on lower-cased text
 # Cheap first look (no word boundaries, lower-cased text) before the costly _BOILERPLATE.
 _BOILERPLATE_HINT = re.compile(
     r"stock|royalty|res|ship|buy|shop|order|cart|basket|sale|arrival|click|free|image|picture"
@@ -85,13 +93,19 @@ _BOILERPLATE_HINT = re.compile(
 _EDGE = " \t,;:.!?|/\\-–—_*#+~'\""
 
 
+def _unbracket(match: re.Match) -> str:
+    """Bracketed shop metadata goes ("[DVD]", "{Review}"), unless it dates the image."""
+    inner = match.group()[1:-1]
+    return f", {inner}," if _YEAR.search(inner) else " "
+
+
 def _is_code(match: re.Match) -> str:
     """An SKU-like token: long, digit-heavy, letters and digits interleaved ("B07XJ8C8F3")."""
     token = match.group()
     if token.isdigit():
         return " "  # 7+ digits: an item number, not a year or a price
     digits = sum(c.isdigit() for c in token)
-    if digits >= 3 and len(_LETTER_DIGIT.findall(token)) >= 2:
+    if digits >= 3 and len(_LETTER_DIGIT.findall(token.replace("-", ""))) >= 2:
         return " "
     return token
 
@@ -99,35 +113,62 @@ def _is_code(match: re.Match) -> str:
 def clean_alt(alt: str) -> str:
     """The AltText without markup, links, file names, shop boilerplate and codes."""
     text = alt
+    if "&" in text:
+        text = html.unescape(text)  # first: "&lt;i&gt;" is a tag too
     if "<" in text:
         text = _TAG.sub(" ", text)
-    if "&" in text:
-        text = html.unescape(text)
-    if "://" in text or "www." in text or "WWW." in text:
-        text = _URL.sub(" ", text)
-    if _DOT_SUFFIX.search(text):
-        text = _FILE.sub(" ", text)
-        text = _DOMAIN.sub(" ", text)
     if "[" in text or "{" in text:
-        text = _BRACKETED.sub(" ", text)
+        text = _BRACKETED.sub(_unbracket, text)
+    low = text.lower()
+    noise = _noise(low)
+    if len(low) == len(text):
+        text = _blank(text, [m.span() for rx in noise for m in rx[0].finditer(low)])
+    else:
+        for rx in noise:
+            text = rx[1].sub(" ", text)
     if " " not in text.strip() and ("-" in text or "_" in text):
         text = _SLUG.sub(" ", text)  # a slug: words-joined-by-hyphens
-    low = text.lower()
-    if _BOILERPLATE_HINT.search(low):
-        text = _BOILERPLATE.sub(" ", text)
     if _DIGIT.search(text):
-        text = _CAMERA.sub(" ", text)
-        text = _SKU_LABEL.sub(" ", text)
-        text = _SIZE.sub(" ", text)
         text = _CODE.sub(_is_code, text)
-    elif "size" in low or "xl" in low or "xs" in low:
-        text = _SIZE.sub(" ", text)
     if _SEP_HINT.search(text):
         parts = [" ".join(p.split()).strip(_EDGE) for p in _SEP.split(text)]
         text = ", ".join(p for p in parts if p)
     else:
         text = " ".join(text.split())
     return text.strip(_EDGE)
+
+
+def _noise(low: str) -> list[tuple[re.Pattern, re.Pattern]]:
+    """The noise patterns worth running on `low`: each guarded by a cheap test first."""
+    found = []
+    if "://" in low or "www." in low:
+        found.append(_URL)
+    if _DOT_SUFFIX.search(low):
+        found += (_FILE, _DOMAIN)
+    if _BOILERPLATE_HINT.search(low):
+        found.append(_BOILERPLATE)
+    if _DIGIT.search(low):
+        found += (_CAMERA, _SKU_LABEL, _SIZE)
+    elif "size" in low or "xl" in low or "xs" in low:
+        found.append(_SIZE)
+    return found
+
+
+def _blank(text: str, spans: list[tuple[int, int]]) -> str:
+    """`text` with every span (they may overlap) replaced by one space."""
+    if not spans:
+        return text
+    spans.sort()
+    pieces, pos = [], 0
+    for start, end in spans:
+        if end <= pos:
+            continue
+        if start > pos:
+            pieces.append(text[pos:start])
+        pieces.append(" ")
+        pos = end
+    pieces.append(text[pos:])
+    return "".join(pieces)
 
 
 # -- salient content ----------------------------------------------------------
@@ -261,7 +302,9 @@ _UNITS = frozenset(
         "th",
     ]
 )
-_WORD = re.compile(r"\d{1,3}(?:,\d{3})+(?:\.\d+)?|[^\s,;:!?()\"“”]+|[,;:!?()\"“”]")
+_WORD = re.compile(
+    r"\d{1,2}, (?:1[89]|20)\d\d\b|\d{1,3}(?:,\d{3})+(?:\.\d+)?|[^\s,;:!?()\"“”]+|[,;:!?()\"“”]"
+)
 _BREAK = frozenset(',;:!?()"“”')
 _CLAUSE = frozenset(":!?")
 _CONTENT = re.compile(r"[a-z0-9]+")
@@ -292,16 +335,29 @@ def salient(text: str, known: set[str]) -> list[str]:
     tentative = False  # the run is one clause-initial Capitalized word so far
     first = True
     for word in _WORD.findall(text):
-        if word in _BREAK:
+        if word.isalpha() and word.islower():  # most words: the fast way through
+            if run:
+                if word in _JOINERS or (word in _UNITS and run[-1][-1].isdigit()):
+                    run.append(word)
+                    continue
+                if not (tentative and len(run) == 1):
+                    _close(run, known, phrases, seen)
+                run, tentative = [], False
+            first = False
+            continue
+        if word.isalpha():  # Capitalized (1), or ALL CAPS / inner capitals (2)
+            kind = 1 if word.istitle() else 2
+        elif word in _BREAK:
             if run and not (tentative and len(run) == 1):
                 _close(run, known, phrases, seen)
             run, tentative, first = [], False, word in _CLAUSE
             continue
-        word = word.strip(_EDGE)
-        if not word:
-            continue
+        else:
+            word = word.strip(_EDGE)
+            if not word:
+                continue
+            kind = _kind(word)
         lower = word.lower()
-        kind = _kind(word)
         if kind and lower not in _GENERIC:
             if first and kind == 1:
                 tentative = True

@@ -44,7 +44,8 @@ class Blocklist:
             r"\s+".join(map(re.escape, t.split()))
             for t in sorted(set(terms), key=len, reverse=True)
         )
-        self._pattern = re.compile(rf"(?<!\w)(?:{alternatives})(?!\w)", re.IGNORECASE)
+        # Searched in lower-cased text: re.IGNORECASE would make it several times slower.
+        self._pattern = re.compile(rf"(?<!\w)(?:{alternatives})(?!\w)")
 
     @classmethod
     def load(cls, path: str = DEFAULT) -> Blocklist:
@@ -54,5 +55,5 @@ class Blocklist:
         """The first blocked term in `text`, or None."""
         if self._pattern is None:
             return None
-        found = self._pattern.search(text)
-        return found.group().lower() if found else None
+        found = self._pattern.search(text.lower())
+        return found.group() if found else None

@@ -14,7 +14,8 @@ _LABEL = re.compile(
 )
 _REFUSAL = re.compile(
     r"\b(?:i(?:'m| am) (?:sorry|unable|not able)|i can(?:'t|not| not)|i apologi[sz]e"
-    r"|as an ai\b|language model|cannot (?:help|assist|comply)|can't (?:help|assist|comply)"
+    r"|as an? (?:ai|language model)\b|i(?:'m| am) (?:an? )?(?:ai|language model)\b"
+    r"|cannot (?:help|assist|comply)|can't (?:help|assist|comply)"
     r"|i won't|not appropriate for me)",
     re.IGNORECASE,
 )
