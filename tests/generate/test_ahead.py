@@ -42,7 +42,7 @@ def test_no_more_than_ahead_items_are_taken_before_the_consumer_asks(workers):
             yield i
 
     stream = map_ahead(lambda i: i, source(), workers=workers, ahead=8)
-    for n, (i, _) in enumerate(stream):
+    for n, _ in enumerate(stream):
         assert len(taken) <= n + 8
         if n == 20:
             break

@@ -72,9 +72,9 @@ def test_a_chat_batch_of_different_lengths_equals_each_alone():
 def test_a_missing_or_wrong_model_dir_is_one_line(tmp_path):
     with pytest.raises(VecapError, match="no such directory"):
         captioner("hf", str(tmp_path / "nope"), PROMPT, 4)
-    with pytest.raises(VecapError, match="no config.json in it"):
+    with pytest.raises(VecapError, match=r"no config\.json in it"):
         chat_model("hf", str(tmp_path), 4)
-    with pytest.raises(VecapError, match="no open_clip_config.json"):
+    with pytest.raises(VecapError, match=r"no open_clip_config\.json"):
         captioner("openclip", f"local-dir:{tmp_path}", PROMPT, 4)
 
 

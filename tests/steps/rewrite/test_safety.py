@@ -27,7 +27,7 @@ def test_a_list_file_skips_comments_and_blanks(tmp_path):
 
 
 def test_a_missing_list_is_one_line(tmp_path):
-    with pytest.raises(VecapError, match="cannot read blocklist '.*nope.txt'"):
+    with pytest.raises(VecapError, match=r"cannot read blocklist '.*nope\.txt'"):
         load_terms(str(tmp_path / "nope.txt"))
 
 

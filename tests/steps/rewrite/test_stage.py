@@ -122,7 +122,7 @@ def test_wrapping_is_tidied_not_refused():
 def test_an_answer_may_repeat_the_alt_even_where_it_sounds_like_the_prompt():
     alt = "You write image captions for training vision-language models: a poster"
     rewriter, _ = llm(lambda a, v: f"A poster saying: {a}")
-    out, tally = run([{"key": "a", "alt": alt, "vec": "a poster on a wall"}], rewriter)
+    _, tally = run([{"key": "a", "alt": alt, "vec": "a poster on a wall"}], rewriter)
     assert tally.extra["rewrite"] == {"fused": 1}
 
 
