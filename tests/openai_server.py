@@ -9,6 +9,7 @@ mid-run). It listens on an ephemeral port and stops with the `with` block.
 
 from __future__ import annotations
 
+import atexit
 import base64
 import hashlib
 import io
@@ -140,3 +141,18 @@ def model_answer(captioner=None, chat=None) -> Callable[[list[dict]], str]:
         return chat.generate([messages])[0]
 
     return answer
+
+
+class SessionURL:
+    """The URL of a `digest_answer` server started on first use and stopped at exit.
+
+    For flag lists written before any test runs (tests/cli/test_contract.py CASES).
+    """
+
+    _server: ChatServer | None = None
+
+    def __str__(self) -> str:
+        if SessionURL._server is None:
+            SessionURL._server = ChatServer(digest_answer).__enter__()
+            atexit.register(SessionURL._server.__exit__, None, None, None)
+        return SessionURL._server.url
