@@ -145,14 +145,14 @@ def _vocab_size(tokenizer) -> int:
     return len(tokenizer)
 
 
-def _llama_config(tokenizer, **extra):
+def _llama_config(tokenizer, hidden: int = 32, layers: int = 2, **extra):
     from transformers import LlamaConfig
 
     return LlamaConfig(
         vocab_size=_vocab_size(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=layers,
         num_attention_heads=4,
         num_key_value_heads=2,
         max_position_embeddings=256,
@@ -196,8 +196,13 @@ def save_tiny_llama(directory: Path, seed: int = 0) -> Path:
     return Path(directory)
 
 
-def save_tiny_llava(directory: Path, seed: int = 0) -> Path:
-    """A LLaVA-1.5-shaped model: CLIP vision tower + projector + Llama, with its processor."""
+def save_tiny_llava(
+    directory: Path, seed: int = 0, hidden: int = 32, layers: int = 2, image_size: int = 32
+) -> Path:
+    """A LLaVA-1.5-shaped model: CLIP vision tower + projector + Llama, with its processor.
+
+    The defaults are for tests; benchmarks ask for a bigger one (still tiny).
+    """
     from transformers import (
         CLIPImageProcessor,
         CLIPVisionConfig,
@@ -208,19 +213,19 @@ def save_tiny_llava(directory: Path, seed: int = 0) -> Path:
 
     _seeded(seed)
     tokenizer = tiny_tokenizer()
-    image_size, patch = 32, 16
+    patch = 16
     vision = CLIPVisionConfig(
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=layers,
         num_attention_heads=4,
         image_size=image_size,
         patch_size=patch,
-        projection_dim=32,
+        projection_dim=hidden,
     )
     config = LlavaConfig(
         vision_config=vision,
-        text_config=_llama_config(tokenizer),
+        text_config=_llama_config(tokenizer, hidden, layers),
         image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
         image_seq_length=(image_size // patch) ** 2,
         vision_feature_layer=-1,

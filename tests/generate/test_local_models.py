@@ -83,3 +83,19 @@ def test_a_model_that_cannot_load_is_one_line(tmp_path):
     model = chat_model("hf", str(tmp_path), 4, device="cpu")
     with pytest.raises(VecapError, match=f"cannot load the language model '{tmp_path}'"):
         model.generate([[{"role": "user", "content": "x"}]])
+
+
+def test_a_template_without_a_system_role_gets_it_folded_into_the_first_turn():
+    model = chat_model("hf", str(tiny_model("llama")), 4, device="cpu").backend
+    template = model.tokenizer.chat_template
+    model.tokenizer.chat_template = (
+        "{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}"
+        "{% endif %}" + template
+    )
+    try:
+        text = model.render(
+            [{"role": "system", "content": "be brief"}, {"role": "user", "content": "a dog"}]
+        )
+    finally:
+        model.tokenizer.chat_template = template
+    assert text == "<s>user: be brief\n\na dog</s><s>assistant: "

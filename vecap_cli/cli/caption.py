@@ -49,7 +49,7 @@ def caption(
     prompt: Annotated[
         str,
         typer.Option(
-            help="The instruction beside each image (VeCLIP's by default).",
+            help="The instruction beside each image (VeCLIP's by default); BLIP, which follows no instructions, captions without it.",
             rich_help_panel=g._MODEL,
         ),
     ] = "Describe the image concisely, less than 20 words.",

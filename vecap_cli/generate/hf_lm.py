@@ -3,6 +3,7 @@ batched, left-padded, greedy, through the tokenizer's chat template."""
 
 from __future__ import annotations
 
+from vecap_cli.errors import VecapError
 from vecap_cli.generate.base import default_dtype, model_error, resolve_device
 from vecap_cli.generate.hf_vlm import clean, quiet_transformers
 
@@ -11,6 +12,14 @@ def plain_chat(messages: list[dict]) -> str:
     """For tokenizers without a chat template: role-labelled turns, then the answer cue."""
     turns = [f"{m['role'].capitalize()}: {m['content']}" for m in messages]
     return "\n\n".join([*turns, "Assistant:"])
+
+
+def merge_system(messages: list[dict]) -> list[dict]:
+    """The system turn folded into the first user turn, for templates that have no system role."""
+    if not messages or messages[0]["role"] != "system" or len(messages) < 2:
+        return messages
+    system, first, *rest = messages
+    return [{**first, "content": f"{system['content']}\n\n{first['content']}"}, *rest]
 
 
 class HFChat:
@@ -40,15 +49,24 @@ class HFChat:
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.templated = bool(getattr(self.tokenizer, "chat_template", None))
+        self.merge_system = False  # set when the template refuses a system turn
         self.max_new_tokens = max_new_tokens
         self._torch = torch
 
     def render(self, messages: list[dict]) -> str:
-        if self.templated:
+        if not self.templated:
+            return plain_chat(messages)
+        if self.merge_system:
+            messages = merge_system(messages)
+        try:
             return self.tokenizer.apply_chat_template(
                 messages, add_generation_prompt=True, tokenize=False
             )
-        return plain_chat(messages)
+        except Exception as err:  # jinja's TemplateError: "System role not supported" (Gemma)
+            if self.merge_system or messages[0]["role"] != "system":
+                raise VecapError(f"the model's chat template failed: {err}") from None
+            self.merge_system = True
+            return self.render(messages)
 
     def generate(self, conversations: list[list[dict]]) -> list[str]:
         texts = [self.render(c) for c in conversations]

@@ -90,6 +90,9 @@ _BOILERPLATE_HINT = re.compile(
     r"|photo|cheap|discount|%|etsy|amazon|ebay|ali|walmart|pinterest|shutter|alamy|dreams"
     r"|istock|123rf|deposit|getty|vector|fotolia|adobe|bigstock|canstock"
 )
+# What a camera file stem or an SKU label cannot do without (substring tests are cheap).
+_CAMERA_HINTS = ("img", "dsc", "dcim", "pxl", "gopr")
+_SKU_HINTS = ("#", ":", "sku", "upc", "ean", "isbn", "asin", "no", "nr", "number", "code")
 _EDGE = " \t,;:.!?|/\\-–—_*#+~'\""
 
 
@@ -148,7 +151,11 @@ def _noise(low: str) -> list[tuple[re.Pattern, re.Pattern]]:
     if _BOILERPLATE_HINT.search(low):
         found.append(_BOILERPLATE)
     if _DIGIT.search(low):
-        found += (_CAMERA, _SKU_LABEL, _SIZE)
+        if any(k in low for k in _CAMERA_HINTS):
+            found.append(_CAMERA)
+        if any(k in low for k in _SKU_HINTS):
+            found.append(_SKU_LABEL)
+        found.append(_SIZE)
     elif "size" in low or "xl" in low or "xs" in low:
         found.append(_SIZE)
     return found
@@ -415,7 +422,7 @@ def fuse(alt: str, vec: str) -> str:
 class RulesFusion:
     """`fuse` as a batch backend, so the rewrite stage treats it like a model."""
 
-    batch_size = 512
+    one = staticmethod(fuse)  # per record: the stage need not batch
 
     def generate(self, pairs: list[tuple[str, str]]) -> list[str]:
         return [fuse(alt, vec) for alt, vec in pairs]

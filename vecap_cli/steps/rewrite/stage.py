@@ -107,6 +107,14 @@ def rewrite(
         return sample, (alt, vec)
 
     fuse, validator = rewriter.fuser.generate, rewriter.validator
+    one = getattr(rewriter.fuser, "one", None)
+    if one is not None:  # a fuser with nothing to batch (rules): no batching overhead
+        for sample, pair in map(triage, samples):
+            if pair is not PASS:
+                alt, vec = pair  # type: ignore[misc]
+                sample.record["vecap"] = _settle(one(alt, vec), alt, vec, validator, counts)
+            yield sample
+        return
     for group in in_batches(map(triage, samples), config.batch_size):
         pairs = [pair for _, pair in group if pair is not PASS]
         outputs = iter(fuse(pairs) if pairs else ())  # type: ignore[arg-type]
