@@ -109,7 +109,7 @@ def caption(
         server = g.server_spec(
             model, max_new_tokens, api_base, api_key_env, concurrency, retries, timeout
         )
-    backend_ = load_captioner(
+    model_backend = load_captioner(
         name,
         model,
         prompt,
@@ -119,7 +119,7 @@ def caption(
         server=server,
         trust_remote_code=trust_remote_code,
     )
-    stage = partial(caption_stage, config=config, captioner=backend_)
+    stage = partial(caption_stage, config=config, captioner=model_backend)
     tally = run_stream("caption", opts, stage, config.identity())
     report(tally, opts)
 

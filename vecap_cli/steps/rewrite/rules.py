@@ -182,132 +182,24 @@ def _blank(text: str, spans: list[tuple[int, int]]) -> str:
 
 # Lower-case words that may sit inside a name ("Bank of America", "Wisin y Yandel").
 _JOINERS = frozenset(
-    [
-        "of",
-        "de",
-        "del",
-        "la",
-        "le",
-        "les",
-        "du",
-        "da",
-        "di",
-        "von",
-        "van",
-        "der",
-        "den",
-        "y",
-        "&",
-        "and",
-        "the",
-    ]
+    """
+    of de del la le les du da di von van der den y & and the
+    """.split()  # noqa: SIM905 -- a word list reads best as words
 )
 # Capitalized words that name nothing on their own (title case, shop words).
 _GENERIC = frozenset(
-    [
-        "a",
-        "an",
-        "the",
-        "and",
-        "or",
-        "of",
-        "for",
-        "to",
-        "in",
-        "on",
-        "at",
-        "by",
-        "with",
-        "from",
-        "how",
-        "what",
-        "why",
-        "when",
-        "new",
-        "best",
-        "top",
-        "free",
-        "sale",
-        "hot",
-        "great",
-        "cute",
-        "beautiful",
-        "amazing",
-        "set",
-        "pack",
-        "lot",
-        "image",
-        "photo",
-        "picture",
-        "pic",
-        "view",
-        "vector",
-        "illustration",
-        "background",
-        "design",
-        "ideas",
-        "idea",
-        "diy",
-        "this",
-        "that",
-        "these",
-        "my",
-        "your",
-        "our",
-        "is",
-        "are",
-        "premium",
-        "quality",
-        "original",
-        "official",
-        "custom",
-        "product",
-        "products",
-        "item",
-        "shop",
-        "store",
-        "online",
-    ]
+    """
+    a an the and or of for to in on at by with from how what why when new best top free
+    sale hot great cute beautiful amazing set pack lot image photo picture pic view
+    vector illustration background design ideas idea diy this that these my your our is
+    are premium quality original official custom product products item shop store online
+    """.split()  # noqa: SIM905 -- a word list reads best as words
 )
 _UNITS = frozenset(
-    [
-        "cm",
-        "mm",
-        "m",
-        "km",
-        "kg",
-        "g",
-        "mg",
-        "l",
-        "ml",
-        "oz",
-        "lb",
-        "lbs",
-        "in",
-        "inch",
-        "inches",
-        "ft",
-        "ml",
-        "mah",
-        "mb",
-        "gb",
-        "tb",
-        "mp",
-        "hp",
-        "w",
-        "kw",
-        "v",
-        "years",
-        "year",
-        "yrs",
-        "old",
-        "pcs",
-        "pieces",
-        "st",
-        "nd",
-        "rd",
-        "th",
-    ]
+    """
+    cm mm m km kg g mg l ml oz lb lbs in inch inches ft ml mah mb gb tb mp hp w kw v
+    years year yrs old pcs pieces st nd rd th
+    """.split()  # noqa: SIM905 -- a word list reads best as words
 )
 _WORD = re.compile(
     r"\d{1,2}, (?:1[89]|20)\d\d\b|\d{1,3}(?:,\d{3})+(?:\.\d+)?|[^\s,;:!?()\"“”]+|[,;:!?()\"“”]"
