@@ -116,6 +116,9 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(args.threads)
+    from vecap_cli.generate.hf_vlm import quiet_transformers
+
+    quiet_transformers()
 
     from tests.tiny_models import save_tiny_llava
 
