@@ -11,6 +11,7 @@ can name a model that only exists when a test first needs it.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import json
 import os
 import shutil
@@ -303,3 +304,21 @@ class Built(os.PathLike):
         return f"{self.prefix}{tiny_model(self.kind)}"
 
     __str__ = __fspath__
+
+
+# Tiny models run faster on one thread: OpenMP threads waiting on each other cost
+# more than the work, badly so on a loaded machine. For the CLI in a subprocess:
+ONE_THREAD = {"OMP_NUM_THREADS": "1"}
+
+
+@contextlib.contextmanager
+def one_torch_thread():
+    """torch on one thread in this process for a while (tests share the process)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

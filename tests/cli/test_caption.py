@@ -14,8 +14,14 @@ import pytest
 
 from tests.conftest import REPO, run_vecap, tiny_image, write_jsonl
 from tests.openai_server import ChatServer, digest_answer, model_answer
-from tests.tiny_models import tiny_model
+from tests.tiny_models import ONE_THREAD, one_torch_thread, tiny_model
 from vecap_cli.generate.load import captioner
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    with one_torch_thread():
+        yield
 
 
 @pytest.fixture
@@ -66,6 +72,7 @@ def test_llava_captions_a_jsonl_pool(pool, tmp_path):
         tmp_path / "stats.json",
         "--rejects",
         tmp_path / "rejects.jsonl",
+        env=ONE_THREAD,
     )
     assert result.code == 0, result.err
     check_captioned(load(pool), load(tmp_path / "out.jsonl"))
@@ -90,6 +97,7 @@ def test_blip_captions_tar_shards_and_keeps_every_member(pool, tmp_path):
         "-q",
         "-o",
         tmp_path / "out.tar",
+        env=ONE_THREAD,
     )
     assert result.code == 0, result.err
     with tarfile.open(tmp_path / "in.tar") as src, tarfile.open(tmp_path / "out.tar") as dst:
@@ -118,6 +126,7 @@ def test_openclip_coca_captions_through_the_cli(pool, tmp_path):
         "--max-new-tokens",
         "6",
         "-q",
+        env=ONE_THREAD,
     )
     assert result.code == 0, result.err
     check_captioned(load(pool), result.records())

@@ -8,10 +8,16 @@ import pytest
 from tests.cli.test_contract import no_traceback
 from tests.conftest import SHARED_DATA, run_vecap, write_jsonl
 from tests.openai_server import ChatServer, model_answer
-from tests.tiny_models import tiny_model
+from tests.tiny_models import ONE_THREAD, one_torch_thread, tiny_model
 from vecap_cli.generate.load import chat_model
 
 VECS = ["a dog sitting on the grass", "a red car on a street", "a plate of food on a table"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    with one_torch_thread():
+        yield
 
 
 @pytest.fixture
@@ -97,6 +103,7 @@ def test_a_tiny_llama_rewrites_through_its_chat_template(pool, tmp_path):
         "2",
         "--stats",
         tmp_path / "s.json",
+        env=ONE_THREAD,
     )
     assert result.code == 0, result.err
     out = {r["key"]: r for r in result.records()}

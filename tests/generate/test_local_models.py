@@ -10,12 +10,18 @@ import random
 import pytest
 
 from tests.conftest import tiny_image
-from tests.tiny_models import tiny_model
+from tests.tiny_models import one_torch_thread, tiny_model
 from vecap_cli.errors import VecapError
 from vecap_cli.generate.base import decode_rgb
 from vecap_cli.generate.load import captioner, chat_model
 
 PROMPT = "Describe the image concisely, less than 20 words."
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    with one_torch_thread():
+        yield
 
 
 def images(n, seed=0):
