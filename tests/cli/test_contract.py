@@ -10,12 +10,18 @@ import orjson
 import pytest
 
 from tests.conftest import REPO, run_vecap, tiny_image
+from tests.openai_server import SessionURL
 from vecap_cli.stream.runner import iter_samples
 from vecap_cli.stream.tally import Tally
 
 CASES = {
     "mix": ["--policy", "first"],
     "curate": ["--metadata", str(REPO / "tests" / "data" / "curate-metadata.json")],
+    # The stream contract does not depend on the model: an OpenAI-compatible test
+    # server keeps these runs free of torch start-up (tests/cli/test_caption.py
+    # runs the local-model backends end to end).
+    "caption": ["--backend", "openai", "--model", "m", "--api-base", SessionURL()],
+    "rewrite": [],  # rules
 }
 
 

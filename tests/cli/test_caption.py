@@ -1,0 +1,233 @@
+"""`vecap caption` end to end: tiny local models through the CLI, a real HTTP server,
+and a run killed mid-way then resumed."""
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+
+import orjson
+import pytest
+
+from tests.conftest import REPO, run_vecap, tiny_image, write_jsonl
+from tests.openai_server import ChatServer, digest_answer, model_answer
+from tests.tiny_models import ONE_THREAD, one_torch_thread, tiny_model
+from vecap_cli.generate.load import captioner
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    with one_torch_thread():
+        yield
+
+
+@pytest.fixture
+def pool(tmp_path):
+    """16 records with real images; two with a `vec` already, one with a broken image."""
+    rng = random.Random(3)
+    (tmp_path / "img").mkdir()
+    records = []
+    for i in range(16):
+        ext = rng.choice(["png", "jpg"])
+        (tmp_path / "img" / f"{i}.{ext}").write_bytes(tiny_image(rng, ext))
+        records.append({"key": f"r{i:02d}", "alt": f"alt {i}", "image": f"img/{i}.{ext}", "n": i})
+    records[3]["vec"] = "an existing caption"
+    records[9]["vec"] = "another one"
+    (tmp_path / "img" / "broken.jpg").write_bytes(b"\xff\xd8\xff not really")
+    records[12]["image"] = "img/broken.jpg"
+    return write_jsonl(tmp_path / "pool.jsonl", records)
+
+
+def load(path):
+    return [orjson.loads(line) for line in path.read_bytes().splitlines()]
+
+
+def check_captioned(before, after):
+    """Every record but the broken one, in order, with a `vec`; nothing else changed."""
+    kept = [r for r in before if r["key"] != "r12"]
+    assert [r["key"] for r in after] == [r["key"] for r in kept]
+    for a, b in zip(kept, after, strict=True):
+        assert b == {**a, "vec": b["vec"]}
+        assert isinstance(b["vec"], str) and b["vec"].strip()
+        if "vec" in a:
+            assert b["vec"] == a["vec"]  # skipped, untouched
+
+
+def test_llava_captions_a_jsonl_pool(pool, tmp_path):
+    result = run_vecap(
+        "caption",
+        pool,
+        "--model",
+        tiny_model("llava"),
+        "--max-new-tokens",
+        "5",
+        "--batch-size",
+        "4",
+        "-o",
+        tmp_path / "out.jsonl",
+        "--stats",
+        tmp_path / "stats.json",
+        "--rejects",
+        tmp_path / "rejects.jsonl",
+        env=ONE_THREAD,
+    )
+    assert result.code == 0, result.err
+    check_captioned(load(pool), load(tmp_path / "out.jsonl"))
+    stats = orjson.loads((tmp_path / "stats.json").read_bytes())
+    assert stats["caption"] == {"captioned": 13, "skipped-existing": 2}
+    assert stats["rejected"] == {"bad-image": 1} and stats["balanced"]
+    (reject,) = load(tmp_path / "rejects.jsonl")
+    assert reject["record"]["key"] == "r12" and reject["reason"] == "bad-image"
+    assert "vecap caption: in 16 = out 15" in result.err
+
+
+def test_blip_captions_tar_shards_and_keeps_every_member(pool, tmp_path):
+    as_tar = run_vecap("mix", pool, "--policy", "first", "-q", "-o", tmp_path / "in.tar")
+    assert as_tar.code == 0, as_tar.err
+    result = run_vecap(
+        "caption",
+        tmp_path / "in.tar",
+        "--model",
+        tiny_model("blip"),
+        "--max-new-tokens",
+        "4",
+        "-q",
+        "-o",
+        tmp_path / "out.tar",
+        env=ONE_THREAD,
+    )
+    assert result.code == 0, result.err
+    with tarfile.open(tmp_path / "in.tar") as src, tarfile.open(tmp_path / "out.tar") as dst:
+        before = {m.name: src.extractfile(m).read() for m in src.getmembers()}
+        after = {m.name: dst.extractfile(m).read() for m in dst.getmembers()}
+    assert set(after) == set(before) - {n for n in before if n.startswith("r12.")}
+    for name, data in after.items():
+        if name.endswith(".json"):
+            record = orjson.loads(data)
+            assert record["vec"].strip()
+            assert {k: v for k, v in record.items() if k != "vec"} == {
+                k: v for k, v in orjson.loads(before[name]).items() if k != "vec"
+            }
+        else:
+            assert data == before[name]  # images and captions byte for byte
+
+
+def test_openclip_coca_captions_through_the_cli(pool, tmp_path):
+    result = run_vecap(
+        "caption",
+        pool,
+        "--backend",
+        "openclip",
+        "--model",
+        f"local-dir:{tiny_model('coca')}",
+        "--max-new-tokens",
+        "6",
+        "-q",
+        env=ONE_THREAD,
+    )
+    assert result.code == 0, result.err
+    check_captioned(load(pool), result.records())
+
+
+def test_the_openai_backend_gets_the_local_models_captions_from_a_recovering_server(pool, tmp_path):
+    local = captioner("hf", str(tiny_model("llava")), "Describe.", 5, device="cpu")
+    with ChatServer(model_answer(captioner=local.backend), fail_first=3) as server:
+        result = run_vecap(
+            "caption",
+            pool,
+            "--backend",
+            "openai",
+            "--model",
+            "tiny-llava",
+            "--api-base",
+            server.url,
+            "--concurrency",
+            "3",
+            "--stats",
+            tmp_path / "stats.json",
+        )
+    assert result.code == 0, result.err
+    after = result.records()
+    check_captioned(load(pool), after)
+    assert server.failed == 3 and server.requests == 13 + 3
+    # The server ran the same model on the same bytes: the same captions as running it here.
+    images = {r["key"]: (pool.parent / r["image"]).read_bytes() for r in load(pool)}
+    todo = [r for r in after if r["key"] not in ("r03", "r09")]
+    expected = local.generate([local.prepare(images[r["key"]]) for r in todo])
+    assert [r["vec"] for r in todo] == expected
+    assert orjson.loads((tmp_path / "stats.json").read_bytes())["rejected"] == {"bad-image": 1}
+
+
+def shard_records(directory):
+    records = []
+    for name in sorted(os.listdir(directory)):
+        if name.endswith(".tar"):
+            with tarfile.open(directory / name) as tar:
+                for member in tar.getmembers():
+                    if member.name.endswith(".json"):
+                        records.append(orjson.loads(tar.extractfile(member).read()))
+    return records
+
+
+def test_a_run_killed_mid_way_and_resumed_loses_and_duplicates_nothing(tmp_path):
+    rng = random.Random(5)
+    records = []
+    for i in range(40):
+        (tmp_path / f"{i}.png").write_bytes(tiny_image(rng))
+        records.append({"key": f"k{i:03d}", "image": f"{i}.png"})
+    pool = write_jsonl(tmp_path / "pool.jsonl", records)
+
+    def args(out, url):
+        return [
+            "caption", pool, "--backend", "openai", "--model", "m", "--api-base", url,
+            "--concurrency", "1", "--batch-size", "2", "--shard-size", "5",
+            "-o", out / "%06d.tar", "--stats", out / "stats.json",
+        ]  # fmt: skip
+
+    with ChatServer(digest_answer) as server:
+        whole = run_vecap(*args(tmp_path / "whole", server.url))
+    assert whole.code == 0, whole.err
+
+    progress = tmp_path / "cut" / ".vecap-progress-0-of-1.json"
+    with ChatServer(digest_answer, hold_after=17) as server:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "vecap_cli", *map(str, args(tmp_path / "cut", server.url))],
+            env={**os.environ, "PYTHONPATH": str(REPO)},
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:  # wait until it is stuck after 3 finished shards
+            shards = orjson.loads(progress.read_bytes())["shards"] if progress.exists() else 0
+            if shards == 3 and server.requests > 17:
+                break
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert len(shard_records(tmp_path / "cut")) == 15  # killed mid-way: 3 of 8 shards
+
+    with ChatServer(digest_answer) as server:
+        resumed = run_vecap(*args(tmp_path / "cut", server.url), "--resume")
+        assert server.requests == 25  # only the records the finished shards did not hold
+    assert resumed.code == 0, resumed.err
+    assert shard_records(tmp_path / "cut") == shard_records(tmp_path / "whole")
+    assert [r["key"] for r in shard_records(tmp_path / "cut")] == [r["key"] for r in records]
+    stats = orjson.loads((tmp_path / "cut" / "stats.json").read_bytes())
+    assert (stats["in"], stats["out"], stats["balanced"]) == (40, 40, True)
+
+
+def test_a_missing_model_is_one_line_before_any_record_is_read(tmp_path, pool):
+    result = run_vecap("caption", pool, "--model", tmp_path / "nope")
+    assert (result.code, result.err.strip()) == (
+        1,
+        f"vecap caption: error: cannot load model '{tmp_path}/nope': no such directory",
+    )
+    result = run_vecap("caption", pool, "--backend", "openai", "--model", "m", "--api-base", "x")
+    assert (result.code, result.err.strip()) == (
+        1,
+        "vecap caption: error: --api-base 'x' is not an http(s) URL",
+    )
+    result = run_vecap("caption", pool)
+    assert result.code == 2 and "--model" in result.err

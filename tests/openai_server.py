@@ -1,0 +1,158 @@
+"""A real OpenAI-compatible chat-completions server on 127.0.0.1, for tests.
+
+`POST /v1/chat/completions` answers with `answer(messages)`: a tiny local model
+(`model_answer`) or a deterministic stand-in. It can fail the first N requests
+with a status (503: a server warming up, then recovering), or hold every
+request after the first N until `release()` (so a test can kill its client
+mid-run). It listens on an ephemeral port and stops with the `with` block.
+"""
+
+from __future__ import annotations
+
+import atexit
+import base64
+import hashlib
+import io
+import json
+import threading
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+class ChatServer:
+    def __init__(
+        self,
+        answer: Callable[[list[dict]], str],
+        fail_first: int = 0,
+        fail_status: int = 503,
+        hold_after: int | None = None,
+    ):
+        self.answer = answer
+        self.fail_first, self.fail_status = fail_first, fail_status
+        self.hold_after = hold_after
+        self.requests = 0
+        self.failed = 0
+        self.headers: list[dict] = []
+        self._lock = threading.Lock()
+        self._model_lock = threading.Lock()  # the model answers one request at a time
+        self._gate = threading.Event()
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self._httpd.daemon_threads = True
+        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        host, port = self._httpd.server_address[:2]
+        return f"http://{host}:{port}/v1"
+
+    def __enter__(self) -> ChatServer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+        self._httpd.shutdown()
+        self._httpd.server_close()
+
+    def release(self) -> None:
+        self._gate.set()
+
+    def _handler(self):
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # keep-alive, as real servers do
+
+            def log_message(self, *args):  # quiet
+                pass
+
+            def do_POST(self):
+                length = int(self.headers.get("Content-Length", 0))
+                body = json.loads(self.rfile.read(length))
+                with server._lock:
+                    server.requests += 1
+                    n = server.requests
+                    server.headers.append(dict(self.headers))
+                if self.path != "/v1/chat/completions":
+                    return self._send(404, {"error": {"message": "not found"}})
+                if n <= server.fail_first:
+                    with server._lock:
+                        server.failed += 1
+                    return self._send(server.fail_status, {"error": {"message": "warming up"}})
+                if server.hold_after is not None and n > server.hold_after:
+                    server._gate.wait()
+                with server._model_lock:
+                    text = server.answer(body["messages"])
+                self._send(
+                    200,
+                    {
+                        "id": f"cmpl-{n}",
+                        "object": "chat.completion",
+                        "model": body.get("model", ""),
+                        "choices": [
+                            {
+                                "index": 0,
+                                "message": {"role": "assistant", "content": text},
+                                "finish_reason": "stop",
+                            }
+                        ],
+                    },
+                )
+
+            def _send(self, status: int, payload: dict) -> None:
+                data = json.dumps(payload).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        return Handler
+
+
+def image_of(messages: list[dict]) -> bytes | None:
+    """The bytes of the first inline image in a conversation."""
+    for message in messages:
+        content = message["content"]
+        if isinstance(content, list):
+            for part in content:
+                if part.get("type") == "image_url":
+                    url = part["image_url"]["url"]
+                    return base64.b64decode(url.split(",", 1)[1])
+    return None
+
+
+def digest_answer(messages: list[dict]) -> str:
+    """A deterministic caption naming what the request held (for resume tests)."""
+    image = image_of(messages)
+    data = image if image is not None else json.dumps(messages).encode()
+    return f"a picture numbered {hashlib.sha1(data).hexdigest()[:8]}"
+
+
+def model_answer(captioner=None, chat=None) -> Callable[[list[dict]], str]:
+    """Answer with the tiny local model: a VLM for image requests, a chat LM for text ones."""
+
+    def answer(messages: list[dict]) -> str:
+        image = image_of(messages)
+        if image is not None:
+            from PIL import Image
+
+            return captioner.generate([Image.open(io.BytesIO(image)).convert("RGB")])[0]
+        return chat.generate([messages])[0]
+
+    return answer
+
+
+class SessionURL:
+    """The URL of a `digest_answer` server started on first use and stopped at exit.
+
+    For flag lists written before any test runs (tests/cli/test_contract.py CASES).
+    """
+
+    _server: ChatServer | None = None
+
+    def __str__(self) -> str:
+        if SessionURL._server is None:
+            SessionURL._server = ChatServer(digest_answer).__enter__()
+            atexit.register(SessionURL._server.__exit__, None, None, None)
+        return SessionURL._server.url

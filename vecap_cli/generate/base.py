@@ -1,0 +1,49 @@
+"""What every backend shares: the per-item failure and the device choice."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from vecap_cli.errors import VecapError
+
+
+@dataclass(frozen=True, slots=True)
+class Failed:
+    """A generation that failed for this item only (a server gave up on one request)."""
+
+    reason: str  # short, a counter name: "http-503", "timeout", "bad-response"
+    detail: str = ""
+
+
+def resolve_device(device: str) -> str:
+    """'auto' → 'cuda' when a GPU is visible, else 'cpu'; anything else as given."""
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise VecapError(f"--device {device}: no CUDA device is visible")
+    return device
+
+
+def default_dtype(device: str):
+    """bf16 on GPUs (what VLMs are released in), fp32 on CPU (bf16 matmuls are slow there)."""
+    import torch
+
+    return torch.bfloat16 if device.startswith("cuda") else torch.float32
+
+
+def decode_rgb(data: bytes):
+    """A fully decoded RGB PIL image; raises on bytes PIL cannot decode."""
+    import io
+
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as image:
+        image.load()  # decode now, in the worker thread, not lazily in the model's
+        return image.convert("RGB")
+
+
+def model_error(what: str, model: str, err: Exception) -> VecapError:
+    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return VecapError(f"cannot load {what} '{model}': {first}")

@@ -1,0 +1,106 @@
+"""Captions from an open_clip CoCa model through its own `generate`.
+
+`--model` is what open_clip resolves: an architecture name (with `--pretrained`
+a tag or checkpoint file), `hf-hub:org/repo`, or `local-dir:/path` holding
+open_clip_config.json and the weights.
+"""
+
+from __future__ import annotations
+
+from vecap_cli.errors import VecapError
+from vecap_cli.generate.base import decode_rgb, model_error, resolve_device
+
+
+def _open_clip_generates() -> bool:
+    from open_clip import coca_model
+
+    return bool(getattr(coca_model, "_has_transformers", False))
+
+
+class CocaCaptioner:
+    def __init__(
+        self, model: str, pretrained: str | None, max_new_tokens: int, device: str = "auto"
+    ):
+        import open_clip
+        import torch
+
+        self.device = resolve_device(device)
+        try:
+            self.model, _, self.preprocess = open_clip.create_model_and_transforms(
+                model, pretrained=pretrained or None, device=self.device
+            )
+            self.tokenizer = open_clip.get_tokenizer(model)
+        except (OSError, ValueError, RuntimeError, KeyError) as err:
+            raise model_error("the open_clip model", model, err) from None
+        if not hasattr(self.model, "generate"):
+            raise VecapError(f"'{model}' is not a CoCa model: open_clip captions only with CoCa")
+        self.model.eval()
+        context = getattr(self.model.text, "context_length", 77)
+        self.seq_len = max(min(max_new_tokens + 1, context), 2)  # + the start token
+        self.min_len = min(5, self.seq_len - 1)  # open_clip's default floor, where it fits
+        self.context = context
+        self.sot = getattr(self.tokenizer, "sot_token_id", 49406)
+        self.eot = getattr(self.tokenizer, "eot_token_id", 49407)
+        self._torch = torch
+
+    def prepare(self, data: bytes):
+        return decode_rgb(data)
+
+    def generate(self, images: list) -> list[str]:
+        torch = self._torch
+        batch = torch.stack([self.preprocess(im) for im in images]).to(self.device)  # (B, 3, H, W)
+        autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device != "cpu")
+        with torch.inference_mode(), autocast:
+            if _open_clip_generates():
+                out = self.model.generate(
+                    batch,
+                    seq_len=self.seq_len,
+                    max_seq_len=self.context,
+                    generation_type="top_k",
+                    top_k=1,  # greedy
+                    min_seq_len=self.min_len,
+                )  # (B, <= seq_len), starting with the start token
+            else:
+                out = self.greedy(batch)
+        return [self._decode(row) for row in out.tolist()]
+
+    def greedy(self, batch):
+        """open_clip's greedy path (top_k=1), for when its `generate` is unavailable.
+
+        open_clip 3.x imports transformers' BeamSearchScorer to enable `generate`,
+        and transformers 5 no longer has it, so `generate` asserts. The loop is
+        the same computation: encode the image once, extend every row by its
+        argmax token, forbid the end token before `min_len`, pad finished rows.
+        """
+        torch = self._torch
+        model = self.model
+        # _encode_image is what CoCa.generate itself calls; forward takes its outputs.
+        latent, embs = model._encode_image(batch)
+        pad = getattr(model, "pad_id", 0)
+        out = torch.full((batch.shape[0], 1), self.sot, device=batch.device)  # (B, 1)
+        done = torch.zeros(batch.shape[0], dtype=torch.bool, device=batch.device)
+        while out.shape[1] < self.seq_len and not done.all():
+            logits = model(
+                batch,
+                out[:, -self.context :],
+                image_latent=latent,
+                image_embs=embs,
+                output_labels=False,
+            )["logits"][:, -1]  # (B, V)
+            if out.shape[1] < self.min_len:
+                logits[:, self.eot] = float("-inf")
+            step = logits.argmax(-1)
+            if out.shape[1] + 1 == self.seq_len:
+                step = torch.full_like(step, self.eot)
+            step = torch.where(done, torch.full_like(step, pad), step)
+            out = torch.cat([out, step[:, None]], dim=1)
+            done |= step == self.eot
+        return out
+
+    def _decode(self, ids: list[int]) -> str:
+        if self.eot in ids:
+            ids = ids[: ids.index(self.eot)]
+        ids = [t for t in ids if t not in (self.sot, 0)]
+        inner = getattr(self.tokenizer, "tokenizer", None)  # open_clip's HFTokenizer wraps one
+        text = inner.decode(ids, skip_special_tokens=True) if inner else self.tokenizer.decode(ids)
+        return " ".join(text.split())

@@ -1,0 +1,97 @@
+"""`vecap caption`: a visual-concept caption (VeC) for every image, in `vec`.
+
+The stage decodes images in worker threads that run ahead of the model
+(`map_ahead`), gathers them into batches, and writes each caption back in input
+order. Records that already have a `vec` pass through untouched unless
+`overwrite`; so do they cost nothing: they are never decoded.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Protocol
+
+from vecap_cli.generate.ahead import map_ahead
+from vecap_cli.generate.base import Failed
+from vecap_cli.steps.batching import PASS, in_batches
+from vecap_cli.stream.sample import ImageMissing, Sample
+from vecap_cli.stream.tally import Tally
+
+# VeCLIP's prompt for LLaVA (arXiv 2310.07699, section 3).
+DEFAULT_PROMPT = "Describe the image concisely, less than 20 words."
+
+
+class Captioner(Protocol):
+    def prepare(self, data: bytes) -> object: ...  # in a worker thread: bytes → model input
+
+    def generate(self, batch: list) -> list[str | Failed]: ...
+
+
+@dataclass(frozen=True)
+class CaptionConfig:
+    backend: str = "hf"
+    model: str = ""
+    pretrained: str | None = None
+    prompt: str = DEFAULT_PROMPT
+    max_new_tokens: int = 40
+    batch_size: int = 8
+    workers: int = 4  # decode threads; 0 decodes inline
+    overwrite: bool = False
+    field: str = "vec"
+
+    def identity(self) -> tuple:
+        """What decides the captions: a resumed run must agree on it (batching may differ)."""
+        return (self.backend, self.model, self.pretrained, self.prompt, self.max_new_tokens)
+
+
+def has_text(record: dict, field: str) -> bool:
+    value = record.get(field)
+    return isinstance(value, str) and bool(value.strip())
+
+
+def caption(
+    samples: Iterable[Sample], tally: Tally, config: CaptionConfig, captioner: Captioner
+) -> Iterator[Sample]:
+    counts: Counter[str] = Counter()
+    tally.extra["caption"] = counts
+    field, overwrite = config.field, config.overwrite
+
+    def prepare(sample: Sample):
+        if not overwrite and has_text(sample.record, field):
+            return PASS  # never decoded
+        return captioner.prepare(sample.image_bytes())
+
+    def prepared() -> Iterator[tuple[Sample, object]]:
+        ahead = max(2 * config.batch_size, 2 * config.workers, 8)
+        for sample, item in map_ahead(prepare, samples, config.workers, ahead):
+            if isinstance(item, BaseException):
+                _reject(tally, sample, item)
+            else:
+                yield sample, item
+
+    for group in in_batches(prepared(), config.batch_size):
+        inputs = [item for _, item in group if item is not PASS]
+        texts = iter(captioner.generate(inputs) if inputs else ())
+        for sample, item in group:
+            if item is PASS:
+                counts["skipped-existing"] += 1
+                yield sample
+                continue
+            text = next(texts)
+            if isinstance(text, Failed):
+                tally.reject(f"caption-{text.reason}", text.detail, sample)
+            elif not text:
+                tally.reject("empty-caption", "the model generated no text", sample)
+            else:
+                sample.record[field] = text
+                counts["captioned"] += 1
+                yield sample
+
+
+def _reject(tally: Tally, sample: Sample, err: BaseException) -> None:
+    if isinstance(err, ImageMissing):
+        tally.reject("image-missing", str(err), sample)
+    else:
+        tally.reject("bad-image", f"{type(err).__name__}: {err}", sample)

@@ -1,0 +1,139 @@
+"""The rewrite stage: safety check, batched fusion, validation, fallback to VeC.
+
+Per record, in order:
+- a `vecap` already there: passed through (unless overwrite);
+- no `vec`: passed through without `vecap` (nothing to fuse; mix then trains on alt);
+- no `alt`, or an AltText hitting the blocklist: `vecap` = `vec`;
+- else fused; a failed or invalid generation falls back to `vecap` = `vec`.
+Every branch is counted in `tally.extra["rewrite"]`; no record is dropped.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Protocol
+
+from vecap_cli.generate.base import Failed
+from vecap_cli.steps.batching import PASS, in_batches
+from vecap_cli.steps.caption import has_text
+from vecap_cli.steps.rewrite.prompt import Prompt
+from vecap_cli.steps.rewrite.safety import Blocklist
+from vecap_cli.steps.rewrite.validate import Validator
+from vecap_cli.stream.sample import Sample
+from vecap_cli.stream.tally import Tally
+
+
+@dataclass(frozen=True)
+class RewriteConfig:
+    backend: str = "rules"
+    model: str = ""
+    prompt_file: str | None = None
+    blocklist: str = "default"
+    max_new_tokens: int = 77
+    batch_size: int = 8
+    min_words: int = 3
+    max_words: int = 60
+    overwrite: bool = False
+
+    def identity(self) -> tuple:
+        """What decides the VeCaps: a resumed run must agree on it (batching may differ)."""
+        return (
+            self.backend,
+            self.model,
+            self.prompt_file,
+            self.blocklist,
+            self.max_new_tokens,
+            self.min_words,
+            self.max_words,
+        )
+
+
+class Fuser(Protocol):
+    def generate(self, pairs: list[tuple[str, str]]) -> list[str | Failed]: ...
+
+
+class ChatModel(Protocol):
+    def generate(self, conversations: list[list[dict]]) -> list[str | Failed]: ...
+
+
+class LLMFusion:
+    """A chat model (hf_lm.HFChat, openai_client.OpenAIChat) behind the fusion prompt."""
+
+    def __init__(self, chat: ChatModel, prompt: Prompt):
+        self.chat, self.prompt = chat, prompt
+
+    def generate(self, pairs: list[tuple[str, str]]) -> list[str | Failed]:
+        return self.chat.generate([self.prompt.messages(alt, vec) for alt, vec in pairs])
+
+
+@dataclass
+class Rewriter:
+    fuser: Fuser
+    blocklist: Blocklist
+    validator: Validator | None  # None: the fuser's output is a caption by construction (rules)
+
+
+def rewrite(
+    samples: Iterable[Sample], tally: Tally, config: RewriteConfig, rewriter: Rewriter
+) -> Iterator[Sample]:
+    counts: Counter[str] = Counter()
+    blocked: Counter[str] = Counter()
+    tally.extra["rewrite"] = counts
+    tally.extra["blocked-terms"] = blocked
+    overwrite, hit = config.overwrite, rewriter.blocklist.hit
+
+    def triage(sample: Sample) -> tuple[Sample, object]:
+        record = sample.record
+        if not overwrite and has_text(record, "vecap"):
+            counts["skipped-existing"] += 1
+            return sample, PASS
+        vec = record.get("vec")
+        if not isinstance(vec, str) or not vec.strip():
+            counts["no-vec"] += 1
+            return sample, PASS
+        alt = record.get("alt")
+        if not isinstance(alt, str) or not alt.strip():
+            counts["no-alt"] += 1
+            record["vecap"] = vec
+            return sample, PASS
+        term = hit(alt)
+        if term is not None:
+            counts["blocked"] += 1
+            blocked[term] += 1
+            record["vecap"] = vec
+            return sample, PASS
+        return sample, (alt, vec)
+
+    fuse, validator = rewriter.fuser.generate, rewriter.validator
+    one = getattr(rewriter.fuser, "one", None)
+    if one is not None:  # a fuser with nothing to batch (rules): no batching overhead
+        for sample, pair in map(triage, samples):
+            if pair is not PASS:
+                alt, vec = pair  # type: ignore[misc]
+                sample.record["vecap"] = _settle(one(alt, vec), alt, vec, validator, counts)
+            yield sample
+        return
+    for group in in_batches(map(triage, samples), config.batch_size):
+        pairs = [pair for _, pair in group if pair is not PASS]
+        outputs = iter(fuse(pairs) if pairs else ())  # type: ignore[arg-type]
+        for sample, pair in group:
+            if pair is not PASS:
+                alt, vec = pair  # type: ignore[misc]
+                sample.record["vecap"] = _settle(next(outputs), alt, vec, validator, counts)
+            yield sample
+
+
+def _settle(out: str | Failed, alt: str, vec: str, validator, counts: Counter) -> str:
+    """The VeCap for one fused output: the output if it is a caption, else the VeC."""
+    if isinstance(out, Failed):
+        counts[f"fallback-{out.reason}"] += 1
+        return vec
+    if validator is not None:
+        out, reason = validator.check(out, alt, vec)
+        if reason is not None:
+            counts[f"fallback-{reason}"] += 1
+            return vec
+    counts["fused" if out != vec else "unchanged"] += 1
+    return out
