@@ -245,3 +245,10 @@ def test_strict_stops_at_the_first_rejection(tmp_path):
             passthrough,
         )
     assert not (tmp_path / "o.jsonl").exists()
+
+
+def test_writing_to_dev_null_leaves_the_device_alone(pool):
+    import stat
+
+    run_stream("t", StreamOptions(inputs=(str(pool),), output="/dev/null"), passthrough)
+    assert stat.S_ISCHR(os.stat("/dev/null").st_mode)

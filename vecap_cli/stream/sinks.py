@@ -59,7 +59,7 @@ class _File:
 
     def __init__(self, path: str):
         self.path = path
-        self.tmp = "" if path == "-" else f"{path}.tmp"
+        self.tmp = "" if path == "-" else staging_path(path)
         self.writer: JsonlWriter | TarWriter | None = None
         self._layers: list = []  # what to close, innermost (the writer's stream) first
         if path == "-":
@@ -94,7 +94,8 @@ class _File:
             self.raw.flush()
             return
         self.raw.close()
-        os.replace(self.tmp, self.path)
+        if self.tmp != self.path:
+            os.replace(self.tmp, self.path)
 
     def abandon(self) -> None:
         """Drop a partial file; on stdout, leave the stream visibly unterminated."""
@@ -105,7 +106,7 @@ class _File:
                 layer.close()
         if self.path != "-":
             self.raw.close()
-            if os.path.exists(self.tmp):
+            if self.tmp != self.path and os.path.exists(self.tmp):
                 os.remove(self.tmp)
 
 
@@ -218,6 +219,26 @@ class ShardedSink(Sink):
         elif ok:  # inputs dropped since the last shard: record them as done
             self._write_progress(self.tally.seal(self.tally.n_in, self.sealed_out))
         self.file.abandon()  # type: ignore[union-attr]  # the shard opened next, unused
+
+
+def staging_path(path: str) -> str:
+    """Where `path` is written before being renamed into place: PATH.tmp.
+
+    A special file (/dev/null, a FIFO) is written in place: renaming onto it
+    would replace the device with a regular file.
+    """
+    if os.path.exists(path) and not os.path.isfile(path):
+        return path
+    return f"{path}.tmp"
+
+
+def write_atomically(path: str, data: bytes) -> None:
+    """Write a small file whole, or not at all (as every vecap output is)."""
+    tmp = staging_path(path)
+    with open_for_writing(tmp, shown=path) as f:
+        f.write(data)
+    if tmp != path:
+        os.replace(tmp, path)
 
 
 def open_for_writing(path: str, shown: str | None = None) -> BinaryIO:
