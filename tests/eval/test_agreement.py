@@ -56,7 +56,9 @@ def reference_retrieval(tiny, csv_path, root, batch_size=16):
     from clip_benchmark.metrics import zeroshot_retrieval
 
     loader = torch.utils.data.DataLoader(
-        Captioned(csv_path, root, tiny.preprocess), batch_size=batch_size, collate_fn=collate_captions
+        Captioned(csv_path, root, tiny.preprocess),
+        batch_size=batch_size,
+        collate_fn=collate_captions,
     )
     return zeroshot_retrieval.evaluate(
         tiny.model, loader, tiny.tokenizer, "cpu", amp=False, recall_k_list=[1, 5, 10]

@@ -25,7 +25,11 @@ def test_csv_groups_captions_by_image_in_first_seen_order_and_unquotes(tmp_path)
     records, dataset, tally = read(path)
     assert dataset.format == "csv"
     assert records == [
-        {"key": "a.jpg", "image": "a.jpg", "captions": ["A dog , running", "three, unquoted, commas"]},
+        {
+            "key": "a.jpg",
+            "image": "a.jpg",
+            "captions": ["A dog , running", "three, unquoted, commas"],
+        },
         {"key": "b.jpg", "image": "b.jpg", "captions": ["two"]},
     ]
     assert (tally.n_in, dict(tally.rejected)) == (3, {"bad-row": 1})
@@ -33,8 +37,8 @@ def test_csv_groups_captions_by_image_in_first_seen_order_and_unquotes(tmp_path)
 
 def test_csv_images_resolve_against_image_root(tmp_path):
     path = write_caption_csv(tmp_path, 2)
-    _, dataset, _ = read(path, image_root=str(tmp_path / "images"))
-    sample = next(iter(open_dataset(DataSpec((str(path),), image_root=str(tmp_path / "images")), Tally("e")).samples))
+    spec = DataSpec((str(path),), image_root=str(tmp_path / "images"))
+    sample = next(iter(open_dataset(spec, Tally("eval")).samples))
     assert sample.image_bytes() == (tmp_path / "images" / "0000.png").read_bytes()
 
 
@@ -112,7 +116,14 @@ def test_captions_of(record, captions):
 
 
 def test_class_of():
-    assert [class_of({"cls": v}) for v in (3, "4", True, "x", None, -1)] == [3, 4, None, None, None, -1]
+    assert [class_of({"cls": v}) for v in (3, "4", True, "x", None, -1)] == [
+        3,
+        4,
+        None,
+        None,
+        None,
+        -1,
+    ]
 
 
 def test_structural_problems_are_one_line(tmp_path):

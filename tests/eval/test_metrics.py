@@ -91,7 +91,10 @@ def test_mean_per_class_recall_averages_the_classes_present_as_sklearn_does():
     predictions = torch.tensor([0, 2, 0, 1, 2, 3])
     assert mean_per_class_recall(predictions, targets) == pytest.approx((2 / 3 + 1 / 2 + 1) / 3)
     gen = torch.Generator().manual_seed(1)
-    targets, predictions = torch.randint(0, 7, (300,), generator=gen), torch.randint(0, 9, (300,), generator=gen)
+    targets, predictions = (
+        torch.randint(0, 7, (300,), generator=gen),
+        torch.randint(0, 9, (300,), generator=gen),
+    )
     with pytest.warns(UserWarning):  # sklearn: "y_pred contains classes not in y_true"
         expected = balanced_accuracy_score(targets.numpy(), predictions.numpy())
     assert mean_per_class_recall(predictions, targets) == pytest.approx(expected, abs=1e-12)

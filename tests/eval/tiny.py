@@ -12,7 +12,28 @@ TINY_OPENCLIP = {
     "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "patch_size": 16, "head_width": 32},
     "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
 }
-WORDS = "a an the of in on with photo picture dog cat car tree boat house red blue green man woman".split()
+WORDS = [
+    "a",
+    "an",
+    "the",
+    "of",
+    "in",
+    "on",
+    "with",
+    "photo",
+    "picture",
+    "dog",
+    "cat",
+    "car",
+    "tree",
+    "boat",
+    "house",
+    "red",
+    "blue",
+    "green",
+    "man",
+    "woman",
+]
 
 
 def write_openclip(directory: Path, seed: int = 0) -> tuple[Path, Path]:
@@ -26,7 +47,10 @@ def write_openclip(directory: Path, seed: int = 0) -> tuple[Path, Path]:
     torch.manual_seed(seed)
     model = open_clip.create_model("vecap-tiny-vit")
     checkpoint = directory / "tiny.pt"
-    torch.save({"epoch": 1, "state_dict": {f"module.{k}": v for k, v in model.state_dict().items()}}, checkpoint)
+    torch.save(
+        {"epoch": 1, "state_dict": {f"module.{k}": v for k, v in model.state_dict().items()}},
+        checkpoint,
+    )
     return config, checkpoint
 
 
@@ -34,8 +58,7 @@ def write_hf_clip(directory: Path, with_tokenizer: bool = True, seed: int = 0) -
     """A tiny transformers CLIPModel directory with a T5-style word tokenizer (pad 0, </s> 1)
     saved beside it, as AutoTokenizer loads it, with no download."""
     import torch
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
-    from transformers import CLIPConfig, CLIPModel, PreTrainedTokenizerFast
+    from transformers import CLIPConfig, CLIPModel
 
     vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2} | {w: i + 3 for i, w in enumerate(WORDS)}
     config = CLIPConfig(
@@ -75,7 +98,9 @@ def write_word_tokenizer(directory: Path, vocab: dict | None = None) -> Path:
     tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     tok.normalizer = normalizers.Lowercase()
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    tok.post_processor = processors.TemplateProcessing(
+        single="$A </s>", special_tokens=[("</s>", 1)]
+    )
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>"
     )

@@ -143,10 +143,14 @@ def eval_(
     recall_k: Annotated[
         str, typer.Option(metavar="K,K,...", help="The k of retrieval recall@k.")
     ] = "1,5,10",
-    batch_size: Annotated[int, typer.Option(min=1, help="Images (or texts) per forward pass.")] = 64,
+    batch_size: Annotated[
+        int, typer.Option(min=1, help="Images (or texts) per forward pass.")
+    ] = 64,
     device: Annotated[
         str | None,
-        typer.Option(help="torch device; default: cuda when there is one, else cpu.", show_default=False),
+        typer.Option(
+            help="torch device; default: cuda when there is one, else cpu.", show_default=False
+        ),
     ] = None,
     amp: Annotated[bool, typer.Option(help="Mixed precision on GPU (CPU runs fp32).")] = True,
     workers: Annotated[int, typer.Option(min=1, help="Image-decoding threads.")] = 4,
@@ -234,7 +238,9 @@ class _Output:
     def write(self, result: dict) -> None:
         import orjson
 
-        self.stream.write(orjson.dumps(result, option=orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE))
+        self.stream.write(
+            orjson.dumps(result, option=orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE)
+        )
         self.stream.flush()
         if self.path != "-":
             self.stream.close()
@@ -253,7 +259,11 @@ def _compare(paths: list[str]) -> None:
 
     from vecap_cli.eval.report import compare_table, load_results
 
-    Console().print(compare_table(load_results(paths)))
+    table = compare_table(load_results(paths))
+    console = Console()
+    if not console.is_terminal:  # a file or a pipe: as wide as the table, not 80 columns
+        console = Console(width=console.measure(table).maximum)
+    console.print(table)
 
 
 def register(app) -> None:

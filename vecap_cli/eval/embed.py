@@ -19,7 +19,9 @@ import torch.nn.functional as F
 from vecap_cli.stream.sample import ImageMissing, Sample
 from vecap_cli.stream.tally import Tally
 
-Labelled = tuple[Sample, object]  # a sample and its label (captions or class index)
+# A sample with its label (captions or class index), or with None and (reason, detail)
+# when it has no usable label: it is rejected in turn, so rejections keep input order.
+Labelled = tuple[Sample, object, tuple[str, str] | None]
 
 
 def load_image(sample: Sample, preprocess: Callable) -> tuple[torch.Tensor | None, str, str]:
@@ -58,10 +60,11 @@ def image_batches(
 
 def _decoded(items, preprocess, tally: Tally, workers: int, lookahead: int):
     pool = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="vecap-decode")
-    pending: deque[tuple[Sample, object, Future]] = deque()
+    pending: deque[tuple[Sample, object, Future | tuple[str, str]]] = deque()
     try:
-        for sample, label in items:
-            pending.append((sample, label, pool.submit(load_image, sample, preprocess)))
+        for sample, label, problem in items:
+            job = problem or pool.submit(load_image, sample, preprocess)
+            pending.append((sample, label, job))
             if len(pending) > lookahead:
                 yield from _resolve(*pending.popleft(), tally)
         while pending:
@@ -70,8 +73,8 @@ def _decoded(items, preprocess, tally: Tally, workers: int, lookahead: int):
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _resolve(sample: Sample, label, future: Future, tally: Tally):
-    image, reason, detail = future.result()
+def _resolve(sample: Sample, label, job: Future | tuple[str, str], tally: Tally):
+    image, reason, detail = (None, *job) if isinstance(job, tuple) else job.result()
     if image is None:
         tally.reject(reason, detail, sample)
         return

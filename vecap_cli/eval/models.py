@@ -25,6 +25,14 @@ import torch
 
 from vecap_cli.errors import VecapError
 
+_TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "vocab.json",
+    "vocab.txt",
+    "spiece.model",
+    "tokenizer.model",
+)
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
@@ -94,9 +102,9 @@ def _load_open_clip(arch: str, pretrained: str | None, log) -> LoadedModel:
             f"--model '{arch}': not an open_clip architecture, a model-config .json, "
             "or a model directory"
         )
-    if pretrained and not os.path.isfile(pretrained):
-        if pretrained not in open_clip.list_pretrained_tags_by_model(arch):
-            raise VecapError(f"--pretrained '{pretrained}': no such file or {arch} tag")
+    tags = () if local else open_clip.list_pretrained_tags_by_model(arch)
+    if pretrained and not os.path.isfile(pretrained) and pretrained not in tags:
+        raise VecapError(f"--pretrained '{pretrained}': no such file or {arch} tag")
     if not pretrained and not local:
         log(f"warning: no --pretrained: {arch} has random weights")
     try:
@@ -116,6 +124,7 @@ def _load_hf(directory: str, tokenizer: str | None) -> LoadedModel:
     from transformers import AutoConfig, AutoTokenizer, CLIPModel
 
     transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()  # stderr is for our summary
     try:
         config = AutoConfig.from_pretrained(directory, trust_remote_code=False)
     except (OSError, ValueError) as err:
@@ -130,10 +139,15 @@ def _load_hf(directory: str, tokenizer: str | None) -> LoadedModel:
     except (OSError, ValueError, RuntimeError) as err:
         raise VecapError(f"cannot load '{directory}': {_first_line(err)}") from None
     source = tokenizer or directory
+    hint = "" if tokenizer else ": pass --tokenizer (VeCLIP checkpoints use t5-base)"
+    if os.path.isdir(source) and not any(
+        os.path.isfile(os.path.join(source, name)) for name in _TOKENIZER_FILES
+    ):
+        # transformers 5 would build an empty tokenizer from config.json alone
+        raise VecapError(f"no tokenizer in '{source}'{hint}")
     try:
         tok = AutoTokenizer.from_pretrained(source, trust_remote_code=False)
     except (OSError, ValueError, TypeError) as err:
-        hint = "" if tokenizer else ": pass --tokenizer (VeCLIP checkpoints use t5-base)"
         raise VecapError(f"no tokenizer in '{source}'{hint} ({_first_line(err)})") from None
     max_length = config.text_config.max_position_embeddings
     return LoadedModel(

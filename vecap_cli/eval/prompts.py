@@ -44,7 +44,9 @@ def load_templates(spec: str) -> Templates:
         return [template("{c}") for template in chosen]
     templates = _read_list(spec, "--templates", BUILTIN_TEMPLATES)
     if isinstance(templates, dict):
-        if not all(isinstance(v, list) and all(isinstance(p, str) for p in v) for v in templates.values()):
+        if not all(
+            isinstance(v, list) and all(isinstance(p, str) for p in v) for v in templates.values()
+        ):
             raise VecapError(f"--templates '{spec}': expected {{class name: [prompts]}}")
         return templates
     if not all(isinstance(t, str) and "{c}" in t for t in templates):
@@ -69,9 +71,7 @@ def prompts(classnames: list[str], templates: Templates) -> tuple[list[str], lis
 
 def _read_list(spec: str, flag: str, builtins: tuple[str, ...]) -> list | dict:
     if not os.path.isfile(spec):
-        raise VecapError(
-            f"{flag} '{spec}': no such file (built in: {', '.join(builtins)})"
-        )
+        raise VecapError(f"{flag} '{spec}': no such file (built in: {', '.join(builtins)})")
     with open(spec, "rb") as f:
         data = f.read()
     if spec.endswith(".json"):

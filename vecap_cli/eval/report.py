@@ -7,11 +7,10 @@ percentages, the way VeCLIP's and CLIP's tables read.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
-
-import orjson
 
 from vecap_cli.errors import VecapError
 
@@ -46,7 +45,7 @@ def result_table(result: dict):
     from rich.table import Table
 
     title = f"{result.get('task', '?')} · {result.get('dataset', '?')} · {result.get('model', '?')}"
-    table = Table(title=title, title_justify="left")
+    table = Table(title=title, title_justify="left", min_width=len(title))
     table.add_column("metric")
     table.add_column("%", justify="right")
     metrics = result.get("metrics", {})
@@ -55,8 +54,9 @@ def result_table(result: dict):
     return table
 
 
-def load_results(paths: list[str]) -> list[tuple[str, dict]]:
-    """(label, result) per result: a file holds one JSON object, a list, or JSON lines."""
+def load_results(paths: list[str]) -> list[tuple[str, list[dict]]]:
+    """(label, results) per file: one JSON object, a list of them, or JSON lines.
+    The standard library parses them: clip_benchmark writes NaN, which strict JSON lacks."""
     runs = []
     for path in paths:
         try:
@@ -65,57 +65,72 @@ def load_results(paths: list[str]) -> list[tuple[str, dict]]:
         except OSError as err:
             raise VecapError(f"cannot read '{path}': {err.strerror}") from None
         try:
-            parsed = orjson.loads(data)
+            parsed = json.loads(data)
             results = parsed if isinstance(parsed, list) else [parsed]
-        except orjson.JSONDecodeError:
+        except ValueError:
             try:
-                results = [orjson.loads(line) for line in data.splitlines() if line.strip()]
-            except orjson.JSONDecodeError as err:
+                results = [json.loads(line) for line in data.splitlines() if line.strip()]
+            except ValueError as err:
                 raise VecapError(f"'{path}' is not a result JSON ({err})") from None
-        label = os.path.splitext(os.path.basename(path))[0]
-        for n, result in enumerate(results):
-            if not isinstance(result, dict) or not isinstance(result.get("metrics"), dict):
-                raise VecapError(f"'{path}' is not a result JSON: no 'metrics' object")
-            runs.append((label if len(results) == 1 else f"{label}[{n}]", result))
+        if not results or not all(
+            isinstance(r, dict) and isinstance(r.get("metrics"), dict) for r in results
+        ):
+            raise VecapError(f"'{path}' is not a result JSON: no 'metrics' object")
+        runs.append((os.path.splitext(os.path.basename(path))[0], results))
     return runs
 
 
-def compare_table(runs: list[tuple[str, dict]]):
+def compare_table(runs: list[tuple[str, list[dict]]]):
     """Metrics as rows (grouped by dataset and task), runs as columns, deltas to the first run."""
     from rich.table import Table
 
-    rows: dict[tuple[str, str], list[str]] = {}
-    for _, result in runs:
-        group = rows.setdefault((str(result.get("dataset")), str(result.get("task"))), [])
-        group += [m for m in result["metrics"] if m not in group]
-    table = Table(title_justify="left")
-    table.add_column("dataset · task")
+    groups: dict[tuple[str, str], list[str]] = {}
+    for _, results in runs:
+        for result in results:
+            names = groups.setdefault(_group(result), [])
+            names += [m for m in result["metrics"] if m not in names]
+    table = Table()
+    table.add_column("dataset")
     table.add_column("metric")
     for n, (label, _) in enumerate(runs):
         table.add_column(label if n == 0 else f"{label} (Δ)", justify="right")
-    for (dataset, task), names in rows.items():
+    first = runs[0][1]
+    for group, names in groups.items():
         for i, name in enumerate(sorted(names, key=_sort_key)):
-            cells = [_cell(result, dataset, task, name, runs[0][1]) for _, result in runs]
-            table.add_row(f"{dataset} · {task}" if i == 0 else "", metric_label(name), *cells)
+            base = _value(first, group, name)
+            cells = [
+                _cell(_value(results, group, name), base, n > 0)
+                for n, (_, results) in enumerate(runs)
+            ]
+            table.add_row(group[0] if i == 0 else "", metric_label(name), *cells)
         table.add_section()
     return table
 
 
-def _value(result: dict, dataset: str, task: str, name: str):
-    if str(result.get("dataset")) != dataset or str(result.get("task")) != task:
-        return None
-    value = result["metrics"].get(name)
-    return value if isinstance(value, int | float) and not isinstance(value, bool) else None
+def _group(result: dict) -> tuple[str, str]:
+    return str(result.get("dataset")), str(result.get("task"))
 
 
-def _cell(result: dict, dataset: str, task: str, name: str, first: dict) -> str:
-    value = _value(result, dataset, task, name)
+def _value(results: list[dict], group: tuple[str, str], name: str) -> float | None:
+    """The run's value of a metric; the last result for a dataset and task counts."""
+    found = None
+    for result in results:
+        value = result["metrics"].get(name)
+        if (
+            _group(result) == group
+            and isinstance(value, int | float)
+            and not isinstance(value, bool)
+        ):
+            found = float(value)
+    return found
+
+
+def _cell(value: float | None, base: float | None, delta: bool) -> str:
     if value is None:
         return "–"
     text = _pct(value)
-    base = _value(first, dataset, task, name)
-    if result is first or base is None or math.isnan(value) or math.isnan(base):
+    if not delta or base is None or math.isnan(value) or math.isnan(base):
         return text
-    delta = 100 * (value - base)
-    color = "green" if delta > 0 else "red" if delta < 0 else "dim"
-    return f"{text} [{color}]({delta:+.2f})[/{color}]"
+    change = 100 * (value - base)
+    color = "green" if change > 0 else "red" if change < 0 else "dim"
+    return f"{text} [{color}]({change:+.2f})[/{color}]"

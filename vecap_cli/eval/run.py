@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import time
 from collections.abc import Callable
@@ -15,7 +16,7 @@ from vecap_cli.eval.data import DataSpec, open_dataset
 from vecap_cli.eval.dist import Group
 from vecap_cli.eval.models import load_model
 from vecap_cli.eval.prompts import load_classnames, load_templates
-from vecap_cli.eval.tasks import evaluate_retrieval, evaluate_zeroshot
+from vecap_cli.eval.tasks import empty_message, evaluate_retrieval, evaluate_zeroshot
 from vecap_cli.stream.progress import progress
 from vecap_cli.stream.runner import per_rank, write_stats
 from vecap_cli.stream.sinks import open_for_writing
@@ -65,12 +66,18 @@ def run_eval(config: EvalConfig, run: RunSettings) -> tuple[dict, Tally, bool]:
     """(result, this rank's tally, whether this rank is the one that reports)."""
     tally = Tally("eval", strict=run.strict)
     device = resolve_device(config.device, run.world_size)
-    rejects = open_for_writing(per_rank(run.rejects, run.rank, run.world_size)) if run.rejects else None
+    rejects = (
+        open_for_writing(per_rank(run.rejects, run.rank, run.world_size)) if run.rejects else None
+    )
     tally.rejects = rejects
     group = Group.start(run.rank, run.world_size, device)
     started = time.monotonic()
     try:
         dataset = open_dataset(config.data, tally, group.rank, group.world_size, run.log)
+        first = next(dataset.samples, None)  # nothing at all: say so before loading a model
+        if not any(group.all_gather(first is not None)):
+            raise VecapError(empty_message(tally))
+        dataset.samples = itertools.chain([first] if first else [], dataset.samples)
         classnames = templates = None
         if config.task == "zeroshot":
             classnames = _classnames(config, dataset.classnames)
@@ -95,14 +102,20 @@ def run_eval(config: EvalConfig, run: RunSettings) -> tuple[dict, Tally, bool]:
         group.close()
         if rejects is not None:
             rejects.close()
-    details = {k: tally.extra[k] for k in ("images", "texts", "classes", "prompts") if k in tally.extra}
+    details = {
+        k: tally.extra[k] for k in ("images", "texts", "classes", "prompts") if k in tally.extra
+    }
     result = {
         "dataset": config.dataset_name or " ".join(config.data.inputs),
         "model": loaded.name,
         "pretrained": loaded.pretrained,
         "task": TASKS[config.task],
         "metrics": metrics,
-        "details": {**details, "seconds": round(time.monotonic() - started, 3), "vecap": __version__},
+        "details": {
+            **details,
+            "seconds": round(time.monotonic() - started, 3),
+            "vecap": __version__,
+        },
     }
     tally.extra["metrics"] = metrics
     if run.stats:
@@ -130,9 +143,7 @@ def resolve_device(device: str | None, world_size: int) -> torch.device:
 def _classnames(config: EvalConfig, from_folders: list[str] | None) -> list[str]:
     if config.classnames is None:
         if from_folders is None:
-            raise VecapError(
-                "zero-shot needs class names: pass --classnames FILE (or imagenet1k)"
-            )
+            raise VecapError("zero-shot needs class names: pass --classnames FILE (or imagenet1k)")
         return from_folders
     names = load_classnames(config.classnames)
     if from_folders is not None and len(names) != len(from_folders):

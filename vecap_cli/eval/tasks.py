@@ -14,7 +14,7 @@ import torch
 from vecap_cli.errors import VecapError
 from vecap_cli.eval.data import captions_of, class_of
 from vecap_cli.eval.dist import Group
-from vecap_cli.eval.embed import Encoder, image_batches
+from vecap_cli.eval.embed import Encoder, Labelled, image_batches
 from vecap_cli.eval.metrics import class_embeddings, retrieval_recall, zeroshot_metrics
 from vecap_cli.eval.prompts import Templates, prompts
 from vecap_cli.stream.sample import Sample
@@ -49,7 +49,7 @@ def evaluate_retrieval(
     tally = tally if tally is not None else Tally("eval")
     group = group or Group()
     encoder = Encoder(model, tokenizer, device, amp)
-    items = _labelled(dataset, tally, lambda r: (captions_of(r) or None, "no-caption"))
+    items = _labelled(dataset, lambda r: (captions_of(r) or None, "no-caption"))
     image_emb, captions, owners = [], [], []
     for pixels, caps in image_batches(items, preprocess, batch_size, tally, workers):
         first = sum(len(e) for e in image_emb)
@@ -63,7 +63,7 @@ def evaluate_retrieval(
     local = torch.cat(image_emb) if image_emb else torch.empty(0, 0)
     counts = group.all_gather(len(local))
     if sum(counts) == 0:
-        raise VecapError(_empty(tally))
+        raise VecapError(empty_message(tally))
     offset = sum(counts[: group.rank])
     images = group.cat(local)
     texts = group.cat(text_emb)
@@ -106,7 +106,7 @@ def evaluate_zeroshot(
             return None, "no-class"
         return (cls, "") if 0 <= cls < n else (None, "bad-class")
 
-    items = _labelled(dataset, tally, label, classes=n)
+    items = _labelled(dataset, label, classes=n)
     logits, targets = [], []
     for pixels, classes in image_batches(items, preprocess, batch_size, tally, workers):
         logits.append(encoder.images(pixels) @ weights.T)  # (B, C)
@@ -117,7 +117,7 @@ def evaluate_zeroshot(
     all_logits = group.cat(local)
     all_targets = group.cat(torch.tensor(targets, dtype=torch.long))
     if len(all_logits) == 0:
-        raise VecapError(_empty(tally))
+        raise VecapError(empty_message(tally))
     tally.extra.update(images=len(all_logits), classes=n, prompts=n_prompts)
     return zeroshot_metrics(all_logits, all_targets, n)
 
@@ -133,29 +133,29 @@ def _class_weights(
     if texts:
         local = class_embeddings(encoder.texts(texts, batch_size), torch.tensor(owners), len(mine))
     parts = group.all_gather((local, len(texts)))
-    order = [c for r in range(group.world_size) for c in range(r, len(classnames), group.world_size)]
+    order = [
+        c for r in range(group.world_size) for c in range(r, len(classnames), group.world_size)
+    ]
     weights = torch.empty(len(classnames), max(p.shape[1] for p, _ in parts))
     weights[order] = torch.cat([p for p, _ in parts if len(p)])
     return weights, sum(n for _, n in parts)
 
 
-def _labelled(
-    samples: Iterable[Sample], tally: Tally, label: Callable, classes: int = 0
-) -> Iterator[tuple[Sample, object]]:
+def _labelled(samples: Iterable[Sample], label: Callable, classes: int = 0) -> Iterator[Labelled]:
     for sample in samples:
         value, reason = label(sample.record)
-        if value is None:
-            detail = {
-                "no-caption": "no caption in captions, caption, text or alt",
-                "no-class": "no integer class in 'cls'",
-                "bad-class": f"class {sample.record.get('cls')!r} is not in [0, {classes})",
-            }[reason]
-            tally.reject(reason, detail, sample)
+        if value is not None:
+            yield sample, value, None
             continue
-        yield sample, value
+        detail = {
+            "no-caption": "no caption in captions, caption, text or alt",
+            "no-class": "no integer class in 'cls'",
+            "bad-class": f"class {sample.record.get('cls')!r} is not in [0, {classes})",
+        }[reason]
+        yield sample, None, (reason, detail)
 
 
-def _empty(tally: Tally) -> str:
+def empty_message(tally: Tally) -> str:
     rejected = sum(tally.rejected.values())
     why = f" ({rejected:,} of {tally.n_in:,} rejected)" if tally.n_in else ""
     return f"no samples to evaluate{why}"
