@@ -11,7 +11,7 @@ import io
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 
 import torch
 import torch.nn.functional as F
@@ -82,6 +82,18 @@ def _resolve(sample: Sample, label, job: Future | tuple[str, str], tally: Tally)
     yield sample, label, image
 
 
+@contextmanager
+def eval_mode(model):
+    """The model in eval mode (no dropout) for the duration, then back as it was:
+    `vecap train` evaluates the model it is training."""
+    training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(training)
+
+
 class Encoder:
     """A model's two towers on a device: batched, under AMP on GPU, no autograd.
 
@@ -91,9 +103,12 @@ class Encoder:
     """
 
     def __init__(self, model, tokenizer, device: torch.device | str, amp: bool = True):
+        from vecap_cli.eval.trim import trimmed_text_encoder
+
         self.model, self.tokenizer = model, tokenizer
         self.device = torch.device(device)
         self.amp = amp and self.device.type == "cuda"
+        self.encode_text = trimmed_text_encoder(model) or model.encode_text
 
     def _autocast(self):
         if not self.amp:
@@ -112,7 +127,7 @@ class Encoder:
         for start in range(0, len(texts), batch_size):
             tokens = _to(self.tokenizer(texts[start : start + batch_size]), self.device)
             with torch.inference_mode(), self._autocast():
-                features = self.model.encode_text(tokens)
+                features = self.encode_text(tokens)
             out.append(F.normalize(features.float(), dim=-1).cpu())
         return torch.cat(out) if out else torch.empty(0, 0)
 

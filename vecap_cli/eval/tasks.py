@@ -14,7 +14,7 @@ import torch
 from vecap_cli.errors import VecapError
 from vecap_cli.eval.data import captions_of, class_of
 from vecap_cli.eval.dist import Group
-from vecap_cli.eval.embed import Encoder, Labelled, image_batches
+from vecap_cli.eval.embed import Encoder, Labelled, eval_mode, image_batches
 from vecap_cli.eval.metrics import class_embeddings, retrieval_recall, zeroshot_metrics
 from vecap_cli.eval.prompts import Templates, prompts
 from vecap_cli.stream.sample import Sample
@@ -48,18 +48,11 @@ def evaluate_retrieval(
     """
     tally = tally if tally is not None else Tally("eval")
     group = group or Group()
-    encoder = Encoder(model, tokenizer, device, amp)
-    items = _labelled(dataset, lambda r: (captions_of(r) or None, "no-caption"))
-    image_emb, captions, owners = [], [], []
-    for pixels, caps in image_batches(items, preprocess, batch_size, tally, workers):
-        first = sum(len(e) for e in image_emb)
-        image_emb.append(encoder.images(pixels))
-        for i, image_captions in enumerate(caps):
-            captions += image_captions
-            owners += [first + i] * len(image_captions)
-        if progress:
-            progress(tally)
-    text_emb = encoder.texts(captions, batch_size)
+    with eval_mode(model):
+        encoder = Encoder(model, tokenizer, device, amp)
+        image_emb, text_emb, owners = _embed_captioned(
+            encoder, preprocess, dataset, batch_size, tally, workers, progress
+        )
     local = torch.cat(image_emb) if image_emb else torch.empty(0, 0)
     counts = group.all_gather(len(local))
     if sum(counts) == 0:
@@ -70,6 +63,22 @@ def evaluate_retrieval(
     text_image = group.cat(torch.tensor(owners, dtype=torch.long) + offset)
     tally.extra.update(images=len(images), texts=len(texts))
     return retrieval_recall(images, texts, text_image, ks)
+
+
+def _embed_captioned(encoder, preprocess, dataset, batch_size, tally, workers, progress):
+    """This rank's image embeddings (per batch), caption embeddings, and each caption's image."""
+    items = _labelled(dataset, lambda r: (captions_of(r) or None, "no-caption"))
+    image_emb, captions, owners = [], [], []
+    n_images = 0
+    for pixels, caps in image_batches(items, preprocess, batch_size, tally, workers):
+        image_emb.append(encoder.images(pixels))
+        for image_captions in caps:
+            captions += image_captions
+            owners += [n_images] * len(image_captions)
+            n_images += 1
+        if progress:
+            progress(tally)
+    return image_emb, encoder.texts(captions, batch_size), owners
 
 
 def evaluate_zeroshot(
@@ -96,9 +105,25 @@ def evaluate_zeroshot(
     """
     tally = tally if tally is not None else Tally("eval")
     group = group or Group()
-    encoder = Encoder(model, tokenizer, device, amp)
-    weights, n_prompts = _class_weights(encoder, classnames, templates, batch_size, group)
     n = len(classnames)
+    with eval_mode(model):
+        encoder = Encoder(model, tokenizer, device, amp)
+        weights, n_prompts = _class_weights(encoder, classnames, templates, batch_size, group)
+        logits, targets = _classify(
+            encoder, weights, preprocess, dataset, batch_size, tally, workers, progress
+        )
+    local = torch.cat(logits) if logits else torch.empty(0, n)
+    all_logits = group.cat(local)
+    all_targets = group.cat(torch.tensor(targets, dtype=torch.long))
+    if len(all_logits) == 0:
+        raise VecapError(empty_message(tally))
+    tally.extra.update(images=len(all_logits), classes=n, prompts=n_prompts)
+    return zeroshot_metrics(all_logits, all_targets, n)
+
+
+def _classify(encoder, weights, preprocess, dataset, batch_size, tally, workers, progress):
+    """This rank's (B, C) logits per batch and the target of each image."""
+    n = len(weights)
 
     def label(record: dict):
         cls = class_of(record)
@@ -113,13 +138,7 @@ def evaluate_zeroshot(
         targets += classes
         if progress:
             progress(tally)
-    local = torch.cat(logits) if logits else torch.empty(0, n)
-    all_logits = group.cat(local)
-    all_targets = group.cat(torch.tensor(targets, dtype=torch.long))
-    if len(all_logits) == 0:
-        raise VecapError(empty_message(tally))
-    tally.extra.update(images=len(all_logits), classes=n, prompts=n_prompts)
-    return zeroshot_metrics(all_logits, all_targets, n)
+    return logits, targets
 
 
 def _class_weights(
