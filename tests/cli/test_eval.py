@@ -190,3 +190,4 @@ def test_two_gloo_ranks_under_torchrun_give_the_one_rank_result(tiny, tmp_path):
     assert two["details"]["images"] == 13 and two["details"]["texts"] == 26
     per_rank = [orjson.loads((tmp_path / f"stats.rank{r}.json").read_bytes()) for r in (0, 1)]
     assert [s["in"] for s in per_rank] == [7, 6]
+    assert "vecap eval: in 13 = out 13 + dropped 0 + rejected 0" in done.stderr.decode()

@@ -98,6 +98,17 @@ def test_veclip_preprocess_resizes_the_shorter_side_and_crops():
     assert pixels[0].allclose(torch.tensor((1 - 0.48145466) / 0.26862954))  # whitened red
 
 
+def test_pretrained_with_a_model_directory_is_refused(hf_dir):
+    with pytest.raises(VecapError, match="--pretrained is for --model ARCH"):
+        load_model(str(hf_dir), "weights.pt")
+
+
+def test_a_hub_id_offline_is_one_line(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(VecapError, match=r"^cannot load 'vecap-tests/no-such-clip': "):
+        load_model("vecap-tests/no-such-clip")
+
+
 def test_a_directory_that_is_no_model_is_one_line(tmp_path):
     with pytest.raises(VecapError, match=r"neither config\.json .* nor open_clip_config\.json"):
         load_model(str(tmp_path))

@@ -1,8 +1,8 @@
 """Batched embedding: images decoded and preprocessed in threads ahead of the model.
 
 PIL decodes and resizes with the GIL released, so a few threads keep the next
-batch ready while the model runs on this one. Every sample whose image cannot
-be read or decoded is rejected here, counted, in input order.
+batch ready while the model runs on this one. Every sample without a label, or
+whose image cannot be read or decoded, is rejected here, in input order.
 """
 
 from __future__ import annotations

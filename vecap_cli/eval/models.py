@@ -4,7 +4,7 @@ a tokenizer (list[str] -> tokens) and an image preprocess (PIL -> tensor).
 - open_clip / vecap: `--model ARCH --pretrained CHECKPOINT` (ARCH a built-in
   name or a model-config .json file), or a directory holding
   open_clip_config.json and its weights;
-- Hugging Face: a `CLIPModel` directory (config.json + weights), with the
+- Hugging Face: a `CLIPModel` directory (config.json + weights) or hub id, with the
   tokenizer saved there or given by `--tokenizer` (Apple's VeCLIP checkpoints
   ship without one: they use t5-base), and its image processor when saved there,
   else VeCLIP's preprocessing: shorter side to the model's size (bilinear, no
@@ -56,6 +56,10 @@ def load_model(
 ) -> LoadedModel:
     torch.manual_seed(seed)  # a model without weights is the same random model on every rank
     if os.path.isdir(model):
+        if pretrained:
+            raise VecapError(
+                f"--pretrained is for --model ARCH: the directory '{model}' holds its weights"
+            )
         if os.path.isfile(os.path.join(model, "config.json")):
             loaded = _load_hf(model, tokenizer)
         elif os.path.isfile(os.path.join(model, "open_clip_config.json")):
@@ -67,6 +71,8 @@ def load_model(
             )
     elif model.endswith(".json"):
         loaded = _load_open_clip(_register(model), pretrained, log)
+    elif "/" in model and not model.startswith("hf-hub:") and not os.path.exists(model):
+        loaded = _load_hf(model, tokenizer)  # a Hugging Face hub id, where the network allows
     else:
         loaded = _load_open_clip(model, pretrained, log)
     loaded.model.to(device).eval()
@@ -119,26 +125,28 @@ def _load_open_clip(arch: str, pretrained: str | None, log) -> LoadedModel:
     return LoadedModel(model, tokenizer, preprocess, arch.removeprefix("local-dir:"), pretrained)
 
 
-def _load_hf(directory: str, tokenizer: str | None) -> LoadedModel:
+def _load_hf(model_id: str, tokenizer: str | None) -> LoadedModel:
+    """A CLIPModel directory or hub id (a download only where the network and
+    HF_HUB_OFFLINE allow)."""
     import transformers
     from transformers import AutoConfig, AutoTokenizer, CLIPModel
 
     transformers.logging.set_verbosity_error()
     transformers.logging.disable_progress_bar()  # stderr is for our summary
     try:
-        config = AutoConfig.from_pretrained(directory, trust_remote_code=False)
+        config = AutoConfig.from_pretrained(model_id, trust_remote_code=False)
     except (OSError, ValueError) as err:
-        raise VecapError(f"cannot read '{directory}/config.json': {_first_line(err)}") from None
+        raise VecapError(f"cannot load '{model_id}': {_first_line(err)}") from None
     if config.model_type != "clip":
         raise VecapError(
-            f"--model '{directory}' is a '{config.model_type}' model: only CLIPModel "
-            "directories (model_type 'clip') are supported"
+            f"--model '{model_id}' is a '{config.model_type}' model: only CLIPModel "
+            "(model_type 'clip') is supported"
         )
     try:
-        model = CLIPModel.from_pretrained(directory, trust_remote_code=False)
+        model = CLIPModel.from_pretrained(model_id, trust_remote_code=False)
     except (OSError, ValueError, RuntimeError) as err:
-        raise VecapError(f"cannot load '{directory}': {_first_line(err)}") from None
-    source = tokenizer or directory
+        raise VecapError(f"cannot load '{model_id}': {_first_line(err)}") from None
+    source = tokenizer or model_id
     hint = "" if tokenizer else ": pass --tokenizer (VeCLIP checkpoints use t5-base)"
     if os.path.isdir(source) and not any(
         os.path.isfile(os.path.join(source, name)) for name in _TOKENIZER_FILES
@@ -149,13 +157,12 @@ def _load_hf(directory: str, tokenizer: str | None) -> LoadedModel:
         tok = AutoTokenizer.from_pretrained(source, trust_remote_code=False)
     except (OSError, ValueError, TypeError) as err:
         raise VecapError(f"no tokenizer in '{source}'{hint} ({_first_line(err)})") from None
-    max_length = config.text_config.max_position_embeddings
     return LoadedModel(
         HFClip(model),
-        HFTokenizer(tok, max_length),
-        _hf_preprocess(directory, config.vision_config.image_size),
-        directory,
-        directory,
+        HFTokenizer(tok, config.text_config.max_position_embeddings),
+        _hf_preprocess(model_id, config.vision_config.image_size),
+        model_id,
+        model_id,
     )
 
 
@@ -196,13 +203,19 @@ class HFTokenizer:
         return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
 
 
-def _hf_preprocess(directory: str, size: int) -> Callable:
-    if os.path.isfile(os.path.join(directory, "preprocessor_config.json")):
-        from transformers import AutoImageProcessor
+def _hf_preprocess(source: str, size: int) -> Callable:
+    """The image processor saved with the model, else VeCLIP's preprocessing."""
+    from transformers import AutoImageProcessor
 
-        processor = AutoImageProcessor.from_pretrained(directory, trust_remote_code=False)
-        return lambda image: processor(images=image, return_tensors="pt")["pixel_values"][0]
-    return VeclipPreprocess(size)
+    if os.path.isdir(source) and not os.path.isfile(
+        os.path.join(source, "preprocessor_config.json")
+    ):
+        return VeclipPreprocess(size)
+    try:
+        processor = AutoImageProcessor.from_pretrained(source, trust_remote_code=False)
+    except (OSError, ValueError):
+        return VeclipPreprocess(size)
+    return lambda image: processor(images=image, return_tensors="pt")["pixel_values"][0]
 
 
 class VeclipPreprocess:

@@ -63,41 +63,18 @@ class RunSettings:
 
 
 def run_eval(config: EvalConfig, run: RunSettings) -> tuple[dict, Tally, bool]:
-    """(result, this rank's tally, whether this rank is the one that reports)."""
+    """(result, the counts of all ranks, whether this rank is the one that reports)."""
     tally = Tally("eval", strict=run.strict)
     device = resolve_device(config.device, run.world_size)
-    rejects = (
-        open_for_writing(per_rank(run.rejects, run.rank, run.world_size)) if run.rejects else None
-    )
+    rejects = None
+    if run.rejects:
+        rejects = open_for_writing(per_rank(run.rejects, run.rank, run.world_size))
     tally.rejects = rejects
     group = Group.start(run.rank, run.world_size, device)
     started = time.monotonic()
     try:
-        dataset = open_dataset(config.data, tally, group.rank, group.world_size, run.log)
-        first = next(dataset.samples, None)  # nothing at all: say so before loading a model
-        if not any(group.all_gather(first is not None)):
-            raise VecapError(empty_message(tally))
-        dataset.samples = itertools.chain([first] if first else [], dataset.samples)
-        classnames = templates = None
-        if config.task == "zeroshot":
-            classnames = _classnames(config, dataset.classnames)
-            templates = load_templates(config.templates)
-        loaded = load_model(
-            config.model, config.pretrained, config.tokenizer, device, run.seed, run.log
-        )
-        common = dict(amp=config.amp, tally=tally, group=group, workers=config.workers)
-        with progress("eval", not run.quiet and group.main) as update:
-            common["progress"] = lambda t: update(t.n_in, t.n_out)
-            if config.task == "retrieval":
-                metrics = evaluate_retrieval(
-                    loaded.model, loaded.tokenizer, loaded.preprocess, dataset.samples,
-                    config.batch_size, device, ks=config.ks, **common,
-                )  # fmt: skip
-            else:
-                metrics = evaluate_zeroshot(
-                    loaded.model, loaded.tokenizer, loaded.preprocess, dataset.samples,
-                    classnames, templates, config.batch_size, device, **common,
-                )  # fmt: skip
+        metrics, loaded = _evaluate(config, run, tally, group, device)
+        total = _all_ranks(tally, group)
     finally:
         group.close()
         if rejects is not None:
@@ -105,22 +82,68 @@ def run_eval(config: EvalConfig, run: RunSettings) -> tuple[dict, Tally, bool]:
     details = {
         k: tally.extra[k] for k in ("images", "texts", "classes", "prompts") if k in tally.extra
     }
+    details.update(seconds=round(time.monotonic() - started, 3), vecap=__version__)
     result = {
         "dataset": config.dataset_name or " ".join(config.data.inputs),
         "model": loaded.name,
         "pretrained": loaded.pretrained,
         "task": TASKS[config.task],
         "metrics": metrics,
-        "details": {
-            **details,
-            "seconds": round(time.monotonic() - started, 3),
-            "vecap": __version__,
-        },
+        "details": details,
     }
     tally.extra["metrics"] = metrics
     if run.stats:
         write_stats(per_rank(run.stats, run.rank, run.world_size), tally)
-    return result, tally, group.main
+    return result, total, group.main
+
+
+def _evaluate(config: EvalConfig, run: RunSettings, tally: Tally, group: Group, device):
+    """(metrics, loaded model): checks that fail fast, then the model, then the task."""
+    dataset = open_dataset(config.data, tally, group.rank, group.world_size, run.log)
+    first = next(dataset.samples, None)  # nothing at all: say so before loading a model
+    if not any(group.all_gather(first is not None)):
+        raise VecapError(empty_message(tally))
+    samples = itertools.chain([] if first is None else [first], dataset.samples)
+    if config.task == "zeroshot":
+        classnames = _classnames(config, dataset.classnames)
+        templates = load_templates(config.templates)
+    loaded = load_model(
+        config.model, config.pretrained, config.tokenizer, device, run.seed, run.log
+    )
+    with progress("eval", not run.quiet and group.main) as update:
+        common = dict(
+            amp=config.amp,
+            tally=tally,
+            group=group,
+            workers=config.workers,
+            progress=lambda t: update(t.n_in, t.n_out),
+        )
+        model, tokenizer, preprocess = loaded.model, loaded.tokenizer, loaded.preprocess
+        if config.task == "retrieval":
+            metrics = evaluate_retrieval(
+                model, tokenizer, preprocess, samples, config.batch_size, device, ks=config.ks,
+                **common,
+            )  # fmt: skip
+        else:
+            metrics = evaluate_zeroshot(
+                model, tokenizer, preprocess, samples, classnames, templates, config.batch_size,
+                device, **common,
+            )  # fmt: skip
+    return metrics, loaded
+
+
+def _all_ranks(tally: Tally, group: Group) -> Tally:
+    """The counts of every rank in one Tally, for the summary beside the global result
+    (each rank's --stats keeps its own)."""
+    if group.world_size == 1:
+        return tally
+    total = Tally("eval")
+    total.started, total.extra = tally.started, dict(tally.extra)
+    for n_in, n_out, rejected in group.all_gather((tally.n_in, tally.n_out, tally.rejected)):
+        total.n_in += n_in
+        total.n_out += n_out
+        total.rejected.update(rejected)
+    return total
 
 
 def resolve_device(device: str | None, world_size: int) -> torch.device:
