@@ -1,5 +1,270 @@
-"""vecap eval: not built yet."""
+"""vecap eval: zero-shot classification and image-text retrieval, clip_benchmark's numbers."""
 
-from vecap_cli.cli.stub import not_built
+import os
+import sys
+from enum import StrEnum
+from typing import Annotated
 
-register = not_built("eval", "Zero-shot classification and image-text retrieval.")
+import typer
+
+from vecap_cli.cli.options import RunOptions, report, run_command
+
+_DATA = "Dataset"
+_MODEL = "Model"
+
+
+class Task(StrEnum):
+    zeroshot = "zeroshot"
+    retrieval = "retrieval"
+
+
+class DataFormat(StrEnum):
+    auto = "auto"
+    stream = "stream"
+    folder = "folder"
+    coco = "coco"
+    csv = "csv"
+
+
+def _ks(text: str) -> tuple[int, ...]:
+    try:
+        ks = tuple(int(k) for k in text.split(","))
+    except ValueError:
+        ks = ()
+    if not ks or min(ks) < 1:
+        raise typer.BadParameter(f"expected positive integers like 1,5,10, got '{text}'")
+    return ks
+
+
+@run_command("eval")
+def eval_(
+    inputs: Annotated[
+        list[str] | None,
+        typer.Argument(
+            help="The dataset: webdataset shards or JSONL (files, globs, {000..009} ranges, "
+            "pipe:CMD, -), an image-folder tree (a class per folder), COCO caption JSON or "
+            "Karpathy's dataset_*.json, or an image,caption CSV. With --compare: result JSON files.",
+            show_default=False,
+        ),
+    ] = None,
+    task: Annotated[
+        Task | None,
+        typer.Option(
+            help="zeroshot: classification by class names × prompt templates (top-1, top-5, "
+            "mean per-class recall); retrieval: image→text and text→image recall@k.",
+            show_default=False,
+        ),
+    ] = None,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            help="open_clip architecture (or model-config .json) with --pretrained, "
+            "an open_clip model directory, or a Hugging Face CLIPModel directory.",
+            rich_help_panel=_MODEL,
+            show_default=False,
+        ),
+    ] = None,
+    pretrained: Annotated[
+        str | None,
+        typer.Option(
+            metavar="PATH",
+            help="open_clip/vecap checkpoint for --model ARCH (or an open_clip tag).",
+            rich_help_panel=_MODEL,
+            show_default=False,
+        ),
+    ] = None,
+    tokenizer: Annotated[
+        str | None,
+        typer.Option(
+            help="Tokenizer for a Hugging Face model whose directory has none "
+            "(VeCLIP checkpoints: t5-base).",
+            rich_help_panel=_MODEL,
+            show_default=False,
+        ),
+    ] = None,
+    output: Annotated[
+        str,
+        typer.Option(
+            "--output", "-o", metavar="PATH", help="Where the result JSON goes; - for stdout."
+        ),
+    ] = "-",
+    data_format: Annotated[
+        DataFormat,
+        typer.Option(
+            "--data-format",
+            help="How to read INPUT; auto: a directory is a folder tree, .csv a CSV, "
+            ".json with 'images' COCO/Karpathy, anything else webdataset/JSONL.",
+            rich_help_panel=_DATA,
+        ),
+    ] = DataFormat.auto,
+    image_root: Annotated[
+        str | None,
+        typer.Option(
+            metavar="DIR",
+            help="Where the images of a CSV or COCO JSON are; default: the file's directory.",
+            rich_help_panel=_DATA,
+            show_default=False,
+        ),
+    ] = None,
+    split: Annotated[
+        str,
+        typer.Option(
+            help="Split of Karpathy's dataset_*.json to evaluate (or 'all').",
+            rich_help_panel=_DATA,
+        ),
+    ] = "test",
+    dataset_name: Annotated[
+        str | None,
+        typer.Option(
+            help="The dataset's name in the result; default: INPUT as given.",
+            rich_help_panel=_DATA,
+            show_default=False,
+        ),
+    ] = None,
+    classnames: Annotated[
+        str | None,
+        typer.Option(
+            metavar="FILE|imagenet1k",
+            help="Class names, one per line (or a JSON list), in class-index order; "
+            "default: the folder names of an image-folder tree.",
+            rich_help_panel=_DATA,
+            show_default=False,
+        ),
+    ] = None,
+    templates: Annotated[
+        str,
+        typer.Option(
+            metavar="FILE|openai|simple",
+            help="Prompt templates with {c} for the class name, one per line (or JSON: a list, "
+            "or an object of prompts per class name); openai: CLIP's 80 ImageNet templates.",
+            rich_help_panel=_DATA,
+        ),
+    ] = "openai",
+    recall_k: Annotated[
+        str, typer.Option(metavar="K,K,...", help="The k of retrieval recall@k.")
+    ] = "1,5,10",
+    batch_size: Annotated[
+        int, typer.Option(min=1, help="Images (or texts) per forward pass.")
+    ] = 64,
+    device: Annotated[
+        str | None,
+        typer.Option(
+            help="torch device; default: cuda when there is one, else cpu.", show_default=False
+        ),
+    ] = None,
+    amp: Annotated[bool, typer.Option(help="Mixed precision on GPU (CPU runs fp32).")] = True,
+    workers: Annotated[int, typer.Option(min=1, help="Image-decoding threads.")] = 4,
+    compare: Annotated[
+        bool,
+        typer.Option(
+            "--compare",
+            help="Print the result JSON files given as INPUT side by side (deltas to the first).",
+        ),
+    ] = False,
+    *,
+    opts: RunOptions,
+) -> None:
+    """Evaluate a CLIP model: zero-shot classification or image-text retrieval.
+
+    Metrics are clip_benchmark's, to the digit: retrieval R@k counts an image
+    as found when any of its captions is in the top k. The result is JSON in
+    clip_benchmark's layout (dataset, model, pretrained, task, metrics) on
+    stdout or -o; a table goes to stderr. Records without a usable image,
+    caption or class are rejected and counted. Under torchrun, each rank
+    embeds its share and rank 0 reports.
+    """
+    if compare:
+        _compare(inputs or [])
+        return
+    if task is None or model is None:
+        raise typer.BadParameter("--task and --model are required", param_hint="--task")
+
+    from vecap_cli.eval.data import DataSpec
+    from vecap_cli.eval.run import EvalConfig, RunSettings, run_eval
+
+    config = EvalConfig(
+        task=task.value,
+        data=DataSpec(tuple(inputs or ["-"]), data_format.value, image_root, split),
+        model=model,
+        pretrained=pretrained,
+        tokenizer=tokenizer,
+        classnames=classnames,
+        templates=templates,
+        ks=_ks(recall_k),
+        batch_size=batch_size,
+        device=device,
+        amp=amp,
+        workers=workers,
+        dataset_name=dataset_name,
+    )
+    run = RunSettings(
+        rank=opts.rank,
+        world_size=opts.world_size,
+        strict=opts.strict,
+        stats=opts.stats,
+        rejects=opts.rejects,
+        quiet=opts.quiet,
+        seed=opts.seed,
+        log=opts.log,
+    )
+    sink = _Output(output) if opts.rank == 0 else None  # unwritable: fail before the work
+    try:
+        result, tally, main = run_eval(config, run)
+    except BaseException:
+        if sink:
+            sink.abort()
+        raise
+    if not main:
+        return
+    sink.write(result)
+    if not opts.quiet:
+        from rich.console import Console
+
+        from vecap_cli.eval.report import result_table
+
+        Console(stderr=True).print(result_table(result))
+    report(tally, opts)
+
+
+class _Output:
+    """The result file, opened up front as PATH.tmp and renamed when written."""
+
+    def __init__(self, path: str):
+        from vecap_cli.stream.sinks import open_for_writing
+
+        self.path = path
+        self.stream = sys.stdout.buffer if path == "-" else open_for_writing(f"{path}.tmp", path)
+
+    def write(self, result: dict) -> None:
+        import orjson
+
+        self.stream.write(
+            orjson.dumps(result, option=orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE)
+        )
+        self.stream.flush()
+        if self.path != "-":
+            self.stream.close()
+            os.replace(f"{self.path}.tmp", self.path)
+
+    def abort(self) -> None:
+        if self.path != "-":
+            self.stream.close()
+            os.remove(f"{self.path}.tmp")
+
+
+def _compare(paths: list[str]) -> None:
+    if not paths:
+        raise typer.BadParameter("give the result JSON files to compare", param_hint="--compare")
+    from rich.console import Console
+
+    from vecap_cli.eval.report import compare_table, load_results
+
+    table = compare_table(load_results(paths))
+    console = Console()
+    if not console.is_terminal:  # a file or a pipe: as wide as the table, not 80 columns
+        console = Console(width=console.measure(table).maximum)
+    console.print(table)
+
+
+def register(app) -> None:
+    app.command("eval")(eval_)

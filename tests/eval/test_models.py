@@ -1,0 +1,114 @@
+"""Model loading: open_clip checkpoints and Hugging Face CLIPModel directories, one shape."""
+
+import pytest
+import torch
+
+from tests.eval.tiny import write_hf_clip, write_openclip, write_word_tokenizer
+from vecap_cli.errors import VecapError
+from vecap_cli.eval.models import VeclipPreprocess, load_model
+
+
+@pytest.fixture(scope="module")
+def openclip_files(tmp_path_factory):
+    return write_openclip(tmp_path_factory.mktemp("oc"), seed=3)
+
+
+@pytest.fixture(scope="module")
+def hf_dir(tmp_path_factory):
+    return write_hf_clip(tmp_path_factory.mktemp("hf"))
+
+
+def test_an_open_clip_checkpoint_loads_its_weights_not_random_ones(openclip_files):
+    config, checkpoint = openclip_files
+    saved = torch.load(checkpoint, weights_only=True)["state_dict"]
+    loaded = load_model(str(config), str(checkpoint), seed=99)
+    for name, value in loaded.model.state_dict().items():
+        assert torch.equal(value, saved[f"module.{name}"]), name
+    assert loaded.name == "vecap-tiny-vit" and loaded.pretrained == str(checkpoint)
+
+
+def test_without_pretrained_the_random_model_depends_only_on_the_seed(openclip_files):
+    config, _ = openclip_files
+    lines = []
+    a, b = (load_model(str(config), seed=5, log=lines.append) for _ in range(2))
+    assert all(
+        torch.equal(x, y)
+        for x, y in zip(a.model.state_dict().values(), b.model.state_dict().values(), strict=True)
+    )
+    assert lines == ["warning: no --pretrained: vecap-tiny-vit has random weights"] * 2
+
+
+@pytest.mark.parametrize(
+    ("model", "pretrained", "message"),
+    [
+        ("no-such-arch", None, "not an open_clip architecture"),
+        ("RN50", "/nope.pt", "--pretrained '/nope.pt': no such file or RN50 tag"),
+        ("/nope/tiny.json", None, "no such file"),
+    ],
+)
+def test_bad_model_flags_are_one_line(model, pretrained, message):
+    with pytest.raises(VecapError, match=message):
+        load_model(model, pretrained)
+
+
+def test_a_checkpoint_of_another_architecture_is_one_line(openclip_files, tmp_path):
+    config, _ = openclip_files
+    other = tmp_path / "other.pt"
+    torch.save({"state_dict": {"visual.proj": torch.zeros(2, 2)}}, other)
+    with pytest.raises(VecapError, match=r"cannot load '.*other\.pt' into vecap-tiny-vit"):
+        load_model(str(config), str(other))
+
+
+def test_hf_clip_directory_embeds_as_transformers_does_padding_or_not(hf_dir):
+    from transformers import AutoTokenizer, CLIPModel
+
+    loaded = load_model(str(hf_dir))
+    texts = ["a dog", "a red car on the tree with a man"]
+    batched = loaded.model.encode_text(loaded.tokenizer(texts))  # padded to the longest
+    model, tok = CLIPModel.from_pretrained(hf_dir), AutoTokenizer.from_pretrained(hf_dir)
+    for text, row in zip(texts, batched, strict=True):
+        alone = model.get_text_features(**tok([text], return_tensors="pt"))
+        alone = alone if isinstance(alone, torch.Tensor) else alone.pooler_output
+        assert torch.allclose(row, alone[0], atol=1e-5)
+    assert loaded.tokenizer(texts)["input_ids"][0, 2].item() == 1  # </s> ends "a dog"
+
+
+def test_hf_long_captions_are_truncated_to_the_position_table(hf_dir):
+    loaded = load_model(str(hf_dir))
+    tokens = loaded.tokenizer([" ".join(["dog"] * 100)])
+    assert tokens["input_ids"].shape == (1, 16)
+    assert loaded.model.encode_text(tokens).shape == (1, 16)
+
+
+def test_hf_directory_without_a_tokenizer_names_the_flag(tmp_path):
+    bare = write_hf_clip(tmp_path / "bare", with_tokenizer=False)
+    with pytest.raises(VecapError, match=r"no tokenizer in .*: pass --tokenizer"):
+        load_model(str(bare))
+    tokenizer = write_word_tokenizer(tmp_path / "tok")
+    assert load_model(str(bare), tokenizer=str(tokenizer)).tokenizer(["a cat"])[
+        "input_ids"
+    ].shape == (1, 3)
+
+
+def test_veclip_preprocess_resizes_the_shorter_side_and_crops():
+    from PIL import Image
+
+    pixels = VeclipPreprocess(32)(Image.new("RGB", (80, 40), (255, 0, 0)))
+    assert pixels.shape == (3, 32, 32)
+    assert pixels[0].allclose(torch.tensor((1 - 0.48145466) / 0.26862954))  # whitened red
+
+
+def test_pretrained_with_a_model_directory_is_refused(hf_dir):
+    with pytest.raises(VecapError, match="--pretrained is for --model ARCH"):
+        load_model(str(hf_dir), "weights.pt")
+
+
+def test_a_hub_id_offline_is_one_line(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(VecapError, match=r"^cannot load 'vecap-tests/no-such-clip': "):
+        load_model("vecap-tests/no-such-clip")
+
+
+def test_a_directory_that_is_no_model_is_one_line(tmp_path):
+    with pytest.raises(VecapError, match=r"neither config\.json .* nor open_clip_config\.json"):
+        load_model(str(tmp_path))
