@@ -1,7 +1,5 @@
 """vecap eval: zero-shot classification and image-text retrieval, clip_benchmark's numbers."""
 
-import os
-import sys
 from enum import StrEnum
 from typing import Annotated
 
@@ -179,8 +177,11 @@ def eval_(
     if task is None or model is None:
         raise typer.BadParameter("--task and --model are required", param_hint="--task")
 
+    import orjson
+
     from vecap_cli.eval.data import DataSpec
     from vecap_cli.eval.run import EvalConfig, RunSettings, run_eval
+    from vecap_cli.stream.sinks import OutputFile
 
     config = EvalConfig(
         task=task.value,
@@ -207,16 +208,18 @@ def eval_(
         seed=opts.seed,
         log=opts.log,
     )
-    sink = _Output(output) if opts.rank == 0 else None  # unwritable: fail before the work
+    # opened before the work, so an unwritable path fails at once
+    sink = OutputFile(output) if opts.rank == 0 else None
     try:
         result, tally, main = run_eval(config, run)
     except BaseException:
         if sink:
-            sink.abort()
+            sink.abandon()
         raise
     if not main:
         return
-    sink.write(result)
+    sink.raw.write(orjson.dumps(result, option=orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE))
+    sink.commit()
     if not opts.quiet:
         from rich.console import Console
 
@@ -224,32 +227,6 @@ def eval_(
 
         Console(stderr=True).print(result_table(result))
     report(tally, opts)
-
-
-class _Output:
-    """The result file, opened up front as PATH.tmp and renamed when written."""
-
-    def __init__(self, path: str):
-        from vecap_cli.stream.sinks import open_for_writing
-
-        self.path = path
-        self.stream = sys.stdout.buffer if path == "-" else open_for_writing(f"{path}.tmp", path)
-
-    def write(self, result: dict) -> None:
-        import orjson
-
-        self.stream.write(
-            orjson.dumps(result, option=orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE)
-        )
-        self.stream.flush()
-        if self.path != "-":
-            self.stream.close()
-            os.replace(f"{self.path}.tmp", self.path)
-
-    def abort(self) -> None:
-        if self.path != "-":
-            self.stream.close()
-            os.remove(f"{self.path}.tmp")
 
 
 def _compare(paths: list[str]) -> None:

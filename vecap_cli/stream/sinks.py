@@ -54,8 +54,11 @@ def open_sink(spec: OutputSpec, tally: Tally, input_carrier: Callable[[], str]) 
     return Sink(spec, tally, input_carrier)
 
 
-class _File:
-    """One output being written: under `PATH.tmp` until `commit` renames it to PATH."""
+class OutputFile:
+    """One output being written: under `PATH.tmp` until `commit` renames it to PATH.
+
+    `raw` is the byte stream (stdout for '-'); `open_writer` puts a record codec on it.
+    """
 
     def __init__(self, path: str):
         self.path = path
@@ -115,7 +118,7 @@ class Sink:
 
     def __init__(self, spec: OutputSpec, tally: Tally, input_carrier: Callable[[], str]):
         self.spec, self.tally, self._input_carrier = spec, tally, input_carrier
-        self.file: _File | None = None if spec.sharded else _File(spec.path)
+        self.file: OutputFile | None = None if spec.sharded else OutputFile(spec.path)
 
     def _writer(self) -> JsonlWriter | TarWriter:
         assert self.file is not None
@@ -163,7 +166,7 @@ class ShardedSink(Sink):
             self._resume()
         elif os.path.exists(self.progress_path):
             os.remove(self.progress_path)
-        self.file = _File(self.shard_path(self.local))
+        self.file = OutputFile(self.shard_path(self.local))
 
     def shard_path(self, local: int) -> str:
         number = local * self.spec.world_size + self.spec.rank
@@ -204,7 +207,7 @@ class ShardedSink(Sink):
         self.local += 1
         self._write_progress(self.tally.seal(boundary, self.sealed_out))
         self.count = 0
-        self.file = _File(self.shard_path(self.local))
+        self.file = OutputFile(self.shard_path(self.local))
 
     def _write_progress(self, sealed: dict) -> None:
         state = {"fingerprint": self.spec.fingerprint, "shards": self.local, "tally": sealed}
