@@ -1,0 +1,82 @@
+"""Process groups and devices: torchrun (DDP) and Slurm's srun, gloo on CPU, NCCL on GPU.
+
+`RunOptions` brings rank and world size already resolved (flags, else
+torchrun's RANK/WORLD_SIZE, else Slurm's SLURM_PROCID/SLURM_NTASKS); the
+rendezvous address comes from MASTER_ADDR/MASTER_PORT as torchrun sets them,
+defaulting to this host for a single-node srun.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+from vecap_cli.errors import VecapError
+
+
+@dataclass(frozen=True)
+class Dist:
+    rank: int = 0
+    world_size: int = 1
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def pick_device(preference: str, world_size: int) -> torch.device:
+    if preference == "cpu" or (preference == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise VecapError("--device cuda: no CUDA device is visible")
+    local = int(os.environ.get("LOCAL_RANK", os.environ.get("SLURM_LOCALID", "0")))
+    index = local % torch.cuda.device_count() if world_size > 1 else 0
+    torch.cuda.set_device(index)
+    return torch.device("cuda", index)
+
+
+def setup(rank: int, world_size: int, preference: str = "auto") -> Dist:
+    device = pick_device(preference, world_size)
+    if world_size > 1 and not dist.is_initialized():
+        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", "29500")
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        try:
+            dist.init_process_group(
+                backend,
+                init_method="env://",
+                rank=rank,
+                world_size=world_size,
+                timeout=timedelta(minutes=30),
+            )
+        except (RuntimeError, ValueError) as err:
+            raise VecapError(f"cannot join the process group ({backend}): {err}") from None
+    return Dist(rank, world_size, device)
+
+
+def teardown() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def mean(value: float, ctx: Dist) -> float:
+    """The mean of a scalar over ranks (the global loss from each rank's local loss)."""
+    if ctx.world_size == 1:
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device=ctx.device)
+    dist.all_reduce(t)
+    return t.item() / ctx.world_size
+
+
+def gather(obj, ctx: Dist) -> list:
+    """Every rank's `obj` (picklable), in rank order."""
+    if ctx.world_size == 1:
+        return [obj]
+    out: list = [None] * ctx.world_size
+    dist.all_gather_object(out, obj)
+    return out
