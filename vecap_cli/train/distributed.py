@@ -9,6 +9,7 @@ defaulting to this host for a single-node srun.
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass, field
 from datetime import timedelta
 
@@ -42,6 +43,8 @@ def pick_device(preference: str, world_size: int) -> torch.device:
 
 def setup(rank: int, world_size: int, preference: str = "auto") -> Dist:
     device = pick_device(preference, world_size)
+    # open_clip's and the core's differentiable gather: a deprecation notice, once per rank
+    warnings.filterwarnings("ignore", "torch.distributed.nn.functional.all_gather is deprecated")
     if world_size > 1 and not dist.is_initialized():
         os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
         os.environ.setdefault("MASTER_PORT", "29500")
@@ -57,6 +60,19 @@ def setup(rank: int, world_size: int, preference: str = "auto") -> Dist:
         except (RuntimeError, ValueError) as err:
             raise VecapError(f"cannot join the process group ({backend}): {err}") from None
     return Dist(rank, world_size, device)
+
+
+def cpu_threads(device: torch.device, workers: int) -> None:
+    """On CPU, compute takes the cores the data workers leave (at least one).
+
+    Oversubscribed OpenMP threads spin against the decoders: on two cores, two
+    compute threads beside a data worker ran a tiny model's step several times
+    slower than one. An explicit OMP_NUM_THREADS (torchrun sets 1) wins.
+    """
+    if device.type != "cpu" or "OMP_NUM_THREADS" in os.environ:
+        return
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    torch.set_num_threads(max(1, (cores or 1) - workers))
 
 
 def teardown() -> None:

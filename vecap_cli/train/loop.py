@@ -126,6 +126,7 @@ class State:
 class Trainer:
     def __init__(self, cfg: TrainConfig, opts: RunOptions, ctx: D.Dist):
         self.cfg, self.opts, self.ctx = cfg, opts, ctx
+        self.resume_from = checkpoint.resolve_resume(cfg.resume, cfg.output)
         self.inputs = tuple(expand(cfg.inputs))
         self.val_inputs = tuple(expand(cfg.val)) if cfg.val else ()
         self.precision = resolve_precision(cfg.precision, ctx.device)
@@ -168,8 +169,8 @@ class Trainer:
     def _steps_per_epoch(self) -> int:
         cfg, ctx = self.cfg, self.ctx
         n = cfg.train_num_samples
-        if n is None:
-            self.opts.log("counting samples (--train-num-samples N skips this)")
+        counted = n is None
+        if counted:
             n = count_samples(self.inputs)
         global_batch = cfg.batch_size * ctx.world_size
         if n < global_batch:
@@ -177,6 +178,8 @@ class Trainer:
                 f"--train-num-samples: {n:,} samples make no global batch of {global_batch:,} "
                 "(--batch-size × ranks)"
             )
+        if counted:
+            self.opts.log(f"{n:,} samples per epoch (counted; --train-num-samples skips this)")
         return n // global_batch
 
     def _plan(self) -> DataPlan:
@@ -199,7 +202,7 @@ class Trainer:
 
     # -- resume -----------------------------------------------------------------
     def resume(self) -> None:
-        path = checkpoint.resolve_resume(self.cfg.resume, self.cfg.output)
+        path = self.resume_from
         if path is None:
             if self.cfg.resume:
                 self.opts.log(f"no checkpoint in {self.cfg.output} yet: starting fresh")
@@ -435,6 +438,7 @@ class Trainer:
 
 def train(cfg: TrainConfig, opts: RunOptions) -> Tally:
     ctx = D.setup(opts.rank, opts.world_size, cfg.device)
+    D.cpu_threads(ctx.device, cfg.workers)
     try:
         trainer = Trainer(cfg, opts, ctx)
         trainer.resume()
