@@ -29,8 +29,8 @@ def _one_step(kind: str, arch: str, rank: int, world: int) -> dict:
     from torch.nn.parallel import DistributedDataParallel
 
     from vecap_cli.train.config import TrainConfig
-    from vecap_cli.train.losses import make_loss
     from vecap_cli.train.loop import make_optimizer, train_step
+    from vecap_cli.train.losses import make_loss
     from vecap_cli.train.models import build
 
     model = build(arch, seed=3).model

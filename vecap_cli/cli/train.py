@@ -1,5 +1,6 @@
 """vecap train: CLIP, SigLIP or CoCa training of open_clip models on the fused core."""
 
+from enum import StrEnum
 from typing import Annotated
 
 import typer
@@ -7,6 +8,30 @@ import typer
 from vecap_cli.cli.options import RunOptions, report, run_command
 
 _DATA, _MODEL, _OPT, _OUT = "Data", "Model", "Optimisation", "Output"
+
+
+class Loss(StrEnum):
+    clip = "clip"
+    siglip = "siglip"
+
+
+class Attention(StrEnum):
+    auto = "auto"
+    fused = "fused"
+    sdpa = "sdpa"
+
+
+class Precision(StrEnum):
+    auto = "auto"
+    fp32 = "fp32"
+    bf16 = "bf16"
+    fp16 = "fp16"
+
+
+class Device(StrEnum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
 
 
 def _floats(text: str | None, flag: str) -> tuple[float, ...] | None:
@@ -61,11 +86,13 @@ def train(
         _opt("Start from this local checkpoint (open_clip state dict).", _MODEL, metavar="PATH"),
     ] = None,
     loss: Annotated[
-        str, _opt("clip (softmax InfoNCE) or siglip (sigmoid); CoCa adds its caption loss.", _MODEL)
-    ] = "clip",
+        Loss,
+        _opt("clip (softmax InfoNCE) or siglip (sigmoid); CoCa adds its caption loss.", _MODEL),
+    ] = Loss.clip,
     attn: Annotated[
-        str, _opt("Attention: fused (the core's kernel), sdpa (open_clip's), auto.", _MODEL)
-    ] = "auto",
+        Attention,
+        _opt("fused: the core's kernel; sdpa: open_clip's own; auto: fused when built.", _MODEL),
+    ] = Attention.auto,
     coca_caption_weight: Annotated[float, _opt("CoCa caption loss weight.", _MODEL)] = 2.0,
     coca_contrastive_weight: Annotated[float, _opt("CoCa contrastive loss weight.", _MODEL)] = 1.0,
     text_keys: Annotated[
@@ -103,9 +130,9 @@ def train(
     ] = False,
     compile: Annotated[bool, _opt("torch.compile the model.", _OPT)] = False,
     precision: Annotated[
-        str, _opt("auto (bf16 autocast on GPU, fp32 on CPU), fp32, bf16, fp16.", _OPT)
-    ] = "auto",
-    device: Annotated[str, _opt("auto, cpu or cuda.", _OPT)] = "auto",
+        Precision, _opt("auto: bf16 autocast on GPU, fp32 on CPU.", _OPT)
+    ] = Precision.auto,
+    device: Annotated[Device, _opt("auto: cuda when there is one.", _OPT)] = Device.auto,
     save_every: Annotated[
         int, _opt("Checkpoint every N steps (and at every epoch end).", _OUT)
     ] = 0,
@@ -169,8 +196,8 @@ def train(
             resample=resample,
             model=model,
             pretrained=pretrained,
-            loss=loss,
-            attn=attn,
+            loss=loss.value,
+            attn=attn.value,
             caption_loss_weight=coca_caption_weight,
             contrastive_loss_weight=coca_contrastive_weight,
             batch_size=batch_size,
@@ -181,8 +208,8 @@ def train(
             grad_clip_norm=grad_clip_norm,
             grad_checkpointing=grad_checkpointing,
             compile=compile,
-            precision=precision,
-            device=device,
+            precision=precision.value,
+            device=device.value,
             save_every=save_every,
             keep=keep,
             resume=resume,
