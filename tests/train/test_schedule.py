@@ -1,3 +1,4 @@
+import itertools
 import math
 
 import pytest
@@ -9,7 +10,7 @@ def test_warmup_rises_linearly_then_cosine_falls_to_zero():
     lrs = [cosine_lr(s, 1.0, warmup=4, total=14) for s in range(14)]
     assert lrs[:4] == [0.25, 0.5, 0.75, 1.0]
     assert lrs[4] == 1.0 and lrs[9] == pytest.approx(0.5)
-    assert all(a > b for a, b in zip(lrs[4:], lrs[5:]))
+    assert all(a > b for a, b in itertools.pairwise(lrs[4:]))
     assert cosine_lr(14, 1.0, 4, 14) == pytest.approx(0.0)
 
 
