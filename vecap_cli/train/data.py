@@ -271,8 +271,19 @@ class TrainData(IterableDataset):
             )
 
     def _fill(self, share: _Share) -> tuple[list, list[str], int]:
+        # The transforms draw crops from torch's CPU generator: seeded per sample, and
+        # given back as it was, so the caller's random stream (workers=0) is untouched.
+        rng = torch.get_rng_state()
+        try:
+            return self._fill_seeded(share)
+        finally:
+            torch.set_rng_state(rng)
+
+    def _fill_seeded(self, share: _Share) -> tuple[list, list[str], int]:
         images, captions, n_in = [], [], 0
         recorder = share.recorder
+        generator = torch.default_generator  # CPU only: torch.manual_seed also queues
+        # lazy seeds for CUDA/XPU/MTIA, recording a stack trace each time (~1 ms)
         while len(images) < self.plan.batch_size:
             sample = share.next()
             n_in += 1
@@ -288,9 +299,8 @@ class TrainData(IterableDataset):
             except BadImage as err:
                 recorder.reject("bad-image", str(err), sample)
                 continue
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(augment_seed(self.plan.seed, sample.key, self.epoch, share.pass_))
-                images.append(self.transform(image))
+            generator.manual_seed(augment_seed(self.plan.seed, sample.key, self.epoch, share.pass_))
+            images.append(self.transform(image))
             captions.append(caption)
             share.good += 1
         return images, captions, n_in
