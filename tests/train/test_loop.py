@@ -101,14 +101,14 @@ def test_a_checkpoint_loads_in_plain_open_clip_with_the_same_embeddings(shapes_r
     [("vecap-tiny-coca", "clip"), ("vecap-tiny-sigmoid", "siglip"), ("vecap-tiny", "siglip")],
 )
 def test_coca_and_siglip_train(tmp_path, arch, loss):
-    pool = write_jsonl(tmp_path / "p.jsonl", shapes_records(tmp_path, 32, seed=4))
+    pool = write_jsonl(tmp_path / "p.jsonl", shapes_records(tmp_path, 16, seed=4))
     log = tmp_path / "log.jsonl"
     run(
         [pool],
         tmp_path / "out",
         model=arch,
         loss=loss,
-        batch_size=8,
+        batch_size=4,
         workers=0,
         warmup=1,
         lr=1e-3,

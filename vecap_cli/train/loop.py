@@ -179,7 +179,7 @@ class Trainer:
                 f"--train-num-samples: {n:,} samples make no global batch of {global_batch:,} "
                 "(--batch-size × ranks)"
             )
-        if counted:
+        if counted and ctx.main:
             self.opts.log(f"{n:,} samples per epoch (counted; --train-num-samples skips this)")
         return n // global_batch
 
