@@ -89,7 +89,10 @@ def progress(
     with bar:
 
         def update(step: int, m: dict) -> None:
-            info = f"loss {m['loss']:.4f} · lr {m['lr']:.2e} · {m['samples_per_s']:,.0f} samples/s"
+            info = (
+                f"epoch {m['epoch']} · loss {m['loss']:.4f} · lr {m['lr']:.2e}"
+                f" · {m['samples_per_s']:,.0f} samples/s"
+            )
             bar.update(task, completed=step, info=info)
 
         yield update
