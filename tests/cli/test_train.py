@@ -102,6 +102,26 @@ def test_bad_flags_fail_in_one_line(pool, tmp_path, capsys, flags, code, says):
     assert lines[0].startswith("vecap train: error: ")
 
 
+def test_strict_stops_at_the_first_bad_image_in_one_line(tmp_path, capsys):
+    records = shapes_records(tmp_path, 12, seed=6)
+    records[4]["image"] = "img/missing.png"
+    pool = write_jsonl(tmp_path / "p.jsonl", records)
+    flags = ["--batch-size", "8", "--workers", "0", "--shuffle-buffer", "1", "--strict", "-q"]
+    code, err = vecap_in_process(capsys, "train", pool, "-o", tmp_path / "o", *flags)
+    assert code == 1
+    assert err.strip() == f"vecap train: error: {pool}:5: image-missing: cannot read " + (
+        f"'{tmp_path}/img/missing.png': No such file or directory"
+    )
+
+
+def test_a_checkpoint_of_another_architecture_is_named_in_one_line(tmp_path, capsys, pool):
+    bad = tmp_path / "other.pt"
+    torch.save({"state_dict": {"visual.proj": torch.zeros(3, 3)}}, bad)
+    code, err = vecap_in_process(capsys, "train", pool, "-o", tmp_path / "o", "--pretrained", bad)
+    assert code == 1 and len(err.strip().splitlines()) == 1
+    assert f"--pretrained '{bad}' does not load into vecap-tiny" in err
+
+
 def test_a_missing_input_fails_before_torch_loads(tmp_path):
     code = (
         "import sys\nfrom vecap_cli.cli.app import main\n"

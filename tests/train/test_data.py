@@ -137,3 +137,21 @@ def test_tar_shards_train_like_the_jsonl_they_came_from(pool, tmp_path):
     a = batches(pool, 4, seed=2)
     b = batches(shard, 4, seed=2)
     assert all(same(x, y) for x, y in zip(a, b, strict=True))
+
+
+def test_resampling_draws_shards_with_replacement_reproducibly(tmp_path):
+    shards = []
+    for s in range(3):
+        records = shapes_records(tmp_path / f"s{s}", 16, seed=10 + s)
+        for r in records:
+            r["image"] = str(tmp_path / f"s{s}" / r["image"])
+        shards.append(write_jsonl(tmp_path / f"s{s}.jsonl", records))
+    plan = dict(inputs=tuple(map(str, shards)), batch_size=8, workers=1, resample=True)
+    got = []
+    for _ in range(2):
+        data = TrainData(DataPlan(**plan), TRANSFORM, TOKENIZER)
+        data.start_epoch(0, 6, 0, [(0, 0)])
+        got.append(list(loader(data, 0)))
+    assert all(same(a, b) for a, b in zip(*got, strict=True))
+    texts = [tuple(t) for b in got[0] for t in b.texts.tolist()]
+    assert len(texts) == 48 and len(set(texts)) < 48  # drawn with replacement: repeats

@@ -81,6 +81,12 @@ def build(
     check_architecture(name)
     if pretrained is not None and not os.path.isfile(pretrained):
         raise VecapError(f"--pretrained: cannot read '{pretrained}': no such file")
+    try:  # first: a tokenizer that needs the network fails before a big model is built
+        with _quiet():
+            tokenizer = open_clip.get_tokenizer(name)
+    except (OSError, ValueError) as err:
+        why = str(err).splitlines()[0]
+        raise VecapError(f"--model {name}: its tokenizer cannot be loaded: {why}") from None
     torch.manual_seed(seed)  # every rank and every rerun starts from the same weights
     try:
         with _quiet():
@@ -90,11 +96,6 @@ def build(
     except (RuntimeError, ValueError, KeyError) as err:
         what = f"--pretrained '{pretrained}' does not load into {name}" if pretrained else name
         raise VecapError(f"{what}: {str(err).splitlines()[0]}") from None
-    try:
-        with _quiet():
-            tokenizer = open_clip.get_tokenizer(name)
-    except (OSError, ValueError) as err:
-        raise VecapError(f"--model {name}: its tokenizer cannot be loaded: {err}") from None
     coca = isinstance(model, open_clip.CoCa)
     return Bundle(model, train_tf, val_tf, tokenizer, coca)
 
