@@ -98,3 +98,13 @@ def _one_step_start(arch: str) -> dict:
     from vecap_cli.train.models import build
 
     return build(arch, seed=3).model.state_dict()
+
+
+def test_srun_ranks_meet_on_the_first_node_of_the_step():
+    from vecap_cli.train.distributed import first_host, rendezvous
+
+    assert first_host("gpu[003-005,9],cpu1") == "gpu003"
+    assert first_host("node7") == "node7"
+    env = {"SLURM_STEP_NODELIST": "a[10-11]", "SLURM_JOB_ID": "123456"}
+    assert rendezvous(env) == {"MASTER_ADDR": "a10", "MASTER_PORT": str(20000 + 123456 % 20000)}
+    assert rendezvous({}) == {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500"}

@@ -3,12 +3,13 @@
 `RunOptions` brings rank and world size already resolved (flags, else
 torchrun's RANK/WORLD_SIZE, else Slurm's SLURM_PROCID/SLURM_NTASKS); the
 rendezvous address comes from MASTER_ADDR/MASTER_PORT as torchrun sets them,
-defaulting to this host for a single-node srun.
+else, under srun, from the step's first node (where task 0 runs).
 """
 
 from __future__ import annotations
 
 import os
+import re
 import warnings
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -41,13 +42,33 @@ def pick_device(preference: str, world_size: int) -> torch.device:
     return torch.device("cuda", index)
 
 
+def first_host(nodelist: str) -> str:
+    """The first host of a Slurm node list: 'gpu[003-005,9],cpu1' -> 'gpu003'."""
+    match = re.match(r"([^,\[]+)(?:\[([^\]]+)\])?", nodelist)
+    if match is None:
+        return nodelist
+    prefix, ranges = match.groups()
+    return prefix + (ranges.split(",")[0].split("-")[0] if ranges else "")
+
+
+def rendezvous(env) -> dict[str, str]:
+    """MASTER_ADDR/MASTER_PORT when torchrun did not set them: under srun, task 0's
+    node (the first of the step) and a port from the job id; else this host."""
+    nodes = env.get("SLURM_STEP_NODELIST") or env.get("SLURM_JOB_NODELIST")
+    job = env.get("SLURM_JOB_ID", "")
+    return {
+        "MASTER_ADDR": first_host(nodes) if nodes else "127.0.0.1",
+        "MASTER_PORT": str(20000 + int(job) % 20000) if job.isdigit() else "29500",
+    }
+
+
 def setup(rank: int, world_size: int, preference: str = "auto") -> Dist:
     device = pick_device(preference, world_size)
     # open_clip's and the core's differentiable gather: a deprecation notice, once per rank
     warnings.filterwarnings("ignore", "torch.distributed.nn.functional.all_gather is deprecated")
     if world_size > 1 and not dist.is_initialized():
-        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-        os.environ.setdefault("MASTER_PORT", "29500")
+        for name, value in rendezvous(os.environ).items():
+            os.environ.setdefault(name, value)
         backend = "nccl" if device.type == "cuda" else "gloo"
         try:
             dist.init_process_group(
