@@ -158,7 +158,7 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=6144, help="the longer run")
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--workers", type=int, default=1)
-    parser.add_argument("--big-batch", type=int, default=8192)
+    parser.add_argument("--big-batch", type=int, default=16384)
     args = parser.parse_args()
     cores = len(os.sched_getaffinity(0))
     b, w, big = args.batch, args.workers, args.big_batch
