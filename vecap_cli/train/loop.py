@@ -128,6 +128,11 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, opts: RunOptions, ctx: D.Dist):
         self.cfg, self.opts, self.ctx = cfg, opts, ctx
         self.resume_from = checkpoint.resolve_resume(cfg.resume, cfg.output)
+        if cfg.resume is None and checkpoint.checkpoints(cfg.output):
+            raise VecapError(
+                f"-o {cfg.output} holds checkpoints of another run: "
+                "--resume latest continues it, or choose another directory"
+            )
         self.inputs = tuple(expand(cfg.inputs))
         self.val_inputs = tuple(expand(cfg.val)) if cfg.val else ()
         self.precision = resolve_precision(cfg.precision, ctx.device)
