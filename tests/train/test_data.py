@@ -1,0 +1,157 @@
+"""Training batches: the caption draw of `vecap mix`, counted losses, resumable order."""
+
+import io
+
+import pytest
+import torch
+
+from tests.train.conftest import shapes_records, write_jsonl
+from vecap_cli.steps.mix import MixConfig, mix
+from vecap_cli.stream.runner import iter_samples
+from vecap_cli.stream.tally import Tally
+from vecap_cli.train.data import DataPlan, TrainData, buffer_shuffle, loader, replay
+
+open_clip = pytest.importorskip("open_clip")
+TRANSFORM = open_clip.image_transform(32, is_train=True)  # random crops: augmentation included
+TOKENIZER = open_clip.SimpleTokenizer(context_length=32)
+
+
+def batches(path, steps, *, epoch=0, first=0, positions=None, workers=0, **plan):
+    plan = DataPlan(
+        inputs=(str(path),),
+        batch_size=plan.pop("batch_size", 8),
+        workers=max(1, workers),
+        shuffle_buffer=plan.pop("shuffle_buffer", 32),
+        **plan,
+    )
+    data = TrainData(plan, TRANSFORM, TOKENIZER)
+    data.start_epoch(epoch, steps, first, positions or [(0, 0)] * plan.workers)
+    return list(loader(data, workers))
+
+
+def same(a, b):
+    return torch.equal(a.images, b.images) and torch.equal(a.texts, b.texts)
+
+
+@pytest.fixture(scope="module")
+def pool(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("pool")
+    return write_jsonl(directory / "pool.jsonl", shapes_records(directory, 96, seed=3))
+
+
+@pytest.mark.parametrize("epoch", [0, 1])
+def test_text_keys_draw_what_mix_random_writes(pool, tmp_path, epoch):
+    tally = Tally("mix")
+    config = MixConfig(policy="random", keys=("alt", "vecap"), seed=5, epoch=epoch)
+    mixed = [s.record for s in mix(iter_samples([str(pool)], tally), tally, config)]
+    for record in mixed:
+        record["image"] = str(pool.parent / record["image"])
+    premixed = write_jsonl(tmp_path / "mixed.jsonl", mixed)
+
+    drawn = batches(pool, 6, epoch=epoch, seed=5, text_keys=("alt", "vecap"))
+    after_mix = batches(premixed, 6, epoch=epoch, seed=5)
+    assert all(same(a, b) for a, b in zip(drawn, after_mix, strict=True))
+    texts = torch.cat([b.texts for b in drawn])
+    alt_only = torch.cat([b.texts for b in batches(pool, 6, epoch=epoch, seed=5)])
+    assert 0 < (texts != alt_only).any(1).sum() < len(texts)  # a real mix of both fields
+
+
+def test_bad_images_and_missing_captions_are_counted_not_trained(tmp_path):
+    records = shapes_records(tmp_path, 21, seed=1)  # 16 good: the 2 batches need them all
+    (tmp_path / "img" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    records[3]["image"] = "img/broken.png"
+    records[7]["image"] = "img/gone.png"
+    records[9]["image"] = "img/broken.png"
+    for i in (11, 12):
+        del records[i]["alt"]
+    path = write_jsonl(tmp_path / "pool.jsonl", records)
+    tally = Tally("train")
+    got = batches(path, 2, batch_size=8)
+    for batch in got:
+        replay(batch.events, tally)
+        tally.n_in += batch.n_in
+        tally.n_out += len(batch.images)
+    assert dict(tally.rejected) == {"bad-image": 2, "image-missing": 1}
+    assert dict(tally.dropped) == {"no-caption": 2}
+    assert (tally.n_in, tally.n_out) == (21, 16) and tally.balanced
+    assert all(len(b.images) == 8 for b in got)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_resumed_epoch_continues_with_the_very_next_batch(pool, workers):
+    whole = batches(pool, 9, workers=workers, batch_size=8)
+    assert [b.worker for b in whole] == [j % max(1, workers) for j in range(9)]
+    for stop in (1, 4, 5):  # odd stops rotate the workers
+        positions = [(0, 0)] * max(1, workers)
+        for b in whole[:stop]:
+            positions[b.worker] = b.position
+        rest = batches(pool, 9, workers=workers, first=stop, positions=positions)
+        assert len(rest) == 9 - stop
+        assert all(same(a, b) for a, b in zip(whole[stop:], rest, strict=True))
+
+
+def test_a_short_share_is_read_again_and_epochs_reshuffle(pool):
+    # 96 samples, 20 batches of 8: the pass runs out and a second pass begins
+    first = batches(pool, 20, batch_size=8)
+    assert first[-1].position[0] == 1
+    again = batches(pool, 20, batch_size=8)
+    assert all(same(a, b) for a, b in zip(first, again, strict=True))
+    other_epoch = batches(pool, 20, batch_size=8, epoch=1)
+    assert not all(same(a, b) for a, b in zip(first, other_epoch, strict=True))
+
+
+def test_ranks_and_workers_split_the_data_without_overlap(pool):
+    seen = []
+    for rank in range(2):
+        for batch in batches(pool, 6, rank=rank, world_size=2, workers=2, batch_size=8):
+            seen.extend(map(tuple, batch.texts.tolist()))
+            assert batch.position[0] == 0  # one pass: nothing read twice
+    alone = [tuple(t) for b in batches(pool, 12, batch_size=8) for t in b.texts.tolist()]
+    assert sorted(seen) == sorted(alone)
+
+
+def test_buffer_shuffle_is_a_seeded_permutation():
+    import random
+
+    draw = lambda seed: lambda n: random.Random(f"{seed}-{n}").random()  # noqa: E731
+    out = list(buffer_shuffle(range(100), 10, draw(1)))
+    assert sorted(out) == list(range(100)) and out != list(range(100))
+    assert out == list(buffer_shuffle(range(100), 10, draw(1)))
+    assert out != list(buffer_shuffle(range(100), 10, draw(2)))
+
+
+def test_tar_shards_train_like_the_jsonl_they_came_from(pool, tmp_path):
+    import tarfile
+
+    import orjson
+
+    samples = list(iter_samples([str(pool)], Tally("x")))
+    shard = tmp_path / "pool.tar"
+    with tarfile.open(shard, "w") as tar:
+        for s in samples:
+            record = {k: v for k, v in s.record.items() if k != "image"}
+            for ext, data in (("png", s.image_bytes()), ("json", orjson.dumps(record))):
+                info = tarfile.TarInfo(f"{s.key}.{ext}")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    a = batches(pool, 4, seed=2)
+    b = batches(shard, 4, seed=2)
+    assert all(same(x, y) for x, y in zip(a, b, strict=True))
+
+
+def test_resampling_draws_shards_with_replacement_reproducibly(tmp_path):
+    shards = []
+    for s in range(3):
+        records = shapes_records(tmp_path / f"s{s}", 16, seed=10 + s)
+        for r in records:
+            r["image"] = str(tmp_path / f"s{s}" / r["image"])
+        shards.append(write_jsonl(tmp_path / f"s{s}.jsonl", records))
+    plan = dict(inputs=tuple(map(str, shards)), batch_size=8, workers=1, resample=True)
+    got = []
+    for _ in range(2):
+        data = TrainData(DataPlan(**plan), TRANSFORM, TOKENIZER)
+        data.start_epoch(0, 6, 0, [(0, 0)])
+        got.append(list(loader(data, 0)))
+    assert all(same(a, b) for a, b in zip(*got, strict=True))
+    texts = [tuple(t) for b in got[0] for t in b.texts.tolist()]
+    assert len(texts) == 48 and len(set(texts)) < 48  # drawn with replacement: repeats

@@ -1,0 +1,62 @@
+"""The objective: open_clip's losses (or the core's, identical) behind one interface."""
+
+import pytest
+import torch
+
+open_clip = pytest.importorskip("open_clip")
+
+from vecap_cli.train.losses import make_loss  # noqa: E402
+
+
+def features(b=6, d=8, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    norm = lambda x: torch.nn.functional.normalize(x, dim=-1)  # noqa: E731
+    return norm(torch.randn(b, d, generator=g)), norm(torch.randn(b, d, generator=g))
+
+
+def test_clip_and_siglip_match_open_clip():
+    img, txt = features()
+    scale, bias = torch.tensor(10.0), torch.tensor(-5.0)
+    out = {"image_features": img, "text_features": txt, "logit_scale": scale}
+    want = open_clip.ClipLoss()(img, txt, scale)
+    torch.testing.assert_close(make_loss("clip")(out)["contrastive_loss"], want)
+    want = open_clip.loss.SigLipLoss()(img, txt, scale, bias)
+    got = make_loss("siglip")({**out, "logit_bias": bias})["contrastive_loss"]
+    torch.testing.assert_close(got, want)
+
+
+def test_coca_adds_a_weighted_caption_loss_that_ignores_padding():
+    img, txt = features()
+    logits = torch.randn(6, 5, 11)
+    labels = torch.randint(1, 11, (6, 5))
+    labels[:, 3:] = 0  # padding
+    out = {
+        "image_features": img,
+        "text_features": txt,
+        "logit_scale": torch.tensor(10.0),
+        "logits": logits,
+        "labels": labels,
+    }
+    parts = make_loss("clip", coca=True, caption_weight=2.0, contrastive_weight=0.5)(out)
+    want = open_clip.CoCaLoss(caption_loss_weight=2.0, clip_loss_weight=0.5)(
+        img, txt, logits, labels, torch.tensor(10.0), output_dict=True
+    )
+    torch.testing.assert_close(parts["caption_loss"], want["caption_loss"])
+    torch.testing.assert_close(parts["contrastive_loss"], want["contrastive_loss"])
+
+
+def test_without_the_core_the_losses_are_open_clips(monkeypatch):
+    from open_clip.loss import ClipLoss, SigLipLoss
+
+    monkeypatch.setattr("vecap_cli.train.losses.fused_losses", lambda: None)
+    assert type(make_loss("clip").contrastive) is ClipLoss
+    assert type(make_loss("siglip", rank=1, world_size=2).contrastive) is SigLipLoss
+
+
+def test_with_the_core_the_losses_are_fused():
+    from vecap_cli.train.fused import fused_losses
+
+    if fused_losses() is None:
+        pytest.skip("this build has no vecap_cli.core")
+    assert type(make_loss("clip").contrastive).__name__ == "FusedClipLoss"
+    assert type(make_loss("siglip").contrastive).__name__ == "FusedSigLipLoss"

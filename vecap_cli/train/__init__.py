@@ -1,0 +1,11 @@
+"""`vecap train`: CLIP, SigLIP and CoCa training of open_clip models.
+
+config.py    TrainConfig, every setting, frozen
+models.py    open_clip models, the built-in tiny configs, attention choice
+data.py      deterministic, resumable, counted batches from record streams
+losses.py    the objective (the core's fused losses, else open_clip's)
+loop.py      train_step and the Trainer: schedule, AMP, DDP, checkpoints
+checkpoint.py, schedule.py, metrics.py, plot.py, validate.py, distributed.py
+
+Entry point: `vecap_cli.train.loop.train(config, run_options) -> Tally`.
+"""

@@ -1,0 +1,87 @@
+"""The training objective: one module from a model's output dict to named losses.
+
+The contrastive part is the core's fused loss when the core is there (same
+values and gradients as open_clip's, without the B×B logits), else open_clip's
+ClipLoss / SigLipLoss. CoCa adds its captioning loss. Across ranks every form
+uses the local-loss layout with gradients through the gather, which makes the
+DDP-averaged gradient that of the whole global batch.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vecap_cli.train.fused import fused_losses
+
+
+def contrastive_loss(kind: str, *, rank: int, world_size: int, fused: bool) -> nn.Module:
+    """A ClipLoss- or SigLipLoss-shaped module: forward(img, txt, logit_scale, logit_bias)."""
+    losses = fused_losses() if fused else None
+    if losses is not None:
+        clip, siglip = losses
+    else:
+        from open_clip.loss import ClipLoss as clip
+        from open_clip.loss import SigLipLoss as siglip
+    if kind == "siglip":
+        if losses is None:
+            return siglip(rank=rank, world_size=world_size, dist_impl="gather")
+        return siglip(rank=rank, world_size=world_size)
+    return clip(
+        local_loss=True,
+        gather_with_grad=True,
+        cache_labels=True,
+        rank=rank,
+        world_size=world_size,
+    )
+
+
+class TrainLoss(nn.Module):
+    """model(images, texts) output → {'contrastive_loss': …[, 'caption_loss': …]}."""
+
+    def __init__(
+        self,
+        contrastive: nn.Module,
+        contrastive_weight: float = 1.0,
+        caption_weight: float = 0.0,
+        pad_id: int = 0,  # open_clip's tokenizer pads with 0
+    ):
+        super().__init__()
+        self.contrastive = contrastive
+        self.contrastive_weight = contrastive_weight
+        self.caption_weight = caption_weight
+        self.pad_id = pad_id
+
+    def forward(self, out: dict) -> dict[str, torch.Tensor]:
+        parts = {}
+        if self.contrastive_weight:
+            loss = self.contrastive(
+                out["image_features"],
+                out["text_features"],
+                out["logit_scale"],
+                out.get("logit_bias"),
+            )
+            parts["contrastive_loss"] = self.contrastive_weight * loss
+        if "logits" in out:  # CoCa: next-token prediction of the caption, teacher-forced
+            logits = out["logits"].permute(0, 2, 1)  # (b, vocab, ctx-1)
+            caption = F.cross_entropy(logits, out["labels"], ignore_index=self.pad_id)
+            parts["caption_loss"] = self.caption_weight * caption
+        return parts
+
+
+def make_loss(
+    kind: str,
+    *,
+    rank: int = 0,
+    world_size: int = 1,
+    fused: bool = True,
+    coca: bool = False,
+    contrastive_weight: float = 1.0,
+    caption_weight: float = 2.0,
+) -> TrainLoss:
+    """`fused`: use the core's kernels when this build has them."""
+    contrastive = contrastive_loss(kind, rank=rank, world_size=world_size, fused=fused)
+    if not coca:
+        return TrainLoss(contrastive)
+    return TrainLoss(contrastive, contrastive_weight, caption_weight)
