@@ -12,6 +12,11 @@ import orjson
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Triton reads TRITON_INTERPRET when it is imported and when a kernel is decorated,
+# and test modules anywhere may import it (torch, train): set it before all of them,
+# so the kernel tests run on the CPU interpreter. On a GPU machine,
+# TRITON_INTERPRET=0 make test runs the compiled kernels instead.
+os.environ.setdefault("TRITON_INTERPRET", "1")
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"

@@ -1,8 +1,5 @@
-import importlib
 import subprocess
 import sys
-
-import pytest
 
 from tests.conftest import run_vecap
 from vecap_cli.cli.app import COMMANDS
@@ -31,22 +28,6 @@ def test_record_commands_do_not_import_torch():
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     ).stdout
     assert out.strip().splitlines()[-1] == "[]"
-
-
-NOT_BUILT = [
-    c
-    for c in COMMANDS
-    if getattr(importlib.import_module(f"vecap_cli.cli.{c}").register, "not_built", False)
-]
-
-
-@pytest.mark.parametrize("command", NOT_BUILT or ["(none)"])
-def test_commands_not_built_yet_exit_2_in_one_line(command):
-    if command == "(none)":
-        pytest.skip("every command is built")
-    result = run_vecap(command, "anything", "--flag")
-    assert result.code == 2
-    assert result.err.strip().splitlines() == [f"vecap {command}: not built yet in this version"]
 
 
 def test_rank_falls_back_to_torchrun_then_slurm_env(tmp_path):

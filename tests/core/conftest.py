@@ -1,14 +1,5 @@
-"""Shared setup for the core kernel tests.
-
-Triton reads TRITON_INTERPRET when @triton.jit decorates, i.e. when a
-`*_triton` module is first imported: set it here, before any test imports one,
-so the Triton kernels run on CPU through the interpreter.
-"""
-
-import os
-
-os.environ.setdefault("TRITON_INTERPRET", "1")
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+"""Shared setup for the core kernel tests (TRITON_INTERPRET is set in tests/conftest.py,
+before anything can import Triton)."""
 
 import pytest
 import torch

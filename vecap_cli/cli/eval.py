@@ -180,7 +180,7 @@ def eval_(
     import orjson
 
     from vecap_cli.eval.data import DataSpec
-    from vecap_cli.eval.run import EvalConfig, RunSettings, run_eval
+    from vecap_cli.eval.run import EvalConfig, run_eval
     from vecap_cli.stream.sinks import OutputFile
 
     config = EvalConfig(
@@ -198,20 +198,10 @@ def eval_(
         workers=workers,
         dataset_name=dataset_name,
     )
-    run = RunSettings(
-        rank=opts.rank,
-        world_size=opts.world_size,
-        strict=opts.strict,
-        stats=opts.stats,
-        rejects=opts.rejects,
-        quiet=opts.quiet,
-        seed=opts.seed,
-        log=opts.log,
-    )
     # opened before the work, so an unwritable path fails at once
     sink = OutputFile(output) if opts.rank == 0 else None
     try:
-        result, tally, main = run_eval(config, run)
+        result, tally, main = run_eval(config, opts)
     except BaseException:
         if sink:
             sink.abandon()

@@ -5,7 +5,7 @@ from typing import Annotated
 
 import typer
 
-from vecap_cli.cli.options import record_command, report
+from vecap_cli.cli.options import floats, record_command, report
 from vecap_cli.stream.runner import StreamOptions
 
 
@@ -14,17 +14,6 @@ class Policy(StrEnum):
     all = "all"
     concat = "concat"
     first = "first"
-
-
-def _floats(text: str | None, flag: str) -> tuple[float, ...] | None:
-    if text is None:
-        return None
-    try:
-        return tuple(float(x) for x in text.split(","))
-    except ValueError:
-        raise typer.BadParameter(
-            f"expected comma-separated numbers, got '{text}'", param_hint=flag
-        ) from None
 
 
 @record_command("mix")
@@ -70,7 +59,7 @@ def mix(
         config = MixConfig(
             policy=policy.value,
             keys=tuple(k.strip() for k in keys.split(",")),
-            probs=_floats(probs, "--probs"),
+            probs=floats(probs, "--probs"),
             seed=opts.seed,
             epoch=epoch,
             sep=sep,

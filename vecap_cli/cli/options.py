@@ -10,13 +10,11 @@ import functools
 import inspect
 import os
 import sys
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Annotated
 
 import typer
 
-from vecap_cli.stream.runner import StreamOptions
+from vecap_cli.stream.runner import RunOptions, StreamOptions
 
 _RUN = "Run"
 _OUT = "Output"
@@ -186,20 +184,6 @@ def _with_flags(flags: dict, build, command_name: str):
     return decorate
 
 
-@dataclass(frozen=True)
-class RunOptions:
-    """The shared flags of commands that do not stream records (train, eval)."""
-
-    stats: str | None = None
-    rejects: str | None = None
-    strict: bool = False
-    seed: int = 0
-    rank: int = 0
-    world_size: int = 1
-    quiet: bool = False
-    log: Callable[[str], None] = field(default=lambda line: None, compare=False)
-
-
 def _run_options(command: str, *, rank, world_size, quiet, **values) -> RunOptions:
     rank, world_size = resolve_rank(rank, world_size)
     return RunOptions(
@@ -231,6 +215,18 @@ def run_command(name: str):
     return _with_flags(_RUN_FLAGS, _run_options, name)
 
 
-def report(tally, opts: StreamOptions | RunOptions) -> None:
+def floats(text: str | None, flag: str) -> tuple[float, ...] | None:
+    """A comma-separated list of numbers (--probs 0.5,0.5), or a usage error naming `flag`."""
+    if text is None:
+        return None
+    try:
+        return tuple(float(x) for x in text.split(","))
+    except ValueError:
+        raise typer.BadParameter(
+            f"expected comma-separated numbers, got '{text}'", param_hint=flag
+        ) from None
+
+
+def report(tally, opts: RunOptions) -> None:
     """The closing summary: one line on stderr."""
     opts.log(tally.summary())

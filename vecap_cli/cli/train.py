@@ -5,7 +5,7 @@ from typing import Annotated
 
 import typer
 
-from vecap_cli.cli.options import RunOptions, report, run_command
+from vecap_cli.cli.options import RunOptions, floats, report, run_command
 
 _DATA, _MODEL, _OPT, _OUT = "Data", "Model", "Optimisation", "Output"
 
@@ -32,17 +32,6 @@ class Device(StrEnum):
     auto = "auto"
     cpu = "cpu"
     cuda = "cuda"
-
-
-def _floats(text: str | None, flag: str) -> tuple[float, ...] | None:
-    if text is None:
-        return None
-    try:
-        return tuple(float(x) for x in text.split(","))
-    except ValueError:
-        raise typer.BadParameter(
-            f"expected comma-separated numbers, got '{text}'", param_hint=flag
-        ) from None
 
 
 def _names(text: str | None) -> tuple[str, ...] | None:
@@ -189,7 +178,7 @@ def train(
             inputs=tuple(inputs),
             output=output,
             text_keys=_names(text_keys),
-            text_probs=_floats(text_probs, "--text-probs"),
+            text_probs=floats(text_probs, "--text-probs"),
             train_num_samples=train_num_samples,
             shuffle_buffer=shuffle_buffer,
             workers=workers,

@@ -5,8 +5,7 @@ from __future__ import annotations
 import itertools
 import os
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -18,7 +17,7 @@ from vecap_cli.eval.models import load_model
 from vecap_cli.eval.prompts import load_classnames, load_templates
 from vecap_cli.eval.tasks import empty_message, evaluate_retrieval, evaluate_zeroshot
 from vecap_cli.stream.progress import progress
-from vecap_cli.stream.runner import per_rank, write_stats
+from vecap_cli.stream.runner import RunOptions, per_rank, write_stats
 from vecap_cli.stream.sinks import open_for_writing
 from vecap_cli.stream.tally import Tally
 
@@ -48,21 +47,7 @@ class EvalConfig:
             raise ValueError("recall k values must be positive")
 
 
-@dataclass(frozen=True)
-class RunSettings:
-    """The shared run flags eval honours (the CLI's RunOptions, without the CLI)."""
-
-    rank: int = 0
-    world_size: int = 1
-    strict: bool = False
-    stats: str | None = None
-    rejects: str | None = None
-    quiet: bool = False
-    seed: int = 0
-    log: Callable[[str], None] = field(default=lambda line: None, compare=False)
-
-
-def run_eval(config: EvalConfig, run: RunSettings) -> tuple[dict, Tally, bool]:
+def run_eval(config: EvalConfig, run: RunOptions) -> tuple[dict, Tally, bool]:
     """(result, the counts of all ranks, whether this rank is the one that reports)."""
     tally = Tally("eval", strict=run.strict)
     device = resolve_device(config.device, run.world_size)
@@ -97,7 +82,7 @@ def run_eval(config: EvalConfig, run: RunSettings) -> tuple[dict, Tally, bool]:
     return result, total, group.main
 
 
-def _evaluate(config: EvalConfig, run: RunSettings, tally: Tally, group: Group, device):
+def _evaluate(config: EvalConfig, run: RunOptions, tally: Tally, group: Group, device):
     """(metrics, loaded model): checks that fail fast, then the model, then the task."""
     dataset = open_dataset(config.data, tally, group.rank, group.world_size, run.log)
     first = next(dataset.samples, None)  # nothing at all: say so before loading a model

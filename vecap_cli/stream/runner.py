@@ -28,15 +28,10 @@ Stage = Callable[[Iterable[Sample], Tally], Iterator[Sample]]
 
 
 @dataclass(frozen=True)
-class StreamOptions:
-    """The flags every record command shares, resolved at the CLI edge."""
+class RunOptions:
+    """The flags every command shares, resolved at the CLI edge (rank and world
+    size from the flags or the launcher's environment)."""
 
-    inputs: tuple[str, ...] = ("-",)
-    output: str = "-"
-    format: str | None = None
-    shard_size: int = 10_000
-    resume: bool = False
-    images_dir: str | None = None
     stats: str | None = None
     rejects: str | None = None
     strict: bool = False
@@ -45,6 +40,18 @@ class StreamOptions:
     world_size: int = 1
     quiet: bool = False
     log: Callable[[str], None] = field(default=lambda line: None, compare=False)
+
+
+@dataclass(frozen=True)
+class StreamOptions(RunOptions):
+    """RunOptions plus the flags of commands that read and write records."""
+
+    inputs: tuple[str, ...] = ("-",)
+    output: str = "-"
+    format: str | None = None
+    shard_size: int = 10_000
+    resume: bool = False
+    images_dir: str | None = None
 
 
 def per_rank(path: str, rank: int, world_size: int) -> str:

@@ -32,7 +32,7 @@ from vecap_cli.train.models import Bundle, build, clamp_logit_scale, set_attenti
 from vecap_cli.train.schedule import cosine_lr
 
 if TYPE_CHECKING:
-    from vecap_cli.cli.options import RunOptions  # the run flags: stats, rejects, strict, log
+    from vecap_cli.stream.runner import RunOptions  # the run flags: stats, rejects, strict, log
 
 # -- one step -----------------------------------------------------------------------
 
