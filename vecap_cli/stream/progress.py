@@ -9,10 +9,11 @@ from contextlib import contextmanager
 
 
 @contextmanager
-def progress(label: str, enabled: bool) -> Iterator[Callable[[int, int], None]]:
-    """Yields `update(n_in, n_out)`; a no-op unless enabled and stderr is a TTY."""
+def progress(label: str, enabled: bool) -> Iterator[Callable[[int, int], None] | None]:
+    """Yields `update(n_in, n_out)`, or None unless enabled and stderr is a TTY
+    (so a hot loop can skip the calls)."""
     if not (enabled and sys.stderr.isatty()):
-        yield lambda n_in, n_out: None
+        yield None
         return
     from rich.console import Console
     from rich.progress import (

@@ -232,5 +232,17 @@ def open_for_writing(path: str, shown: str | None = None) -> BinaryIO:
         raise VecapError(f"cannot write '{shown or path}': {err.strerror}") from None
 
 
+def write_file(path: str, data: bytes) -> None:
+    """A whole small file (counts, a metadata list) at once: written as PATH.tmp,
+    then renamed; '-' writes to stdout."""
+    if path == "-":
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+        return
+    with open_for_writing(f"{path}.tmp", shown=path) as f:
+        f.write(data)
+    os.replace(f"{path}.tmp", path)
+
+
 def fingerprint(*parts: object) -> str:
     return hashlib.sha1(repr(parts).encode()).hexdigest()[:16]

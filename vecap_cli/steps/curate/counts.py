@@ -14,7 +14,6 @@ hash ties the file to one entry list: balancing with another list is refused.
 from __future__ import annotations
 
 import gzip
-import os
 from array import array
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -22,6 +21,7 @@ from dataclasses import dataclass, field
 import orjson
 
 from vecap_cli.errors import VecapError
+from vecap_cli.stream.sinks import write_file
 
 FORMAT = "vecap-curate-counts"
 VERSION = 1
@@ -166,15 +166,4 @@ def merge(paths: Iterable[str]) -> EntryCounts:
 
 def write_counts(path: str, counts: EntryCounts) -> None:
     """Atomically (PATH.tmp, then renamed); '-' writes to stdout."""
-    from vecap_cli.stream.sinks import open_for_writing
-
-    data = counts.to_json() + b"\n"
-    if path == "-":
-        import sys
-
-        sys.stdout.buffer.write(data)
-        sys.stdout.buffer.flush()
-        return
-    with open_for_writing(f"{path}.tmp", shown=path) as f:
-        f.write(data)
-    os.replace(f"{path}.tmp", path)
+    write_file(path, counts.to_json() + b"\n")
