@@ -127,7 +127,7 @@ def balance(
     try:
         for sample, ids in pairs:
             if ids:
-                p, keep = balancer(sample.key, ids)
+                p, keep = balancer(sample.record["key"], ids)  # an int key draws as its str
             elif keep_all:
                 p, keep = 0.0, False
             else:
