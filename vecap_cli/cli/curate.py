@@ -155,11 +155,13 @@ def run(
     Records matching nothing are dropped under `no-match`, records the draws
     reject under `balance` (--keep-all writes them with keep: false).
 
-    The inputs are read twice (stdin is buffered to a temporary file; a pipe:
-    input runs twice); matches are kept in memory between the passes (about 9
-    bytes per record and 4 per match). With --world-size, every rank counts the
-    whole input and balances its share; for a large pool use count, count
-    --merge and balance.
+    The inputs are read once: the records that match (with --keep-all, all)
+    are held in memory until every record is counted, about 1 kB each for
+    LAION-like records. Tar inputs (their images would be held too), --resume
+    and --world-size > 1 read the inputs twice instead, holding 9 bytes per
+    record and 4 per match (stdin is copied to a temporary file; a pipe: input
+    runs twice). With --world-size, every rank counts the whole input and
+    balances its share; for a large pool use count, count --merge and balance.
     """
     from vecap_cli.steps.curate import passes
 

@@ -17,6 +17,7 @@ import gzip
 from array import array
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from itertools import chain
 
 import orjson
 
@@ -102,6 +103,12 @@ class Accumulator:
     def add_all(self, ids: array) -> None:
         """Ids gathered elsewhere (the one-pass cache), in one go."""
         self._fold(ids)
+
+    def add_each(self, id_lists: Iterable[Iterable[int]]) -> None:
+        """The ids of many records at once (the one-pass's held records)."""
+        np = self._np
+        flat = np.fromiter(chain.from_iterable(id_lists), dtype=np.int32)
+        self._totals += np.bincount(flat, minlength=self._n)
 
     def _fold(self, ids: array) -> None:
         np = self._np

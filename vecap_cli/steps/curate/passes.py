@@ -11,20 +11,25 @@
 These calls open the inputs and outputs through the stream core; the record
 logic they chain is in stages.py.
 
-The one-pass reads its inputs twice: a counting pass over the whole input, then
-the record pass, which replays the first pass's decisions (`MatchCache`) rather
-than matching again. Stdin is spooled to a temporary file that the stream core
-reads as '-' both times; a pipe: input runs twice.
+The one-pass reads its inputs once when it can (`reads_once`): one stage
+matches every record, holds the matched ones in memory until all are counted,
+then balances them. Otherwise (tar inputs, --resume, several ranks) it reads
+twice: a counting pass over the whole input, then the record pass, which
+replays the first pass's decisions (`MatchCache`) rather than matching again;
+stdin is spooled to a temporary file that the stream core reads as '-' both
+times, and a pipe: input runs twice.
 """
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from functools import partial
 from typing import BinaryIO
 
 import orjson
@@ -50,7 +55,9 @@ from vecap_cli.steps.curate.metadata import (
 from vecap_cli.steps.curate.stages import CurateConfig, MatchCache
 from vecap_cli.stream.progress import progress
 from vecap_cli.stream.runner import StreamOptions, iter_samples, per_rank, run_stream, write_stats
+from vecap_cli.stream.sample import Sample
 from vecap_cli.stream.sinks import open_for_writing
+from vecap_cli.stream.sources import carrier_from_name, expand
 from vecap_cli.stream.tally import Tally
 
 Log = Callable[[str], None]
@@ -70,6 +77,71 @@ def curate(
     """The one-pass: counts the entries over the whole input, then balances this
     rank's share into the output. `save_counts`: also write the counts there."""
     meta, matcher = load(metadata, opts.log)
+    if reads_once(opts):
+        stage = partial(
+            _count_then_balance, config=config, meta=meta, matcher=matcher, save_counts=save_counts
+        )
+        return run_stream("curate", opts, stage, (config, meta.sha256))
+    return _curate_twice(opts, config, meta, matcher, save_counts)
+
+
+def reads_once(opts: StreamOptions) -> bool:
+    """Whether the one-pass can hold this run's records in memory and read once:
+    one worker (several each count the whole input but balance a share), a
+    fresh run (--resume skips what finished shards hold, which counting needs),
+    and no tar input (its images would be held too)."""
+    if opts.world_size > 1 or opts.resume:
+        return False
+    return not any(carrier_from_name(name) == "tar" for name in expand(opts.inputs))
+
+
+def _count_then_balance(
+    samples: Iterable[Sample],
+    tally: Tally,
+    config: CurateConfig,
+    meta: Metadata,
+    matcher: Matcher,
+    save_counts: str | None,
+) -> Iterator[Sample]:
+    """The one-pass as one stage: holds the matched records while counting every
+    record, then balances them (about 1 kB held per LAION-like record)."""
+    accumulator = Accumulator(len(meta.entries))
+    with _no_cycle_collection():
+        pairs = stages.prepare(samples, tally, config, matcher.find)
+        held, records, matched = stages.hold(pairs, tally, config.keep_all)
+        accumulator.add_each(ids for _, ids in held)
+        counts = accumulator.result(meta.sha256, config.matching(), records, matched)
+        if save_counts:
+            write_counts(save_counts, counts)
+        balancer = Balancer(entry_probabilities(counts.counts, config.t), config.seed)
+        tally.extra["curate"] = _summary(meta, counts, config.t)
+        yield from stages.balance(held, tally, config, balancer)
+        held.clear()  # freed here: the collector, back on, would walk them all once more
+
+
+@contextmanager
+def _no_cycle_collection() -> Iterator[None]:
+    """Python's cycle collector off while records are held: each full collection
+    walks every object alive, and as the held records grow it runs again and again
+    (a quarter of the one-pass's time at 200k records), finding nothing, as records
+    hold no cycles. Reference counting still frees everything else."""
+    was_on = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_on:
+            gc.enable()
+
+
+def _curate_twice(
+    opts: StreamOptions,
+    config: CurateConfig,
+    meta: Metadata,
+    matcher: Matcher,
+    save_counts: str | None,
+) -> Tally:
+    """The one-pass over inputs read twice: counting, then the record pass."""
     with _spooled_stdin(opts.inputs) as stdin:
         # One worker replays its own decisions; several decide again for their
         # share, as the counting pass numbered the whole input, not the share.
@@ -83,14 +155,15 @@ def curate(
 
         def decide(samples, tally):
             if cache is None:
-                return stages.prepare(samples, tally, config, matcher)
+                return stages.prepare(samples, tally, config, matcher.find)
             if cleaned is not None:
                 tally.extra["html_cleaned"] = cleaned
             return cache.replaying(samples, tally, config)
 
         if stdin is not None:
             stdin.seek(0)
-        tally = _balance("curate", opts, config, meta, counts, decide, first.started, stdin)
+        stage = _balancing(config, meta, counts, decide, first.started)
+        tally = run_stream("curate", opts, stage, (config, meta.sha256), stdin=stdin)
     if opts.world_size == 1 and tally.n_in != first.n_in:
         raise VecapError(
             f"the input changed between the two passes ({first.n_in:,} then {tally.n_in:,} records)"
@@ -140,10 +213,11 @@ def balance(opts: StreamOptions, config: CurateConfig, metadata: str, counts: st
         )
 
     def decide(samples, tally):
-        return stages.prepare(samples, tally, config, matcher)
+        return stages.prepare(samples, tally, config, matcher.find)
 
-    started = time.monotonic()
-    return _balance("curate balance", opts, config, meta, entry_counts, decide, started)
+    stage = _balancing(config, meta, entry_counts, decide, time.monotonic())
+    counts_id = hashlib.sha1(orjson.dumps(entry_counts.counts)).hexdigest()
+    return run_stream("curate balance", opts, stage, (config, meta.sha256, counts_id))
 
 
 def merge(paths: Sequence[str], output: str, log: Log) -> EntryCounts:
@@ -221,7 +295,7 @@ def _count(
         opts.inputs, tally, rank=opts.rank, world_size=opts.world_size, log=opts.log, stdin=stdin
     )
     # counted from the cache at the end when there is one, else as matched
-    match = matcher if cache is not None else accumulator.recording(matcher)
+    match = matcher.find if cache is not None else accumulator.recording(matcher.find)
     with progress(f"{tally.command} (counting)", not opts.quiet) as update:
         if update is not None:
             samples = _showing(samples, tally, update)
@@ -239,30 +313,24 @@ def _showing(samples, tally: Tally, update) -> Iterator:
         yield sample
 
 
-def _balance(
-    command: str,
-    opts: StreamOptions,
-    config: CurateConfig,
-    meta: Metadata,
-    counts: EntryCounts,
-    decide,
-    started: float,
-    stdin: BinaryIO | None = None,
-) -> Tally:
-    """The record pass: `curate` on every record, the kept ones (or all) written.
+def _balancing(config: CurateConfig, meta: Metadata, counts: EntryCounts, decide, started: float):
+    """The record pass's stage: `curate` on every record, the kept ones (or all) out.
 
     `decide(samples, tally)` filters and matches: `prepare`, or a cache's replay.
     """
     balancer = Balancer(entry_probabilities(counts.counts, config.t), config.seed)
-    summary = {**_identity(meta), "t": config.t, **head_tail(counts.counts, config.t)}
+    summary = _summary(meta, counts, config.t)
 
     def stage(samples, tally):
         tally.started = started  # the run's time includes its counting pass
         tally.extra["curate"] = summary
         yield from stages.balance(decide(samples, tally), tally, config, balancer)
 
-    counts_id = hashlib.sha1(orjson.dumps(counts.counts)).hexdigest()
-    return run_stream(command, opts, stage, (config, meta.sha256, counts_id), stdin=stdin)
+    return stage
+
+
+def _summary(meta: Metadata, counts: EntryCounts, t: int) -> dict:
+    return {**_identity(meta), "t": t, **head_tail(counts.counts, t)}
 
 
 @contextmanager
