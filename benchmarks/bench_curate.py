@@ -66,13 +66,14 @@ def run_parallel(cmds: list[list[str]]) -> float:
 def make_pool(n: int) -> tuple[Path, list[str]]:
     records = [orjson.loads(line) for line in LAION.read_bytes().splitlines()]
     path = WORK / f"pool-{n}.jsonl"
-    texts = []
     with open(path, "wb") as f:
         for i in range(n):
             record = dict(records[i % len(records)])
             record["key"] = f"{i:09d}"
-            texts.append(record["alt"])
             f.write(orjson.dumps(record) + b"\n")
+    # read back: one string per record, as vecap reads them (the repeated records
+    # would hand the bare loop the same 10k strings, cache-hot, again and again)
+    texts = [orjson.loads(line)["alt"] for line in path.read_bytes().splitlines()]
     return path, texts
 
 

@@ -17,7 +17,7 @@ import orjson
 
 from vecap_cli.stream.jsonl import read_jsonl
 from vecap_cli.stream.picker import Picker
-from vecap_cli.stream.progress import progress
+from vecap_cli.stream.progress import progress, showing
 from vecap_cli.stream.sample import Sample
 from vecap_cli.stream.sinks import OutputSpec, Sink, fingerprint, open_for_writing, open_sink
 from vecap_cli.stream.sources import expand, open_source
@@ -149,8 +149,7 @@ def run_stream(
                 for sample in stage(samples, tally):
                     sink.write(sample)
             else:
-                # updated as records come in too: a stage may read far ahead of its output
-                samples = _showing(samples, tally, update)
+                samples = showing(samples, tally, update)
                 for n, sample in enumerate(stage(samples, tally)):
                     sink.write(sample)
                     if not n & 1023:
@@ -163,13 +162,6 @@ def run_stream(
     if opts.stats:
         write_stats(per_rank(opts.stats, opts.rank, opts.world_size), tally)
     return tally
-
-
-def _showing(samples: Iterable[Sample], tally: Tally, update) -> Iterator[Sample]:
-    for n, sample in enumerate(samples):
-        if not n & 1023:
-            update(tally.n_in, tally.n_out)
-        yield sample
 
 
 def _open_rejects(opts: StreamOptions, keep_below: int) -> BinaryIO | None:

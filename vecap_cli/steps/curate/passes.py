@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import gc
 import hashlib
+import shutil
 import sys
 import tempfile
 import time
@@ -53,7 +54,7 @@ from vecap_cli.steps.curate.metadata import (
     write_metadata,
 )
 from vecap_cli.steps.curate.stages import CurateConfig, MatchCache
-from vecap_cli.stream.progress import progress
+from vecap_cli.stream.progress import progress, showing
 from vecap_cli.stream.runner import StreamOptions, iter_samples, per_rank, run_stream, write_stats
 from vecap_cli.stream.sample import Sample
 from vecap_cli.stream.sinks import open_for_writing
@@ -298,19 +299,12 @@ def _count(
     match = matcher.find if cache is not None else accumulator.recording(matcher.find)
     with progress(f"{tally.command} (counting)", not opts.quiet) as update:
         if update is not None:
-            samples = _showing(samples, tally, update)
+            samples = showing(samples, tally, update)
         pairs = stages.prepare(samples, tally, config, match, cache)
         records, matched = stages.count(pairs, tally)
     if cache is not None:
         accumulator.add_all(cache.ids)
     return accumulator.result(meta.sha256, config.matching(), records, matched)
-
-
-def _showing(samples, tally: Tally, update) -> Iterator:
-    for n, sample in enumerate(samples):
-        if not n & 1023:
-            update(tally.n_in, tally.n_out)
-        yield sample
 
 
 def _balancing(config: CurateConfig, meta: Metadata, counts: EntryCounts, decide, started: float):
@@ -339,8 +333,6 @@ def _spooled_stdin(inputs: Sequence[str]) -> Iterator[BinaryIO | None]:
     if "-" not in inputs:
         yield None
         return
-    import shutil
-
     with tempfile.TemporaryFile(prefix="vecap-curate-") as copy:
         shutil.copyfileobj(sys.stdin.buffer, copy, 1 << 20)
         copy.seek(0)
