@@ -156,12 +156,14 @@ def run(
     reject under `balance` (--keep-all writes them with keep: false).
 
     The inputs are read once: the records that match (with --keep-all, all)
-    are held in memory until every record is counted, about 1 kB each for
-    LAION-like records. Tar inputs (their images would be held too), --resume
-    and --world-size > 1 read the inputs twice instead, holding 9 bytes per
-    record and 4 per match (stdin is copied to a temporary file; a pipe: input
-    runs twice). With --world-size, every rank counts the whole input and
-    balances its share; for a large pool use count, count --merge and balance.
+    are held in memory until every record is counted, about 1.2 kB each for
+    LAION-like records. Tar inputs (their images would be held too), files
+    too big to hold in half the free memory, --resume and --world-size > 1
+    read the inputs twice instead, holding 9 bytes per record and 4 per match
+    (stdin is copied to a temporary file; a pipe: input runs twice); the
+    output is the same. With --world-size, every rank counts the whole input
+    and balances its share; for a large pool use count, count --merge and
+    balance.
     """
     from vecap_cli.steps.curate import passes
 

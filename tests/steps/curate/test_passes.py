@@ -188,3 +188,11 @@ def test_the_counts_of_two_ranks_merge_into_the_counts_of_one(pool):
     passes.merge(parts, str(pool / "merged.json"), lambda line: None)
     assert read_counts(str(pool / "merged.json")) == read_counts(str(pool / "c.json"))
     assert whole.balanced and whole.n_in == 605
+
+
+def test_inputs_too_big_to_hold_are_read_twice(pool):
+    notes = []
+    assert passes.reads_once(opts(pool), available=2**40)
+    assert not passes.reads_once(opts(pool), available=100_000, log=notes.append)
+    assert notes and notes[0].startswith("note: reading the input twice: holding its records")
+    assert passes.reads_once(opts(pool, "-"), available=100_000)  # stdin cannot be sized

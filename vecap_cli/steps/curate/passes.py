@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import gc
 import hashlib
+import os
 import shutil
 import sys
 import tempfile
@@ -72,13 +73,19 @@ def load(path: str, log: Log) -> tuple[Metadata, Matcher]:
     return metadata, Matcher(metadata.entries)
 
 
+# Memory the one-pass holds per byte of JSONL input, when every record matches:
+# ~1.2 kB per LAION record of ~190 bytes (dict, strings, Sample, ids). A .gz
+# input is counted at 4 times its size.
+HELD_PER_BYTE = 6.5
+
+
 def curate(
     opts: StreamOptions, config: CurateConfig, metadata: str, save_counts: str | None = None
 ) -> Tally:
     """The one-pass: counts the entries over the whole input, then balances this
     rank's share into the output. `save_counts`: also write the counts there."""
     meta, matcher = load(metadata, opts.log)
-    if reads_once(opts):
+    if reads_once(opts, log=opts.log):
         stage = partial(
             _count_then_balance, config=config, meta=meta, matcher=matcher, save_counts=save_counts
         )
@@ -86,14 +93,49 @@ def curate(
     return _curate_twice(opts, config, meta, matcher, save_counts)
 
 
-def reads_once(opts: StreamOptions) -> bool:
+def reads_once(
+    opts: StreamOptions, available: float | None = None, log: Log = lambda line: None
+) -> bool:
     """Whether the one-pass can hold this run's records in memory and read once:
     one worker (several each count the whole input but balance a share), a
     fresh run (--resume skips what finished shards hold, which counting needs),
-    and no tar input (its images would be held too)."""
+    no tar input (its images would be held too), and input files whose records
+    fit in half the `available` memory (default: what this machine or cgroup has
+    free). Stdin and pipes cannot be sized: they are held."""
     if opts.world_size > 1 or opts.resume:
         return False
-    return not any(carrier_from_name(name) == "tar" for name in expand(opts.inputs))
+    names = expand(opts.inputs)
+    if any(carrier_from_name(name) == "tar" for name in names):
+        return False
+    files = [n for n in names if n != "-" and not n.startswith(("pipe:", "http://", "https://"))]
+    need = HELD_PER_BYTE * sum(os.path.getsize(n) * (4 if n.endswith(".gz") else 1) for n in files)
+    available = _free_memory() if available is None else available
+    if need > available / 2:
+        log(
+            f"note: reading the input twice: holding its records could take {need / 2**30:.1f} "
+            f"GiB, and {available / 2**30:.1f} GiB are free"
+        )
+        return False
+    return True
+
+
+def _free_memory() -> float:
+    """MemAvailable, or a cgroup's limit when lower (a Slurm job, a container)."""
+    free = float("inf")
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    free = int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        pass
+    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            with open(path) as f:
+                free = min(free, int(f.read()))
+        except (OSError, ValueError):  # absent, or "max"
+            pass
+    return free
 
 
 def _count_then_balance(
@@ -105,7 +147,7 @@ def _count_then_balance(
     save_counts: str | None,
 ) -> Iterator[Sample]:
     """The one-pass as one stage: holds the matched records while counting every
-    record, then balances them (about 1 kB held per LAION-like record)."""
+    record, then balances them (about 1.2 kB held per LAION-like record)."""
     accumulator = Accumulator(len(meta.entries))
     with _no_cycle_collection():
         pairs = stages.prepare(samples, tally, config, matcher.find)
