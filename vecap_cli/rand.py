@@ -11,6 +11,11 @@ _SCALE = 2.0**-53
 
 def uniform(seed: int, *parts: object) -> float:
     """A float in [0, 1) fixed by `seed` and `parts` (keys, epochs, entry ids)."""
-    text = "\x1f".join(map(str, (seed, *parts)))
+    return unit("\x1f".join(map(str, (seed, *parts))))
+
+
+def unit(text: str) -> float:
+    """The float in [0, 1) that `text` hashes to: `uniform(seed, *parts)` is
+    `unit("SEED\x1fPART\x1f...")`, for callers that build many texts on one prefix."""
     digest = blake2b(text.encode(), digest_size=8).digest()
     return (int.from_bytes(digest, "little") >> 11) * _SCALE

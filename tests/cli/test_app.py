@@ -11,6 +11,8 @@ def test_help_lists_every_command_with_a_summary():
     text = result.out.decode()
     for command in COMMANDS:
         assert f" {command} " in text
+    panel = text[text.index("Commands") :]
+    assert sorted(COMMANDS, key=lambda c: panel.index(f" {c} ")) == list(COMMANDS)  # in order
 
 
 def test_module_and_version():

@@ -19,3 +19,12 @@ def test_man_pages_are_up_to_date(tmp_path):
 def test_every_command_has_a_page():
     names = set(manpages.pages())
     assert {"vecap.1", "vecap-mix.1", "vecap-curate.1", "vecap-train.1", "vecap-eval.1"} <= names
+
+
+def test_every_see_also_names_a_page_that_exists():
+    import re
+
+    texts = manpages.pages()
+    for name, text in texts.items():
+        for ref in re.findall(r"See \\fB([^(]+)\(1\)\\fP", text):
+            assert f"{ref}.1" in texts, (name, ref)

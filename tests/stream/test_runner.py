@@ -1,6 +1,7 @@
 """run_stream end to end, in process: carriers, shards, resume, ranks, accounting."""
 
 import gzip
+import io
 import os
 import tarfile
 
@@ -9,7 +10,8 @@ import pytest
 
 from tests.conftest import make_records, write_jsonl
 from vecap_cli.errors import VecapError
-from vecap_cli.stream.runner import StreamOptions, run_stream, split_inputs
+from vecap_cli.stream.runner import StreamOptions, iter_samples, run_stream, split_inputs
+from vecap_cli.stream.tally import Tally
 
 
 def passthrough(samples, tally):
@@ -252,3 +254,22 @@ def test_writing_to_dev_null_leaves_the_device_alone(pool):
 
     run_stream("t", StreamOptions(inputs=(str(pool),), output="/dev/null"), passthrough)
     assert stat.S_ISCHR(os.stat("/dev/null").st_mode)
+
+
+def test_a_stream_given_for_stdin_reads_as_stdin(tmp_path, monkeypatch):
+    """A copy of stdin handed to the core keeps the name '-' and the working directory
+    as the base of relative image paths; the core leaves it open for the next pass."""
+    (tmp_path / "img").mkdir()
+    (tmp_path / "img" / "a.png").write_bytes(b"\x89PNG\r\n\x1a\n")
+    monkeypatch.chdir(tmp_path)
+    copy = io.BytesIO(b'{"key":"a","image":"img/a.png"}\n{oops\n')
+    rejects = tmp_path / "rejects.jsonl"
+    out = tmp_path / "o.tar"
+    opts = StreamOptions(inputs=("-",), output=str(out), rejects=str(rejects))
+    tally = run_stream("t", opts, passthrough, stdin=copy)
+    assert (tally.n_in, tally.n_out) == (2, 1)
+    assert orjson.loads(rejects.read_bytes())["origin"] == "-:2"
+    with tarfile.open(out) as tar:
+        assert tar.extractfile("a.png").read() == b"\x89PNG\r\n\x1a\n"
+    copy.seek(0)
+    assert [s.origin for s in iter_samples(["-"], Tally("t"), stdin=copy)] == ["-:1"]

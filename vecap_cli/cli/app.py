@@ -6,12 +6,24 @@ import signal
 import sys
 
 import typer
+from typer.core import TyperGroup
 
 from vecap_cli import __version__
 from vecap_cli.errors import VecapError
 
+
+class _PipelineOrder(TyperGroup):
+    """Lists the commands in pipeline order (COMMANDS): typer would list a command
+    group such as curate after the plain commands."""
+
+    def list_commands(self, ctx) -> list[str]:
+        rank = {name: i for i, name in enumerate(COMMANDS)}
+        return sorted(self.commands, key=lambda name: rank.get(name, len(rank)))
+
+
 app = typer.Typer(
     name="vecap",
+    cls=_PipelineOrder,
     help="VeCLIP-style data and training tools: curate → caption → rewrite → mix → train → eval.\n\n"
     "Each command reads and writes JSONL or webdataset tar streams, so they pipe together.",
     no_args_is_help=True,

@@ -43,9 +43,14 @@ def pages(command=None, ctx=None, name="vecap") -> dict[str, str]:
         and not param.hidden
         and (record := param.get_help_record(ctx))
     ]
-    subcommands = {n: c for n, c in getattr(command, "commands", {}).items() if not c.hidden}
+    names = command.list_commands(ctx) if hasattr(command, "list_commands") else []
+    subcommands = {n: c for n in names if not (c := command.commands[n]).hidden}
     page.commands = [(n, _roff(_short(c))) for n, c in subcommands.items()]
-    out = {ctx.command_path.replace(" ", "-") + ".1": str(page)}
+    # click-man names a subcommand's page "PATH-NAME(1)", keeping the spaces of a
+    # nested path ("vecap curate-run(1)"); the files are dashed throughout.
+    path = ctx.command_path
+    text = str(page).replace(f"\\fB{path}-", f"\\fB{path.replace(' ', '-')}-")
+    out = {path.replace(" ", "-") + ".1": text}
     for sub_name, sub in subcommands.items():
         out.update(pages(sub, ctx, sub_name))
     return out

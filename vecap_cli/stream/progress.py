@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 
 
 @contextmanager
-def progress(label: str, enabled: bool) -> Iterator[Callable[[int, int], None]]:
-    """Yields `update(n_in, n_out)`; a no-op unless enabled and stderr is a TTY."""
+def progress(label: str, enabled: bool) -> Iterator[Callable[[int, int], None] | None]:
+    """Yields `update(n_in, n_out)`, or None unless enabled and stderr is a TTY
+    (so a hot loop can skip the calls)."""
     if not (enabled and sys.stderr.isatty()):
-        yield lambda n_in, n_out: None
+        yield None
         return
     from rich.console import Console
     from rich.progress import (
@@ -43,3 +44,12 @@ def progress(label: str, enabled: bool) -> Iterator[Callable[[int, int], None]]:
 
     with bar:
         yield update
+
+
+def showing(samples: Iterable, tally, update: Callable[[int, int], None]) -> Iterator:
+    """`samples` as they are, updating the count every 1024 of them (for a stage
+    that reads far ahead of its output, or a pass that writes none)."""
+    for n, sample in enumerate(samples):
+        if not n & 1023:
+            update(tally.n_in, tally.n_out)
+        yield sample

@@ -17,7 +17,7 @@ import orjson
 
 from vecap_cli.stream.jsonl import read_jsonl
 from vecap_cli.stream.picker import Picker
-from vecap_cli.stream.progress import progress
+from vecap_cli.stream.progress import progress, showing
 from vecap_cli.stream.sample import Sample
 from vecap_cli.stream.sinks import OutputSpec, Sink, fingerprint, open_for_writing, open_sink
 from vecap_cli.stream.sources import expand, open_source
@@ -79,10 +79,15 @@ def split_inputs(names: Sequence[str], rank: int, world_size: int) -> tuple[list
 
 
 def _read(
-    names: list[str], tally: Tally, pick: Picker, carriers: list[str], log
+    names: list[str],
+    tally: Tally,
+    pick: Picker,
+    carriers: list[str],
+    log,
+    stdin: BinaryIO | None = None,
 ) -> Iterator[Sample]:
     for name in names:
-        with open_source(name) as (source, stream):
+        with open_source(name, stdin) as (source, stream):
             carriers.append(source.carrier)
             if stream is None:
                 if name != "-":
@@ -99,17 +104,31 @@ def iter_samples(
     rank: int = 0,
     world_size: int = 1,
     log=lambda line: None,
+    stdin: BinaryIO | None = None,
 ) -> Iterator[Sample]:
     """This rank's samples of `inputs` (specs as on the command line), counted in `tally`.
 
     For commands that consume records without writing a stream (train, eval,
-    curate count); record commands use `run_stream`.
+    curate count); record commands use `run_stream`. `stdin`: what '-' reads,
+    when not sys.stdin (see `open_source`).
     """
     mine, split_rank, split_world = split_inputs(expand(inputs), rank, world_size)
-    yield from _read(mine, tally, Picker(split_rank, split_world, 0), [], log)
+    yield from _read(mine, tally, Picker(split_rank, split_world, 0), [], log, stdin)
 
 
-def run_stream(command: str, opts: StreamOptions, stage: Stage, config: object = None) -> Tally:
+def run_stream(
+    command: str,
+    opts: StreamOptions,
+    stage: Stage,
+    config: object = None,
+    *,
+    stdin: BinaryIO | None = None,
+) -> Tally:
+    """Runs `stage` over this rank's inputs into the output; returns the tally.
+
+    `config` goes into the fingerprint that --resume checks; `stdin` is what '-'
+    reads, when not sys.stdin (see `open_source`).
+    """
     names = expand(opts.inputs)
     mine, split_rank, split_world = split_inputs(names, opts.rank, opts.world_size)
     tally = Tally(command, strict=opts.strict)
@@ -130,12 +149,18 @@ def run_stream(command: str, opts: StreamOptions, stage: Stage, config: object =
     tally.rejects = rejects
     ok = False
     try:
-        samples = _read(mine, tally, Picker(split_rank, split_world, skip), carriers, opts.log)
+        pick = Picker(split_rank, split_world, skip)
+        samples = _read(mine, tally, pick, carriers, opts.log, stdin)
         with progress(command, not opts.quiet) as update:
-            for n, sample in enumerate(stage(samples, tally)):
-                sink.write(sample)
-                if not n & 1023:
-                    update(tally.n_in, tally.n_out)
+            if update is None:
+                for sample in stage(samples, tally):
+                    sink.write(sample)
+            else:
+                samples = showing(samples, tally, update)
+                for n, sample in enumerate(stage(samples, tally)):
+                    sink.write(sample)
+                    if not n & 1023:
+                        update(tally.n_in, tally.n_out)
         ok = True
     finally:
         sink.close(ok)

@@ -256,5 +256,15 @@ def open_for_writing(path: str, shown: str | None = None) -> BinaryIO:
         raise VecapError(f"cannot write '{shown or path}': {err.strerror}") from None
 
 
+def write_file(path: str, data: bytes) -> None:
+    """A whole small file (counts, a metadata list) at once: written as PATH.tmp,
+    then renamed; '-' writes to stdout."""
+    if path == "-":
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+        return
+    write_atomically(path, data)
+
+
 def fingerprint(*parts: object) -> str:
     return hashlib.sha1(repr(parts).encode()).hexdigest()[:16]

@@ -64,9 +64,17 @@ def carrier_from_name(name: str) -> str | None:
 
 
 @contextmanager
-def open_source(name: str) -> Iterator[tuple[Source, BinaryIO | None]]:
-    """Open one input, decompressed; the stream is None when the input is empty."""
-    raw, proc = _open_raw(name)
+def open_source(
+    name: str, stdin: BinaryIO | None = None
+) -> Iterator[tuple[Source, BinaryIO | None]]:
+    """Open one input, decompressed; the stream is None when the input is empty.
+
+    '-' reads `stdin` when given (a copy of stdin spooled for a second reading),
+    else sys.stdin; either way it keeps the name '-' and resolves relative image
+    paths against the working directory. The caller closes what it passed.
+    """
+    stdin = stdin or sys.stdin.buffer
+    raw, proc = _open_raw(name, stdin)
     try:
         head, stream = _peek(raw)
         if head[:2] == b"\x1f\x8b":
@@ -78,15 +86,15 @@ def open_source(name: str) -> Iterator[tuple[Source, BinaryIO | None]]:
     except (OSError, EOFError, gzip.BadGzipFile) as err:
         raise VecapError(f"cannot read '{name}': {err}") from None
     finally:
-        if raw is not sys.stdin.buffer:
+        if raw is not stdin:
             raw.close()
         if proc is not None:
             _reap(name, proc)
 
 
-def _open_raw(name: str) -> tuple[BinaryIO, subprocess.Popen | None]:
+def _open_raw(name: str, stdin: BinaryIO) -> tuple[BinaryIO, subprocess.Popen | None]:
     if name == "-":
-        return sys.stdin.buffer, None
+        return stdin, None
     if _is_stream_url(name):
         cmd = name[5:] if name.startswith("pipe:") else f"curl -fsSL '{name}'"
         proc = subprocess.Popen(cmd, shell=True, stdout=subprocess.PIPE)

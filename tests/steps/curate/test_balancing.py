@@ -52,3 +52,14 @@ def test_head_tail_split():
     assert split["head"] == {"entries": 2, "matches": 90, "share": 0.9}
     assert split["tail"]["entries"] == 1 and split["tail"]["matches"] == 10
     assert split["matches_capped_at_t"] == 10 + 30 + 30
+
+
+def test_draws_are_rand_uniform_of_seed_key_and_entry():
+    from vecap_cli.rand import uniform
+
+    probs = [0.3, 0.6, 0.9]
+    balancer = Balancer(probs, seed=7)
+    for i in range(300):
+        key = f"k{i}" if i % 2 else i  # an integer key draws as its string
+        expected = any(uniform(7, str(key), e) < probs[e] for e in (0, 1, 2))
+        assert balancer(key, [0, 1, 2])[1] == expected

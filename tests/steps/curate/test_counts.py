@@ -75,3 +75,10 @@ def test_bad_counts_files_are_one_clear_error(tmp_path, data, message):
     (tmp_path / "c.json").write_bytes(data)
     with pytest.raises(VecapError, match=message):
         read_counts(str(tmp_path / "c.json"))
+
+
+def test_ids_added_at_once_count_as_recorded_ones():
+    batches = [[0, 2], [2], [], [2, 5]]
+    accumulator = Accumulator(6)
+    accumulator.add_each(batches)
+    assert accumulator.result("s1", MATCHING, 4, 3) == counted(batches)

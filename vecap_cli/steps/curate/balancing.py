@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from vecap_cli.rand import uniform
+from vecap_cli.rand import unit
 
 
 def entry_probabilities(counts: Sequence[int], t: float) -> list[float]:
@@ -25,7 +25,7 @@ class Balancer:
         self.probs = probs
         self.seed = seed
 
-    def __call__(self, key: str, ids: Sequence[int]) -> tuple[float, bool]:
+    def __call__(self, key: str | int, ids: Sequence[int]) -> tuple[float, bool]:
         probs = self.probs
         miss = 1.0
         for e in ids:
@@ -35,8 +35,8 @@ class Balancer:
             miss *= 1.0 - pe
         if not ids:
             return 0.0, False
-        seed = self.seed
-        keep = any(uniform(seed, key, e) < probs[e] for e in ids)
+        prefix = f"{self.seed}\x1f{key}\x1f"  # uniform(seed, key, e), its prefix built once
+        keep = any(unit(f"{prefix}{e}") < probs[e] for e in ids)
         return 1.0 - miss, keep
 
 

@@ -14,14 +14,15 @@ hash ties the file to one entry list: balancing with another list is refused.
 from __future__ import annotations
 
 import gzip
-import os
 from array import array
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from itertools import chain
 
 import orjson
 
 from vecap_cli.errors import VecapError
+from vecap_cli.stream.sinks import write_file
 
 FORMAT = "vecap-curate-counts"
 VERSION = 1
@@ -103,6 +104,12 @@ class Accumulator:
         """Ids gathered elsewhere (the one-pass cache), in one go."""
         self._fold(ids)
 
+    def add_each(self, id_lists: Iterable[Iterable[int]]) -> None:
+        """The ids of many records at once (the one-pass's held records)."""
+        np = self._np
+        flat = np.fromiter(chain.from_iterable(id_lists), dtype=np.int32)
+        self._totals += np.bincount(flat, minlength=self._n)
+
     def _fold(self, ids: array) -> None:
         np = self._np
         if len(ids):
@@ -166,15 +173,4 @@ def merge(paths: Iterable[str]) -> EntryCounts:
 
 def write_counts(path: str, counts: EntryCounts) -> None:
     """Atomically (PATH.tmp, then renamed); '-' writes to stdout."""
-    from vecap_cli.stream.sinks import open_for_writing
-
-    data = counts.to_json() + b"\n"
-    if path == "-":
-        import sys
-
-        sys.stdout.buffer.write(data)
-        sys.stdout.buffer.flush()
-        return
-    with open_for_writing(f"{path}.tmp", shown=path) as f:
-        f.write(data)
-    os.replace(f"{path}.tmp", path)
+    write_file(path, counts.to_json() + b"\n")

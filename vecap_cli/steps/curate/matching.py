@@ -51,8 +51,10 @@ def can_match(entry: str) -> bool:
 class Matcher:
     """`matcher(text)` -> the sorted ids of the entries that match `text`.
 
-    An entry listed twice matches under every id it has (pyahocorasick keeps one
-    value per word, so the other ids are kept beside the automaton).
+    `matcher.find` is the same call as a plain function, for hot loops (calling
+    an instance costs a method lookup per record). An entry listed twice
+    matches under every id it has (pyahocorasick keeps one value per word, so
+    the other ids are kept beside the automaton).
     """
 
     def __init__(self, entries: Sequence[str]):
@@ -60,21 +62,26 @@ class Matcher:
 
         automaton = ahocorasick.Automaton(ahocorasick.STORE_INTS)
         first: dict[str, int] = {}
-        self._also: dict[int, list[int]] = {}  # first id -> the ids of its repeats
+        also: dict[int, list[int]] = {}  # first id -> the ids of its repeats
         for idx, entry in enumerate(entries):
             if entry in first:
-                self._also.setdefault(first[entry], []).append(idx)
+                also.setdefault(first[entry], []).append(idx)
                 continue
             first[entry] = idx
             automaton.add_word(f" {entry} ", idx)
         if first:
             automaton.make_automaton()
-            self._iter = automaton.iter
+            self.find = _finder(automaton.iter, also)
         else:
-            self._iter = lambda text: ()  # an automaton with no words cannot search
+            self.find = lambda text: []  # an automaton with no words cannot search
         self.n_entries = len(entries)
 
     def __call__(self, text: str) -> list[int]:
+        return self.find(text)
+
+
+def _finder(search, also: dict[int, list[int]]):
+    def find(text: str) -> list[int]:
         # The per-record hot path: spacing inlined, one C iterator, one set.
         spaced = f" {text} "
         for char, wrapped in _WRAP:
@@ -82,8 +89,12 @@ class Matcher:
                 spaced = spaced.replace(char, wrapped)
         if "\t" in spaced or "\n" in spaced or "\r" in spaced:
             spaced = spaced.replace("\t", " ").replace("\n", " ").replace("\r", " ")
-        ids = {idx for _, idx in self._iter(spaced)}
-        if self._also:
-            for idx in [i for i in ids if i in self._also]:
-                ids.update(self._also[idx])
+        ids = {idx for _, idx in search(spaced)}
+        if not ids:
+            return []
+        if also:
+            for idx in [i for i in ids if i in also]:
+                ids.update(also[idx])
         return sorted(ids)
+
+    return find

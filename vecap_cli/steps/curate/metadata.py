@@ -15,6 +15,7 @@ import math
 import os
 import re
 import string
+import sys
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ import orjson
 
 from vecap_cli.errors import VecapError
 from vecap_cli.steps.curate.matching import spacing
+from vecap_cli.stream.sinks import write_file
 
 WORDNET_FILES = ("data.noun", "data.verb", "data.adj", "data.adv")
 _MARKER = re.compile(r"\([a-z]+\)$")  # adjective syntax markers: outback(a), galore(ip)
@@ -103,7 +105,62 @@ def metadata_bytes(path: str, entries: list[str]) -> bytes:
     return "".join(f"{entry}\n" for entry in entries).encode()
 
 
+def write_metadata(path: str, entries: list[str]) -> None:
+    """Atomically, in the format `metadata_bytes` picks for `path`; '-' is stdout."""
+    write_file(path, metadata_bytes(path, entries))
+
+
 # -- the builder -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """What `vecap curate metadata` builds a list from, in this order."""
+
+    wordnet: str | None = "/usr/share/wordnet"  # a WordNet dict folder; None: left out
+    corpus: tuple[str, ...] = ()  # text files (one document a line; .gz; '-' stdin)
+    min_count: int = 100  # corpus unigrams counted at least this often
+    min_pmi: float = 30.0  # corpus bigrams with at least this PMI (log2)
+    min_bigram_count: int = 1
+    titles: str | None = None  # one title a line
+    max_entries: int = 500_000
+
+
+def gather(recipe: Recipe) -> tuple[list[str], dict]:
+    """The entries of `recipe` (see `build`) and how many each source added."""
+    sources: list[tuple[str, Iterable[str]]] = []
+    if recipe.wordnet is not None:
+        sources.append(("wordnet", list(wordnet_names(recipe.wordnet))))
+    if recipe.corpus:
+        unigrams, bigrams = corpus_ngrams(
+            read_lines(recipe.corpus), recipe.min_count, recipe.min_pmi, recipe.min_bigram_count
+        )
+        sources += [("unigrams", unigrams), ("bigrams", bigrams)]
+    if recipe.titles:
+        sources.append(("titles", titles(read_lines([recipe.titles]))))
+    return build(sources, recipe.max_entries)
+
+
+def read_lines(paths: Iterable[str]) -> Iterator[str]:
+    """The lines of text files in turn (.gz read too; '-' is stdin); undecodable
+    bytes replaced."""
+    for path in paths:
+        try:
+            if path == "-":
+                f = sys.stdin
+            elif path.endswith(".gz"):
+                f = gzip.open(path, "rt", encoding="utf-8", errors="replace")
+            else:
+                f = open(path, encoding="utf-8", errors="replace")
+        except OSError as err:
+            raise VecapError(f"cannot read '{path}': {err.strerror}") from None
+        try:
+            yield from f
+        except (OSError, EOFError) as err:
+            raise VecapError(f"cannot read '{path}': {err}") from None
+        finally:
+            if f is not sys.stdin:
+                f.close()
 
 
 def wordnet_names(directory: str) -> Iterator[str]:

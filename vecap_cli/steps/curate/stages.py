@@ -2,11 +2,13 @@
 
     prepare(samples)  -> (sample, ids)         filters (drops), then matching
     count(pairs)                               consumes: records and matched
+    hold(pairs)       -> [(sample, ids)]       consumes into memory, for the one-pass
     balance(pairs)    -> samples + `curate`    keeps by the draws (or marks, keep_all)
 
-The one-pass run matches once: `prepare` records what it decided for each input
-in a `MatchCache` while counting, and `MatchCache.replaying` stands in for
-`prepare` while balancing the same inputs.
+The one-pass matches once. Reading once, it `hold`s the matched records until
+all are counted, then balances them. Reading twice, `prepare` records what it
+decided for each input in a `MatchCache` while counting, and
+`MatchCache.replaying` stands in for `prepare` while balancing the same inputs.
 """
 
 from __future__ import annotations
@@ -114,6 +116,25 @@ def count(pairs: Iterable[tuple[Sample, list[int]]], tally: Tally) -> tuple[int,
     return records, matched
 
 
+def hold(
+    pairs: Iterable[tuple[Sample, list[int]]], tally: Tally, keep_all: bool = False
+) -> tuple[list[tuple[Sample, list[int]]], int, int]:
+    """Consumes the matched records into a list, to balance once every one is counted;
+    returns it with (records, matched). Records that matched nothing are dropped
+    under `no-match` now (with keep_all they are held, to be written marked)."""
+    held: list[tuple[Sample, list[int]]] = []
+    append = held.append
+    no_match = 0
+    for pair in pairs:
+        if pair[1] or keep_all:
+            append(pair)
+        else:
+            no_match += 1
+            tally.drop("no-match", pair[0])
+    matched = sum(1 for _, ids in held if ids) if keep_all else len(held)
+    return held, len(held) + no_match, matched
+
+
 def balance(
     pairs: Iterable[tuple[Sample, list[int]]],
     tally: Tally,
@@ -127,7 +148,7 @@ def balance(
     try:
         for sample, ids in pairs:
             if ids:
-                p, keep = balancer(sample.key, ids)
+                p, keep = balancer(sample.record["key"], ids)  # an int key draws as its str
             elif keep_all:
                 p, keep = 0.0, False
             else:

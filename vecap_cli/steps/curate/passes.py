@@ -1,0 +1,381 @@
+"""The passes of `vecap curate` over record streams: one call per command.
+
+    curate(opts, config, metadata)           count, then balance (the one-pass)
+    count(opts, config, metadata)            entry counts of this rank's share
+    balance(opts, config, metadata, counts)  keep records by counts made elsewhere
+    merge(paths, output)                     add counts files up
+    report(counts, t)                        the distribution of counts (and a plot)
+    build_metadata(recipe, output)           an entry list, as MetaCLIP built one
+
+`opts` are the stream flags (for `count`, `opts.output` is the counts file).
+These calls open the inputs and outputs through the stream core; the record
+logic they chain is in stages.py.
+
+The one-pass reads its inputs once when it can (`reads_once`): one stage
+matches every record, holds the matched ones in memory until all are counted,
+then balances them. Otherwise (tar inputs, --resume, several ranks) it reads
+twice: a counting pass over the whole input, then the record pass, which
+replays the first pass's decisions (`MatchCache`) rather than matching again;
+stdin is spooled to a temporary file that the stream core reads as '-' both
+times, and a pipe: input runs twice.
+"""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from functools import partial
+from typing import BinaryIO
+
+import orjson
+
+from vecap_cli.errors import VecapError
+from vecap_cli.steps.curate import stages
+from vecap_cli.steps.curate.balancing import Balancer, entry_probabilities, head_tail
+from vecap_cli.steps.curate.counts import (
+    Accumulator,
+    EntryCounts,
+    read_counts,
+    write_counts,
+)
+from vecap_cli.steps.curate.counts import merge as merge_files
+from vecap_cli.steps.curate.matching import Matcher, can_match
+from vecap_cli.steps.curate.metadata import (
+    Metadata,
+    Recipe,
+    gather,
+    read_metadata,
+    write_metadata,
+)
+from vecap_cli.steps.curate.stages import CurateConfig, MatchCache
+from vecap_cli.stream.progress import progress, showing
+from vecap_cli.stream.runner import StreamOptions, iter_samples, per_rank, run_stream, write_stats
+from vecap_cli.stream.sample import Sample
+from vecap_cli.stream.sinks import open_for_writing
+from vecap_cli.stream.sources import carrier_from_name, expand
+from vecap_cli.stream.tally import Tally
+
+Log = Callable[[str], None]
+
+
+def load(path: str, log: Log) -> tuple[Metadata, Matcher]:
+    """The metadata at `path` and its matcher (a warning when it holds no entry)."""
+    metadata = read_metadata(path)
+    if not metadata.entries:
+        log(f"warning: '{path}' has no entries: nothing can match")
+    return metadata, Matcher(metadata.entries)
+
+
+# Memory the one-pass holds per byte of JSONL input, when every record matches:
+# ~1.2 kB per LAION record of ~190 bytes (dict, strings, Sample, ids). A .gz
+# input is counted at 4 times its size.
+HELD_PER_BYTE = 6.5
+
+
+def curate(
+    opts: StreamOptions, config: CurateConfig, metadata: str, save_counts: str | None = None
+) -> Tally:
+    """The one-pass: counts the entries over the whole input, then balances this
+    rank's share into the output. `save_counts`: also write the counts there."""
+    meta, matcher = load(metadata, opts.log)
+    if reads_once(opts, log=opts.log):
+        stage = partial(
+            _count_then_balance, config=config, meta=meta, matcher=matcher, save_counts=save_counts
+        )
+        return run_stream("curate", opts, stage, (config, meta.sha256))
+    return _curate_twice(opts, config, meta, matcher, save_counts)
+
+
+def reads_once(
+    opts: StreamOptions, available: float | None = None, log: Log = lambda line: None
+) -> bool:
+    """Whether the one-pass can hold this run's records in memory and read once:
+    one worker (several each count the whole input but balance a share), a
+    fresh run (--resume skips what finished shards hold, which counting needs),
+    no tar input (its images would be held too), and input files whose records
+    fit in half the `available` memory (default: what this machine or cgroup has
+    free). Stdin and pipes cannot be sized: they are held."""
+    if opts.world_size > 1 or opts.resume:
+        return False
+    names = expand(opts.inputs)
+    if any(carrier_from_name(name) == "tar" for name in names):
+        return False
+    files = [n for n in names if n != "-" and not n.startswith(("pipe:", "http://", "https://"))]
+    need = HELD_PER_BYTE * sum(os.path.getsize(n) * (4 if n.endswith(".gz") else 1) for n in files)
+    available = _free_memory() if available is None else available
+    if need > available / 2:
+        log(
+            f"note: reading the input twice: holding its records could take {need / 2**30:.1f} "
+            f"GiB, and {available / 2**30:.1f} GiB are free"
+        )
+        return False
+    return True
+
+
+def _free_memory() -> float:
+    """MemAvailable, or a cgroup's limit when lower (a Slurm job, a container)."""
+    free = float("inf")
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    free = int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        pass
+    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            with open(path) as f:
+                free = min(free, int(f.read()))
+        except (OSError, ValueError):  # absent, or "max"
+            pass
+    return free
+
+
+def _count_then_balance(
+    samples: Iterable[Sample],
+    tally: Tally,
+    config: CurateConfig,
+    meta: Metadata,
+    matcher: Matcher,
+    save_counts: str | None,
+) -> Iterator[Sample]:
+    """The one-pass as one stage: holds the matched records while counting every
+    record, then balances them (about 1.2 kB held per LAION-like record)."""
+    accumulator = Accumulator(len(meta.entries))
+    with _no_cycle_collection():
+        pairs = stages.prepare(samples, tally, config, matcher.find)
+        held, records, matched = stages.hold(pairs, tally, config.keep_all)
+        accumulator.add_each(ids for _, ids in held)
+        counts = accumulator.result(meta.sha256, config.matching(), records, matched)
+        if save_counts:
+            write_counts(save_counts, counts)
+        balancer = Balancer(entry_probabilities(counts.counts, config.t), config.seed)
+        tally.extra["curate"] = _summary(meta, counts, config.t)
+        yield from stages.balance(held, tally, config, balancer)
+        held.clear()  # freed here: the collector, back on, would walk them all once more
+
+
+@contextmanager
+def _no_cycle_collection() -> Iterator[None]:
+    """Python's cycle collector off while records are held: each full collection
+    walks every object alive, and as the held records grow it runs again and again
+    (a quarter of the one-pass's time at 200k records), finding nothing, as records
+    hold no cycles. Reference counting still frees everything else."""
+    was_on = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_on:
+            gc.enable()
+
+
+def _curate_twice(
+    opts: StreamOptions,
+    config: CurateConfig,
+    meta: Metadata,
+    matcher: Matcher,
+    save_counts: str | None,
+) -> Tally:
+    """The one-pass over inputs read twice: counting, then the record pass."""
+    with _spooled_stdin(opts.inputs) as stdin:
+        # One worker replays its own decisions; several decide again for their
+        # share, as the counting pass numbered the whole input, not the share.
+        cache = MatchCache() if opts.world_size == 1 else None
+        first = Tally("curate", strict=opts.strict)
+        whole = StreamOptions(inputs=opts.inputs, quiet=opts.quiet, log=opts.log)
+        counts = _count(whole, first, config, meta, matcher, cache, stdin)
+        if save_counts:
+            write_counts(save_counts, counts)
+        cleaned = first.extra.get("html_cleaned")
+
+        def decide(samples, tally):
+            if cache is None:
+                return stages.prepare(samples, tally, config, matcher.find)
+            if cleaned is not None:
+                tally.extra["html_cleaned"] = cleaned
+            return cache.replaying(samples, tally, config)
+
+        if stdin is not None:
+            stdin.seek(0)
+        stage = _balancing(config, meta, counts, decide, first.started)
+        tally = run_stream("curate", opts, stage, (config, meta.sha256), stdin=stdin)
+    if opts.world_size == 1 and tally.n_in != first.n_in:
+        raise VecapError(
+            f"the input changed between the two passes ({first.n_in:,} then {tally.n_in:,} records)"
+        )
+    return tally
+
+
+def count(opts: StreamOptions, config: CurateConfig, metadata: str) -> Tally:
+    """Writes the entry counts of this rank's share to `opts.output` (FILE.rankR.json
+    for several ranks; '-' for stdout), and --stats; returns the tally."""
+    meta, matcher = load(metadata, opts.log)
+    rejects = None
+    if opts.rejects:
+        rejects = open_for_writing(per_rank(opts.rejects, opts.rank, opts.world_size))
+    tally = Tally("curate count", rejects=rejects, strict=opts.strict)
+    try:
+        counts = _count(opts, tally, config, meta, matcher)
+    finally:
+        if rejects is not None:
+            rejects.close()
+    output = opts.output
+    write_counts(output if output == "-" else per_rank(output, opts.rank, opts.world_size), counts)
+    if opts.stats:
+        split = head_tail(counts.counts, 1)
+        tally.extra["curate"] = {
+            **_identity(meta),
+            "entries_matched": split["entries_matched"],
+            "matches": split["matches"],
+        }
+        write_stats(per_rank(opts.stats, opts.rank, opts.world_size), tally)
+    return tally
+
+
+def balance(opts: StreamOptions, config: CurateConfig, metadata: str, counts: str) -> Tally:
+    """Balances this rank's share by the counts file `counts` (made by `count`, merged)."""
+    entry_counts = read_counts(counts)
+    meta, matcher = load(metadata, opts.log)
+    if entry_counts.metadata_sha != meta.sha256 or entry_counts.n_entries != len(meta.entries):
+        raise VecapError(
+            f"'{counts}' was counted with another metadata list than '{metadata}' "
+            f"({entry_counts.n_entries:,} entries, sha256 {entry_counts.metadata_sha[:12]}...)"
+        )
+    if entry_counts.matching != config.matching():
+        opts.log(
+            f"warning: '{counts}' was counted with other matching settings: "
+            f"{entry_counts.matching} (now {config.matching()})"
+        )
+
+    def decide(samples, tally):
+        return stages.prepare(samples, tally, config, matcher.find)
+
+    stage = _balancing(config, meta, entry_counts, decide, time.monotonic())
+    counts_id = hashlib.sha1(orjson.dumps(entry_counts.counts)).hexdigest()
+    return run_stream("curate balance", opts, stage, (config, meta.sha256, counts_id))
+
+
+def merge(paths: Sequence[str], output: str, log: Log) -> EntryCounts:
+    """Adds up counts files into `output` ('-': stdout)."""
+    merged = merge_files(paths)
+    write_counts(output, merged)
+    log(f"merged {len(paths)} files: {merged.records:,} records, {merged.matched:,} matched")
+    return merged
+
+
+def build_metadata(recipe: Recipe, output: str, log: Log) -> list[str]:
+    """Builds the entry list of `recipe` into `output` ('-': a JSON list on stdout)."""
+    entries, added = gather(recipe)
+    write_metadata(output, entries)
+    parts = ", ".join(f"{name} {n:,}" for name, n in added.items())
+    log(f"{len(entries):,} entries ({parts})")
+    dead = sum(not can_match(e) for e in entries)
+    if dead:
+        log(f"note: {dead:,} entries hold punctuation that MetaCLIP's matching never matches")
+    return entries
+
+
+def report(
+    counts: str,
+    t: float,
+    metadata: str | None = None,
+    top: int = 20,
+    plot: str | None = None,
+    show: Log = print,
+) -> None:
+    """Shows the distribution of a counts file as text (entries named when
+    `metadata` is given), then, with `plot`, draws it there (log-log, t marked)."""
+    from vecap_cli.steps.curate.report import describe
+    from vecap_cli.steps.curate.report import plot as draw
+
+    entry_counts = read_counts(counts)
+    entries = None
+    if metadata is not None:
+        meta = read_metadata(metadata)
+        if meta.sha256 != entry_counts.metadata_sha:
+            raise VecapError(f"'{counts}' was counted with another metadata list than '{metadata}'")
+        entries = meta.entries
+    show(describe(entry_counts, t, entries, top))
+    if plot is not None:
+        try:
+            draw(entry_counts, t, plot)
+        except OSError as err:
+            raise VecapError(f"cannot write '{plot}': {err.strerror}") from None
+
+
+def png_beside(path: str) -> str:
+    """Where `report` draws by default: COUNTS with .png for .json(.gz)."""
+    for suffix in (".json.gz", ".json", ".gz"):
+        if path.endswith(suffix):
+            return path[: -len(suffix)] + ".png"
+    return path + ".png"
+
+
+def _identity(meta: Metadata) -> dict:
+    return {"metadata": {"sha256": meta.sha256, "entries": len(meta.entries)}}
+
+
+def _count(
+    opts: StreamOptions,
+    tally: Tally,
+    config: CurateConfig,
+    meta: Metadata,
+    matcher: Matcher,
+    cache: MatchCache | None = None,
+    stdin: BinaryIO | None = None,
+) -> EntryCounts:
+    """Reads this rank's share of `opts.inputs` once; `cache` records the decisions."""
+    accumulator = Accumulator(len(meta.entries))
+    samples = iter_samples(
+        opts.inputs, tally, rank=opts.rank, world_size=opts.world_size, log=opts.log, stdin=stdin
+    )
+    # counted from the cache at the end when there is one, else as matched
+    match = matcher.find if cache is not None else accumulator.recording(matcher.find)
+    with progress(f"{tally.command} (counting)", not opts.quiet) as update:
+        if update is not None:
+            samples = showing(samples, tally, update)
+        pairs = stages.prepare(samples, tally, config, match, cache)
+        records, matched = stages.count(pairs, tally)
+    if cache is not None:
+        accumulator.add_all(cache.ids)
+    return accumulator.result(meta.sha256, config.matching(), records, matched)
+
+
+def _balancing(config: CurateConfig, meta: Metadata, counts: EntryCounts, decide, started: float):
+    """The record pass's stage: `curate` on every record, the kept ones (or all) out.
+
+    `decide(samples, tally)` filters and matches: `prepare`, or a cache's replay.
+    """
+    balancer = Balancer(entry_probabilities(counts.counts, config.t), config.seed)
+    summary = _summary(meta, counts, config.t)
+
+    def stage(samples, tally):
+        tally.started = started  # the run's time includes its counting pass
+        tally.extra["curate"] = summary
+        yield from stages.balance(decide(samples, tally), tally, config, balancer)
+
+    return stage
+
+
+def _summary(meta: Metadata, counts: EntryCounts, t: int) -> dict:
+    return {**_identity(meta), "t": t, **head_tail(counts.counts, t)}
+
+
+@contextmanager
+def _spooled_stdin(inputs: Sequence[str]) -> Iterator[BinaryIO | None]:
+    """A temporary copy of stdin when '-' is an input (it is read twice), else None."""
+    if "-" not in inputs:
+        yield None
+        return
+    with tempfile.TemporaryFile(prefix="vecap-curate-") as copy:
+        shutil.copyfileobj(sys.stdin.buffer, copy, 1 << 20)
+        copy.seek(0)
+        yield copy
