@@ -77,7 +77,13 @@ NOISE = (_URL, _FILE, _DOMAIN, _BOILERPLATE, _CAMERA, _SKU_LABEL, _SIZE)  # what
 _CODE = re.compile(r"\b(?=[\w-]*\d)(?=[\w-]*[A-Za-z])[A-Za-z0-9][\w-]{5,}\b|\b\d{7,}\b")
 _LETTER_DIGIT = re.compile(r"[A-Za-z](?=\d)|\d(?=[A-Za-z])")
 _SLUG = re.compile(r"[-_]+")
-_SEP = re.compile(r"\s+[-–—~]+\s+|\s*[|•·»«]+\s*|\s+[–—]|[–—]\s+")
+# A separator: " - ", "|" and its kin (spaces around included), " –", "– ". On text
+# whose whitespace is folded to single spaces; written to start with one character
+# set, which lets re skip ahead to the next candidate instead of trying every
+# position (4x faster): the lookbehinds say which of the set it was.
+_SEP = re.compile(
+    r"[ |•·»«–—](?:(?<= )(?:[-–—~]+ |[|•·»«]+ ?|[–—])|(?<=[|•·»«])[|•·»«]* ?|(?<=[–—]) )"
+)
 _DIGIT = re.compile(r"\d")
 _YEAR = re.compile(r"\b(?:1[89]|20)\d\d\b")
 _DOT_SUFFIX = re.compile(
@@ -165,8 +171,7 @@ def clean_alt(alt: str) -> str:
     if "[" in text or "{" in text:
         text = _BRACKETED.sub(_unbracket, text)
     low = text.lower()
-    digits = _DIGIT.search(low) is not None
-    noise = _noise(low, digits)
+    noise, digits = _noise(low)
     if len(low) == len(text):
         text = _blank(text, [m.span() for rx in noise for m in rx[0].finditer(low)])
     else:
@@ -181,13 +186,13 @@ def clean_alt(alt: str) -> str:
             words = " ".join(coded).split()
     text = " ".join(words)
     if _may_split(text):
-        parts = [" ".join(p.split()).strip(_EDGE) for p in _SEP.split(text)]
+        parts = [p.strip(_EDGE) for p in _SEP.split(text)]
         text = ", ".join(p for p in parts if p)
     return text.strip(_EDGE)
 
 
-def _noise(low: str, digits: bool) -> list[tuple[re.Pattern, re.Pattern]]:
-    """The noise patterns worth running on `low`: those whose guard it passes."""
+def _noise(low: str) -> tuple[list[tuple[re.Pattern, re.Pattern]], bool]:
+    """The noise patterns worth running on `low` (those whose guard it passes); any digit?"""
     found = []
     if "://" in low or "www." in low:
         found.append(_URL)
@@ -196,6 +201,7 @@ def _noise(low: str, digits: bool) -> list[tuple[re.Pattern, re.Pattern]]:
     seen = 0
     for _, bit in _GUARD.iter(low):
         seen |= bit
+    digits = _DIGIT.search(low) is not None
     if seen & _BOILERPLATE_BIT or (seen & _HIRES_BIT and _HIRES.search(low)):
         found.append(_BOILERPLATE)
     if digits:
@@ -210,7 +216,7 @@ def _noise(low: str, digits: bool) -> list[tuple[re.Pattern, re.Pattern]]:
         or "xs" in low
     ):
         found.append(_SIZE)
-    return found
+    return found, digits
 
 
 def _blank(text: str, spans: list[tuple[int, int]]) -> str:
@@ -260,9 +266,39 @@ _TOKEN = re.compile(
     # Else a date ("26, 2013"), a number with thousands ("137,321"), a word, a break.
     r"|\d{1,2}, (?:1[89]|20)\d\d\b|\d{1,3}(?:,\d{3})+(?:\.\d+)?|[^\s,;:!?()\"“”]+|[,;:!?()\"“”]"
 )
+_DIGIT_COMMA = re.compile(r"\d,")
 _BREAK = frozenset(',;:!?()"“”')
 _CLAUSE = frozenset(":!?")
 _CONTENT = re.compile(r"[a-z0-9]+")
+
+
+def _content(low: str) -> list[str]:
+    """The words of lower-cased `low` as _CONTENT finds them, plain text the quick way."""
+    plain = low.replace(",", " ").rstrip(".")
+    if plain.isascii() and plain.replace(" ", "").isalnum():
+        return plain.split()
+    return _CONTENT.findall(low)
+
+
+def _tokens(text: str) -> list[str]:
+    """The words and breaks of `text`: str.split where the only break is ", " (most texts)."""
+    if "," in text:
+        if text.count(",") != text.count(", ") or _DIGIT_COMMA.search(text):
+            return _TOKEN.findall(text)  # "a,b", a date, a number with thousands
+        text = text.replace(", ", " , ")
+    if (
+        ";" in text
+        or ":" in text
+        or "!" in text
+        or "?" in text
+        or "(" in text
+        or ")" in text
+        or '"' in text
+        or "“" in text
+        or "”" in text
+    ):
+        return _TOKEN.findall(text)
+    return text.split()
 
 
 def _kind(word: str) -> int:
@@ -289,7 +325,7 @@ def salient(text: str, known: set[str]) -> list[str]:
     run: list[str] = []
     tentative = False  # the run is one clause-initial Capitalized word so far
     first = True
-    for word in _TOKEN.findall(text):
+    for word in _tokens(text):
         if word.islower() and (word.isalpha() or " " in word):  # most words, quickly
             if run:  # the words that join the name, then the one that ends it
                 for w in word.split(" "):
@@ -342,7 +378,7 @@ def _close(run: list[str], known: set[str], phrases: list[str], seen: set[str]) 
     lower = phrase.lower()
     if lower in seen:
         return
-    for w in _CONTENT.findall(lower):
+    for w in _content(lower):
         if w not in known and w not in _GENERIC:
             seen.add(lower)
             phrases.append(phrase)
@@ -354,7 +390,7 @@ def fuse(alt: str, vec: str) -> str:
     cleaned = clean_alt(alt)
     if not cleaned:
         return vec
-    known = set(_CONTENT.findall(vec.lower()))
+    known = set(_content(vec.lower()))
     added, n_words = [], 0
     for phrase in salient(cleaned, known):
         size = phrase.count(" ") + 1
