@@ -97,7 +97,8 @@ def test_a_phrase_the_vec_already_says_is_not_repeated():
 
 NOISE_PIECES = [
     "Best  Price", "free\nshipping", "SKU: B07XJ8C8F3", "IMG_0042.jpg", "DSC01234", "www.shop.com",
-    "http://x.io/a", "24x36 cm", "XL", "hi - res", "Item No. 123", "Getty Images", "istockphoto",
+    "http://x.io/a", "24x36 cm", "1.5 x 2 m", "XL", "hi - res", "Item No. 123", "Art.-Nr. 4711",
+    "Model: X100", "code 12345", "Getty Images", "istockphoto",
 ]  # fmt: skip
 
 

@@ -91,12 +91,13 @@ _DOT_SUFFIX = re.compile(
     r"|com|net|org|info|biz|co|uk|de|fr|nl|ru|jp|cn|it|es|au|ca|in|io|us)\b"
 )  # on lower-cased text
 _HIRES = re.compile(r"hi(?:gh)?[\s-]*res")
+_DIMS = re.compile(r"\d\s*[x×*]\s*\d")  # what _SIZE's first form holds ("24 x 36")
 
 # The guards. A noise pattern runs only on a text holding a substring that every
 # one of its matches holds: one Aho-Corasick pass over the lower-cased text finds
 # them all at once (six regex scans took longer than the patterns they guarded).
 # Each word must stay a superset: a pattern a guard skips wrongly leaves noise in.
-_BOILERPLATE_BIT, _HIRES_BIT, _CAMERA_BIT, _SKU_BIT = 1, 2, 4, 8
+_BOILERPLATE_BIT, _HIRES_BIT, _CAMERA_BIT, _SKU_BIT, _LABEL_BIT, _MARK_BIT = 1, 2, 4, 8, 16, 32
 _GUARD_WORDS = {
     _BOILERPLATE_BIT: """
         stock royalty buy shop order cart basket sale arrival click free image picture photo
@@ -105,7 +106,11 @@ _GUARD_WORDS = {
     """,  # shutterstock, istock, getty images... each hold one of these
     _HIRES_BIT: "res",  # hi-res, high res: confirmed by _HIRES ("res" alone is in dress)
     _CAMERA_BIT: "img dsc dcim pxl gopr",
-    _SKU_BIT: "# : sku upc ean isbn asin no nr number code",
+    # An SKU label is sku, upc, ean, isbn, asin or code; or item, art(icle), ... with a
+    # mark after it: code, no, nr, number, # or :.
+    _SKU_BIT: "sku upc ean isbn asin code",
+    _LABEL_BIT: "item art ref part style product model order stock",
+    _MARK_BIT: "code no nr number # :",
 }
 
 
@@ -207,13 +212,13 @@ def _noise(low: str) -> tuple[list[tuple[re.Pattern, re.Pattern]], bool]:
     if digits:
         if seen & _CAMERA_BIT:
             found.append(_CAMERA)
-        if seen & _SKU_BIT:
+        if seen & _SKU_BIT or (seen & _LABEL_BIT and seen & _MARK_BIT):
             found.append(_SKU_LABEL)
     if (  # what each of _SIZE's three forms holds
-        (digits and ("x" in low or "×" in low or "*" in low))
-        or "size" in low
+        "size" in low
         or "xl" in low
         or "xs" in low
+        or (digits and ("x" in low or "×" in low or "*" in low) and _DIMS.search(low))
     ):
         found.append(_SIZE)
     return found, digits
