@@ -2,7 +2,8 @@
 
 `POST /v1/chat/completions` answers with `answer(messages)`: a tiny local model
 (`model_answer`) or a deterministic stand-in. It can fail the first N requests
-with a status (503: a server warming up, then recovering), or hold every
+with a status (503: a server warming up, then recovering; with `retry_after`,
+the header that says when to come back), or hold every
 request after the first N until `release()` (so a test can kill its client
 mid-run). It listens on an ephemeral port and stops with the `with` block.
 """
@@ -26,13 +27,16 @@ class ChatServer:
         fail_first: int = 0,
         fail_status: int = 503,
         hold_after: int | None = None,
+        retry_after: str | None = None,
     ):
         self.answer = answer
         self.fail_first, self.fail_status = fail_first, fail_status
         self.hold_after = hold_after
+        self.retry_after = retry_after
         self.requests = 0
         self.failed = 0
         self.headers: list[dict] = []
+        self.clients: set[tuple] = set()  # client (host, port): one per connection
         self._lock = threading.Lock()
         self._model_lock = threading.Lock()  # the model answers one request at a time
         self._gate = threading.Event()
@@ -73,12 +77,16 @@ class ChatServer:
                     server.requests += 1
                     n = server.requests
                     server.headers.append(dict(self.headers))
+                    server.clients.add(self.client_address)
                 if self.path != "/v1/chat/completions":
                     return self._send(404, {"error": {"message": "not found"}})
                 if n <= server.fail_first:
                     with server._lock:
                         server.failed += 1
-                    return self._send(server.fail_status, {"error": {"message": "warming up"}})
+                    extra = {"Retry-After": server.retry_after} if server.retry_after else {}
+                    return self._send(
+                        server.fail_status, {"error": {"message": "warming up"}}, extra
+                    )
                 if server.hold_after is not None and n > server.hold_after:
                     server._gate.wait()
                 with server._model_lock:
@@ -99,10 +107,12 @@ class ChatServer:
                     },
                 )
 
-            def _send(self, status: int, payload: dict) -> None:
+            def _send(self, status: int, payload: dict, headers: dict | None = None) -> None:
                 data = json.dumps(payload).encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
+                for name, value in (headers or {}).items():
+                    self.send_header(name, value)
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
                 self.wfile.write(data)

@@ -4,6 +4,7 @@ import pytest
 
 from tests.openai_server import ChatServer
 from vecap_cli.errors import VecapError
+from vecap_cli.generate import openai_client
 from vecap_cli.generate.base import Failed
 from vecap_cli.generate.openai_client import ChatClient, ServerSpec
 
@@ -38,6 +39,41 @@ def test_a_server_that_fails_then_recovers_loses_nothing():
 def test_429_is_retried_too():
     with ChatServer(echo, fail_first=2, fail_status=429) as server:
         assert client(server.url, concurrency=1).generate(convs(2)) == ["echo: q0", "echo: q1"]
+
+
+def test_workers_share_at_most_concurrency_kept_alive_connections():
+    with ChatServer(echo) as server:
+        out = client(server.url, concurrency=3).generate(convs(30))
+    assert out == [f"echo: q{i}" for i in range(30)]
+    assert 1 <= len(server.clients) <= 3  # not a connection per request
+
+
+def test_retry_after_is_honoured_over_a_shorter_backoff(monkeypatch):
+    waits = []
+    monkeypatch.setattr(openai_client.time, "sleep", waits.append)
+    with ChatServer(echo, fail_first=2, fail_status=429, retry_after="7") as server:
+        out = client(server.url, concurrency=1).generate(convs(1))
+    assert out == ["echo: q0"]
+    assert waits == [7.0, 7.0]  # backoff alone would wait 0.01, then 0.02
+
+
+def test_backoff_doubles_with_jitter_and_is_capped(monkeypatch):
+    waits = []
+    monkeypatch.setattr(openai_client.time, "sleep", waits.append)
+    with ChatServer(echo, fail_first=5) as server:
+        spec = ServerSpec(base_url=server.url, model="tiny", backoff=1.0, max_backoff=5.0)
+        out = ChatClient(spec).generate(convs(1))
+    assert out == ["echo: q0"]
+    for wait, base in zip(waits[:3], (1.0, 2.0, 4.0), strict=True):
+        assert 0.75 * base <= wait <= 1.25 * base
+    assert waits[3:] == [5.0, 5.0]
+
+
+def test_a_timeout_is_retried_then_fails_that_item():
+    with ChatServer(echo, hold_after=0) as server:
+        out = client(server.url, concurrency=1, retries=1, timeout=0.2).generate(convs(1))
+    assert isinstance(out[0], Failed) and out[0].reason == "timeout"
+    assert server.requests == 2
 
 
 def test_a_client_error_is_not_retried_and_fails_that_item_only():

@@ -107,3 +107,12 @@ def test_results_do_not_depend_on_workers_or_batch_size(workers):
 
 def test_the_default_prompt_is_veclips():
     assert DEFAULT_PROMPT == "Describe the image concisely, less than 20 words."
+
+
+def test_batch_and_decode_threads_default_by_backend():
+    assert CaptionConfig.of("hf", None, None, 16).batch_size == 8
+    assert CaptionConfig.of("openclip", None, None, 16).batch_size == 16
+    server = CaptionConfig.of("openai", None, 0, 3)  # enough requests to keep 3 in flight
+    assert (server.batch_size, server.workers) == (6, 0)
+    given = CaptionConfig.of("hf", 2, None, 16, model="m")
+    assert (given.batch_size, given.model) == (2, "m") and 1 <= given.workers <= 4

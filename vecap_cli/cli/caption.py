@@ -16,9 +16,6 @@ class Backend(StrEnum):
     openai = "openai"
 
 
-_BATCH = {"hf": 8, "openclip": 16}
-
-
 @record_command("caption")
 def caption(
     model: Annotated[
@@ -94,14 +91,15 @@ def caption(
     from vecap_cli.stream.runner import run_stream
 
     name = backend.value
-    config = CaptionConfig(
-        backend=name,
+    config = CaptionConfig.of(
+        name,
+        batch_size,
+        workers,
+        concurrency,
         model=model,
         pretrained=pretrained,
         prompt=prompt,
         max_new_tokens=max_new_tokens,
-        batch_size=batch_size or _BATCH.get(name, 2 * concurrency),
-        workers=g.default_workers() if workers is None else workers,
         overwrite=overwrite,
     )
     server = None

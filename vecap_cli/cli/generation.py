@@ -1,6 +1,5 @@
 """Flags that `vecap caption` and `vecap rewrite` share: the model and how it runs."""
 
-import os
 from typing import Annotated
 
 import typer
@@ -90,7 +89,3 @@ def server_spec(
         retries=retries,
         timeout=timeout,
     )
-
-
-def default_workers() -> int:
-    return max(1, min(4, os.cpu_count() or 1))

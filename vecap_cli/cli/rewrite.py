@@ -94,22 +94,23 @@ def rewrite(
     from vecap_cli.steps.rewrite.build import build_rewriter
     from vecap_cli.stream.runner import run_stream
 
-    name = (backend or (Backend.hf if model else Backend.rules)).value
-    if name != "rules" and not model:
-        raise typer.BadParameter(f"--backend {name} needs --model", param_hint="--model")
-    config = RewriteConfig(
-        backend=name,
-        model=model or "",
-        prompt_file=prompt_file,
-        blocklist=blocklist,
-        max_new_tokens=max_new_tokens,
-        batch_size=batch_size or {"rules": 512, "hf": 8}.get(name, 2 * concurrency),
-        min_words=min_words,
-        max_words=max_words,
-        overwrite=overwrite,
-    )
+    try:
+        config = RewriteConfig.of(
+            backend and backend.value,
+            model,
+            batch_size,
+            concurrency,
+            prompt_file=prompt_file,
+            blocklist=blocklist,
+            max_new_tokens=max_new_tokens,
+            min_words=min_words,
+            max_words=max_words,
+            overwrite=overwrite,
+        )
+    except ValueError as err:
+        raise typer.BadParameter(str(err), param_hint="--model") from None
     server = None
-    if name == "openai":
+    if config.backend == "openai":
         server = g.server_spec(
             config.model, max_new_tokens, api_base, api_key_env, concurrency, retries, timeout
         )

@@ -11,10 +11,13 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from vecap_cli.errors import VecapError
 from vecap_cli.generate.base import decode_rgb
-from vecap_cli.generate.openai_client import ServerSpec
+
+if TYPE_CHECKING:  # the HTTP client loads only for --backend openai
+    from vecap_cli.generate.openai_client import ServerSpec
 
 CAPTION_BACKENDS = ("hf", "openclip", "openai")
 CHAT_BACKENDS = ("hf", "openai")

@@ -1,18 +1,21 @@
 """Any OpenAI-compatible chat-completions server (vLLM, SGLang, ...) as a backend.
 
-Requests go out `concurrency` at a time from a thread pool, each thread keeping
-one persistent connection (the standard library's `http.client`: one POST with
-a JSON body needs nothing more). 429, 5xx, timeouts and dropped connections are
-retried with exponential backoff (honouring Retry-After); what still fails
-after the last retry is a `Failed` for that item alone. A server that fails
-many requests in a row is down, not flaky: that stops the run (`VecapError`),
-which `--resume` continues once it is back.
+Requests go out `concurrency` at a time from a thread pool through one shared
+`httpx.Client`: a thread-safe connection pool sized to the concurrency, so each
+worker reuses a kept-alive connection. 429, 5xx, timeouts and dropped
+connections are retried with exponential backoff and jitter (honouring
+Retry-After); what still fails after the last retry is a `Failed` for that item
+alone. A server that fails many requests in a row is down, not flaky: that
+stops the run (`VecapError`), which `--resume` continues once it is back.
+
+The retry loop is ours, not a library's: it is policy (which failures count
+towards "the server is down", what becomes a per-item `Failed`), a few lines
+that a retry decorator would not shorten.
 """
 
 from __future__ import annotations
 
 import base64
-import http.client
 import io
 import json
 import os
@@ -21,6 +24,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from urllib.parse import urlsplit
+
+import httpx
 
 from vecap_cli.errors import VecapError
 from vecap_cli.generate.base import Failed
@@ -43,9 +48,19 @@ class ServerSpec:
 
 
 class _Retry(Exception):
+    """A failure worth another try: the server may answer next time."""
+
     def __init__(self, reason: str, detail: str, wait: float | None = None):
         super().__init__(detail)
         self.reason, self.detail, self.wait = reason, detail, wait
+
+
+class _Final(Exception):
+    """A failure no retry would change (a 4xx, an answer that is not a completion)."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(detail)
+        self.reason, self.detail = reason, detail
 
 
 class ChatClient:
@@ -54,14 +69,19 @@ class ChatClient:
         if url.scheme not in ("http", "https") or not url.hostname:
             raise VecapError(f"--api-base '{spec.base_url}' is not an http(s) URL")
         self.spec = spec
-        self._https = url.scheme == "https"
-        self._host, self._port = url.hostname, url.port
-        self._path = f"{url.path}/chat/completions"
-        self._headers = {"Content-Type": "application/json"}
+        self._url = f"{spec.base_url.rstrip('/')}/chat/completions"
+        headers = {"Content-Type": "application/json"}
         key = os.environ.get(spec.api_key_env, "")
         if key:
-            self._headers["Authorization"] = f"Bearer {key}"
-        self._local = threading.local()
+            headers["Authorization"] = f"Bearer {key}"
+        self._http = httpx.Client(
+            headers=headers,
+            timeout=httpx.Timeout(spec.timeout),
+            limits=httpx.Limits(
+                max_connections=spec.concurrency, max_keepalive_connections=spec.concurrency
+            ),
+            trust_env=False,  # a local inference server: no proxy from the environment
+        )
         self._pool = ThreadPoolExecutor(spec.concurrency, thread_name_prefix="vecap-http")
         self._lock = threading.Lock()
         self._down_streak = 0  # requests in a row that failed for want of a server
@@ -114,40 +134,22 @@ class ChatClient:
                     f"in a row ({last.reason}: {last.detail}); rerun with --resume when it is back"
                 )
 
-    def _connection(self) -> http.client.HTTPConnection:
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            cls = http.client.HTTPSConnection if self._https else http.client.HTTPConnection
-            conn = cls(self._host, self._port, timeout=self.spec.timeout)
-            self._local.conn = conn
-        return conn
-
     def _post(self, body: bytes) -> str:
         with self._lock:
             self.stats["requests"] += 1
-        conn = self._connection()
         try:
-            conn.request("POST", self._path, body, self._headers)
-            response = conn.getresponse()
-            data = response.read()
-        except TimeoutError as err:
-            self._drop_connection()
+            response = self._http.post(self._url, content=body)
+        except httpx.TimeoutException as err:
             raise _Retry("timeout", str(err) or "timed out") from None
-        except (OSError, http.client.HTTPException) as err:
-            self._drop_connection()
+        except httpx.TransportError as err:  # refused, reset, closed mid-answer
             raise _Retry("connection", str(err) or type(err).__name__) from None
-        if response.status != 200:
-            detail = data[:200].decode("utf-8", "replace")
-            if response.status in _RETRY_STATUS:
-                raise _Retry(f"http-{response.status}", detail, _retry_after(response))
-            raise _Final(f"http-{response.status}", detail)
-        return _content(data)
-
-    def _drop_connection(self) -> None:
-        conn = getattr(self._local, "conn", None)
-        if conn is not None:
-            conn.close()
-            self._local.conn = None
+        if response.status_code != 200:
+            detail = response.content[:200].decode("utf-8", "replace")
+            if response.status_code in _RETRY_STATUS:
+                wait = _retry_after(response.headers.get("Retry-After"))
+                raise _Retry(f"http-{response.status_code}", detail, wait)
+            raise _Final(f"http-{response.status_code}", detail)
+        return _content(response.content)
 
     # -- a batch --------------------------------------------------------------
     def generate(self, conversations: list[list[dict]]) -> list[str | Failed]:
@@ -155,16 +157,10 @@ class ChatClient:
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
+        self._http.close()
 
 
-class _Final(Exception):
-    def __init__(self, reason: str, detail: str):
-        super().__init__(detail)
-        self.reason, self.detail = reason, detail
-
-
-def _retry_after(response) -> float | None:
-    value = response.getheader("Retry-After")
+def _retry_after(value: str | None) -> float | None:
     try:
         return float(value) if value else None
     except ValueError:

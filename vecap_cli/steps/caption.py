@@ -8,6 +8,7 @@ order. Records that already have a `vec` pass through untouched unless
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -44,6 +45,22 @@ class CaptionConfig:
     def identity(self) -> tuple:
         """What decides the captions: a resumed run must agree on it (batching may differ)."""
         return (self.backend, self.model, self.pretrained, self.prompt, self.max_new_tokens)
+
+    @classmethod
+    def of(
+        cls, backend: str, batch_size: int | None, workers: int | None, concurrency: int, **fields
+    ) -> CaptionConfig:
+        """The config, with the defaults that depend on the backend and the machine.
+
+        A batch is what one forward pass holds on a GPU (local models), or enough
+        requests to keep `concurrency` of them in flight (a server). Decode threads:
+        up to 4, one a core.
+        """
+        if batch_size is None:
+            batch_size = {"hf": 8, "openclip": 16}.get(backend, 2 * concurrency)
+        if workers is None:
+            workers = max(1, min(4, os.cpu_count() or 1))
+        return cls(backend=backend, batch_size=batch_size, workers=workers, **fields)
 
 
 def has_text(record: dict, field: str) -> bool:

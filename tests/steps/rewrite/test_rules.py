@@ -4,6 +4,7 @@ import orjson
 import pytest
 
 from tests.conftest import SHARED_DATA
+from vecap_cli.steps.rewrite import rules
 from vecap_cli.steps.rewrite.rules import clean_alt, fuse, salient
 
 LAION = SHARED_DATA / "laion-alt-10k.jsonl"
@@ -38,6 +39,8 @@ LAION = SHARED_DATA / "laion-alt-10k.jsonl"
         ("Collier initiale A or, J04382-02-A, hi-res", ["J04382", "hi-res"], ["Collier"]),
         ("Albany Wallpaper - Product code: 35333", ["35333", "code"], ["Albany Wallpaper"]),
         ("Minnesota-Vikings-Riddell-Helmet", ["-"], ["Minnesota Vikings Riddell Helmet"]),
+        ("Nike Air Max 90 - Best Price", ["Best", "Price"], ["Nike Air Max 90"]),
+        ("Val BYRNE\xa0-\xa0The Long Walk", ["-"], ["Val BYRNE, The Long Walk"]),
     ],
 )
 def test_cleaning_removes_the_noise_and_keeps_the_name(alt, gone, kept):
@@ -90,6 +93,24 @@ def test_at_most_five_phrases_of_sixteen_words_are_added():
 
 def test_a_phrase_the_vec_already_says_is_not_repeated():
     assert salient("Paris, Golden Retriever, Paris", {"golden", "retriever"}) == ["Paris"]
+
+
+NOISE_PIECES = [
+    "Best  Price", "free\nshipping", "SKU: B07XJ8C8F3", "IMG_0042.jpg", "DSC01234", "www.shop.com",
+    "http://x.io/a", "24x36 cm", "1.5 x 2 m", "XL", "hi - res", "Item No. 123", "Art.-Nr. 4711",
+    "Model: X100", "code 12345", "Getty Images", "istockphoto",
+]  # fmt: skip
+
+
+def test_the_cheap_guards_skip_only_patterns_that_would_not_match(monkeypatch):
+    alts = laion_alts()
+    alts += [a.upper() for a in alts[:2000]] + [
+        f"{a} {n}" for n in NOISE_PIECES for a in alts[:300]
+    ]
+    guarded = [clean_alt(a) for a in alts]
+    monkeypatch.setattr(rules, "_noise", lambda low: (list(rules.NOISE), True))
+    monkeypatch.setattr(rules, "_may_split", lambda text: True)
+    assert [clean_alt(a) for a in alts] == guarded
 
 
 def laion_alts():

@@ -1,5 +1,7 @@
+import orjson
 import pytest
 
+from tests.conftest import SHARED_DATA
 from vecap_cli.errors import VecapError
 from vecap_cli.steps.rewrite.safety import Blocklist, load_terms
 
@@ -33,3 +35,14 @@ def test_a_missing_list_is_one_line(tmp_path):
 
 def test_an_empty_list_blocks_nothing():
     assert Blocklist([]).hit("anything at all") is None
+
+
+def test_on_10k_real_alttexts_the_quick_guard_misses_no_hit():
+    laion = SHARED_DATA / "laion-alt-10k.jsonl"
+    if not laion.exists():
+        pytest.skip("../shared/data/laion-alt-10k.jsonl is not here")
+    alts = [orjson.loads(line)["alt"] for line in laion.read_bytes().splitlines()]
+    blocklist = Blocklist(["red", "new york", "wall art", "iphone", "t-shirt", "c++", "gold"])
+    hits = [blocklist.hit(alt) for alt in alts]
+    assert [hit for hit in hits if hit] and None in hits
+    assert hits == [blocklist._search(alt.lower()) for alt in alts]  # the pattern alone

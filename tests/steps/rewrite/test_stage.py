@@ -169,3 +169,13 @@ def test_results_do_not_depend_on_batch_size():
     base, _ = run(records, llm(lambda a, v: f"{v} at {a}")[0], batch_size=1)
     other, _ = run(records, llm(lambda a, v: f"{v} at {a}")[0], batch_size=6)
     assert base == other
+
+
+def test_the_backend_and_batch_follow_from_the_model_and_concurrency():
+    assert RewriteConfig.of(None, None, None, 16).backend == "rules"
+    hf = RewriteConfig.of(None, "dir", None, 16)
+    assert (hf.backend, hf.model, hf.batch_size) == ("hf", "dir", 8)
+    assert RewriteConfig.of("openai", "m", None, 16).batch_size == 32
+    assert RewriteConfig.of("openai", "m", 5, 16, min_words=2).batch_size == 5
+    with pytest.raises(ValueError, match="--backend hf needs --model"):
+        RewriteConfig.of("hf", None, None, 16)

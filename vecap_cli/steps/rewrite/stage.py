@@ -49,6 +49,29 @@ class RewriteConfig:
             self.max_words,
         )
 
+    @classmethod
+    def of(
+        cls,
+        backend: str | None,
+        model: str | None,
+        batch_size: int | None,
+        concurrency: int,
+        **fields,
+    ) -> RewriteConfig:
+        """The config, with the defaults that depend on the backend.
+
+        No backend named: rules without a model, hf with one; a model backend
+        without a model is a ValueError. A batch is what one forward pass holds
+        (hf), or enough requests to keep `concurrency` in flight (openai); rules
+        fuses record by record and ignores it.
+        """
+        backend = backend or ("hf" if model else "rules")
+        if backend != "rules" and not model:
+            raise ValueError(f"--backend {backend} needs --model")
+        if batch_size is None:
+            batch_size = {"rules": 512, "hf": 8}.get(backend, 2 * concurrency)
+        return cls(backend=backend, model=model or "", batch_size=batch_size, **fields)
+
 
 class Fuser(Protocol):
     def generate(self, pairs: list[tuple[str, str]]) -> list[str | Failed]: ...
