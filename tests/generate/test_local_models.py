@@ -60,6 +60,17 @@ def test_coca_batch_equals_alone():
     assert all(together)
 
 
+def test_coca_captions_read_as_text_with_clips_tokenizer():
+    """CLIP's tokenizer decodes every word with a trailing space, commas too."""
+    from open_clip.tokenizer import SimpleTokenizer
+
+    model = captioner("openclip", f"local-dir:{tiny_model('coca')}", PROMPT, 6, device="cpu").backend
+    if not isinstance(model.tokenizer, SimpleTokenizer):
+        pytest.skip("the tiny CoCa does not use CLIP's tokenizer")
+    ids = model.tokenizer("a red circle, grey background.")[0].tolist()
+    assert model._decode(ids) == "a red circle, grey background."
+
+
 def test_a_chat_batch_of_different_lengths_equals_each_alone():
     model = chat_model("hf", str(tiny_model("llama")), max_new_tokens=6, device="cpu")
     conversations = [

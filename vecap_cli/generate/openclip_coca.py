@@ -7,8 +7,12 @@ open_clip_config.json and the weights.
 
 from __future__ import annotations
 
+import re
+
 from vecap_cli.errors import VecapError
 from vecap_cli.generate.base import decode_rgb, model_error, resolve_device
+
+_SPACE_BEFORE_PUNCT = re.compile(r" ([,.;:!?])")
 
 
 def _open_clip_generates() -> bool:
@@ -102,5 +106,7 @@ class CocaCaptioner:
             ids = ids[: ids.index(self.eot)]
         ids = [t for t in ids if t not in (self.sot, 0)]
         inner = getattr(self.tokenizer, "tokenizer", None)  # open_clip's HFTokenizer wraps one
-        text = inner.decode(ids, skip_special_tokens=True) if inner else self.tokenizer.decode(ids)
-        return " ".join(text.split())
+        if inner is not None:
+            return " ".join(inner.decode(ids, skip_special_tokens=True).split())
+        # CLIP's SimpleTokenizer ends every word with a space, punctuation included
+        return _SPACE_BEFORE_PUNCT.sub(r"\1", " ".join(self.tokenizer.decode(ids).split()))
