@@ -155,3 +155,20 @@ def test_resampling_draws_shards_with_replacement_reproducibly(tmp_path):
     assert all(same(a, b) for a, b in zip(*got, strict=True))
     texts = [tuple(t) for b in got[0] for t in b.texts.tolist()]
     assert len(texts) == 48 and len(set(texts)) < 48  # drawn with replacement: repeats
+
+
+def test_a_copy_of_the_shards_elsewhere_trains_the_same(tmp_path):
+    """The shard order derives from names below the shards' common folder, not full paths."""
+    runs = []
+    for where in ("a", "elsewhere/b"):
+        shards = []
+        for s in range(4):
+            records = shapes_records(tmp_path / where / f"i{s}", 8, seed=20 + s)
+            for r in records:
+                r["image"] = str(tmp_path / where / f"i{s}" / r["image"])
+            shards.append(str(write_jsonl(tmp_path / where / f"{s:06d}.jsonl", records)))
+        plan = DataPlan(inputs=tuple(shards), batch_size=8, workers=1, shuffle_buffer=1, seed=4)
+        data = TrainData(plan, TRANSFORM, TOKENIZER)
+        data.start_epoch(0, 4, 0, [(0, 0)])
+        runs.append(list(loader(data, 0)))
+    assert all(same(a, b) for a, b in zip(*runs, strict=True))

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import glob
 import io
+import os
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
@@ -129,6 +130,14 @@ def _literal(name: str) -> str:
     return glob.escape(name)
 
 
+def shard_keys(names: Iterable[str]) -> dict[str, str]:
+    """Each shard's name below the folder all of them share: the key its place in the
+    shuffled order derives from, so a copy of the data elsewhere trains the same."""
+    names = list(names)
+    cut = os.path.commonprefix(names).rfind("/") + 1
+    return {name: name[cut:] for name in names}
+
+
 class _Share:
     """One reader slot's endless run of shuffled samples, pass after pass."""
 
@@ -152,8 +161,9 @@ class _Share:
                 for i in range(n)
             ]
             return picks, 0, 1
+        keys = shard_keys(plan.inputs)
         order = sorted(
-            plan.inputs, key=lambda name: uniform(seed, "shards", self.epoch, pass_, name)
+            plan.inputs, key=lambda name: uniform(seed, "shards", self.epoch, pass_, keys[name])
         )
         return order, self.slot, slots
 
