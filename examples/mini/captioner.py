@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import gzip
+import itertools
 import json
 import re
 from collections import Counter
@@ -41,12 +42,12 @@ def learn_bpe(texts: list[str], max_merges: int = 10_000) -> list[tuple[str, str
     """Merges until every word of `texts` is one token (CLIP's '</w>' word ends), or
     `max_merges` (rarer words then take several tokens)."""
     words = Counter(w for text in texts for w in _WORD.findall(text.lower()))
-    spelled = {tuple(w[:-1]) + (w[-1] + "</w>",): n for w, n in words.items()}
+    spelled = {(*w[:-1], w[-1] + "</w>"): n for w, n in words.items()}
     merges = []
     while True:
         pairs: Counter = Counter()
         for symbols, n in spelled.items():
-            for pair in zip(symbols, symbols[1:], strict=False):
+            for pair in itertools.pairwise(symbols):
                 pairs[pair] += n
         if not pairs or len(merges) == max_merges:
             return merges
@@ -125,7 +126,10 @@ def main() -> None:
     lines = ["#version: 0.2", *(f"{a} {b}" for a, b in merges)]  # SimpleTokenizer skips line 1
     bpe.write_bytes(gzip.compress("\n".join(lines).encode(), mtime=0))
     vocab = 2 * 256 + len(merges) + 2  # bytes, bytes + '</w>', merges, start and end
-    config = {"model_cfg": coca_config(vocab, str(bpe), width=args.width, layers=args.layers), "preprocess_cfg": {}}
+    config = {
+        "model_cfg": coca_config(vocab, str(bpe), width=args.width, layers=args.layers),
+        "preprocess_cfg": {},
+    }
     (args.out / "open_clip_config.json").write_text(json.dumps(config, indent=2) + "\n")
     initial_weights(args.out, args.seed)
     print(f"captioner: {vocab} tokens ({len(merges)} merges) in {args.out}/")

@@ -214,7 +214,7 @@ def plot(work: Path, metrics: dict[str, dict]) -> None:
             if "val" in line
         ]
         if points:
-            curves.plot(*zip(*points), marker="o", label=LABELS[run])
+            curves.plot(*zip(*points, strict=True), marker="o", label=LABELS[run])
     curves.set_xlabel("training step")
     curves.set_ylabel("text→image R@1 (%)")
     curves.set_title("Held-out R@1 while training")

@@ -70,9 +70,10 @@ POSITIONS = {  # a lone object's centre region: (x, y) in [0, 1]
 }
 
 BRANDS = (
-    "Zorblax Quintessa Hovimo Brellix Ostrava Kelvane Mirabuk Tandrel Vossen Ulmora "
-    "Pexalit Grunwick Sabrio Felmont Drizzle Caspian Nortek Ambrosi Lumina Tarvik"
-).split()
+    *("Zorblax", "Quintessa", "Hovimo", "Brellix", "Ostrava", "Kelvane", "Mirabuk"),
+    *("Tandrel", "Vossen", "Ulmora", "Pexalit", "Grunwick", "Sabrio", "Felmont"),
+    *("Drizzle", "Caspian", "Nortek", "Ambrosi", "Lumina", "Tarvik"),
+)
 PRODUCTS = ("Sticker", "Decal", "Magnet", "Patch", "Badge", "Pin", "Print", "Coaster")
 BOILERPLATE = (
     "Free Shipping",
@@ -187,7 +188,9 @@ def _shape(pen: ImageDraw.ImageDraw, shape: str, x: float, y: float, r: float, f
         h = r * 0.85
         pen.rectangle((x - h, y - h, x + h, y + h), fill=fill)
     elif shape == "triangle":
-        pen.polygon([(x, y - r), (x - r * 0.95, y + r * 0.8), (x + r * 0.95, y + r * 0.8)], fill=fill)
+        pen.polygon(
+            [(x, y - r), (x - r * 0.95, y + r * 0.8), (x + r * 0.95, y + r * 0.8)], fill=fill
+        )
     elif shape == "star":
         pts = []
         for i in range(10):  # five points, five inner corners
@@ -287,7 +290,7 @@ def vocabulary() -> list[str]:
         words += [c, _title(c)]
     for sh in SHAPES:
         words += [sh, _title(sh), plural(sh, 2)]
-    words += list(SIZES) + ["Small", "Mini", "Large"] + list(BACKGROUNDS) + ["background"]
+    words += [*SIZES, "Small", "Mini", "Large", *BACKGROUNDS, "background"]
     words += ["left", "right", "top", "bottom", "middle", "two", "three", "pcs", "Set"]
     words += list(BRANDS) + list(PRODUCTS) + list(BOILERPLATE) + ["SKU"]
     return words

@@ -28,7 +28,11 @@ TINY = {  # a world and runs small enough for CI, every step still real
 def make(work: Path, *targets: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
     variables = [f"{k}={v}" for k, v in TINY.items()]
-    variables += [f"WORK={work}", f"PYTHON={sys.executable}", f"VECAP={sys.executable} -m vecap_cli"]
+    variables += [
+        f"WORK={work}",
+        f"PYTHON={sys.executable}",
+        f"VECAP={sys.executable} -m vecap_cli",
+    ]
     return subprocess.run(
         ["make", "--no-print-directory", "-C", str(MINI), *variables, *targets],
         env=env, capture_output=True, text=True, timeout=600,
@@ -77,7 +81,9 @@ def test_every_record_is_accounted_for_from_pool_to_training(work):
 
 
 def test_both_clips_train_the_same_steps_on_the_same_samples(work):
-    alt, mixed = (json.loads((work / "runs" / f"{r}-stats.json").read_text()) for r in ("alt", "mixed"))
+    alt, mixed = (
+        json.loads((work / "runs" / f"{r}-stats.json").read_text()) for r in ("alt", "mixed")
+    )
     assert alt["steps"] == mixed["steps"] > 0
     assert alt["in"] == mixed["in"]
 

@@ -64,7 +64,9 @@ def test_coca_captions_read_as_text_with_clips_tokenizer():
     """CLIP's tokenizer decodes every word with a trailing space, commas too."""
     from open_clip.tokenizer import SimpleTokenizer
 
-    model = captioner("openclip", f"local-dir:{tiny_model('coca')}", PROMPT, 6, device="cpu").backend
+    model = captioner(
+        "openclip", f"local-dir:{tiny_model('coca')}", PROMPT, 6, device="cpu"
+    ).backend
     if not isinstance(model.tokenizer, SimpleTokenizer):
         pytest.skip("the tiny CoCa does not use CLIP's tokenizer")
     ids = model.tokenizer("a red circle, grey background.")[0].tolist()

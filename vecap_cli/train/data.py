@@ -134,7 +134,8 @@ def shard_keys(names: Iterable[str]) -> dict[str, str]:
     """Each shard's name below the folder all of them share: the key its place in the
     shuffled order derives from, so a copy of the data elsewhere trains the same."""
     names = list(names)
-    cut = os.path.commonprefix(names).rfind("/") + 1
+    # the common prefix cut back to a '/': commonpath's answer, for pipe: commands too
+    cut = os.path.commonprefix(names).rfind("/") + 1  # noqa: RUF071
     return {name: name[cut:] for name in names}
 
 
