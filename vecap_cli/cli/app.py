@@ -2,7 +2,6 @@
 for its signature only; heavy libraries load inside the command when it runs."""
 
 import importlib
-import signal
 import sys
 
 import typer
@@ -60,10 +59,12 @@ def _step(argv: list[str]) -> str:
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI. Exit codes: 0 ok, 1 failure, 2 usage, 130 interrupted.
 
+    A reader that leaves early (`| head`) ends the run quietly with 1: click turns
+    the EPIPE into that. SIGPIPE stays ignored, so a closed socket is an error, not a kill.
+
     Typer reports bad flags (exit 2) and interrupts (130); a structural failure
     inside a command is a VecapError, printed here as one line.
     """
-    signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `vecap ... | head` ends quietly
     argv = sys.argv[1:] if argv is None else argv
     try:
         app(args=argv, prog_name="vecap")
