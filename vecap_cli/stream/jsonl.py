@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import BinaryIO
 
 import orjson
@@ -95,6 +95,13 @@ class JsonlWriter:
             record = self._extract(sample)
         self._stream.write(orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE))
         return True
+
+    def write_all(self, samples: Iterable[Sample], tally: Tally) -> None:
+        """`write` each sample, counting it out as it goes."""
+        put, dumps, option = self._stream.write, orjson.dumps, orjson.OPT_APPEND_NEWLINE
+        for sample in samples:
+            put(dumps(self._extract(sample) if sample.members else sample.record, option=option))
+            tally.n_out += 1
 
     def _extract(self, sample: Sample) -> dict:
         if self._images_dir is None:

@@ -153,8 +153,7 @@ def run_stream(
         samples = _read(mine, tally, pick, carriers, opts.log, stdin)
         with progress(command, not opts.quiet) as update:
             if update is None:
-                for sample in stage(samples, tally):
-                    sink.write(sample)
+                sink.write_all(stage(samples, tally))
             else:
                 samples = showing(samples, tally, update)
                 for n, sample in enumerate(stage(samples, tally)):

@@ -14,7 +14,7 @@ import hashlib
 import os
 import re
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import BinaryIO
 
@@ -133,6 +133,19 @@ class Sink:
             self.tally.n_out += 1
             return True
         return False
+
+    def write_all(self, samples: Iterable[Sample]) -> None:
+        """`write` each sample; JSONL records after the first go through the writer's
+        own loop (the per-sample calls cost a tenth of a plain `mix`)."""
+        samples = iter(samples)
+        for sample in samples:
+            self.write(sample)
+            if type(self) is Sink and isinstance(self.file.writer, JsonlWriter):  # type: ignore[union-attr]
+                self.file.writer.write_all(samples, self.tally)  # type: ignore[union-attr]
+                return
+            break
+        for sample in samples:
+            self.write(sample)
 
     def close(self, ok: bool) -> None:
         assert self.file is not None
