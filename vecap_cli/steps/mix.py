@@ -82,6 +82,36 @@ class CaptionDraw:
 def mix(samples: Iterable[Sample], tally: Tally, config: MixConfig) -> Iterator[Sample]:
     chosen: Counter[str] = Counter()
     tally.extra["chosen"] = chosen
+    if config.policy == "first":
+        return _first(samples, tally, config.keys, chosen)
+    return _mix(samples, tally, config, chosen)
+
+
+def _first(
+    samples: Iterable[Sample], tally: Tally, keys: tuple[str, ...], chosen: Counter[str]
+) -> Iterator[Sample]:
+    """`mix --policy first`, on its own: the floor every record command is measured by."""
+    counts = dict.fromkeys(keys, 0)
+    try:
+        for sample in samples:
+            record = sample.record
+            for name in keys:
+                text = record.get(name)
+                if isinstance(text, str) and text.strip():
+                    break
+            else:
+                tally.drop("no-caption", sample)
+                continue
+            record["text"] = text
+            counts[name] += 1
+            yield sample
+    finally:
+        chosen.update({name: n for name, n in counts.items() if n})
+
+
+def _mix(
+    samples: Iterable[Sample], tally: Tally, config: MixConfig, chosen: Counter[str]
+) -> Iterator[Sample]:
     policy, keys, epoch = config.policy, config.keys, config.epoch
     draw = CaptionDraw(keys, config.probs, config.seed)
     for sample in samples:
@@ -89,8 +119,6 @@ def mix(samples: Iterable[Sample], tally: Tally, config: MixConfig) -> Iterator[
         if policy == "random":
             pick = draw(record, sample.key, epoch)
             found = [pick] if pick else []
-        elif policy == "first":
-            found = available(record, keys, first=True)
         else:
             found = available(record, keys)
         if not found:

@@ -66,9 +66,11 @@ def read_jsonl(stream: BinaryIO, source: Source, tally: Tally, pick: Picker) -> 
         except orjson.JSONDecodeError as err:
             problem: tuple[str, str] | None = _unparsable(line, err)
         else:
-            if type(record) is dict and type(record.get("key")) is str and record["key"]:
-                yield Sample(record, None, idx, source, lineno)
-                continue
+            if type(record) is dict:
+                key = record.get("key")
+                if type(key) is str and key:
+                    yield Sample(record, None, idx, source, lineno)
+                    continue
             problem = _unusable(record)
         if problem is None:  # an integer key
             yield Sample(record, None, idx, source, lineno)
