@@ -26,6 +26,7 @@ def test_first_takes_the_first_usable_key_in_order():
     out, tally = run(RECORDS, policy="first", keys=("vecap", "alt"))
     assert [r["text"] for r in out] == ["fused a", "web b", "fused c"]
     assert dict(tally.dropped) == {"no-caption": 1}
+    assert tally.extra["chosen"] == {"vecap": 2, "alt": 1}
 
 
 def test_concat_joins_what_is_there():
