@@ -196,3 +196,13 @@ def test_the_summary_reports_what_trained(tmp_path, capsys):
             "vecap train: in 18 = out 16 + dropped 1 (no-caption 1) + rejected 1 (image-missing 1)"
         )
     )
+
+
+def test_a_fresh_coca_starts_with_an_initialized_caption_head():
+    """open_clip leaves this projection as torch.empty found it: zeros, or inf and NaN."""
+    from vecap_cli.train.models import build
+
+    proj = build("vecap-tiny-coca", seed=0).model.text_decoder.text_projection
+    std = proj.shape[0] ** -0.5
+    assert torch.isfinite(proj).all()
+    assert 0.8 * std < proj.std().item() < 1.2 * std

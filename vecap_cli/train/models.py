@@ -97,7 +97,18 @@ def build(
         what = f"--pretrained '{pretrained}' does not load into {name}" if pretrained else name
         raise VecapError(f"{what}: {str(err).splitlines()[0]}") from None
     coca = isinstance(model, open_clip.CoCa)
+    if coca and pretrained is None and not name.startswith(("local-dir:", "hf-hub:")):
+        _init_caption_head(model)
     return Bundle(model, train_tf, val_tf, tokenizer, coca)
+
+
+def _init_caption_head(model: nn.Module) -> None:
+    """open_clip 3.3 never initializes a fresh CoCa's decoder output projection (its
+    `init_parameters` is never called): it holds whatever `torch.empty` found, zeros
+    or garbage up to inf and NaN. Initialize it as that method would."""
+    proj = model.text_decoder.text_projection
+    with torch.no_grad():
+        nn.init.normal_(proj, std=proj.shape[0] ** -0.5)
 
 
 def set_attention(model: nn.Module, mode: str) -> str:
