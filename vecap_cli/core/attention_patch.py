@@ -221,21 +221,19 @@ def _swaps():
 
 def use_fused_attention(model: nn.Module) -> int:
     """Make every attention module of `model` run `flash_attention`; returns how many."""
-    count = 0
-    for module in model.modules():
-        for base, fused in _swaps():
-            if type(module) is base:
-                module.__class__ = fused
-                count += 1
-    return count
+    return _swap_classes(model, {base: fused for base, fused in _swaps()})
 
 
 def restore_attention(model: nn.Module) -> int:
     """Undo `use_fused_attention`; returns how many modules were swapped back."""
+    return _swap_classes(model, {fused: base for base, fused in _swaps()})
+
+
+def _swap_classes(model: nn.Module, to: dict[type, type]) -> int:
     count = 0
     for module in model.modules():
-        for base, fused in _swaps():
-            if type(module) is fused:
-                module.__class__ = base
-                count += 1
+        new = to.get(type(module))
+        if new is not None:
+            module.__class__ = new
+            count += 1
     return count

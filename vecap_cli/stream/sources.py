@@ -13,6 +13,7 @@ import io
 import os
 import subprocess
 import sys
+import zlib
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import BinaryIO
@@ -45,6 +46,19 @@ def expand(specs: Sequence[str]) -> list[str]:
             else:
                 names.append(name)
     return names
+
+
+def read_small_file(path: str, what: str = "") -> bytes:
+    """A whole small file (counts, metadata), gunzipped when it is gzip; one clear
+    line when it cannot be read. `what` names it in the message ("metadata ")."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+        return gzip.decompress(data) if data[:2] == b"\x1f\x8b" else data
+    except OSError as err:
+        raise VecapError(f"cannot read {what}'{path}': {err.strerror}") from None
+    except (gzip.BadGzipFile, EOFError, zlib.error):
+        raise VecapError(f"cannot read {what}'{path}': damaged gzip") from None
 
 
 def _is_stream_url(name: str) -> bool:

@@ -13,7 +13,6 @@ hash ties the file to one entry list: balancing with another list is refused.
 
 from __future__ import annotations
 
-import gzip
 from array import array
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -23,6 +22,7 @@ import orjson
 
 from vecap_cli.errors import VecapError
 from vecap_cli.stream.sinks import write_file
+from vecap_cli.stream.sources import read_small_file
 
 FORMAT = "vecap-curate-counts"
 VERSION = 1
@@ -123,15 +123,10 @@ class Accumulator:
 
 
 def read_counts(path: str) -> EntryCounts:
+    data = read_small_file(path)
     try:
-        with open(path, "rb") as f:
-            data = f.read()
-        if data[:2] == b"\x1f\x8b":
-            data = gzip.decompress(data)
         doc = orjson.loads(data)
-    except OSError as err:
-        raise VecapError(f"cannot read '{path}': {err.strerror}") from None
-    except (orjson.JSONDecodeError, gzip.BadGzipFile, EOFError):
+    except orjson.JSONDecodeError:
         raise VecapError(f"'{path}' is not a counts file (not JSON)") from None
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         raise VecapError(f"'{path}' is not a counts file written by `vecap curate count`")

@@ -26,6 +26,7 @@ import orjson
 from vecap_cli.errors import VecapError
 from vecap_cli.steps.curate.matching import spacing
 from vecap_cli.stream.sinks import write_file
+from vecap_cli.stream.sources import read_small_file
 
 WORDNET_FILES = ("data.noun", "data.verb", "data.adj", "data.adv")
 _MARKER = re.compile(r"\([a-z]+\)$")  # adjective syntax markers: outback(a), galore(ip)
@@ -48,15 +49,7 @@ def _is_json(path: str) -> bool:
 
 
 def read_metadata(path: str) -> Metadata:
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-        if data[:2] == b"\x1f\x8b":
-            data = gzip.decompress(data)
-    except OSError as err:
-        raise VecapError(f"cannot read metadata '{path}': {err.strerror}") from None
-    except (gzip.BadGzipFile, EOFError):
-        raise VecapError(f"cannot read metadata '{path}': damaged gzip") from None
+    data = read_small_file(path, "metadata ")
     entries = _parse_json(path, data) if _is_json(path) else _parse_lines(path, data)
     return Metadata(entries, metadata_sha(entries), path)
 

@@ -1,0 +1,34 @@
+"""Whole small files (counts, metadata): plain or gzip, one clear line when unreadable."""
+
+import gzip
+
+import pytest
+
+from vecap_cli.errors import VecapError
+from vecap_cli.stream.sources import read_small_file
+
+
+def test_plain_and_gzip_read_the_same(tmp_path):
+    (tmp_path / "a.json").write_bytes(b'["dog"]')
+    (tmp_path / "a.json.gz").write_bytes(gzip.compress(b'["dog"]'))
+    assert read_small_file(str(tmp_path / "a.json")) == b'["dog"]'
+    assert read_small_file(str(tmp_path / "a.json.gz")) == b'["dog"]'
+
+
+@pytest.mark.parametrize(
+    ("name", "data", "says"),
+    [
+        ("missing.json", None, "No such file"),
+        ("cut.json.gz", b"\x1f\x8b\x08\x00xx", "damaged gzip"),
+        ("bad.json.gz", gzip.compress(b"x" * 64)[:12] + b"\xff" * 20, "damaged gzip"),
+    ],
+)
+def test_an_unreadable_file_is_one_line_naming_it(tmp_path, name, data, says):
+    path = tmp_path / name
+    if data is not None:
+        path.write_bytes(data)
+    with pytest.raises(VecapError) as err:
+        read_small_file(str(path), "metadata ")
+    message = str(err.value)
+    assert message.startswith(f"cannot read metadata '{path}'") and says in message
+    assert "\n" not in message
