@@ -53,6 +53,26 @@ def test_edge_cases_agree_with_the_naive_rule(text):
     assert Matcher(EDGE_ENTRIES)(text) == naive(text, EDGE_ENTRIES)
 
 
+def test_a_batch_matches_as_its_texts_do_one_by_one():
+    # one automaton pass over the texts joined: no match may leak into a neighbour
+    # (texts ending or starting in spaces, empty texts, punctuation at the joins)
+    matcher = Matcher(EDGE_ENTRIES)
+    texts = EDGE_TEXTS + EDGE_TEXTS[::-1]
+    assert matcher.find_many(texts) == [naive(text, EDGE_ENTRIES) for text in texts]
+    assert matcher.find_many([]) == []
+    assert matcher.find_many(["", ""]) == [naive("", EDGE_ENTRIES)] * 2
+
+
+def test_the_batch_separator_in_a_text_or_an_entry_still_matches_by_the_rule():
+    texts = ["a dog\x00 cat", "dog", "\x00"]  # a text holding the separator: one by one
+    assert Matcher(EDGE_ENTRIES).find_many(texts) == [naive(t, EDGE_ENTRIES) for t in texts]
+    entries = ["dog", "x\x00y", "cat"]  # an entry holding it: never batched
+    texts = ["a dog", "x\x00y and a cat", "x y"]
+    assert Matcher(entries).find_many(texts) == [[0], [1, 2], []]
+    assert Matcher(entries)("x\x00y") == [1]
+    assert Matcher([]).find_many(["dog", ""]) == [[], []]
+
+
 def names(text: str) -> set[str]:
     return {EDGE_ENTRIES[i] for i in Matcher(EDGE_ENTRIES)(text)}
 
@@ -126,4 +146,5 @@ def test_agrees_id_for_id_with_the_naive_rule_on_10k_laion_alttexts_and_wordnet(
             assert naive(text, padded, range(len(entries))) == expected
         assert matcher(text) == expected, text
         matched += bool(expected)
+    assert matcher.find_many(texts) == [matcher(text) for text in texts]  # one batch
     assert matched > 4000  # the comparison is not vacuous

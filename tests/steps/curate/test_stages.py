@@ -1,9 +1,13 @@
 """The stages on plain lists: filters, matching, balancing, and the one-pass cache."""
 
+import io
+
+import orjson
 import pytest
 
 from vecap_cli.errors import VecapError
 from vecap_cli.steps.curate.balancing import Balancer
+from vecap_cli.steps.curate import stages
 from vecap_cli.steps.curate.matching import Matcher
 from vecap_cli.steps.curate.stages import CurateConfig, MatchCache, balance, count, prepare
 from vecap_cli.stream.sample import Sample
@@ -27,7 +31,7 @@ def samples(records=RECORDS):
 
 def run(config=CurateConfig(), probs=(1.0, 1.0, 1.0, 1.0), records=RECORDS):
     tally = Tally("curate")
-    pairs = prepare(samples(records), tally, config, Matcher(ENTRIES))
+    pairs = prepare(samples(records), tally, config, Matcher(ENTRIES).find_many)
     out = list(balance(pairs, tally, config, Balancer(list(probs), config.seed)))
     return {s.key: s.record["curate"] for s in out}, tally
 
@@ -68,7 +72,7 @@ def test_keep_all_marks_instead_of_dropping():
 def test_unknown_fields_travel_untouched_and_curate_is_replaced():
     record = {"key": "z", "alt": "a dog", "curate": {"old": 1}, "x": {"deep": [1, None]}}
     tally = Tally("curate")
-    pairs = prepare(samples([record]), tally, CurateConfig(), Matcher(ENTRIES))
+    pairs = prepare(samples([record]), tally, CurateConfig(), Matcher(ENTRIES).find_many)
     (out,) = balance(pairs, tally, CurateConfig(), Balancer([1.0] * 4, 0))
     assert out.record == {**record, "curate": {"entries": [0], "p": 1.0, "keep": True}}
 
@@ -76,7 +80,7 @@ def test_unknown_fields_travel_untouched_and_curate_is_replaced():
 def test_count_tallies_matched_as_out_and_the_rest_as_no_match():
     tally = Tally("curate count")
     config = CurateConfig(dedup=("url",))
-    records, matched = count(prepare(samples(), tally, config, Matcher(ENTRIES)), tally)
+    records, matched = count(prepare(samples(), tally, config, Matcher(ENTRIES).find_many), tally)
     assert (records, matched) == (5, 4)  # d rejected, f a duplicate url
     assert tally.n_out == 4 and dict(tally.dropped) == {"no-match": 1, "duplicate-url": 1}
 
@@ -85,20 +89,36 @@ def test_the_cache_replays_what_prepare_decided():
     config = CurateConfig(html=True, text_filter=True, dedup=("url", "text"))
     cache = MatchCache()
     first = Tally("curate")
-    direct = list(prepare(samples(), first, config, Matcher(ENTRIES), cache))
+    direct = list(prepare(samples(), first, config, Matcher(ENTRIES).find_many, cache))
     # the reader rejected an input before these: ordinals jump by one
     shifted = [Sample(s.record, idx=s.idx + (s.idx >= 3)) for s in samples()]
     cache = MatchCache()
-    list(prepare(shifted, Tally("curate"), config, Matcher(ENTRIES), cache))
+    list(prepare(shifted, Tally("curate"), config, Matcher(ENTRIES).find_many, cache))
     second = Tally("curate")
     replayed = list(cache.replaying(shifted, second, config))
     assert [(s.key, ids) for s, ids in replayed] == [(s.key, ids) for s, ids in direct]
     assert second.dropped == first.dropped and second.rejected == first.rejected
 
 
+@pytest.mark.parametrize("batch", [1, 2, 3])
+def test_matching_in_batches_changes_nothing_and_rejects_stay_in_input_order(batch, monkeypatch):
+    config = CurateConfig(html=True, text_filter=True, dedup=("url", "text"))
+    whole, whole_tally = run(config)
+    records = [*RECORDS, {"key": "h", "alt": 3}, {"key": "i", "alt": "a small grey cat"}]
+    monkeypatch.setattr(stages, "BATCH", batch)
+    out, tally = run(config)
+    assert out == whole and tally.dropped == whole_tally.dropped
+    cache = MatchCache()
+    rejects = Tally("curate", rejects=io.BytesIO())
+    pairs = list(prepare(samples(records), rejects, config, Matcher(ENTRIES).find_many, cache))
+    assert [s.key for s, _ in pairs] == ["a", "b", "c", "i"]
+    assert [orjson.loads(line)["idx"] for line in rejects.rejects.getvalue().splitlines()] == [3, 7]
+    assert list(cache.codes) == [0, 0, 0, 1, 4, 3, 2, 1, 0]  # by RULES
+
+
 def test_the_cache_notices_an_input_that_grew():
     cache = MatchCache()
-    list(prepare(samples(), Tally("curate"), CurateConfig(), Matcher(ENTRIES), cache))
+    list(prepare(samples(), Tally("curate"), CurateConfig(), Matcher(ENTRIES).find_many, cache))
     more = [*samples(), Sample({"key": "h", "alt": "dog"}, idx=len(RECORDS))]
     with pytest.raises(VecapError, match="the input changed between curate's two passes"):
         list(cache.replaying(more, Tally("curate"), CurateConfig()))

@@ -86,16 +86,17 @@ class Accumulator:
         self._totals = np.zeros(n_entries, dtype=np.int64)
         self._ids = array("i")
 
-    def recording(self, match: Callable[[str], list[int]]) -> Callable[[str], list[int]]:
-        """`match` that also adds up what it finds."""
+    def recording(
+        self, match_many: Callable[[list[str]], list[list[int]]]
+    ) -> Callable[[list[str]], list[list[int]]]:
+        """`match_many` that also adds up what it finds."""
 
-        def record(text: str) -> list[int]:
-            found = match(text)
-            if found:
-                self._ids.extend(found)
-                if len(self._ids) >= self._BLOCK:
-                    self._fold(self._ids)
-                    self._ids = array("i")
+        def record(texts: list[str]) -> list[list[int]]:
+            found = match_many(texts)
+            self._ids.extend(chain.from_iterable(found))
+            if len(self._ids) >= self._BLOCK:
+                self._fold(self._ids)
+                self._ids = array("i")
             return found
 
         return record

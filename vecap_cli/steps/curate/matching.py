@@ -48,13 +48,25 @@ def can_match(entry: str) -> bool:
     return f" {entry} " in spacing(_NEAR_PUNCT.sub(r"\1", entry))
 
 
-class Matcher:
-    """`matcher(text)` -> the sorted ids of the entries that match `text`.
+# Joins the texts of a batch, so that one automaton pass matches them all: the
+# spaced batch is the spaced texts joined by it, and no entry holding it is batched.
+SEP = "\x00"
 
-    `matcher.find` is the same call as a plain function, for hot loops (calling
-    an instance costs a method lookup per record). An entry listed twice
-    matches under every id it has (pyahocorasick keeps one value per word, so
-    the other ids are kept beside the automaton).
+
+class Matcher:
+    """`matcher(text)` -> the sorted ids of the entries that match `text`;
+    `matcher.find_many(texts)` -> one such list per text.
+
+    `find_many` is the fast path: it spaces the texts joined by SEP as one string
+    and runs the automaton over it once, which takes about half the time of one
+    pass per text (each pass pays a setup and leaves the automaton's memory cold).
+    A match cannot span two texts, as no entry word holds SEP; SEP itself is a word
+    whose hits mark where each text ends. A batch with a text holding SEP, or a
+    list with an entry holding it, is matched text by text.
+
+    `matcher.find` is the one-text call as a plain function. An entry listed twice
+    matches under every id it has (pyahocorasick keeps one value per word, so the
+    other ids are kept beside the automaton).
     """
 
     def __init__(self, entries: Sequence[str]):
@@ -69,20 +81,29 @@ class Matcher:
                 continue
             first[entry] = idx
             automaton.add_word(f" {entry} ", idx)
-        if first:
-            automaton.make_automaton()
-            self.find = _finder(automaton.iter, also)
-        else:
-            self.find = lambda text: []  # an automaton with no words cannot search
         self.n_entries = len(entries)
+        if not first:  # an automaton with no words cannot search
+            self.find = lambda text: []
+            self.find_many = lambda texts: [[] for _ in texts]
+            return
+        end = len(entries)  # the id of SEP's hits: no entry has it
+        batched = not any(SEP in entry for entry in first)
+        if batched:
+            automaton.add_word(SEP, end)
+        automaton.make_automaton()
+        self.find = _finder(automaton.iter, also, end if batched else None)
+        if batched:
+            self.find_many = _batch_finder(automaton.iter, also, end, self.find)
+        else:
+            self.find_many = lambda texts: [self.find(text) for text in texts]
 
     def __call__(self, text: str) -> list[int]:
         return self.find(text)
 
 
-def _finder(search, also: dict[int, list[int]]):
+def _finder(search, also: dict[int, list[int]], end: int | None):
     def find(text: str) -> list[int]:
-        # The per-record hot path: spacing inlined, one C iterator, one set.
+        # spacing inlined, one C iterator, one set
         spaced = f" {text} "
         for char, wrapped in _WRAP:
             if char in spaced:
@@ -92,9 +113,40 @@ def _finder(search, also: dict[int, list[int]]):
         ids = {idx for _, idx in search(spaced)}
         if not ids:
             return []
-        if also:
-            for idx in [i for i in ids if i in also]:
-                ids.update(also[idx])
-        return sorted(ids)
+        if end is not None and SEP in text:
+            ids.discard(end)
+        return _sorted(ids, also)
 
     return find
+
+
+def _batch_finder(search, also: dict[int, list[int]], end: int, find):
+    joiner = f" {SEP} "
+
+    def find_many(texts: list[str]) -> list[list[int]]:
+        joined = joiner.join(texts)
+        if joined.count(SEP) != len(texts) - 1:  # a text holds SEP (or there is none)
+            return [find(text) for text in texts]
+        spaced = spacing(joined)  # " a " SEP " b ": the texts spaced one by one, joined
+        found: list[list[int]] = []
+        ids: list[int] = []
+        for _, idx in search(spaced):  # hits in text order; SEP's close a text
+            if idx == end:
+                found.append(ids)
+                ids = []
+            else:
+                ids.append(idx)
+        found.append(ids)
+        if also:
+            return [_sorted(set(ids), also) if ids else ids for ids in found]
+        return [sorted(set(ids)) if len(ids) > 1 else ids for ids in found]
+
+    return find_many
+
+
+def _sorted(ids: set[int], also: dict[int, list[int]]) -> list[int]:
+    """`ids` with the repeats of the entries listed twice, sorted."""
+    if also:
+        for idx in [i for i in ids if i in also]:
+            ids.update(also[idx])
+    return sorted(ids)

@@ -150,7 +150,7 @@ def _count_then_balance(
     record, then balances them (about 1.2 kB held per LAION-like record)."""
     accumulator = Accumulator(len(meta.entries))
     with _no_cycle_collection():
-        pairs = stages.prepare(samples, tally, config, matcher.find)
+        pairs = stages.prepare(samples, tally, config, matcher.find_many)
         held, records, matched = stages.hold(pairs, tally, config.keep_all)
         accumulator.add_each(ids for _, ids in held)
         counts = accumulator.result(meta.sha256, config.matching(), records, matched)
@@ -198,7 +198,7 @@ def _curate_twice(
 
         def decide(samples, tally):
             if cache is None:
-                return stages.prepare(samples, tally, config, matcher.find)
+                return stages.prepare(samples, tally, config, matcher.find_many)
             if cleaned is not None:
                 tally.extra["html_cleaned"] = cleaned
             return cache.replaying(samples, tally, config)
@@ -256,7 +256,7 @@ def balance(opts: StreamOptions, config: CurateConfig, metadata: str, counts: st
         )
 
     def decide(samples, tally):
-        return stages.prepare(samples, tally, config, matcher.find)
+        return stages.prepare(samples, tally, config, matcher.find_many)
 
     stage = _balancing(config, meta, entry_counts, decide, time.monotonic())
     counts_id = hashlib.sha1(orjson.dumps(entry_counts.counts)).hexdigest()
@@ -338,7 +338,7 @@ def _count(
         opts.inputs, tally, rank=opts.rank, world_size=opts.world_size, log=opts.log, stdin=stdin
     )
     # counted from the cache at the end when there is one, else as matched
-    match = matcher.find if cache is not None else accumulator.recording(matcher.find)
+    match = matcher.find_many if cache is not None else accumulator.recording(matcher.find_many)
     with progress(f"{tally.command} (counting)", not opts.quiet) as update:
         if update is not None:
             samples = showing(samples, tally, update)

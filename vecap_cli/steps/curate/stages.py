@@ -53,24 +53,30 @@ class CurateConfig:
         }
 
 
+BATCH = 1024  # records matched in one automaton pass (`Matcher.find_many`)
+
+
 def prepare(
     samples: Iterable[Sample],
     tally: Tally,
     config: CurateConfig,
-    match: Callable[[str], list[int]],
+    match_many: Callable[[list[str]], list[list[int]]],
     cache: MatchCache | None = None,
 ) -> Pairs:
-    """(sample, sorted matched ids) for every record the filters let through.
+    """(sample, sorted matched ids) for every record the filters let through,
+    matched BATCH records at a time (`match_many`: `Matcher.find_many`).
 
-    With a cache, every decision (ids, or the rule that removed the record) is
-    recorded by input ordinal for `MatchCache.replaying`.
+    Removals are counted as records arrive, so rejections reach --rejects in input
+    order. With a cache, every decision (ids, or the rule that removed the record)
+    is recorded by input ordinal for `MatchCache.replaying`.
     """
     field = config.field
     screen = Screen(config) if config.html or config.text_filter or config.dedup else None
-    codes, starts, all_ids = (cache.codes, cache.starts, cache.ids) if cache else (None,) * 3
+    chunk: list[Sample] = []
+    rules: list[str] = []  # per sample in the chunk: "" or the rule that removed it
+    texts: list[str] = []  # of the samples not removed
     try:
         for sample in samples:
-            # the hot path (no filters): a dict lookup, a type check, the match
             text = sample.record.get(field)
             if not isinstance(text, str):
                 rule = NO_TEXT
@@ -81,21 +87,38 @@ def prepare(
                     tally.drop(rule, sample)
             else:
                 rule = ""
-            if rule:
-                if cache is not None:
-                    cache.note(sample.idx, rule)
-                continue
-            found = match(text)
-            if codes is not None:
-                if sample.idx != len(codes):
-                    cache.note_gap(sample.idx)
-                codes.append(0)
-                starts.append(len(all_ids))
-                all_ids.extend(found)
-            yield sample, found
+            chunk.append(sample)
+            rules.append(rule)
+            if not rule:
+                texts.append(text)
+            if len(chunk) == BATCH:
+                yield from _paired(chunk, rules, match_many(texts), cache)
+                chunk, rules, texts = [], [], []
+        if chunk:
+            yield from _paired(chunk, rules, match_many(texts), cache)
     finally:
         if screen is not None and config.html:
             tally.extra["html_cleaned"] = tally.extra.get("html_cleaned", 0) + screen.cleaned
+
+
+def _paired(
+    chunk: list[Sample], rules: list[str], found: list[list[int]], cache: MatchCache | None
+) -> Iterable[tuple[Sample, list[int]]]:
+    """The chunk's samples that were not removed, with their ids (in the cache too)."""
+    if cache is None:
+        if len(found) == len(chunk):  # the hot path: nothing removed
+            return zip(chunk, found, strict=True)
+        return zip(
+            [s for s, rule in zip(chunk, rules, strict=True) if not rule], found, strict=True
+        )
+    pairs = []
+    ids = iter(found)
+    for sample, rule in zip(chunk, rules, strict=True):
+        if rule:
+            cache.note(sample.idx, rule)
+        else:
+            pairs.append((sample, cache.matched(sample.idx, next(ids))))
+    return pairs
 
 
 def count(pairs: Iterable[tuple[Sample, list[int]]], tally: Tally) -> tuple[int, int]:
@@ -181,6 +204,15 @@ class MatchCache:
         gap = idx - len(self.codes)
         self.codes.extend([-1] * gap)
         self.starts.extend([len(self.ids)] * gap)
+
+    def matched(self, idx: int, ids: list[int]) -> list[int]:
+        """A record that reached matching, with the ids it matched (returned)."""
+        if idx != len(self.codes):
+            self.note_gap(idx)
+        self.codes.append(0)
+        self.starts.append(len(self.ids))
+        self.ids.extend(ids)
+        return ids
 
     def note(self, idx: int, rule: str) -> None:
         """A record removed under `rule` (matched records are written by `prepare`)."""
