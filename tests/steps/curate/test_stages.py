@@ -6,8 +6,8 @@ import orjson
 import pytest
 
 from vecap_cli.errors import VecapError
-from vecap_cli.steps.curate.balancing import Balancer
 from vecap_cli.steps.curate import stages
+from vecap_cli.steps.curate.balancing import Balancer
 from vecap_cli.steps.curate.matching import Matcher
 from vecap_cli.steps.curate.stages import CurateConfig, MatchCache, balance, count, prepare
 from vecap_cli.stream.sample import Sample
