@@ -36,6 +36,21 @@ def test_ticks_are_round_and_cover_the_range():
         assert any(math.isclose(mantissa, m) for m in (1, 2, 2.5, 5))
 
 
+def test_a_short_run_labels_whole_steps_only(tmp_path, monkeypatch):
+    from PIL import ImageDraw
+
+    labels = []
+    real_text = ImageDraw.ImageDraw.text
+
+    def text(self, xy, content, *args, **kwargs):
+        labels.append(content)
+        return real_text(self, xy, content, *args, **kwargs)
+
+    monkeypatch.setattr(ImageDraw.ImageDraw, "text", text)
+    plot_loss([2.0, 1.8, 1.7], str(tmp_path / "loss.png"))
+    assert [x for x in labels if x.isdigit()] == ["1", "2", "3"]
+
+
 def test_the_moving_average_skips_values_that_are_not_finite():
     assert moving_average([1, 3, math.nan, 5], 2) == [1, 2, 3, 5]
     assert math.isnan(moving_average([math.nan], 3)[0])

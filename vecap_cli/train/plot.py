@@ -31,7 +31,7 @@ def plot_loss(losses: Sequence[float], path: str, title: str = "") -> None:
     finite = [v for v in losses if math.isfinite(v)]
     lo, hi = (min(finite), max(finite)) if finite else (0.0, 1.0)
     yticks = nice_ticks(lo, hi, 5)
-    xticks = [t for t in nice_ticks(1, max(n, 2), 6) if 1 <= t <= max(n, 2)]
+    xticks = [t for t in nice_ticks(1, max(n, 2), 6) if 1 <= t <= max(n, 1) and t == int(t)]
     ylo, yhi = yticks[0], yticks[-1]
 
     def px(step: float) -> float:
@@ -101,13 +101,14 @@ def _curve(draw, values: Sequence[float], px, py, colour, width: int, columns: i
     per = max(1, math.ceil(len(values) / columns))
     line: list[tuple[float, float]] = []
     for start in range(0, len(values), per):
-        chunk = [v for v in values[start : start + per] if math.isfinite(v)]
+        column = values[start : start + per]
+        chunk = [v for v in column if math.isfinite(v)]
         if not chunk:
             if len(line) > 1:
                 draw.line(line, fill=colour, width=width, joint="curve")
             line = []
             continue
-        x = px(start + 1 + (len(values[start : start + per]) - 1) / 2)
+        x = px(start + 1 + (len(column) - 1) / 2)
         if per > 1:
             draw.line([(x, py(min(chunk))), (x, py(max(chunk)))], fill=colour, width=width)
         line.append((x, py(sum(chunk) / len(chunk))))
