@@ -215,7 +215,7 @@ class MatchCache:
         return ids
 
     def note(self, idx: int, rule: str) -> None:
-        """A record removed under `rule` (matched records are written by `prepare`)."""
+        """A record removed under `rule` (a matched one goes through `matched`)."""
         if idx != len(self.codes):
             self.note_gap(idx)
         self.codes.append(self._code_of[rule])
