@@ -20,6 +20,7 @@ from vecap_cli.cli.options import (
     Inputs,
     _run_options,
     _with_flags,
+    finite,
     record_command,
     report,
 )
@@ -336,7 +337,8 @@ def build_metadata(
         int, typer.Option(min=1, help="Keep corpus unigrams counted at least this often.")
     ] = 100,
     min_pmi: Annotated[
-        float, typer.Option(help="Keep corpus bigrams with at least this PMI (log2).")
+        float,
+        typer.Option(callback=finite, help="Keep corpus bigrams with at least this PMI (log2)."),
     ] = 30.0,
     min_bigram_count: Annotated[
         int,

@@ -8,6 +8,7 @@ everywhere, help text included.
 
 import functools
 import inspect
+import math
 import os
 import sys
 from typing import Annotated
@@ -220,11 +221,21 @@ def floats(text: str | None, flag: str) -> tuple[float, ...] | None:
     if text is None:
         return None
     try:
-        return tuple(float(x) for x in text.split(","))
+        values = tuple(float(x) for x in text.split(","))
     except ValueError:
         raise typer.BadParameter(
             f"expected comma-separated numbers, got '{text}'", param_hint=flag
         ) from None
+    if not all(map(math.isfinite, values)):
+        raise typer.BadParameter(f"expected finite numbers, got '{text}'", param_hint=flag)
+    return values
+
+
+def finite(value: float | None) -> float | None:
+    """A typer callback: NaN and infinities are usage errors, not numbers to train with."""
+    if value is not None and not math.isfinite(value):
+        raise typer.BadParameter(f"expected a finite number, got {value}")
+    return value
 
 
 def report(tally, opts: RunOptions) -> None:

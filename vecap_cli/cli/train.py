@@ -5,7 +5,7 @@ from typing import Annotated
 
 import typer
 
-from vecap_cli.cli.options import RunOptions, floats, report, run_command
+from vecap_cli.cli.options import RunOptions, finite, floats, report, run_command
 
 _DATA, _MODEL, _OPT, _OUT = "Data", "Model", "Optimisation", "Output"
 
@@ -40,6 +40,11 @@ def _names(text: str | None) -> tuple[str, ...] | None:
 
 def _opt(help: str, panel: str, **kw):
     return typer.Option(help=help, rich_help_panel=panel, **kw)
+
+
+def _num(help: str, panel: str, **kw):
+    """A float flag: NaN and infinities are refused as usage errors."""
+    return _opt(help, panel, callback=finite, **kw)
 
 
 @run_command("train")
@@ -82,8 +87,8 @@ def train(
         Attention,
         _opt("fused: the core's kernel; sdpa: open_clip's own; auto: fused when built.", _MODEL),
     ] = Attention.auto,
-    coca_caption_weight: Annotated[float, _opt("CoCa caption loss weight.", _MODEL)] = 2.0,
-    coca_contrastive_weight: Annotated[float, _opt("CoCa contrastive loss weight.", _MODEL)] = 1.0,
+    coca_caption_weight: Annotated[float, _num("CoCa caption loss weight.", _MODEL)] = 2.0,
+    coca_contrastive_weight: Annotated[float, _num("CoCa contrastive loss weight.", _MODEL)] = 1.0,
     text_keys: Annotated[
         str | None,
         _opt(
@@ -108,11 +113,11 @@ def train(
     ] = False,
     batch_size: Annotated[int, _opt("Samples per step on each rank.", _OPT)] = 64,
     epochs: Annotated[int, _opt("Epochs of --train-num-samples each.", _OPT)] = 1,
-    lr: Annotated[float, _opt("Peak learning rate (AdamW).", _OPT)] = 5e-4,
-    wd: Annotated[float, _opt("Weight decay (not on gains, biases, logit_scale).", _OPT)] = 0.2,
+    lr: Annotated[float, _num("Peak learning rate (AdamW).", _OPT)] = 5e-4,
+    wd: Annotated[float, _num("Weight decay (not on gains, biases, logit_scale).", _OPT)] = 0.2,
     warmup: Annotated[int, _opt("Linear warmup steps, then cosine decay.", _OPT)] = 100,
     grad_clip_norm: Annotated[
-        float | None, _opt("Clip the gradient norm to this.", _OPT, show_default=False)
+        float | None, _num("Clip the gradient norm to this.", _OPT, show_default=False)
     ] = None,
     grad_checkpointing: Annotated[
         bool, _opt("Recompute activations in backward (less memory).", _OPT)

@@ -7,6 +7,7 @@ offline and mixing in the loader give the same captions.
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -33,12 +34,17 @@ class MixConfig:
         if not self.keys or any(not k for k in self.keys):
             raise ValueError("--keys needs at least one field name")
         if self.probs is not None:
-            if len(self.probs) != len(self.keys):
-                raise ValueError(f"--probs has {len(self.probs)} values for {len(self.keys)} keys")
-            if min(self.probs) < 0 or abs(sum(self.probs) - 1) > 1e-6:
-                raise ValueError(
-                    f"--probs must be non-negative and sum to 1 (they sum to {sum(self.probs):g})"
-                )
+            check_probs(self.probs, self.keys, "--probs")
+
+
+def check_probs(probs: tuple[float, ...], keys: tuple[str, ...], flag: str) -> None:
+    """One probability per key, each finite and non-negative, summing to 1."""
+    if len(probs) != len(keys):
+        raise ValueError(f"{flag} has {len(probs)} values for {len(keys)} keys")
+    if not all(math.isfinite(p) and p >= 0 for p in probs) or abs(sum(probs) - 1) > 1e-6:
+        raise ValueError(
+            f"{flag} must be finite, non-negative and sum to 1 (they sum to {sum(probs):g})"
+        )
 
 
 def available(record: dict, keys: Iterable[str], first: bool = False) -> list[tuple[str, str]]:

@@ -76,12 +76,9 @@ class TrainConfig:
         if self.text_probs is not None:
             if self.text_keys is None:
                 raise ValueError("--text-probs: needs --text-keys")
-            if len(self.text_probs) != len(self.text_keys):
-                raise ValueError(
-                    f"--text-probs: {len(self.text_probs)} values for {len(self.text_keys)} keys"
-                )
-            if min(self.text_probs) < 0 or abs(sum(self.text_probs) - 1) > 1e-6:
-                raise ValueError("--text-probs: must be non-negative and sum to 1")
+            from vecap_cli.steps.mix import check_probs
+
+            check_probs(self.text_probs, self.text_keys, "--text-probs")
         if self.train_num_samples is not None and self.train_num_samples < 1:
             raise ValueError("--train-num-samples: must be at least 1")
 
