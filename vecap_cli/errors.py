@@ -13,3 +13,9 @@ class VecapError(Exception):
 
 class StrictError(VecapError):
     """The first per-record rejection under --strict."""
+
+
+def first_line(err: BaseException) -> str:
+    """An exception as one line: its message's first line, else its type's name."""
+    text = str(err).strip() or type(err).__name__
+    return text.splitlines()[0]

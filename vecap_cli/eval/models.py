@@ -15,15 +15,14 @@ Checkpoints load with `weights_only=True`; remote code is never trusted.
 
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import Callable
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 
-from vecap_cli.errors import VecapError
+from vecap_cli.errors import VecapError, first_line
+from vecap_cli.loading import load_error, quietly
 
 _TOKENIZER_FILES = (
     "tokenizer.json",
@@ -89,16 +88,6 @@ def _register(path: str) -> str:
     return os.path.splitext(os.path.basename(path))[0]
 
 
-@contextmanager
-def _quiet_logging():
-    """open_clip logs warnings (random weights, ...) at the root logger: we say our own."""
-    logging.disable(logging.WARNING)
-    try:
-        yield
-    finally:
-        logging.disable(logging.NOTSET)
-
-
 def _load_open_clip(arch: str, pretrained: str | None, log) -> LoadedModel:
     import open_clip
 
@@ -114,14 +103,14 @@ def _load_open_clip(arch: str, pretrained: str | None, log) -> LoadedModel:
     if not pretrained and not local:
         log(f"warning: no --pretrained: {arch} has random weights")
     try:
-        with _quiet_logging():
+        with quietly():
             model, _, preprocess = open_clip.create_model_and_transforms(
                 arch, pretrained=pretrained or None, weights_only=True
             )
             tokenizer = open_clip.get_tokenizer(arch)
-    except (RuntimeError, ValueError, KeyError, OSError) as err:
+    except Exception as err:  # a file from anywhere: whatever pickle or torch raises is one line
         what = f"'{pretrained}' into {arch}" if pretrained else f"'{arch}'"
-        raise VecapError(f"cannot load {what}: {_first_line(err)}") from None
+        raise load_error(f"cannot load {what}", err) from None
     return LoadedModel(model, tokenizer, preprocess, arch.removeprefix("local-dir:"), pretrained)
 
 
@@ -135,8 +124,8 @@ def _load_hf(model_id: str, tokenizer: str | None) -> LoadedModel:
     transformers.logging.disable_progress_bar()  # stderr is for our summary
     try:
         config = AutoConfig.from_pretrained(model_id, trust_remote_code=False)
-    except (OSError, ValueError) as err:
-        raise VecapError(f"cannot load '{model_id}': {_first_line(err)}") from None
+    except Exception as err:  # a damaged config.json: whatever transformers raises is one line
+        raise VecapError(f"cannot load '{model_id}': {first_line(err)}") from None
     if config.model_type != "clip":
         raise VecapError(
             f"--model '{model_id}' is a '{config.model_type}' model: only CLIPModel "
@@ -144,8 +133,8 @@ def _load_hf(model_id: str, tokenizer: str | None) -> LoadedModel:
         )
     try:
         model = CLIPModel.from_pretrained(model_id, trust_remote_code=False)
-    except (OSError, ValueError, RuntimeError) as err:
-        raise VecapError(f"cannot load '{model_id}': {_first_line(err)}") from None
+    except Exception as err:  # damaged or hostile weights: whatever the loader raises is one line
+        raise VecapError(f"cannot load '{model_id}': {first_line(err)}") from None
     source = tokenizer or model_id
     hint = "" if tokenizer else ": pass --tokenizer (VeCLIP checkpoints use t5-base)"
     if os.path.isdir(source) and not any(
@@ -156,7 +145,7 @@ def _load_hf(model_id: str, tokenizer: str | None) -> LoadedModel:
     try:
         tok = AutoTokenizer.from_pretrained(source, trust_remote_code=False)
     except (OSError, ValueError, TypeError) as err:
-        raise VecapError(f"no tokenizer in '{source}'{hint} ({_first_line(err)})") from None
+        raise VecapError(f"no tokenizer in '{source}'{hint} ({first_line(err)})") from None
     return LoadedModel(
         HFClip(model),
         HFTokenizer(tok, config.text_config.max_position_embeddings),
@@ -233,8 +222,3 @@ class VeclipPreprocess:
         x = TF.resize(x, self.size, InterpolationMode.BILINEAR, antialias=False)
         x = TF.center_crop(x, [self.size, self.size])
         return TF.normalize(x / 255.0, CLIP_MEAN, CLIP_STD)
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip() or type(err).__name__
-    return text.splitlines()[0]

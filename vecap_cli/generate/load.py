@@ -70,6 +70,11 @@ def check_openclip(model: str, pretrained: str | None) -> None:
         path = os.path.expanduser(model[len("local-dir:") :])
         if not os.path.isfile(os.path.join(path, "open_clip_config.json")):
             raise VecapError(f"cannot load model '{model}': no open_clip_config.json in '{path}'")
+    if pretrained and model.startswith(("local-dir:", "hf-hub:")):
+        # open_clip would ignore --pretrained here, with a log line nobody sees
+        raise VecapError(
+            f"--pretrained cannot go with --model '{model}': its weights come from there"
+        )
     if pretrained and _looks_local(pretrained) and not os.path.isfile(pretrained):
         raise VecapError(f"cannot read --pretrained '{pretrained}': no such file")
 

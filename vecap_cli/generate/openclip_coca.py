@@ -10,7 +10,8 @@ from __future__ import annotations
 import re
 
 from vecap_cli.errors import VecapError
-from vecap_cli.generate.base import decode_rgb, model_error, resolve_device
+from vecap_cli.generate.base import decode_rgb, resolve_device
+from vecap_cli.loading import load_error, quietly
 
 _SPACE_BEFORE_PUNCT = re.compile(r" ([,.;:!?])")
 
@@ -30,12 +31,16 @@ class CocaCaptioner:
 
         self.device = resolve_device(device)
         try:
-            self.model, _, self.preprocess = open_clip.create_model_and_transforms(
-                model, pretrained=pretrained or None, device=self.device
-            )
-            self.tokenizer = open_clip.get_tokenizer(model)
-        except (OSError, ValueError, RuntimeError, KeyError) as err:
-            raise model_error("the open_clip model", model, err) from None
+            with quietly():
+                self.model, _, self.preprocess = open_clip.create_model_and_transforms(
+                    model, pretrained=pretrained or None, device=self.device, weights_only=True
+                )
+                self.tokenizer = open_clip.get_tokenizer(model)
+        except (
+            Exception
+        ) as err:  # a file from anywhere: whatever pickle or torch raises is one line
+            what = f"--pretrained '{pretrained}' into {model}" if pretrained else model
+            raise load_error(f"cannot load the open_clip model {what}", err) from None
         if not hasattr(self.model, "generate"):
             raise VecapError(f"'{model}' is not a CoCa model: open_clip captions only with CoCa")
         self.model.eval()

@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 
 from vecap_cli.errors import VecapError
+from vecap_cli.loading import load_error, quietly
 
 LATEST = "latest"
 _STEP_FILE = re.compile(r"^step_(\d{8,})\.pt$")
@@ -83,9 +84,10 @@ def resolve_resume(spec: str | None, out: str) -> Path | None:
 
 def load(path: Path) -> dict:
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError, EOFError, ValueError) as err:
-        raise VecapError(f"--resume: cannot load '{path}': {str(err).splitlines()[0]}") from None
+        with quietly():
+            payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # a damaged or foreign file: whatever torch raises is one line
+        raise load_error(f"--resume: cannot load '{path}'", err) from None
     if not isinstance(payload, dict) or "state_dict" not in payload or "step" not in payload:
         raise VecapError(f"--resume: '{path}' is not a vecap train checkpoint")
     return payload

@@ -12,11 +12,9 @@ avoids "siglip", which would make open_clip fetch a Hugging Face tokenizer.
 from __future__ import annotations
 
 import difflib
-import logging
 import math
 import os
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +22,7 @@ import torch
 from torch import nn
 
 from vecap_cli.errors import VecapError
+from vecap_cli.loading import load_error, quietly
 from vecap_cli.train.fused import fused_attention
 
 CONFIG_DIR = Path(__file__).with_name("model_configs")
@@ -49,16 +48,6 @@ class Bundle:
     coca: bool
 
 
-@contextmanager
-def _quiet() -> Iterator[None]:
-    """open_clip logs 'no pretrained weights loaded' and the like on the root logger."""
-    logging.disable(logging.WARNING)
-    try:
-        yield
-    finally:
-        logging.disable(logging.NOTSET)
-
-
 def check_architecture(name: str) -> None:
     """One clear line for a name open_clip does not know."""
     import open_clip
@@ -82,20 +71,20 @@ def build(
     if pretrained is not None and not os.path.isfile(pretrained):
         raise VecapError(f"--pretrained: cannot read '{pretrained}': no such file")
     try:  # first: a tokenizer that needs the network fails before a big model is built
-        with _quiet():
+        with quietly():
             tokenizer = open_clip.get_tokenizer(name)
     except (OSError, ValueError) as err:
         why = str(err).splitlines()[0]
         raise VecapError(f"--model {name}: its tokenizer cannot be loaded: {why}") from None
     torch.manual_seed(seed)  # every rank and every rerun starts from the same weights
     try:
-        with _quiet():
+        with quietly():
             model, train_tf, val_tf = open_clip.create_model_and_transforms(
-                name, pretrained=pretrained, device=device, output_dict=True
+                name, pretrained=pretrained, device=device, output_dict=True, weights_only=True
             )
-    except (RuntimeError, ValueError, KeyError) as err:
+    except Exception as err:  # a file from anywhere: whatever pickle or torch raises is one line
         what = f"--pretrained '{pretrained}' does not load into {name}" if pretrained else name
-        raise VecapError(f"{what}: {str(err).splitlines()[0]}") from None
+        raise load_error(what, err) from None
     coca = isinstance(model, open_clip.CoCa)
     if coca and pretrained is None and not name.startswith(("local-dir:", "hf-hub:")):
         _init_caption_head(model)

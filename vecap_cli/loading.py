@@ -1,0 +1,35 @@
+"""Loading models and weights from files anyone may have written."""
+
+from __future__ import annotations
+
+import logging
+import pickle
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from vecap_cli.errors import VecapError, first_line
+
+
+@contextmanager
+def quietly() -> Iterator[None]:
+    """Silence what loaders say on their own: open_clip's root-logger warnings
+    (random weights, ...) and torch's warnings about foreign pickles. vecap says
+    its own one line, success or failure."""
+    logging.disable(logging.WARNING)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logging.disable(logging.NOTSET)
+
+
+def load_error(what: str, err: BaseException) -> VecapError:
+    """The one line for weights that did not load: `what` names the file and the model."""
+    if isinstance(err, pickle.UnpicklingError):
+        # torch's own text advises weights_only=False, which vecap never does
+        why = "not a plain-weights checkpoint (it holds pickled objects or code, refused)"
+    else:
+        why = first_line(err)
+    return VecapError(f"{what}: {why}")
