@@ -87,8 +87,11 @@ class ChatClient:
         key = os.environ.get(spec.api_key_env, "")
         if key:
             headers["Authorization"] = f"Bearer {key}"
-        # Longest first, so a password that contains the user is hidden whole.
-        self._secrets = sorted({s for s in (key, user, password) if s}, key=len, reverse=True)
+        # What a server might echo: the key, the user, the password, and the basic-auth
+        # header made of them; longest first, so a password that holds the user goes whole.
+        basic = base64.b64encode(f"{user}:{password}".encode()).decode() if user or password else ""
+        secrets = {s for s in (key, user, password, basic) if s}
+        self._secrets = sorted(secrets, key=len, reverse=True)
         self._http = httpx.Client(
             headers=headers,
             auth=httpx.BasicAuth(user, password) if user or password else None,
