@@ -5,7 +5,12 @@
 with a status (503: a server warming up, then recovering; with `retry_after`,
 the header that says when to come back), or hold every
 request after the first N until `release()` (so a test can kill its client
-mid-run). It listens on an ephemeral port and stops with the `with` block.
+mid-run). Hostile modes, for tests/hostile: `drip` sends every reply a byte
+at a time, that many seconds apart (status line and headers included);
+`no_length` sends the body without a Content-Length, ended by closing;
+`echo_headers` puts the request's headers in every error body (a server that
+repeats the credentials it was sent). It listens on an ephemeral port and stops
+with the `with` block.
 """
 
 from __future__ import annotations
@@ -28,11 +33,16 @@ class ChatServer:
         fail_status: int = 503,
         hold_after: int | None = None,
         retry_after: str | None = None,
+        drip: float = 0.0,
+        no_length: bool = False,
+        echo_headers: bool = False,
     ):
         self.answer = answer
         self.fail_first, self.fail_status = fail_first, fail_status
         self.hold_after = hold_after
         self.retry_after = retry_after
+        self.drip, self.no_length, self.echo_headers = drip, no_length, echo_headers
+        self._closed = threading.Event()
         self.requests = 0
         self.failed = 0
         self.headers: list[dict] = []
@@ -54,6 +64,7 @@ class ChatServer:
         return self
 
     def __exit__(self, *exc) -> None:
+        self._closed.set()
         self.release()
         self._httpd.shutdown()
         self._httpd.server_close()
@@ -84,9 +95,11 @@ class ChatServer:
                     with server._lock:
                         server.failed += 1
                     extra = {"Retry-After": server.retry_after} if server.retry_after else {}
-                    return self._send(
-                        server.fail_status, {"error": {"message": "warming up"}}, extra
-                    )
+                    error = {"message": "warming up"}
+                    if server.echo_headers:  # first: an error detail keeps the first 200 bytes
+                        auth = self.headers.get("Authorization", "")
+                        error = {"you-sent": {"authorization": auth, "path": self.path}, **error}
+                    return self._send(server.fail_status, {"error": error}, extra)
                 if server.hold_after is not None and n > server.hold_after:
                     server._gate.wait()
                 with server._model_lock:
@@ -109,13 +122,37 @@ class ChatServer:
 
             def _send(self, status: int, payload: dict, headers: dict | None = None) -> None:
                 data = json.dumps(payload).encode()
+                if server.drip:
+                    return self._drip(status, data)
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
                 for name, value in (headers or {}).items():
                     self.send_header(name, value)
-                self.send_header("Content-Length", str(len(data)))
+                if server.no_length:
+                    self.send_header("Connection", "close")
+                    self.close_connection = True
+                else:
+                    self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
-                self.wfile.write(data)
+                try:
+                    self.wfile.write(data)
+                except OSError:  # the client gave up reading: what a cap does
+                    self.close_connection = True
+
+            def _drip(self, status: int, data: bytes) -> None:
+                head = (
+                    f"HTTP/1.1 {status} OK\r\nContent-Type: application/json\r\n"
+                    f"Content-Length: {len(data)}\r\n\r\n"
+                ).encode()
+                self.close_connection = True
+                for i in range(len(head) + len(data)):
+                    if server._closed.wait(server.drip):
+                        return
+                    try:
+                        self.wfile.write((head + data)[i : i + 1])
+                        self.wfile.flush()
+                    except OSError:  # the client gave up: the deadline did its job
+                        return
 
         return Handler
 

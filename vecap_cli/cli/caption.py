@@ -71,6 +71,7 @@ def caption(
     concurrency: g.Concurrency = 16,
     retries: g.Retries = 5,
     timeout: g.Timeout = 120.0,
+    max_reply_bytes: g.MaxReplyBytes = g.DEFAULT_MAX_REPLY_BYTES,
     *,
     opts: StreamOptions,
 ) -> None:
@@ -81,7 +82,12 @@ def caption(
     batches, bf16 on a GPU. Records that already have a `vec` pass through
     untouched unless --overwrite. An image that cannot be read or decoded is
     rejected (image-missing, bad-image); with --backend openai, a request that
-    still fails after its retries is rejected as caption-REASON.
+    still fails after its retries is rejected as caption-REASON. An answer is
+    data, not trusted: one holding a URL, an e-mail address or instruction-like
+    text (ignore previous instructions, visit, click...) that the prompt does
+    not, control characters, or over 16 characters per --max-new-tokens, is
+    rejected (caption-url, caption-email, caption-instruction,
+    caption-control-chars, caption-too-long, empty-caption), never written.
     """
     from functools import partial
 
@@ -105,7 +111,14 @@ def caption(
     server = None
     if name == "openai":
         server = g.server_spec(
-            model, max_new_tokens, api_base, api_key_env, concurrency, retries, timeout
+            model,
+            max_new_tokens,
+            api_base,
+            api_key_env,
+            concurrency,
+            retries,
+            timeout,
+            max_reply_bytes,
         )
     model_backend = load_captioner(
         name,

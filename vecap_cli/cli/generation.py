@@ -34,11 +34,26 @@ TrustRemoteCode = Annotated[
         rich_help_panel=_MODEL,
     ),
 ]
+
+
+def _check_api_base(value: str) -> str:
+    """An unparsable or non-http(s) URL is a usage error, shown without its credentials."""
+    from vecap_cli.generate.endpoint import check
+
+    try:
+        check(value)
+    except ValueError as err:
+        raise typer.BadParameter(str(err)) from None
+    return value
+
+
 ApiBase = Annotated[
     str,
     typer.Option(
         metavar="URL",
-        help="Base URL of the server, up to /v1 (vLLM: vllm serve MODEL; SGLang likewise).",
+        callback=_check_api_base,
+        help="Base URL of the server, up to /v1 (vLLM: vllm serve MODEL; SGLang likewise). "
+        "http:// or https://; a user:password@ in it is sent as basic auth and never shown.",
         rich_help_panel=_SERVER,
     ),
 ]
@@ -63,8 +78,26 @@ Retries = Annotated[
     ),
 ]
 Timeout = Annotated[
-    float, typer.Option(min=0.1, help="Seconds to wait for one response.", rich_help_panel=_SERVER)
+    float,
+    typer.Option(
+        min=0.1,
+        help="Seconds for one whole request, from connecting to the last byte of the answer "
+        "(not per read: a server that trickles bytes times out too); retried like a "
+        "dropped connection.",
+        rich_help_panel=_SERVER,
+    ),
 ]
+MaxReplyBytes = Annotated[
+    int,
+    typer.Option(
+        min=1024,
+        metavar="BYTES",
+        help="Largest reply body read; a longer one is given up, not retried: "
+        "rejected as caption-reply-too-large, or VeCap = VeC (fallback-reply-too-large).",
+        rich_help_panel=_SERVER,
+    ),
+]
+DEFAULT_MAX_REPLY_BYTES = 1 << 20
 
 DEFAULT_API_BASE = "http://127.0.0.1:8000/v1"
 
@@ -77,6 +110,7 @@ def server_spec(
     concurrency: int,
     retries: int,
     timeout: float,
+    max_reply_bytes: int = DEFAULT_MAX_REPLY_BYTES,
 ):
     from vecap_cli.generate.openai_client import ServerSpec
 
@@ -88,4 +122,5 @@ def server_spec(
         concurrency=concurrency,
         retries=retries,
         timeout=timeout,
+        max_reply_bytes=max_reply_bytes,
     )

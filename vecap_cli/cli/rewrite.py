@@ -71,6 +71,7 @@ def rewrite(
     concurrency: g.Concurrency = 16,
     retries: g.Retries = 5,
     timeout: g.Timeout = 120.0,
+    max_reply_bytes: g.MaxReplyBytes = g.DEFAULT_MAX_REPLY_BYTES,
     *,
     opts: StreamOptions,
 ) -> None:
@@ -81,7 +82,9 @@ def rewrite(
     quoted data, so instructions inside it are not followed. An AltText that
     hits --blocklist is not fused (VeCap = VeC). An answer that is not one
     caption of --min-words..--max-words words, echoes the prompt or refuses,
-    and a request that fails, fall back to VeCap = VeC. The rules backend needs
+    holds a URL, an e-mail address or instruction-like text that the AltText
+    and VeC do not, control characters or over 16 characters per
+    --max-new-tokens, and a request that fails, fall back to VeCap = VeC. The rules backend needs
     no model: it cleans the AltText (HTML, URLs, file names, shop boilerplate,
     sizes, SKU codes) and appends the named things the VeC lacks. Records
     without `vec` pass through without `vecap`; records that already have one
@@ -112,7 +115,14 @@ def rewrite(
     server = None
     if config.backend == "openai":
         server = g.server_spec(
-            config.model, max_new_tokens, api_base, api_key_env, concurrency, retries, timeout
+            config.model,
+            max_new_tokens,
+            api_base,
+            api_key_env,
+            concurrency,
+            retries,
+            timeout,
+            max_reply_bytes,
         )
     rewriter = build_rewriter(config, device, server, trust_remote_code)
     tally = run_stream(

@@ -5,7 +5,14 @@ Requests go out `concurrency` at a time from a thread pool through one shared
 worker reuses a kept-alive connection. 429, 5xx, timeouts and dropped
 connections are retried with exponential backoff and jitter (honouring
 Retry-After); what still fails after the last retry is a `Failed` for that item
-alone. A server that fails many requests in a row is down, not flaky: that
+alone.
+
+Every request is bounded: `timeout` is a deadline for the whole request
+(connect, send, wait, read), not for each read, so a server that drips a byte
+every half second times out like a silent one; and the reply is streamed and
+given up past `max_reply_bytes` (`reply-too-large`, not retried). Credentials
+in the URL go out as basic auth and, like the API key, are scrubbed from every
+detail and message (`endpoint.redact`). A server that fails many requests in a row is down, not flaky: that
 stops the run (`VecapError`), which `--resume` continues once it is back.
 
 The retry loop is ours, not a library's: it is policy (which failures count
@@ -23,11 +30,12 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from urllib.parse import urlsplit
 
+import httpcore
 import httpx
 
 from vecap_cli.errors import VecapError
+from vecap_cli.generate import endpoint
 from vecap_cli.generate.base import Failed
 from vecap_cli.rand import uniform
 
@@ -42,7 +50,8 @@ class ServerSpec:
     api_key_env: str = "OPENAI_API_KEY"
     concurrency: int = 16
     retries: int = 5
-    timeout: float = 120.0
+    timeout: float = 120.0  # seconds for the whole request, first byte sent to last read
+    max_reply_bytes: int = 1 << 20  # a chat completion of 77 tokens is ~1 KB
     backoff: float = 0.5  # first wait; doubles each retry, +/- 25% jitter
     max_backoff: float = 30.0
 
@@ -65,21 +74,29 @@ class _Final(Exception):
 
 class ChatClient:
     def __init__(self, spec: ServerSpec):
-        url = urlsplit(spec.base_url.rstrip("/"))
-        if url.scheme not in ("http", "https") or not url.hostname:
-            raise VecapError(f"--api-base '{spec.base_url}' is not an http(s) URL")
+        try:
+            endpoint.check(spec.base_url)
+        except ValueError as err:
+            raise VecapError(f"--api-base {err}") from None
         self.spec = spec
-        self._url = f"{spec.base_url.rstrip('/')}/chat/completions"
-        headers = {"Content-Type": "application/json"}
+        self.shown = endpoint.redact(spec.base_url.rstrip("/"))
+        base, user, password = endpoint.credentials(spec.base_url.rstrip("/"))
+        self._url = f"{base}/chat/completions"
+        # Identity encoding: the size cap counts what arrives, not what a gzip bomb inflates to.
+        headers = {"Content-Type": "application/json", "Accept-Encoding": "identity"}
         key = os.environ.get(spec.api_key_env, "")
         if key:
             headers["Authorization"] = f"Bearer {key}"
+        # What a server might echo: the key, the user, the password, and the basic-auth
+        # header made of them; longest first, so a password that holds the user goes whole.
+        basic = base64.b64encode(f"{user}:{password}".encode()).decode() if user or password else ""
+        secrets = {s for s in (key, user, password, basic) if s}
+        self._secrets = sorted(secrets, key=len, reverse=True)
         self._http = httpx.Client(
             headers=headers,
+            auth=httpx.BasicAuth(user, password) if user or password else None,
             timeout=httpx.Timeout(spec.timeout),
-            limits=httpx.Limits(
-                max_connections=spec.concurrency, max_keepalive_connections=spec.concurrency
-            ),
+            transport=_deadline_transport(spec.concurrency),
             trust_env=False,  # a local inference server: no proxy from the environment
         )
         self._pool = ThreadPoolExecutor(spec.concurrency, thread_name_prefix="vecap-http")
@@ -109,12 +126,18 @@ class ChatClient:
                 continue
             except _Final as err:
                 self._note(down=False)
-                return Failed(err.reason, err.detail)
+                return Failed(err.reason, self.scrub(err.detail))
             self._note(down=False)
             return text
         self._note(down=True, last=last)
         assert last is not None
-        return Failed(last.reason, last.detail)
+        return Failed(last.reason, self.scrub(last.detail))
+
+    def scrub(self, text: str) -> str:
+        """`text` without the API key, user or password: a server may echo what it was sent."""
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
+        return text
 
     def _sleep(self, attempt: int, last: _Retry | None) -> None:
         with self._lock:
@@ -129,27 +152,43 @@ class ChatClient:
         with self._lock:
             self._down_streak = self._down_streak + 1 if down else 0
             if self._down_streak >= self._down_limit and last is not None:
+                detail = self.scrub(last.detail)
                 raise VecapError(
-                    f"the server at {self.spec.base_url} failed {self._down_streak} requests "
-                    f"in a row ({last.reason}: {last.detail}); rerun with --resume when it is back"
+                    f"the server at {self.shown} failed {self._down_streak} requests "
+                    f"in a row ({last.reason}: {detail}); rerun with --resume when it is back"
                 )
 
     def _post(self, body: bytes) -> str:
         with self._lock:
             self.stats["requests"] += 1
+        _deadline.at = time.monotonic() + self.spec.timeout
         try:
-            response = self._http.post(self._url, content=body)
-        except httpx.TimeoutException as err:
-            raise _Retry("timeout", str(err) or "timed out") from None
+            with self._http.stream("POST", self._url, content=body) as response:
+                return _content(self._body(response))
+        except httpx.TimeoutException:
+            raise _Retry("timeout", f"no whole answer within {self.spec.timeout:g}s") from None
         except httpx.TransportError as err:  # refused, reset, closed mid-answer
             raise _Retry("connection", str(err) or type(err).__name__) from None
+        finally:
+            _deadline.at = None
+
+    def _body(self, response: httpx.Response) -> bytes:
+        """The reply body, read no further than the cap; a failed status as _Retry or _Final."""
         if response.status_code != 200:
-            detail = response.content[:200].decode("utf-8", "replace")
+            detail = _head(response, 200).decode("utf-8", "replace")
             if response.status_code in _RETRY_STATUS:
                 wait = _retry_after(response.headers.get("Retry-After"))
                 raise _Retry(f"http-{response.status_code}", detail, wait)
             raise _Final(f"http-{response.status_code}", detail)
-        return _content(response.content)
+        cap = self.spec.max_reply_bytes
+        too_large = _Final("reply-too-large", f"the reply is over --max-reply-bytes {cap}")
+        length = response.headers.get("Content-Length", "")
+        if length.isdigit() and int(length) > cap:
+            raise too_large
+        data = _head(response, cap + 1)
+        if len(data) > cap:
+            raise too_large
+        return data
 
     # -- a batch --------------------------------------------------------------
     def generate(self, conversations: list[list[dict]]) -> list[str | Failed]:
@@ -158,6 +197,89 @@ class ChatClient:
     def close(self) -> None:
         self._pool.shutdown(wait=True)
         self._http.close()
+
+
+def _head(response: httpx.Response, n: int) -> bytes:
+    """At most the first `n` bytes of the body (more are not read)."""
+    buf = bytearray()
+    for chunk in response.iter_bytes():
+        buf += chunk
+        if len(buf) >= n:
+            break
+    return bytes(buf[:n])
+
+
+# -- the whole-request deadline ------------------------------------------------
+# httpx bounds each read, connect and write, never a request. A request runs in
+# one worker thread from start to end, so the thread's deadline is set around it
+# and every socket operation underneath waits at most the time left before it.
+
+_deadline = threading.local()
+
+
+def _left(timeout: float | None, expired: type[Exception]) -> float | None:
+    at = getattr(_deadline, "at", None)
+    if at is None:
+        return timeout
+    left = at - time.monotonic()
+    if left <= 0:
+        raise expired("the request's deadline has passed")
+    return left if timeout is None else min(timeout, left)
+
+
+class _DeadlineStream(httpcore.NetworkStream):
+    def __init__(self, stream: httpcore.NetworkStream):
+        self._stream = stream
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return self._stream.read(max_bytes, _left(timeout, httpcore.ReadTimeout))
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        self._stream.write(buffer, _left(timeout, httpcore.WriteTimeout))
+
+    def close(self) -> None:
+        self._stream.close()
+
+    def start_tls(self, ssl_context, server_hostname=None, timeout=None):
+        stream = self._stream.start_tls(
+            ssl_context, server_hostname, _left(timeout, httpcore.ConnectTimeout)
+        )
+        return _DeadlineStream(stream)
+
+    def get_extra_info(self, info: str):
+        return self._stream.get_extra_info(info)
+
+
+class _DeadlineBackend(httpcore.NetworkBackend):
+    def __init__(self, backend: httpcore.NetworkBackend):
+        self._backend = backend
+
+    def connect_tcp(self, host, port, timeout=None, local_address=None, socket_options=None):
+        timeout = _left(timeout, httpcore.ConnectTimeout)
+        stream = self._backend.connect_tcp(host, port, timeout, local_address, socket_options)
+        return _DeadlineStream(stream)
+
+    def connect_unix_socket(self, path, timeout=None, socket_options=None):
+        timeout = _left(timeout, httpcore.ConnectTimeout)
+        return _DeadlineStream(self._backend.connect_unix_socket(path, timeout, socket_options))
+
+    def sleep(self, seconds: float) -> None:
+        self._backend.sleep(seconds)
+
+
+def _deadline_transport(concurrency: int) -> httpx.HTTPTransport:
+    """httpx's transport, a connection pool sized to the concurrency, over deadline sockets.
+
+    httpx takes no network backend, so it goes into its httpcore pool
+    (private; tests/hostile/test_generation.py's drip server fails if it moves).
+    """
+    transport = httpx.HTTPTransport(
+        limits=httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency),
+        trust_env=False,
+    )
+    pool = transport._pool
+    pool._network_backend = _DeadlineBackend(pool._network_backend)
+    return transport
 
 
 def _retry_after(value: str | None) -> float | None:

@@ -3,7 +3,9 @@
 The stage decodes images in worker threads that run ahead of the model
 (`map_ahead`), gathers them into batches, and writes each caption back in input
 order. Records that already have a `vec` pass through untouched unless
-`overwrite`; so do they cost nothing: they are never decoded.
+`overwrite`; so do they cost nothing: they are never decoded. An answer is
+data: one that `generate.answer.refusal` refuses (a link, an address, an
+instruction, control bytes, too long) is a counted rejection, `caption-REASON`.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from vecap_cli.generate.ahead import map_ahead
+from vecap_cli.generate.answer import max_chars, refusal
 from vecap_cli.generate.base import Failed
 from vecap_cli.steps.batching import PASS, in_batches
 from vecap_cli.stream.sample import ImageMissing, Sample
@@ -74,6 +77,7 @@ def caption(
     counts: Counter[str] = Counter()
     tally.extra["caption"] = counts
     field, overwrite = config.field, config.overwrite
+    prompt, limit = config.prompt, max_chars(config.max_new_tokens)
 
     def prepare(sample: Sample):
         if not overwrite and has_text(sample.record, field):
@@ -99,8 +103,13 @@ def caption(
             text = next(texts)
             if isinstance(text, Failed):
                 tally.reject(f"caption-{text.reason}", text.detail, sample)
-            elif not text:
-                tally.reject("empty-caption", "the model generated no text", sample)
+            elif (refused := refusal(text, prompt, limit)) is not None:
+                # A rejection, not a record without `vec`: rewrite and mix would quietly
+                # train on the AltText alone, while --rejects keeps it for a rerun.
+                reason, detail = refused
+                tally.reject(
+                    "empty-caption" if reason == "empty" else f"caption-{reason}", detail, sample
+                )
             else:
                 sample.record[field] = text
                 counts["captioned"] += 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from vecap_cli.generate.answer import max_chars
 from vecap_cli.steps.rewrite.prompt import Prompt
 from vecap_cli.steps.rewrite.rules import RulesFusion
 from vecap_cli.steps.rewrite.safety import Blocklist
@@ -28,5 +29,8 @@ def build_rewriter(
         server=server,
         trust_remote_code=trust_remote_code,
     )
-    validator = Validator(prompt.instruction, Limits(config.min_words, config.max_words))
+    validator = Validator(
+        prompt.instruction,
+        Limits(config.min_words, config.max_words, max_chars(config.max_new_tokens)),
+    )
     return Rewriter(LLMFusion(chat, prompt), blocklist, validator)

@@ -1,13 +1,17 @@
 """Output validation: what a model wrote becomes a VeCap only if it is one caption.
 
 A failure is a short reason; the stage then keeps the VeC as VeCap and counts
-the reason, so no record is lost to a bad generation.
+the reason, so no record is lost to a bad generation. Besides the shape of a
+caption, the checks every answer gets (`generate.answer`: url, email,
+instruction, control-chars, too-long) apply, against the AltText and VeC.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+
+from vecap_cli.generate.answer import max_chars, refusal
 
 _LABEL = re.compile(
     r"^(?:\*\*)?(?:caption|vecap|fused caption|answer|output)\s*(?:\*\*)?\s*:\s*", re.I
@@ -28,6 +32,7 @@ ECHO_NGRAM = 5
 class Limits:
     min_words: int = 3
     max_words: int = 60
+    max_chars: int = max_chars(77)
 
 
 def tidy(text: str) -> str:
@@ -63,6 +68,9 @@ class Validator:
             return text, "too-long"
         if _REFUSAL.search(text):
             return text, "refusal"
+        refused = refusal(text, f"{alt}\n{vec}", self.limits.max_chars)
+        if refused is not None:  # a link, address or instruction the inputs did not hold
+            return text, refused[0]
         echoed = ngrams(text) & self.instruction_grams
         if echoed and echoed - ngrams(f"{alt} . {vec}"):
             return text, "echo"
