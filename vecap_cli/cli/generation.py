@@ -4,6 +4,8 @@ from typing import Annotated
 
 import typer
 
+from vecap_cli.cli.options import finite
+
 _MODEL = "Model"
 _SERVER = "OpenAI-compatible server (--backend openai)"
 
@@ -81,6 +83,7 @@ Timeout = Annotated[
     float,
     typer.Option(
         min=0.1,
+        callback=finite,
         help="Seconds for one whole request, from connecting to the last byte of the answer "
         "(not per read: a server that trickles bytes times out too); retried like a "
         "dropped connection.",

@@ -4,8 +4,9 @@ batched, left-padded, greedy, through the tokenizer's chat template."""
 from __future__ import annotations
 
 from vecap_cli.errors import VecapError
-from vecap_cli.generate.base import default_dtype, model_error, resolve_device
+from vecap_cli.generate.base import default_dtype, resolve_device
 from vecap_cli.generate.hf_vlm import clean, quiet_transformers
+from vecap_cli.loading import load_error
 
 
 def plain_chat(messages: list[dict]) -> str:
@@ -42,8 +43,8 @@ class HFChat:
             self.model = AutoModelForCausalLM.from_pretrained(
                 model, dtype=default_dtype(self.device), trust_remote_code=trust_remote_code
             )
-        except (OSError, ValueError, KeyError, TypeError) as err:
-            raise model_error("the language model", model, err) from None
+        except Exception as err:  # damaged or hostile files: whatever the loader raises is one line
+            raise load_error(f"cannot load the language model '{model}'", err) from None
         self.model.to(self.device).eval()
         self.tokenizer.padding_side = "left"  # generation continues every row at the right edge
         if self.tokenizer.pad_token is None:

@@ -8,7 +8,8 @@ where it has one; models without one get the form they were trained on.
 
 from __future__ import annotations
 
-from vecap_cli.generate.base import decode_rgb, default_dtype, model_error, resolve_device
+from vecap_cli.generate.base import decode_rgb, default_dtype, resolve_device
+from vecap_cli.loading import load_error
 
 
 def quiet_transformers() -> None:
@@ -59,8 +60,8 @@ class HFCaptioner:
             self.model = AutoModelForImageTextToText.from_pretrained(
                 model, dtype=self.dtype, trust_remote_code=trust_remote_code
             )
-        except (OSError, ValueError, KeyError, TypeError) as err:
-            raise model_error("the vision-language model", model, err) from None
+        except Exception as err:  # damaged or hostile files: whatever the loader raises is one line
+            raise load_error(f"cannot load the vision-language model '{model}'", err) from None
         self.model.to(self.device).eval()
         tokenizer = getattr(self.processor, "tokenizer", None)
         if tokenizer is not None:
