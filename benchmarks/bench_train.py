@@ -13,8 +13,8 @@ data workers, fp32, in one run:
    the recomputed blocks' activations stay large: the logits pass them only
    near B = 32k, which needs more than 24 GiB in open_clip.
 
-open_clip_train 3.3 breaks on webdataset >= 0.2.96 (open_clip issue #935); the
-wrapper applies the maintainers' fix (`eof_value=None`) and registers the
+open_clip_train runs as its `training` extra installs it (webdataset <= 0.2.86:
+newer ones break its loader, open_clip issue #935); the wrapper only registers the
 vecap-tiny config before calling its `main()`.
 """
 
@@ -49,13 +49,10 @@ atexit.register(lambda: open(os.environ["BENCH_STAMPS"], "w").write(repr(stamps)
 OPEN_CLIP = (
     STAMPS
     + f"""
-import functools, sys
+import sys
 import open_clip
 open_clip.add_model_config({str(REPO / "vecap_cli/train/model_configs")!r})
-import open_clip_train.data as data
 import open_clip_train.train as train
-import webdataset.tariterators as tariterators
-data.tar_file_expander = functools.partial(tariterators.tar_file_expander, eof_value=None)
 train.unwrap_model = stamped(train.unwrap_model)
 from open_clip_train.main import main
 main(sys.argv[1:])
