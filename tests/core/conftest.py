@@ -7,6 +7,9 @@ import torch.nn.functional as F
 
 from vecap_cli.core.dispatch import ENV_VAR, triton_available
 
+# the tests import the tolerances from here; see vecap_cli/core/parity.py for the rule
+from vecap_cli.core.parity import ABS_FLOOR, ATTN_TOL, LOSS_TOL, parity  # noqa: F401
+
 BACKENDS = [
     "torch",
     pytest.param(
@@ -14,20 +17,6 @@ BACKENDS = [
         marks=pytest.mark.skipif(not triton_available(), reason="triton is not installed"),
     ),
 ]
-
-# Parity is checked norm-wise against fp64: ‖actual − reference‖ must be within
-#   rtol · ‖reference‖ + atol · √numel
-# rtol per input dtype; atol is the absolute floor (an RMS per element), because a
-# quantity that is zero in theory (the gradient of a softmax over one key, a B = 1
-# loss) has an fp64 reference of ~1e-16 and a purely relative error of 1e9 there,
-# whatever the kernel does (the fp32 loss of a B = 1 batch at logit scale 100 comes
-# out as 2e-6, one rounding of its logit of ~80). A floor is about one rounding at
-# that magnitude: far below any real bug on O(1) tensors.
-LOSS_TOL = {torch.float32: 1e-5, torch.bfloat16: 1e-2, torch.float16: 1e-2}
-# Attention rounds probabilities to the input dtype before each dot (as flash
-# attention does on GPUs): one more half-precision rounding than the losses.
-ATTN_TOL = {torch.float32: 1e-5, torch.bfloat16: 2e-2, torch.float16: 1e-2}
-ABS_FLOOR = {torch.float32: 1e-5, torch.bfloat16: 1e-2, torch.float16: 1e-3}
 
 
 @pytest.fixture(autouse=True)
@@ -39,11 +28,11 @@ def _no_dispatch_override(monkeypatch):
 def assert_near(
     actual: torch.Tensor, reference: torch.Tensor, rtol: float, dtype: torch.dtype, what: str = ""
 ) -> None:
-    """‖actual − reference‖ ≤ rtol·‖reference‖ + ABS_FLOOR[dtype]·√numel (see above)."""
-    actual, reference = actual.detach().double(), reference.detach().double()
+    """‖actual − reference‖ ≤ rtol·‖reference‖ + floor[dtype]·√numel, norm-wise against
+    fp64: the rule `make gpu-check` applies too (vecap_cli/core/parity.py)."""
     assert actual.shape == reference.shape, (what, actual.shape, reference.shape)
-    diff, scale = (actual - reference).norm().item(), reference.norm().item()
-    bound = rtol * scale + ABS_FLOOR[dtype] * max(reference.numel(), 1) ** 0.5
+    diff, bound = parity(actual, reference, rtol, dtype)
+    scale = reference.detach().double().norm().item()
     assert diff <= bound, f"{what}: ‖diff‖ {diff:.3g} > {bound:.3g} (‖ref‖ {scale:.3g})"
 
 

@@ -3,7 +3,9 @@ single-process loss on the same global batch."""
 
 import functools
 import importlib.util
+import json
 import socket
+import warnings
 from pathlib import Path
 
 import pytest
@@ -71,6 +73,16 @@ def _run_case(loss_fn, dtype, image, text):
     }
 
 
+def _collective_warnings(caught) -> list[str]:
+    """Deprecation notices about the collectives among caught warnings."""
+    return [
+        f"{w.category.__name__}: {w.message}"
+        for w in caught
+        if issubclass(w.category, DeprecationWarning | FutureWarning)
+        and "all_gather" in str(w.message)
+    ]
+
+
 def _worker(rank, port, out_dir):
     dist.init_process_group(
         "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD
@@ -78,14 +90,16 @@ def _worker(rank, port, out_dir):
     try:
         image, text = paired_features(B * WORLD, D, seed=SEED)
         mine = slice(rank * B, (rank + 1) * B)
-        results = {
-            name: {
-                k: v.detach().double()
-                for k, v in _run_case(fn, dtype, image[mine], text[mine]).items()
-            }
-            for name, (fn, dtype) in _cases(rank).items()
-        }
+        results, warned = {}, []
+        for name, (fn, dtype) in _cases(rank).items():
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                out = _run_case(fn, dtype, image[mine], text[mine])
+            warned += [f"{name}: {w}" for w in _collective_warnings(caught)]
+            results[name] = {k: v.detach().double() for k, v in out.items()}
         torch.save(results, f"{out_dir}/rank{rank}.pt")
+        with open(f"{out_dir}/rank{rank}.warnings.json", "w") as f:
+            json.dump(warned, f)
     finally:
         dist.destroy_process_group()
 
@@ -102,7 +116,13 @@ def ranks(tmp_path_factory):
     mp.start_processes(
         _worker, args=(_free_port(), str(out_dir)), nprocs=WORLD, start_method="spawn"
     )
-    return [torch.load(out_dir / f"rank{r}.pt") for r in range(WORLD)]
+    return [
+        {
+            **torch.load(out_dir / f"rank{r}.pt"),
+            "warnings": json.loads((out_dir / f"rank{r}.warnings.json").read_text()),
+        }
+        for r in range(WORLD)
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -135,6 +155,18 @@ def test_each_rank_matches_open_clip(ranks, backend, case, oracle):
         got, want = rank[f"{case}/{backend}"], rank[oracle]
         for key in ("loss", "image", "text", "scale"):
             assert_near(got[key], want[key], TOL, F32, f"{key} vs {oracle}")
+
+
+def test_our_gathers_raise_no_deprecation_warning(ranks):
+    """torch 2.14 deprecates torch.distributed.nn.all_gather: the fused losses do not call it."""
+    for rank in ranks:  # open_clip 3.3 itself still calls the old gather
+        assert [w for w in rank["warnings"] if "/open_clip" not in w.split(":")[0]] == []
+
+
+def test_the_warning_check_sees_the_old_gather(ranks):
+    """The check above can fail: open_clip 3.3's gather with gradient warns, and is seen."""
+    for rank in ranks:
+        assert any(w.startswith("clip_local/open_clip: FutureWarning") for w in rank["warnings"])
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

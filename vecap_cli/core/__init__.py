@@ -6,7 +6,8 @@ open_clip; each name loads its own module on first use):
     clip_loss(image, text, logit_scale, logit_bias=None, *, backend=None)
     clip_loss_local(image, text, all_image, all_text, logit_scale, logit_bias=None,
                     *, label_offset, backend=None)
-    siglip_loss(image, text, logit_scale, logit_bias=None, *, label_offset=0, backend=None)
+    siglip_loss(image, text, logit_scale, logit_bias=None, *, label_offset=0,
+                negative_only=False, chunk_size=0, backend=None)
     flash_attention(q, k, v, causal=False, key_padding_mask=None, scale=None, *, backend=None)
     FusedClipLoss, FusedSigLipLoss      open_clip's ClipLoss / SigLipLoss interfaces
     use_fused_attention(model), restore_attention(model)

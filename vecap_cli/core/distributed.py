@@ -1,8 +1,11 @@
 """Feature gathering across ranks, with open_clip's semantics.
 
-`torch.distributed.nn.all_gather` is differentiable: its backward sums every
-rank's gradient for a slice and hands the sum to the rank that owns it, which
-is what makes the local-loss form gradient-correct across ranks.
+The gather with gradient is torch's functional collective `all_gather_single`
+(`torch.distributed.nn.all_gather`, which open_clip 3.3 still calls, is
+deprecated since torch 2.14). Its backward is a sum reduce-scatter: every
+rank's gradient for a slice, summed, handed to the rank that owns it, exactly
+what the old one did, and what makes the local-loss form gradient-correct
+across ranks.
 """
 
 from __future__ import annotations
@@ -10,11 +13,17 @@ from __future__ import annotations
 import torch
 
 
-def all_gather_with_grad(x: torch.Tensor) -> torch.Tensor:
-    """(b, D) on each rank -> (world·b, D), rank-major; gradients flow back to owners."""
-    import torch.distributed.nn  # lazy: the import pulls in the c10d bindings
+def all_gather_with_grad(x: torch.Tensor, group=None) -> torch.Tensor:
+    """(b, D) on each rank -> (world·b, D), rank-major; gradients flow back to owners.
 
-    return torch.cat(torch.distributed.nn.all_gather(x), dim=0)
+    `group`: a process group, default the whole world.
+    """
+    # lazy: the functional collectives pull in the c10d bindings
+    import torch.distributed._functional_collectives as funcol
+
+    group = torch.distributed.group.WORLD if group is None else group
+    # wait_tensor: a plain tensor for the kernels, still in the autograd graph
+    return funcol.wait_tensor(funcol.all_gather_single(x.contiguous(), 0, group))
 
 
 def _all_gather_no_grad(x: torch.Tensor, world_size: int) -> list[torch.Tensor]:

@@ -2,7 +2,8 @@
 
 The chain, imports going down:
 
-    FusedSigLipLoss     open_clip's SigLipLoss interface, gathers texts across ranks
+    FusedSigLipLoss     open_clip's SigLipLoss interface (chunk_size, _loss's
+                        negative_only), gathers texts across ranks
     siglip_loss         functional: rows against (possibly gathered) columns
     _SigLip             autograd.Function: the loss algebra, O(B·D) saved
     kernels             `siglip_triton` (CUDA) or `TorchKernels` below (CPU)
@@ -40,53 +41,50 @@ _DIST_IMPLS = ("bidir", "shift", "reduce", "gather")
 
 
 def siglip_loss_reference(
-    image_features, text_features, logit_scale, logit_bias=None, label_offset=0
+    image_features, text_features, logit_scale, logit_bias=None, label_offset=0, negative_only=False
 ):
     """open_clip's SigLipLoss._loss written out, with labels shifted by label_offset."""
     logits = logit_scale * image_features @ text_features.T  # (m, n)
     if logit_bias is not None:
         logits = logits + logit_bias
     signs = -torch.ones_like(logits)
-    signs.diagonal(label_offset).fill_(1.0)
+    if not negative_only:
+        signs.diagonal(label_offset).fill_(1.0)
     return -F.logsigmoid(signs * logits).sum() / image_features.shape[0]
 
 
 # -- tiled torch kernels (CPU path, fallback) -------------------------------------
 
 
-def _chunks(m: int, n: int):
-    step = max(1, min(m, _TILE_ELEMENTS // max(n, 1)))
-    for start in range(0, m, step):
-        yield start, min(start + step, m)
-
-
-def _minus_z_logits(xc, y, scale, bias, label_diagonal):
-    """u = −z·S for a chunk of rows: S off the labels, −S on them. (c, n)"""
-    u = (xc * scale) @ y.T
-    u += bias
-    u.diagonal(label_diagonal).neg_()
-    return u
-
-
 class TorchKernels:
-    """The kernel set in torch: chunks of rows of S, fp32, recomputed in backward."""
+    """The kernel set in torch: chunks of rows of S, fp32, recomputed in backward.
 
-    @staticmethod
-    def loss_rows(x, y, scale, bias, offset: int):
+    `rows`: rows of S held at once (open_clip's `chunk_size`); 0 picks them so a
+    chunk is at most _TILE_ELEMENTS elements.
+    """
+
+    def __init__(self, rows: int = 0):
+        self.rows = rows
+
+    def _chunks(self, m: int, n: int):
+        step = self.rows or max(1, min(m, _TILE_ELEMENTS // max(n, 1)))
+        for start in range(0, m, step):
+            yield start, min(start + step, m)
+
+    def loss_rows(self, x, y, scale, bias, offset: int):
         x, y = x.float(), y.float()
         out = x.new_empty(x.shape[0])  # (m,)
-        for start, stop in _chunks(x.shape[0], y.shape[0]):
+        for start, stop in self._chunks(x.shape[0], y.shape[0]):
             u = _minus_z_logits(x[start:stop], y, scale, bias, start + offset)
             out[start:stop] = F.softplus(u).sum(dim=1)
         return out
 
-    @staticmethod
-    def grad(x, y, scale, bias, offset: int):
+    def grad(self, x, y, scale, bias, offset: int):
         x, y = x.float(), y.float()
         gx = torch.empty_like(x)  # (m, D)
         gy = torch.zeros_like(y)  # (n, D)
         gsum = x.new_zeros(())
-        for start, stop in _chunks(x.shape[0], y.shape[0]):
+        for start, stop in self._chunks(x.shape[0], y.shape[0]):
             xc = x[start:stop]
             t = _minus_z_logits(xc, y, scale, bias, start + offset).sigmoid_()
             t.neg_().diagonal(start + offset).neg_()  # T = z·σ(u): −σ off the labels
@@ -96,10 +94,23 @@ class TorchKernels:
         return gx, gy, (x * gx).sum(), gsum
 
 
-def _kernels(features: torch.Tensor, backend: str | None) -> type[TorchKernels] | ModuleType:
+def _minus_z_logits(xc, y, scale, bias, label_diagonal):
+    """u = −z·S for a chunk of rows: S off the labels, −S on them. (c, n)
+
+    A label diagonal at or past n (the negative-only form) is empty: z = −1 everywhere.
+    """
+    u = (xc * scale) @ y.T
+    u += bias
+    u.diagonal(label_diagonal).neg_()
+    return u
+
+
+def _kernels(
+    features: torch.Tensor, backend: str | None, chunk_size: int = 0
+) -> TorchKernels | ModuleType:
     if choose_backend(features, backend) == "triton":
         return importlib.import_module("vecap_cli.core.siglip_triton")
-    return TorchKernels
+    return TorchKernels(chunk_size)
 
 
 # -- autograd ---------------------------------------------------------------------
@@ -128,23 +139,40 @@ class _SigLip(torch.autograd.Function):
 
 
 def siglip_loss(
-    image_features, text_features, logit_scale, logit_bias=None, *, label_offset=0, backend=None
+    image_features,
+    text_features,
+    logit_scale,
+    logit_bias=None,
+    *,
+    label_offset=0,
+    negative_only=False,
+    chunk_size=0,
+    backend=None,
 ):
     """Σ_ij softplus(−z_ij·S_ij) / m for S = logit_scale·I·Tᵀ + logit_bias.
 
     image_features: (m, D) this rank's rows. text_features: (n, D), the same
     batch (n = m) or all ranks' gathered texts, row i's positive being text
-    label_offset + i. fp32/bf16/fp16, accumulated in fp32; logit_scale already
-    exponentiated. Returns a 0-dim fp32 loss. `backend` overrides dispatch.
+    label_offset + i (with offset 0 and m ≠ n, the pairs on the diagonal, as
+    open_clip's `_loss`); `negative_only`: no positives at all (z = −1 everywhere,
+    open_clip's form for another rank's texts). fp32/bf16/fp16, accumulated in
+    fp32; logit_scale already exponentiated. Returns a 0-dim fp32 loss.
+    `chunk_size`: rows of S the torch path holds at once (0: automatic, at most
+    32 MiB); the Triton kernels tile on their own. `backend` overrides dispatch.
     """
     if image_features.ndim != 2 or image_features.shape[1:] != text_features.shape[1:]:
         raise ValueError(
             f"features must be (B, D) with equal D, got {tuple(image_features.shape)} "
             f"and {tuple(text_features.shape)}"
         )
-    if label_offset + image_features.shape[0] > text_features.shape[0]:
+    if chunk_size < 0:
+        raise ValueError(f"chunk_size must be >= 0, got {chunk_size}")
+    if negative_only:
+        label_offset = text_features.shape[0]  # every label column lies past the last one
+    elif label_offset and label_offset + image_features.shape[0] > text_features.shape[0]:
+        # (offset 0 with m ≠ n is open_clip's rectangular `_loss`: positives on the diagonal)
         raise ValueError("label_offset + batch exceeds the number of texts")
-    kernels = _kernels(image_features, backend)
+    kernels = _kernels(image_features, backend, chunk_size)
     scale = as_scale(logit_scale, image_features)
     bias = as_scale(0.0 if logit_bias is None else logit_bias, image_features)
     return _SigLip.apply(image_features, text_features, scale, bias, label_offset, kernels)
@@ -154,14 +182,25 @@ def siglip_loss(
 
 
 class FusedSigLipLoss(nn.Module):
-    """Drop-in for open_clip's `SigLipLoss` (same constructor and forward), O(B·D) memory.
+    """Drop-in for open_clip's `SigLipLoss` (same constructor, forward and `_loss`),
+    O(B·D) memory.
 
     Across ranks the texts are all-gathered with gradient; every `dist_impl`
     gives the values and gradients of open_clip's (they differ there only in
-    how texts travel). `cache_labels` is accepted and unused.
+    how texts travel). `cache_labels` is accepted and unused. `chunk_size`, as in
+    open_clip's newer SigLipLoss: rows of the logits held at once on the torch
+    path (0: automatic); values and gradients do not depend on it.
     """
 
-    def __init__(self, cache_labels=False, rank=0, world_size=1, dist_impl=None, backend=None):
+    def __init__(
+        self,
+        cache_labels=False,
+        rank=0,
+        world_size=1,
+        dist_impl=None,
+        chunk_size=0,
+        backend=None,
+    ):
         super().__init__()
         self.cache_labels = cache_labels
         self.rank = rank
@@ -169,7 +208,24 @@ class FusedSigLipLoss(nn.Module):
         self.dist_impl = dist_impl or "bidir"
         if self.dist_impl not in _DIST_IMPLS:
             raise ValueError(f"dist_impl must be one of {_DIST_IMPLS}, got {dist_impl!r}")
+        if chunk_size is None or chunk_size < 0:
+            raise ValueError(f"chunk_size must be an int >= 0, got {chunk_size!r}")
+        self.chunk_size = chunk_size
         self.backend = backend
+
+    def _loss(
+        self, image_features, text_features, logit_scale, logit_bias=None, negative_only=False
+    ):
+        """One block: rows against texts, the diagonal positive unless `negative_only`."""
+        return siglip_loss(
+            image_features,
+            text_features,
+            logit_scale,
+            logit_bias,
+            negative_only=negative_only,
+            chunk_size=self.chunk_size,
+            backend=self.backend,
+        )
 
     def forward(self, image_features, text_features, logit_scale, logit_bias, output_dict=False):
         offset = 0
@@ -182,6 +238,7 @@ class FusedSigLipLoss(nn.Module):
             logit_scale,
             logit_bias,
             label_offset=offset,
+            chunk_size=self.chunk_size,
             backend=self.backend,
         )
         return {"contrastive_loss": loss} if output_dict else loss
