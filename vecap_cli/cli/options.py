@@ -14,6 +14,7 @@ from typing import Annotated
 
 import typer
 
+from vecap_cli.stream.images import DEFAULT_LIMITS, ImageLimits
 from vecap_cli.stream.runner import RunOptions, StreamOptions
 
 _RUN = "Run"
@@ -111,6 +112,25 @@ Quiet = Annotated[
         "--quiet", "-q", help="No progress and no summary on stderr.", rich_help_panel=_RUN
     ),
 ]
+MaxImageBytes = Annotated[
+    int,
+    typer.Option(
+        min=1,
+        metavar="BYTES",
+        help="Refuse (reject, image-too-large) an image file or member over this many bytes.",
+        rich_help_panel=_RUN,
+    ),
+]
+MaxPixels = Annotated[
+    int,
+    typer.Option(
+        min=1,
+        metavar="PIXELS",
+        help="Refuse (reject, image-too-many-pixels) an image whose header claims more "
+        "pixels, before decoding it; a JPEG is first decoded at 1/2..1/8 scale if that fits.",
+        rich_help_panel=_RUN,
+    ),
+]
 
 _RUN_FLAGS = {
     "stats": (Stats, None),
@@ -120,6 +140,8 @@ _RUN_FLAGS = {
     "rank": (Rank, None),
     "world_size": (WorldSize, None),
     "quiet": (Quiet, False),
+    "max_image_bytes": (MaxImageBytes, DEFAULT_LIMITS.max_bytes),
+    "max_pixels": (MaxPixels, DEFAULT_LIMITS.max_pixels),
 }
 _STREAM_FLAGS = {
     "inputs": (Inputs, None),
@@ -184,14 +206,23 @@ def _with_flags(flags: dict, build, command_name: str):
     return decorate
 
 
-def _run_options(command: str, *, rank, world_size, quiet, **values) -> RunOptions:
+def _run_options(
+    command: str, *, rank, world_size, quiet, max_image_bytes, max_pixels, **values
+) -> RunOptions:
     rank, world_size = resolve_rank(rank, world_size)
     return RunOptions(
-        rank=rank, world_size=world_size, quiet=quiet, log=log(quiet, command), **values
+        rank=rank,
+        world_size=world_size,
+        quiet=quiet,
+        log=log(quiet, command),
+        image_limits=ImageLimits(max_image_bytes, max_pixels),
+        **values,
     )
 
 
-def _stream_options(command: str, *, inputs, rank, world_size, quiet, **values) -> StreamOptions:
+def _stream_options(
+    command: str, *, inputs, rank, world_size, quiet, max_image_bytes, max_pixels, **values
+) -> StreamOptions:
     if values["format"] not in (None, "jsonl", "tar"):
         raise typer.BadParameter("choose jsonl or tar", param_hint="--format")
     rank, world_size = resolve_rank(rank, world_size)
@@ -201,6 +232,7 @@ def _stream_options(command: str, *, inputs, rank, world_size, quiet, **values) 
         world_size=world_size,
         quiet=quiet,
         log=log(quiet, command),
+        image_limits=ImageLimits(max_image_bytes, max_pixels),
         **values,
     )
 

@@ -21,7 +21,8 @@ from typing import BinaryIO
 import orjson
 
 from vecap_cli.errors import VecapError
-from vecap_cli.stream.sample import IMAGE_EXTS, ImageMissing, Sample, Source, read_beside
+from vecap_cli.stream.images import DEFAULT_LIMITS, ImageLimits, ImageRejected
+from vecap_cli.stream.sample import IMAGE_EXTS, Sample, Source, read_beside
 from vecap_cli.stream.tally import Tally
 
 _SPLIT = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")  # webdataset's base_plus_ext
@@ -124,15 +125,31 @@ def read_tar(stream: BinaryIO, source: Source, tally: Tally, pick) -> Iterator[S
 
 
 def member_name_ok(key: str) -> bool:
-    """Keys that name tar members and files safely: relative, no '..', no dot in the base."""
+    """Keys that name tar members and files safely: relative, no '.' or '..' part,
+    no dot in the base, no NUL or backslash (a path separator to some extractors)."""
     parts = key.split("/")
-    return bool(key) and "." not in parts[-1] and all(p not in ("", "..") for p in parts)
+    return (
+        bool(key)
+        and "." not in parts[-1]
+        and all(p not in ("", ".", "..") for p in parts)
+        and "\0" not in key
+        and "\\" not in key
+    )
+
+
+def ext_ok(ext: object) -> bool:
+    """A member extension that stays one file name after `KEY.`."""
+    return isinstance(ext, str) and bool(ext) and not (set(ext) & {"/", "\\", "\0"})
 
 
 class TarWriter:
-    def __init__(self, stream: BinaryIO, tally: Tally):
+    """Writes samples as member groups; a JSONL record's `image` (and `members`)
+    files are packed in, read within `limits` (regular files, the byte cap)."""
+
+    def __init__(self, stream: BinaryIO, tally: Tally, limits: ImageLimits = DEFAULT_LIMITS):
         self._tar = tarfile.open(fileobj=stream, mode="w|", format=tarfile.USTAR_FORMAT)
         self._tally = tally
+        self._limits = limits
 
     def write(self, sample: Sample) -> bool:
         key = sample.key
@@ -141,8 +158,8 @@ class TarWriter:
             return False
         try:
             members = self._members(sample)
-        except ImageMissing as err:
-            self._tally.reject("image-missing", str(err), sample)
+        except ImageRejected as err:
+            self._tally.reject(err.reason, str(err), sample)
             return False
         for ext in sorted(members):
             self._add(f"{key}.{ext}", members[ext])
@@ -152,12 +169,15 @@ class TarWriter:
         record = sample.record
         members = dict(sample.members)
         if sample.has_image() and not any(ext in members for ext in IMAGE_EXTS):
-            members[sample.image_ext() or "jpg"] = sample.image_bytes()
+            members[sample.image_ext() or "jpg"] = sample.image_bytes(self._limits)
         extra = record.get("members")
-        if isinstance(extra, dict):  # members a JSONL writer put in files
+        # members a JSONL writer put in files; in a record from a tar, `members` is data
+        if isinstance(extra, dict) and not sample.from_tar:
             record = {k: v for k, v in record.items() if k != "members"}
             for ext, path in extra.items():
-                members[ext] = read_beside(sample.source, path)
+                if not ext_ok(ext):
+                    raise ImageRejected("bad-members", f"'members' has a bad extension {ext!r}")
+                members[ext] = read_beside(sample.source, path, self._limits)
         members["json"] = orjson.dumps(record)
         caption = sample.caption()
         if caption is not None:
