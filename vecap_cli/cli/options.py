@@ -140,6 +140,8 @@ _RUN_FLAGS = {
     "rank": (Rank, None),
     "world_size": (WorldSize, None),
     "quiet": (Quiet, False),
+}
+_IMAGE_FLAGS = {  # on every command that opens images (curate count opens none)
     "max_image_bytes": (MaxImageBytes, DEFAULT_LIMITS.max_bytes),
     "max_pixels": (MaxPixels, DEFAULT_LIMITS.max_pixels),
 }
@@ -151,6 +153,7 @@ _STREAM_FLAGS = {
     "resume": (Resume, False),
     "images_dir": (ImagesDir, None),
     **_RUN_FLAGS,
+    **_IMAGE_FLAGS,
 }
 
 
@@ -206,8 +209,14 @@ def _with_flags(flags: dict, build, command_name: str):
     return decorate
 
 
+def _limits(max_image_bytes: int | None, max_pixels: int | None) -> ImageLimits:
+    return ImageLimits(
+        max_image_bytes or DEFAULT_LIMITS.max_bytes, max_pixels or DEFAULT_LIMITS.max_pixels
+    )
+
+
 def _run_options(
-    command: str, *, rank, world_size, quiet, max_image_bytes, max_pixels, **values
+    command: str, *, rank, world_size, quiet, max_image_bytes=None, max_pixels=None, **values
 ) -> RunOptions:
     rank, world_size = resolve_rank(rank, world_size)
     return RunOptions(
@@ -215,7 +224,7 @@ def _run_options(
         world_size=world_size,
         quiet=quiet,
         log=log(quiet, command),
-        image_limits=ImageLimits(max_image_bytes, max_pixels),
+        image_limits=_limits(max_image_bytes, max_pixels),
         **values,
     )
 
@@ -232,7 +241,7 @@ def _stream_options(
         world_size=world_size,
         quiet=quiet,
         log=log(quiet, command),
-        image_limits=ImageLimits(max_image_bytes, max_pixels),
+        image_limits=_limits(max_image_bytes, max_pixels),
         **values,
     )
 
@@ -244,7 +253,7 @@ def record_command(name: str):
 
 def run_command(name: str):
     """For train and eval: the run flags (--stats, --seed, --rank, --quiet, ...)."""
-    return _with_flags(_RUN_FLAGS, _run_options, name)
+    return _with_flags({**_RUN_FLAGS, **_IMAGE_FLAGS}, _run_options, name)
 
 
 def floats(text: str | None, flag: str) -> tuple[float, ...] | None:
