@@ -252,3 +252,21 @@ def test_the_openai_request_encoder_uses_the_same_caps(bomb):
         data_url(bomb)
     assert refused.value.reason == "image-too-many-pixels"
     assert data_url(tiny_image(random.Random(0))).startswith("data:image/png;base64,")
+
+
+def test_a_tar_member_too_large_to_hold_is_skipped_unread(tmp_path):
+    from vecap_cli.stream.picker import Picker
+    from vecap_cli.stream.tally import Tally
+    from vecap_cli.stream.tar import read_tar
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for name, data in [("a.json", b'{"alt": "x"}'), ("a.png", bytes(5000)),
+                           ("b.json", b'{"alt": "y"}'), ("b.png", bytes(50))]:  # fmt: skip
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    buf.seek(0)
+    tally = Tally("t")
+    got = list(read_tar(buf, Source("t.tar", "tar", ""), tally, Picker(0, 1, 0), max_member=100))
+    assert [s.key for s in got] == ["b"] and dict(tally.rejected) == {"member-too-large": 1}

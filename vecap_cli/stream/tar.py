@@ -27,12 +27,17 @@ from vecap_cli.stream.tally import Tally
 
 _SPLIT = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")  # webdataset's base_plus_ext
 _MTIME = 1_700_000_000  # fixed, so the same samples always give the same bytes
+# A member is read whole into memory: one claiming more (a .tar.gz of zeros can) is
+# skipped unread, and its sample rejected as member-too-large. Images have their
+# own, lower cap (--max-image-bytes) where they are decoded.
+MAX_MEMBER = 1 << 30
 
 
 def _groups(
-    tar: tarfile.TarFile, stream: _Counting
-) -> Iterator[tuple[str | None, dict[str, bytes], str]]:
+    tar: tarfile.TarFile, stream: _Counting, max_member: int = MAX_MEMBER
+) -> Iterator[tuple[str | None, dict[str, bytes | None], str]]:
     """(key, {ext: bytes}, error): error is set once, on the group a damaged stream cut short.
+    A member over `max_member` bytes is not read: its value is None.
 
     A stream cut exactly between two members reads as a shorter valid tar to
     tarfile; only the missing end-of-archive block tells, so the group read last
@@ -51,6 +56,9 @@ def _groups(
                 if group:
                     yield key, group, ""
                 key, group = prefix, {}
+            if info.size > max_member:
+                group[ext] = None  # tarfile skips the unread data block by block
+                continue
             group[ext] = tar.extractfile(info).read()  # type: ignore[union-attr]
     except (tarfile.TarError, EOFError, OSError) as err:
         yield key, group, str(err) or type(err).__name__
@@ -99,14 +107,16 @@ def to_sample(key: str, group: dict[str, bytes]) -> tuple[dict | None, str, str]
     return record, "", ""
 
 
-def read_tar(stream: BinaryIO, source: Source, tally: Tally, pick) -> Iterator[Sample]:
+def read_tar(
+    stream: BinaryIO, source: Source, tally: Tally, pick, max_member: int = MAX_MEMBER
+) -> Iterator[Sample]:
     """Samples from a tar stream; `pick()` returns this run's idx, or -1 to skip."""
     counted = _Counting(stream)
     try:
         tar = tarfile.open(fileobj=counted, mode="r|")  # type: ignore[call-overload]
     except tarfile.TarError as err:
         raise VecapError(f"cannot read '{source.name}': not a tar file ({err})") from None
-    for key, group, error in _groups(tar, counted):
+    for key, group, error in _groups(tar, counted, max_member):
         idx = pick()
         if idx < 0:
             continue
@@ -116,6 +126,11 @@ def read_tar(stream: BinaryIO, source: Source, tally: Tally, pick) -> Iterator[S
             # Samples before the damage are already out; the one cut short is
             # rejected and the next input goes on.
             tally.reject("tar-truncated", f"tar stream ends early: {error}", idx=idx, origin=origin)
+            continue
+        big = [ext for ext, data in group.items() if data is None]
+        if big:
+            detail = f"{key}.{big[0]} is over {max_member:,} bytes"
+            tally.reject("member-too-large", detail, idx=idx, origin=origin)
             continue
         record, reason, detail = to_sample(key, group)
         if record is None:
