@@ -108,26 +108,30 @@ def test_tar_output_packs_only_bounded_regular_files(tmp_path, bomb):
 # -- the commands that decode: caption (a server and a local model), train, eval --
 
 
-def caption_args(tmp_path):
+@pytest.fixture(scope="module")
+def eval_model(tmp_path_factory):
+    config, checkpoint = write_openclip(tmp_path_factory.mktemp("model"))
+    return ["--model", config, "--pretrained", checkpoint]
+
+
+def caption_args(tmp_path, model):
     return CASES["caption"]
 
 
-def caption_local_args(tmp_path):
+def caption_local_args(tmp_path, model):
     return ["--model", tiny_model("blip"), "--max-new-tokens", "3", "--workers", "2"]
 
 
-def train_args(tmp_path):
+def train_args(tmp_path, model):
     flags = ["--batch-size", "4", "--workers", "0", "--shuffle-buffer", "1", "--seed", "1"]
     return ["-o", tmp_path / "run", *flags]
 
 
-def eval_args(tmp_path):
-    (tmp_path / "model").mkdir()
-    config, checkpoint = write_openclip(tmp_path / "model")
+def eval_args(tmp_path, model):
     (tmp_path / "names.txt").write_text("cat\ndog\n")
     return [
-        "--task", "zeroshot", "--model", config, "--pretrained", checkpoint,
-        "--classnames", tmp_path / "names.txt", "--templates", "simple", "--workers", "2",
+        "--task", "zeroshot", *model, "--classnames", tmp_path / "names.txt",
+        "--templates", "simple", "--workers", "2",
     ]  # fmt: skip
 
 
@@ -139,13 +143,20 @@ DECODERS = {
 }
 
 
-def run_decoder(name, tmp_path, inputs, *flags):
+def run_decoder(name, tmp_path, model, inputs, *flags):
     command, args = DECODERS[name]
     rejects = tmp_path / "rejects.jsonl"
     output = ["-o", tmp_path / "out.jsonl", "--images-dir", tmp_path / "out"]
     output = output if command == "caption" else []
     result = run_vecap(
-        command, *args(tmp_path), *inputs, *output, "--rejects", rejects, *flags, env=ONE_THREAD
+        command,
+        *args(tmp_path, model),
+        *inputs,
+        *output,
+        "--rejects",
+        rejects,
+        *flags,
+        env=ONE_THREAD,
     )
     assert result.code == 0, result.err
     no_traceback(result)
@@ -154,9 +165,11 @@ def run_decoder(name, tmp_path, inputs, *flags):
 
 @pytest.mark.timeout(180)
 @pytest.mark.parametrize("name", DECODERS)
-def test_decoding_commands_refuse_each_hostile_image_with_its_reason(name, tmp_path, bomb):
+def test_decoding_commands_refuse_each_hostile_image_with_its_reason(
+    name, tmp_path, bomb, eval_model
+):
     pool = hostile_pool(tmp_path, bomb)
-    rejected, result = run_decoder(name, tmp_path, [pool], "--max-image-bytes", CAP)
+    rejected, result = run_decoder(name, tmp_path, eval_model, [pool], "--max-image-bytes", CAP)
     assert rejected == DECODED
     if DECODERS[name][0] == "caption":
         assert f"in {GOOD + 7} = out {GOOD} + dropped 0 + rejected 7" in result.err
@@ -164,12 +177,14 @@ def test_decoding_commands_refuse_each_hostile_image_with_its_reason(name, tmp_p
 
 @pytest.mark.timeout(180)
 @pytest.mark.parametrize("name", ["caption", "train", "eval"])
-def test_tar_members_are_held_to_the_same_caps(name, tmp_path, bomb):
+def test_tar_members_are_held_to_the_same_caps(name, tmp_path, bomb, eval_model):
     """Images that arrive as tar members: the byte cap and pixel cap apply where decoded."""
     pool = hostile_pool(tmp_path, bomb)
     packed = run_vecap("mix", *CASES["mix"], pool, "-q", "-o", tmp_path / "in.tar")
     assert packed.code == 0, packed.err  # default caps: big is packed this time
-    rejected, _ = run_decoder(name, tmp_path, [tmp_path / "in.tar"], "--max-image-bytes", CAP)
+    rejected, _ = run_decoder(
+        name, tmp_path, eval_model, [tmp_path / "in.tar"], "--max-image-bytes", CAP
+    )
     assert rejected == {"big": "image-too-large", "bomb": "image-too-many-pixels",
                         "truncated": "bad-image"}  # fmt: skip
 
