@@ -81,13 +81,14 @@ def caption(
     are decoded in worker threads ahead of the model; generation is greedy, in
     batches, bf16 on a GPU. Records that already have a `vec` pass through
     untouched unless --overwrite. An image that cannot be read or decoded is
-    rejected (image-missing, bad-image); with --backend openai, a request that
-    still fails after its retries is rejected as caption-REASON. An answer is
-    data, not trusted: one holding a URL, an e-mail address or instruction-like
-    text (ignore previous instructions, visit, click...) that the prompt does
-    not, control characters, or over 16 characters per --max-new-tokens, is
-    rejected (caption-url, caption-email, caption-instruction,
-    caption-control-chars, caption-too-long, empty-caption), never written.
+    rejected (image-missing, image-not-file, image-too-large, image-too-many-pixels,
+    bad-image); with --backend openai, a request that still fails after its
+    retries is rejected as caption-REASON. An answer is data, not trusted: one
+    holding a URL, an e-mail address or instruction-like text (ignore previous
+    instructions, visit, click...) that the prompt does not, control characters,
+    or over 16 characters per --max-new-tokens, is rejected (caption-url,
+    caption-email, caption-instruction, caption-control-chars, caption-too-long,
+    empty-caption), never written.
     """
     from functools import partial
 
@@ -107,6 +108,7 @@ def caption(
         prompt=prompt,
         max_new_tokens=max_new_tokens,
         overwrite=overwrite,
+        image_limits=opts.image_limits,
     )
     server = None
     if name == "openai":
@@ -129,6 +131,7 @@ def caption(
         pretrained=pretrained,
         server=server,
         trust_remote_code=trust_remote_code,
+        limits=opts.image_limits,
     )
     stage = partial(caption_stage, config=config, captioner=model_backend)
     tally = run_stream("caption", opts, stage, config.identity())

@@ -15,6 +15,7 @@ from typing import Annotated
 
 import typer
 
+from vecap_cli.stream.images import DEFAULT_LIMITS, ImageLimits
 from vecap_cli.stream.runner import RunOptions, StreamOptions
 
 _RUN = "Run"
@@ -112,6 +113,25 @@ Quiet = Annotated[
         "--quiet", "-q", help="No progress and no summary on stderr.", rich_help_panel=_RUN
     ),
 ]
+MaxImageBytes = Annotated[
+    int,
+    typer.Option(
+        min=1,
+        metavar="BYTES",
+        help="Refuse (reject, image-too-large) an image file or member over this many bytes.",
+        rich_help_panel=_RUN,
+    ),
+]
+MaxPixels = Annotated[
+    int,
+    typer.Option(
+        min=1,
+        metavar="PIXELS",
+        help="Refuse (reject, image-too-many-pixels) an image whose header claims more "
+        "pixels, before decoding it; a JPEG is first decoded at 1/2..1/8 scale if that fits.",
+        rich_help_panel=_RUN,
+    ),
+]
 
 _RUN_FLAGS = {
     "stats": (Stats, None),
@@ -122,6 +142,10 @@ _RUN_FLAGS = {
     "world_size": (WorldSize, None),
     "quiet": (Quiet, False),
 }
+_IMAGE_FLAGS = {  # on every command that opens images (curate count opens none)
+    "max_image_bytes": (MaxImageBytes, DEFAULT_LIMITS.max_bytes),
+    "max_pixels": (MaxPixels, DEFAULT_LIMITS.max_pixels),
+}
 _STREAM_FLAGS = {
     "inputs": (Inputs, None),
     "output": (Output, "-"),
@@ -130,6 +154,7 @@ _STREAM_FLAGS = {
     "resume": (Resume, False),
     "images_dir": (ImagesDir, None),
     **_RUN_FLAGS,
+    **_IMAGE_FLAGS,
 }
 
 
@@ -185,14 +210,29 @@ def _with_flags(flags: dict, build, command_name: str):
     return decorate
 
 
-def _run_options(command: str, *, rank, world_size, quiet, **values) -> RunOptions:
-    rank, world_size = resolve_rank(rank, world_size)
-    return RunOptions(
-        rank=rank, world_size=world_size, quiet=quiet, log=log(quiet, command), **values
+def _limits(max_image_bytes: int | None, max_pixels: int | None) -> ImageLimits:
+    return ImageLimits(
+        max_image_bytes or DEFAULT_LIMITS.max_bytes, max_pixels or DEFAULT_LIMITS.max_pixels
     )
 
 
-def _stream_options(command: str, *, inputs, rank, world_size, quiet, **values) -> StreamOptions:
+def _run_options(
+    command: str, *, rank, world_size, quiet, max_image_bytes=None, max_pixels=None, **values
+) -> RunOptions:
+    rank, world_size = resolve_rank(rank, world_size)
+    return RunOptions(
+        rank=rank,
+        world_size=world_size,
+        quiet=quiet,
+        log=log(quiet, command),
+        image_limits=_limits(max_image_bytes, max_pixels),
+        **values,
+    )
+
+
+def _stream_options(
+    command: str, *, inputs, rank, world_size, quiet, max_image_bytes, max_pixels, **values
+) -> StreamOptions:
     if values["format"] not in (None, "jsonl", "tar"):
         raise typer.BadParameter("choose jsonl or tar", param_hint="--format")
     rank, world_size = resolve_rank(rank, world_size)
@@ -202,6 +242,7 @@ def _stream_options(command: str, *, inputs, rank, world_size, quiet, **values) 
         world_size=world_size,
         quiet=quiet,
         log=log(quiet, command),
+        image_limits=_limits(max_image_bytes, max_pixels),
         **values,
     )
 
@@ -213,7 +254,7 @@ def record_command(name: str):
 
 def run_command(name: str):
     """For train and eval: the run flags (--stats, --seed, --rank, --quiet, ...)."""
-    return _with_flags(_RUN_FLAGS, _run_options, name)
+    return _with_flags({**_RUN_FLAGS, **_IMAGE_FLAGS}, _run_options, name)
 
 
 def floats(text: str | None, flag: str) -> tuple[float, ...] | None:

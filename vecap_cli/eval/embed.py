@@ -7,7 +7,6 @@ whose image cannot be read or decoded, is rejected here, in input order.
 
 from __future__ import annotations
 
-import io
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -16,7 +15,8 @@ from contextlib import contextmanager, nullcontext
 import torch
 import torch.nn.functional as F
 
-from vecap_cli.stream.sample import ImageMissing, Sample
+from vecap_cli.stream.images import DEFAULT_LIMITS, ImageLimits, ImageRejected, decode
+from vecap_cli.stream.sample import Sample
 from vecap_cli.stream.tally import Tally
 
 # A sample with its label (captions or class index), or with None and (reason, detail)
@@ -24,18 +24,14 @@ from vecap_cli.stream.tally import Tally
 Labelled = tuple[Sample, object, tuple[str, str] | None]
 
 
-def load_image(sample: Sample, preprocess: Callable) -> tuple[torch.Tensor | None, str, str]:
+def load_image(
+    sample: Sample, preprocess: Callable, limits: ImageLimits = DEFAULT_LIMITS
+) -> tuple[torch.Tensor | None, str, str]:
     """(pixels, '', '') or (None, reason, detail) for an image that cannot be used."""
-    from PIL import Image
-
     try:
-        data = sample.image_bytes()
-    except ImageMissing as err:
-        return None, "image-missing", str(err)
-    try:
-        image = Image.open(io.BytesIO(data)).convert("RGB")
-    except Exception as err:  # PIL raises OSError, SyntaxError, ValueError... for broken files
-        return None, "bad-image", f"{type(err).__name__}: {err}"
+        image = decode(sample.image_bytes(limits), limits)
+    except ImageRejected as err:
+        return None, err.reason, str(err)
     return preprocess(image), "", ""
 
 
@@ -45,10 +41,12 @@ def image_batches(
     batch_size: int,
     tally: Tally,
     workers: int = 4,
+    limits: ImageLimits = DEFAULT_LIMITS,
 ) -> Iterator[tuple[torch.Tensor, list]]:
     """(pixels (B, 3, H, W), labels) batches of the decodable images, in input order."""
     pixels, labels = [], []
-    for _, label, image in _decoded(items, preprocess, tally, workers, lookahead=2 * batch_size):
+    decoded = _decoded(items, preprocess, tally, workers, 2 * batch_size, limits)
+    for _, label, image in decoded:
         pixels.append(image)
         labels.append(label)
         if len(pixels) == batch_size:
@@ -58,12 +56,12 @@ def image_batches(
         yield torch.stack(pixels), labels
 
 
-def _decoded(items, preprocess, tally: Tally, workers: int, lookahead: int):
+def _decoded(items, preprocess, tally: Tally, workers: int, lookahead: int, limits: ImageLimits):
     pool = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="vecap-decode")
     pending: deque[tuple[Sample, object, Future | tuple[str, str]]] = deque()
     try:
         for sample, label, problem in items:
-            job = problem or pool.submit(load_image, sample, preprocess)
+            job = problem or pool.submit(load_image, sample, preprocess, limits)
             pending.append((sample, label, job))
             if len(pending) > lookahead:
                 yield from _resolve(*pending.popleft(), tally)

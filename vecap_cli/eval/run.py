@@ -101,6 +101,7 @@ def _evaluate(config: EvalConfig, run: RunOptions, tally: Tally, group: Group, d
             tally=tally,
             group=group,
             workers=config.workers,
+            limits=run.image_limits,
             progress=None if update is None else (lambda t: update(t.n_in, t.n_out)),
         )
         model, tokenizer, preprocess = loaded.model, loaded.tokenizer, loaded.preprocess

@@ -17,6 +17,7 @@ from vecap_cli.eval.dist import Group
 from vecap_cli.eval.embed import Encoder, Labelled, eval_mode, image_batches
 from vecap_cli.eval.metrics import class_embeddings, retrieval_recall, zeroshot_metrics
 from vecap_cli.eval.prompts import Templates, prompts
+from vecap_cli.stream.images import DEFAULT_LIMITS, ImageLimits
 from vecap_cli.stream.sample import Sample
 from vecap_cli.stream.tally import Tally
 
@@ -37,6 +38,7 @@ def evaluate_retrieval(
     group: Group | None = None,
     workers: int = 4,
     progress: Progress | None = None,
+    limits: ImageLimits = DEFAULT_LIMITS,
 ) -> dict[str, float]:
     """Image→text and text→image recall@k over images with one or more captions each.
 
@@ -51,7 +53,7 @@ def evaluate_retrieval(
     with eval_mode(model):
         encoder = Encoder(model, tokenizer, device, amp)
         image_emb, text_emb, owners = _embed_captioned(
-            encoder, preprocess, dataset, batch_size, tally, workers, progress
+            encoder, preprocess, dataset, batch_size, tally, workers, progress, limits
         )
     local = torch.cat(image_emb) if image_emb else torch.empty(0, 0)
     counts = group.all_gather(len(local))
@@ -65,12 +67,12 @@ def evaluate_retrieval(
     return retrieval_recall(images, texts, text_image, ks)
 
 
-def _embed_captioned(encoder, preprocess, dataset, batch_size, tally, workers, progress):
+def _embed_captioned(encoder, preprocess, dataset, batch_size, tally, workers, progress, limits):
     """This rank's image embeddings (per batch), caption embeddings, and each caption's image."""
     items = _labelled(dataset, lambda r: (captions_of(r) or None, "no-caption"))
     image_emb, captions, owners = [], [], []
     n_images = 0
-    for pixels, caps in image_batches(items, preprocess, batch_size, tally, workers):
+    for pixels, caps in image_batches(items, preprocess, batch_size, tally, workers, limits):
         image_emb.append(encoder.images(pixels))
         for image_captions in caps:
             captions += image_captions
@@ -96,6 +98,7 @@ def evaluate_zeroshot(
     group: Group | None = None,
     workers: int = 4,
     progress: Progress | None = None,
+    limits: ImageLimits = DEFAULT_LIMITS,
 ) -> dict[str, float]:
     """Top-1, top-5 and mean per-class recall of zero-shot classification.
 
@@ -110,7 +113,7 @@ def evaluate_zeroshot(
         encoder = Encoder(model, tokenizer, device, amp)
         weights, n_prompts = _class_weights(encoder, classnames, templates, batch_size, group)
         logits, targets = _classify(
-            encoder, weights, preprocess, dataset, batch_size, tally, workers, progress
+            encoder, weights, preprocess, dataset, batch_size, tally, workers, progress, limits
         )
     local = torch.cat(logits) if logits else torch.empty(0, n)
     all_logits = group.cat(local)
@@ -121,7 +124,7 @@ def evaluate_zeroshot(
     return zeroshot_metrics(all_logits, all_targets, n)
 
 
-def _classify(encoder, weights, preprocess, dataset, batch_size, tally, workers, progress):
+def _classify(encoder, weights, preprocess, dataset, batch_size, tally, workers, progress, limits):
     """This rank's (B, C) logits per batch and the target of each image."""
     n = len(weights)
 
@@ -133,7 +136,7 @@ def _classify(encoder, weights, preprocess, dataset, batch_size, tally, workers,
 
     items = _labelled(dataset, label, classes=n)
     logits, targets = [], []
-    for pixels, classes in image_batches(items, preprocess, batch_size, tally, workers):
+    for pixels, classes in image_batches(items, preprocess, batch_size, tally, workers, limits):
         logits.append(encoder.images(pixels) @ weights.T)  # (B, C)
         targets += classes
         if progress:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from vecap_cli.errors import VecapError
+from vecap_cli.stream.images import DEFAULT_LIMITS, ImageLimits, decode
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,15 +34,10 @@ def default_dtype(device: str):
     return torch.bfloat16 if device.startswith("cuda") else torch.float32
 
 
-def decode_rgb(data: bytes):
-    """A fully decoded RGB PIL image; raises on bytes PIL cannot decode."""
-    import io
-
-    from PIL import Image
-
-    with Image.open(io.BytesIO(data)) as image:
-        image.load()  # decode now, in the worker thread, not lazily in the model's
-        return image.convert("RGB")
+def decode_rgb(data: bytes, limits: ImageLimits = DEFAULT_LIMITS):
+    """A fully decoded RGB PIL image (now, in the worker thread, not lazily in the
+    model's), within the byte and pixel caps; ImageRejected otherwise."""
+    return decode(data, limits)
 
 
 def model_error(what: str, model: str, err: Exception) -> VecapError:

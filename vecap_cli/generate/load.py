@@ -11,10 +11,12 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Callable
+from functools import partial
 from typing import TYPE_CHECKING
 
 from vecap_cli.errors import VecapError
 from vecap_cli.generate.base import decode_rgb
+from vecap_cli.stream.images import DEFAULT_LIMITS, ImageLimits
 
 if TYPE_CHECKING:  # the HTTP client loads only for --backend openai
     from vecap_cli.generate.openai_client import ServerSpec
@@ -89,7 +91,9 @@ def captioner(
     pretrained: str | None = None,
     server: ServerSpec | None = None,
     trust_remote_code: bool = False,
+    limits: ImageLimits = DEFAULT_LIMITS,
 ) -> Lazy:
+    """The captioner, its `prepare` decoding within `limits` (bytes and pixels)."""
     if backend == "hf":
         check_hf_dir(model)
 
@@ -98,7 +102,7 @@ def captioner(
 
             return HFCaptioner(model, prompt, max_new_tokens, device, trust_remote_code)
 
-        return Lazy(build_hf, decode_rgb)
+        return Lazy(build_hf, partial(decode_rgb, limits=limits))
     if backend == "openclip":
         check_openclip(model, pretrained)
 
@@ -107,13 +111,13 @@ def captioner(
 
             return CocaCaptioner(model, pretrained, max_new_tokens, device)
 
-        return Lazy(build_coca, decode_rgb)
+        return Lazy(build_coca, partial(decode_rgb, limits=limits))
     if backend == "openai":
         from vecap_cli.generate.openai_client import OpenAICaptioner, data_url
 
         assert server is not None
         client = OpenAICaptioner(server, prompt)  # checks the URL now; connects on first use
-        return Lazy(lambda: client, data_url)
+        return Lazy(lambda: client, partial(data_url, limits=limits))
     raise VecapError(f"unknown caption backend '{backend}'")
 
 

@@ -307,17 +307,24 @@ def _content(data: bytes) -> str:
 _MIME = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp", "GIF": "image/gif"}
 
 
-def data_url(data: bytes) -> str:
-    """The image inline as a base64 data URL; decoded first, so a broken image is caught here."""
-    from PIL import Image
+def data_url(data: bytes, limits=None) -> str:
+    """The image inline as a base64 data URL; decoded first (within the byte and
+    pixel caps), so a broken or oversized image is rejected here, not by the server.
+    A format servers may not read (TIFF, BMP...), or a JPEG only the draft scale
+    brought under the pixel cap, is sent re-encoded as PNG."""
+    from vecap_cli.stream.images import DEFAULT_LIMITS, ImageRejected, open_checked
 
-    with Image.open(io.BytesIO(data)) as image:
-        image.load()
-        mime = _MIME.get(image.format or "")
-        if mime is None:  # a format servers may not read (TIFF, BMP, ...): send PNG
-            buf = io.BytesIO()
-            image.convert("RGB").save(buf, format="PNG")
-            data, mime = buf.getvalue(), "image/png"
+    image, scaled = open_checked(data, limits or DEFAULT_LIMITS)
+    try:
+        with image:
+            image.load()
+            mime = _MIME.get(image.format or "")
+            if mime is None or scaled:
+                buf = io.BytesIO()
+                image.convert("RGB").save(buf, format="PNG")
+                data, mime = buf.getvalue(), "image/png"
+    except Exception as err:  # truncated data, bad chunks, a decoder's odd error
+        raise ImageRejected("bad-image", f"{type(err).__name__}: {err}") from None
     return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
 
 

@@ -20,7 +20,8 @@ from vecap_cli.generate.ahead import map_ahead
 from vecap_cli.generate.answer import max_chars, refusal
 from vecap_cli.generate.base import Failed
 from vecap_cli.steps.batching import PASS, in_batches
-from vecap_cli.stream.sample import ImageMissing, Sample
+from vecap_cli.stream.images import DEFAULT_LIMITS, ImageLimits, ImageRejected
+from vecap_cli.stream.sample import Sample
 from vecap_cli.stream.tally import Tally
 
 # VeCLIP's prompt for LLaVA (arXiv 2310.07699, section 3).
@@ -44,6 +45,7 @@ class CaptionConfig:
     workers: int = 4  # decode threads; 0 decodes inline
     overwrite: bool = False
     field: str = "vec"
+    image_limits: ImageLimits = DEFAULT_LIMITS  # --max-image-bytes, --max-pixels
 
     def identity(self) -> tuple:
         """What decides the captions: a resumed run must agree on it (batching may differ)."""
@@ -82,7 +84,7 @@ def caption(
     def prepare(sample: Sample):
         if not overwrite and has_text(sample.record, field):
             return PASS  # never decoded
-        return captioner.prepare(sample.image_bytes())
+        return captioner.prepare(sample.image_bytes(config.image_limits))
 
     def prepared() -> Iterator[tuple[Sample, object]]:
         ahead = max(2 * config.batch_size, 2 * config.workers, 8)
@@ -117,7 +119,7 @@ def caption(
 
 
 def _reject(tally: Tally, sample: Sample, err: BaseException) -> None:
-    if isinstance(err, ImageMissing):
-        tally.reject("image-missing", str(err), sample)
+    if isinstance(err, ImageRejected):
+        tally.reject(err.reason, str(err), sample)
     else:
         tally.reject("bad-image", f"{type(err).__name__}: {err}", sample)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 from collections.abc import Iterable, Iterator
 from typing import BinaryIO
 
@@ -12,6 +14,7 @@ from vecap_cli.errors import VecapError
 from vecap_cli.stream.picker import Picker
 from vecap_cli.stream.sample import IMAGE_EXTS, Sample, Source
 from vecap_cli.stream.tally import Tally
+from vecap_cli.stream.tar import ext_ok, member_name_ok
 
 
 def parse_record(line: bytes) -> tuple[dict | None, str, str]:
@@ -84,17 +87,32 @@ class JsonlWriter:
 
     Image paths are written relative to `rel_to` (the output file's directory), so
     the JSONL reads back from wherever it is, as the reader resolves them.
+
+    The names come from the tar, so they are untrusted: a key or member that would
+    land outside `images_dir` is rejected (`bad-key`), and a file is created only
+    if no file of that name exists (`duplicate-key` otherwise, unless it holds the
+    same bytes: a rerun or --resume writing the same sample again).
     """
 
-    def __init__(self, stream: BinaryIO, images_dir: str | None = None, rel_to: str = ""):
+    def __init__(
+        self,
+        stream: BinaryIO,
+        images_dir: str | None = None,
+        rel_to: str = "",
+        tally: Tally | None = None,
+    ):
         self._stream = stream
         self._images_dir = images_dir
         self._rel_to = rel_to
+        self._tally = tally or Tally("jsonl")
+        self._root = os.path.realpath(images_dir) if images_dir is not None else ""
 
     def write(self, sample: Sample) -> bool:
         record = sample.record
         if sample.members:
             record = self._extract(sample)
+            if record is None:
+                return False
         self._stream.write(orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE))
         return True
 
@@ -102,22 +120,30 @@ class JsonlWriter:
         """`write` each sample, counting it out as it goes."""
         put, dumps, option = self._stream.write, orjson.dumps, orjson.OPT_APPEND_NEWLINE
         for sample in samples:
-            put(dumps(self._extract(sample) if sample.members else sample.record, option=option))
-            tally.n_out += 1
+            record = self._extract(sample) if sample.members else sample.record
+            if record is not None:
+                put(dumps(record, option=option))
+                tally.n_out += 1
 
-    def _extract(self, sample: Sample) -> dict:
+    def _extract(self, sample: Sample) -> dict | None:
+        """The record with its members' paths, the files written; None when rejected."""
         if self._images_dir is None:
             raise VecapError(
                 f"{sample.origin}: the input carries images, which JSONL output cannot hold: "
                 "pass --images-dir DIR to write them there"
             )
+        problem = self._bad_names(sample)
+        if problem:
+            self._tally.reject("bad-key", problem, sample)
+            return None
         record = dict(sample.record)
         others = {}
-        for ext, data in sample.members.items():
+        for ext, data in sorted(sample.members.items()):
             path = os.path.join(self._images_dir, f"{sample.key}.{ext}")
-            os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-            with open(path, "wb") as f:
-                f.write(data)
+            problem = self._place(path, data)
+            if problem:
+                self._tally.reject(*problem, sample)
+                return None
             rel = os.path.relpath(path, self._rel_to) if self._rel_to else path
             if ext in IMAGE_EXTS:
                 record["image"] = rel
@@ -127,8 +153,83 @@ class JsonlWriter:
             record["members"] = others
         return record
 
+    def _bad_names(self, sample: Sample) -> str:
+        key = sample.key
+        if not member_name_ok(key):
+            return f"key {key!r} cannot name a file inside --images-dir"
+        for ext in sample.members:
+            if not ext_ok(ext):
+                return f"member {key}.{ext!r} cannot name a file inside --images-dir"
+        return ""
+
+    def _place(self, path: str, data: bytes) -> tuple[str, str] | None:
+        """Create `path` holding `data`, inside the images dir, never over another file."""
+        folder = os.path.dirname(path)
+        try:
+            os.makedirs(folder, exist_ok=True)
+        except OSError as err:  # a file where a folder of the key should be
+            return "bad-key", f"cannot make '{folder}': {err.strerror}"
+        if os.path.commonpath([os.path.realpath(folder), self._root]) != self._root:
+            return "bad-key", f"'{path}' resolves outside --images-dir (a link?)"
+        try:
+            created = _create(path, data)
+        except OSError as err:
+            if err.errno in (errno.ENAMETOOLONG, errno.EISDIR, errno.ENOTDIR, errno.EINVAL):
+                return "bad-key", f"cannot write '{path}': {err.strerror}"
+            raise
+        if not created and not _holds(path, data):
+            return "duplicate-key", f"'{path}' already holds another sample's member"
+        return None
+
     def close(self) -> None:
         self._stream.flush()
 
     def abort(self) -> None:
         self._stream.flush()  # the lines written are whole records
+
+
+def _create(path: str, data: bytes) -> bool:
+    """Write `path` whole, only if no such name exists: False when one does.
+
+    Written beside it under a private name, then hard-linked into place, which
+    fails if the name exists (even a dangling link): never overwrites, never
+    follows a link, and a crash leaves no half-written image under a real name.
+    """
+    folder, name = os.path.split(path)
+    tmp = os.path.join(folder, f".{name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return False
+        except OSError as err:  # a file system without hard links: create exclusively
+            if err.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.EXDEV):
+                raise
+            return _create_exclusive(path, data)
+        return True
+    finally:
+        os.unlink(tmp)
+
+
+def _create_exclusive(path: str, data: bytes) -> bool:
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+    except FileExistsError:
+        return False
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    return True
+
+
+def _holds(path: str, data: bytes) -> bool:
+    """Whether the regular file `path` holds exactly `data`."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return False
+    with os.fdopen(fd, "rb") as f:
+        info = os.fstat(f.fileno())
+        return stat.S_ISREG(info.st_mode) and info.st_size == len(data) and f.read() == data

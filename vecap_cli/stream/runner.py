@@ -15,6 +15,7 @@ from typing import BinaryIO
 
 import orjson
 
+from vecap_cli.stream.images import DEFAULT_LIMITS, ImageLimits
 from vecap_cli.stream.jsonl import read_jsonl
 from vecap_cli.stream.picker import Picker
 from vecap_cli.stream.progress import progress, showing
@@ -40,6 +41,7 @@ class RunOptions:
     world_size: int = 1
     quiet: bool = False
     log: Callable[[str], None] = field(default=lambda line: None, compare=False)
+    image_limits: ImageLimits = DEFAULT_LIMITS  # --max-image-bytes, --max-pixels
 
 
 @dataclass(frozen=True)
@@ -142,6 +144,7 @@ def run_stream(
         world_size=opts.world_size,
         resume=opts.resume,
         fingerprint=fingerprint(command, names, opts.format, opts.shard_size, config),
+        image_limits=opts.image_limits,
     )
     sink: Sink = open_sink(spec, tally, lambda: carriers[0] if carriers else "jsonl")
     skip = getattr(sink, "skip", 0)

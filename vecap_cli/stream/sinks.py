@@ -21,6 +21,7 @@ from typing import BinaryIO
 import orjson
 
 from vecap_cli.errors import VecapError
+from vecap_cli.stream.images import DEFAULT_LIMITS, ImageLimits
 from vecap_cli.stream.jsonl import JsonlWriter
 from vecap_cli.stream.sample import Sample
 from vecap_cli.stream.sources import carrier_from_name
@@ -40,6 +41,7 @@ class OutputSpec:
     world_size: int = 1
     resume: bool = False
     fingerprint: str = ""  # what produced the shards; --resume refuses a different one
+    image_limits: ImageLimits = DEFAULT_LIMITS  # for images tar output reads from files
 
     @property
     def sharded(self) -> bool:
@@ -71,7 +73,7 @@ class OutputFile:
         self.raw = open_for_writing(self.tmp, shown=path)
 
     def open_writer(
-        self, fmt: str, tally: Tally, images_dir: str | None
+        self, fmt: str, tally: Tally, images_dir: str | None, limits: ImageLimits = DEFAULT_LIMITS
     ) -> JsonlWriter | TarWriter:
         stream = self.raw
         if self.path.endswith(".gz"):
@@ -82,10 +84,10 @@ class OutputFile:
                 raise VecapError(
                     "refusing to write a tar stream to a terminal: use -o FILE or a pipe"
                 )
-            self.writer = TarWriter(stream, tally)
+            self.writer = TarWriter(stream, tally, limits)
         else:
             rel_to = os.path.dirname(os.path.abspath(self.path)) if self.path != "-" else ""
-            self.writer = JsonlWriter(stream, images_dir, rel_to)
+            self.writer = JsonlWriter(stream, images_dir, rel_to, tally)
         return self.writer
 
     def commit(self) -> None:
@@ -125,7 +127,7 @@ class Sink:
         if self.file.writer is not None:
             return self.file.writer
         fmt = self.spec.format or carrier_from_name(self.file.path) or self._input_carrier()
-        return self.file.open_writer(fmt, self.tally, self.spec.images_dir)
+        return self.file.open_writer(fmt, self.tally, self.spec.images_dir, self.spec.image_limits)
 
     def write(self, sample: Sample) -> bool:
         writer = self.file.writer or self._writer()  # type: ignore[union-attr]

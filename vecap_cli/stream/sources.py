@@ -3,6 +3,10 @@
 The spec forms are webdataset's, so shard lists written for webdataset work here
 unchanged. Compression and carrier (JSONL or tar) come from the name, or from
 the first bytes when the name says nothing (stdin, pipes).
+
+Only `pipe:COMMAND` runs a shell: that is its explicit purpose. An http(s) URL
+is fetched in-process (httpx, streaming) with bounded waits, never through a
+shell, and is named in messages without its user:password.
 """
 
 from __future__ import annotations
@@ -13,8 +17,9 @@ import io
 import os
 import subprocess
 import sys
+import time
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import BinaryIO
 
@@ -65,6 +70,21 @@ def _is_stream_url(name: str) -> bool:
     return name.startswith(("pipe:", "http://", "https://"))
 
 
+def _is_http(name: str) -> bool:
+    return name.startswith(("http://", "https://"))
+
+
+def redact(url: str) -> str:
+    """`url` without a password (and user) in its authority: safe for messages."""
+    if not _is_http(url):
+        return url
+    scheme, sep, rest = url.partition("://")
+    authority, slash, path = rest.partition("/")
+    if "@" in authority:
+        authority = "***@" + authority.rsplit("@", 1)[1]
+    return f"{scheme}{sep}{authority}{slash}{path}"
+
+
 def carrier_from_name(name: str) -> str | None:
     """'jsonl', 'tar', or None when the name does not say (stdin, pipes, odd suffixes)."""
     if name == "-" or name.startswith("pipe:"):
@@ -88,7 +108,8 @@ def open_source(
     paths against the working directory. The caller closes what it passed.
     """
     stdin = stdin or sys.stdin.buffer
-    raw, proc = _open_raw(name, stdin)
+    shown = redact(name)
+    raw, finish = _open_raw(name, stdin)
     try:
         head, stream = _peek(raw)
         if head[:2] == b"\x1f\x8b":
@@ -96,23 +117,25 @@ def open_source(
             head, stream = _peek(stream)
         carrier = carrier_from_name(name) or ("tar" if head[257:262] == b"ustar" else "jsonl")
         base = "" if name == "-" or _is_stream_url(name) else os.path.dirname(name)
-        yield Source(name, carrier, base), (stream if head else None)
+        yield Source(shown, carrier, base), (stream if head else None)
     except (OSError, EOFError, gzip.BadGzipFile) as err:
-        raise VecapError(f"cannot read '{name}': {err}") from None
+        raise VecapError(f"cannot read '{shown}': {err}") from None
     finally:
         if raw is not stdin:
             raw.close()
-        if proc is not None:
-            _reap(name, proc)
+        if finish is not None:
+            finish()
 
 
-def _open_raw(name: str, stdin: BinaryIO) -> tuple[BinaryIO, subprocess.Popen | None]:
+def _open_raw(name: str, stdin: BinaryIO) -> tuple[BinaryIO, Callable[[], None] | None]:
+    """The raw byte stream, and what to call after closing it (None: nothing)."""
     if name == "-":
         return stdin, None
-    if _is_stream_url(name):
-        cmd = name[5:] if name.startswith("pipe:") else f"curl -fsSL '{name}'"
-        proc = subprocess.Popen(cmd, shell=True, stdout=subprocess.PIPE)
-        return proc.stdout, proc  # type: ignore[return-value]
+    if _is_http(name):
+        return _fetch(name), None
+    if name.startswith("pipe:"):  # webdataset's explicit opt-in to a shell command
+        proc = subprocess.Popen(name[5:], shell=True, stdout=subprocess.PIPE)
+        return proc.stdout, lambda: _reap(name, proc)  # type: ignore[return-value]
     try:
         return open(name, "rb"), None
     except OSError as err:
@@ -123,6 +146,83 @@ def _reap(name: str, proc: subprocess.Popen) -> None:
     rc = proc.wait()
     if rc != 0:
         raise VecapError(f"input command '{name}' exited with status {rc}")
+
+
+# Waits on a URL input: connecting, and each read. A shard may be large, so the
+# whole request has no fixed deadline; instead a transfer slower than MIN_RATE
+# on average after RATE_GRACE seconds is given up (a server that trickles a byte
+# every few seconds would otherwise defeat the read timeout for ever).
+CONNECT_TIMEOUT, READ_TIMEOUT = 15.0, 60.0
+MIN_RATE, RATE_GRACE = 1024, 60.0  # bytes per second, seconds
+
+
+def _fetch(url: str) -> BinaryIO:
+    """A streaming GET of `url`; one VecapError line naming it (redacted) on failure."""
+    import httpx
+
+    shown = redact(url)
+    client = httpx.Client(
+        timeout=httpx.Timeout(READ_TIMEOUT, connect=CONNECT_TIMEOUT), follow_redirects=True
+    )
+    try:
+        response = client.send(client.build_request("GET", url), stream=True)
+    except (httpx.HTTPError, httpx.InvalidURL, ValueError) as err:
+        client.close()
+        raise VecapError(f"cannot read '{shown}': {_http_error(err, url)}") from None
+    if response.status_code >= 400:
+        response.close()
+        client.close()
+        raise VecapError(
+            f"cannot read '{shown}': HTTP {response.status_code} {response.reason_phrase}"
+        )
+    return io.BufferedReader(_HttpBody(url, client, response), buffer_size=1 << 16)  # type: ignore[return-value]
+
+
+def _http_error(err: Exception, url: str) -> str:
+    """The first line of an httpx error, with the URL's credentials (if any) masked."""
+    text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    userinfo = url.partition("://")[2].partition("/")[0].rpartition("@")[0]
+    return text.replace(url, redact(url)).replace(userinfo, "***") if userinfo else text
+
+
+class _HttpBody(io.RawIOBase):
+    """An httpx streaming response as a raw binary stream, with the rate floor."""
+
+    def __init__(self, url: str, client, response):
+        self._url, self._client, self._response = url, client, response
+        self._chunks = response.iter_bytes()
+        self._left = memoryview(b"")
+        self._started, self._total = time.monotonic(), 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buf) -> int:  # type: ignore[override]
+        if not self._left:
+            self._left = memoryview(self._next())
+        n = min(len(buf), len(self._left))
+        buf[:n] = self._left[:n]
+        self._left = self._left[n:]
+        return n
+
+    def _next(self) -> bytes:
+        import httpx
+
+        try:
+            chunk = next(self._chunks, b"")
+        except httpx.HTTPError as err:
+            raise OSError(_http_error(err, self._url)) from None
+        self._total += len(chunk)
+        elapsed = time.monotonic() - self._started
+        if chunk and elapsed > RATE_GRACE and self._total < MIN_RATE * elapsed:
+            raise OSError(f"transfer too slow ({self._total:,} bytes in {elapsed:.0f} s)")
+        return chunk
+
+    def close(self) -> None:
+        if not self.closed:
+            self._response.close()
+            self._client.close()
+        super().close()
 
 
 class _Prefixed(io.RawIOBase):

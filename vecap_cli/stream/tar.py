@@ -21,17 +21,23 @@ from typing import BinaryIO
 import orjson
 
 from vecap_cli.errors import VecapError
-from vecap_cli.stream.sample import IMAGE_EXTS, ImageMissing, Sample, Source, read_beside
+from vecap_cli.stream.images import DEFAULT_LIMITS, ImageLimits, ImageRejected
+from vecap_cli.stream.sample import IMAGE_EXTS, Sample, Source, read_beside
 from vecap_cli.stream.tally import Tally
 
 _SPLIT = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")  # webdataset's base_plus_ext
 _MTIME = 1_700_000_000  # fixed, so the same samples always give the same bytes
+# A member is read whole into memory: one claiming more (a .tar.gz of zeros can) is
+# skipped unread, and its sample rejected as member-too-large. Images have their
+# own, lower cap (--max-image-bytes) where they are decoded.
+MAX_MEMBER = 1 << 30
 
 
 def _groups(
-    tar: tarfile.TarFile, stream: _Counting
-) -> Iterator[tuple[str | None, dict[str, bytes], str]]:
+    tar: tarfile.TarFile, stream: _Counting, max_member: int = MAX_MEMBER
+) -> Iterator[tuple[str | None, dict[str, bytes | None], str]]:
     """(key, {ext: bytes}, error): error is set once, on the group a damaged stream cut short.
+    A member over `max_member` bytes is not read: its value is None.
 
     A stream cut exactly between two members reads as a shorter valid tar to
     tarfile; only the missing end-of-archive block tells, so the group read last
@@ -50,6 +56,9 @@ def _groups(
                 if group:
                     yield key, group, ""
                 key, group = prefix, {}
+            if info.size > max_member:
+                group[ext] = None  # tarfile skips the unread data block by block
+                continue
             group[ext] = tar.extractfile(info).read()  # type: ignore[union-attr]
     except (tarfile.TarError, EOFError, OSError) as err:
         yield key, group, str(err) or type(err).__name__
@@ -98,14 +107,16 @@ def to_sample(key: str, group: dict[str, bytes]) -> tuple[dict | None, str, str]
     return record, "", ""
 
 
-def read_tar(stream: BinaryIO, source: Source, tally: Tally, pick) -> Iterator[Sample]:
+def read_tar(
+    stream: BinaryIO, source: Source, tally: Tally, pick, max_member: int = MAX_MEMBER
+) -> Iterator[Sample]:
     """Samples from a tar stream; `pick()` returns this run's idx, or -1 to skip."""
     counted = _Counting(stream)
     try:
         tar = tarfile.open(fileobj=counted, mode="r|")  # type: ignore[call-overload]
     except tarfile.TarError as err:
         raise VecapError(f"cannot read '{source.name}': not a tar file ({err})") from None
-    for key, group, error in _groups(tar, counted):
+    for key, group, error in _groups(tar, counted, max_member):
         idx = pick()
         if idx < 0:
             continue
@@ -116,6 +127,11 @@ def read_tar(stream: BinaryIO, source: Source, tally: Tally, pick) -> Iterator[S
             # rejected and the next input goes on.
             tally.reject("tar-truncated", f"tar stream ends early: {error}", idx=idx, origin=origin)
             continue
+        big = [ext for ext, data in group.items() if data is None]
+        if big:
+            detail = f"{key}.{big[0]} is over {max_member:,} bytes"
+            tally.reject("member-too-large", detail, idx=idx, origin=origin)
+            continue
         record, reason, detail = to_sample(key, group)
         if record is None:
             tally.reject(reason, detail, idx=idx, origin=origin)
@@ -124,15 +140,31 @@ def read_tar(stream: BinaryIO, source: Source, tally: Tally, pick) -> Iterator[S
 
 
 def member_name_ok(key: str) -> bool:
-    """Keys that name tar members and files safely: relative, no '..', no dot in the base."""
+    """Keys that name tar members and files safely: relative, no '.' or '..' part,
+    no dot in the base, no NUL or backslash (a path separator to some extractors)."""
     parts = key.split("/")
-    return bool(key) and "." not in parts[-1] and all(p not in ("", "..") for p in parts)
+    return (
+        bool(key)
+        and "." not in parts[-1]
+        and all(p not in ("", ".", "..") for p in parts)
+        and "\0" not in key
+        and "\\" not in key
+    )
+
+
+def ext_ok(ext: object) -> bool:
+    """A member extension that stays one file name after `KEY.`."""
+    return isinstance(ext, str) and bool(ext) and not (set(ext) & {"/", "\\", "\0"})
 
 
 class TarWriter:
-    def __init__(self, stream: BinaryIO, tally: Tally):
+    """Writes samples as member groups; a JSONL record's `image` (and `members`)
+    files are packed in, read within `limits` (regular files, the byte cap)."""
+
+    def __init__(self, stream: BinaryIO, tally: Tally, limits: ImageLimits = DEFAULT_LIMITS):
         self._tar = tarfile.open(fileobj=stream, mode="w|", format=tarfile.USTAR_FORMAT)
         self._tally = tally
+        self._limits = limits
 
     def write(self, sample: Sample) -> bool:
         key = sample.key
@@ -141,8 +173,8 @@ class TarWriter:
             return False
         try:
             members = self._members(sample)
-        except ImageMissing as err:
-            self._tally.reject("image-missing", str(err), sample)
+        except ImageRejected as err:
+            self._tally.reject(err.reason, str(err), sample)
             return False
         for ext in sorted(members):
             self._add(f"{key}.{ext}", members[ext])
@@ -152,12 +184,15 @@ class TarWriter:
         record = sample.record
         members = dict(sample.members)
         if sample.has_image() and not any(ext in members for ext in IMAGE_EXTS):
-            members[sample.image_ext() or "jpg"] = sample.image_bytes()
+            members[sample.image_ext() or "jpg"] = sample.image_bytes(self._limits)
         extra = record.get("members")
-        if isinstance(extra, dict):  # members a JSONL writer put in files
+        # members a JSONL writer put in files; in a record from a tar, `members` is data
+        if isinstance(extra, dict) and not sample.from_tar:
             record = {k: v for k, v in record.items() if k != "members"}
             for ext, path in extra.items():
-                members[ext] = read_beside(sample.source, path)
+                if not ext_ok(ext):
+                    raise ImageRejected("bad-members", f"'members' has a bad extension {ext!r}")
+                members[ext] = read_beside(sample.source, path, self._limits)
         members["json"] = orjson.dumps(record)
         caption = sample.caption()
         if caption is not None:

@@ -18,7 +18,8 @@ interrupted run would have trained next.
 
 Accounting: a sample is `in` when it leaves the shuffle buffer (or when the
 reader rejects its record), then is trained (`out`), dropped (`no-caption`) or
-rejected (`image-missing`, `bad-image`). A batch carries the events of its
+rejected (`image-missing`, `bad-image`, `image-too-large`, ...: see
+`stream/images.py`). A batch carries the events of its
 window and the main process replays them on its Tally, so the counts, the
 --rejects file and --strict cover exactly the batches trained.
 """
@@ -26,7 +27,6 @@ window and the main process replays them on its Tally, so the counts, the
 from __future__ import annotations
 
 import glob
-import io
 import os
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -36,8 +36,9 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from vecap_cli.rand import uniform
 from vecap_cli.steps.mix import CaptionDraw, available
+from vecap_cli.stream.images import DEFAULT_LIMITS, ImageLimits, ImageRejected, decode
 from vecap_cli.stream.runner import iter_samples
-from vecap_cli.stream.sample import ImageMissing, Sample
+from vecap_cli.stream.sample import Sample
 from vecap_cli.stream.tally import Tally
 
 DEFAULT_KEYS = ("text", "alt")  # the caption a mix step chose, else the AltText
@@ -59,6 +60,7 @@ class DataPlan:
     resample: bool = False
     text_keys: tuple[str, ...] | None = None
     text_probs: tuple[float, ...] | None = None
+    image_limits: ImageLimits = DEFAULT_LIMITS  # --max-image-bytes, --max-pixels
 
 
 @dataclass
@@ -213,20 +215,10 @@ def caption_picker(plan: DataPlan) -> Callable[[Sample, int], str | None]:
     return drawn
 
 
-class BadImage(Exception):
-    pass
-
-
-def load_image(sample: Sample):
-    """The sample's image as RGB; ImageMissing or BadImage when there is none to train on."""
-    from PIL import Image
-
-    data = sample.image_bytes()
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            return image.convert("RGB")
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
-        raise BadImage(str(err) or type(err).__name__) from None
+def load_image(sample: Sample, limits: ImageLimits = DEFAULT_LIMITS):
+    """The sample's image as RGB; ImageRejected (with its reason) when there is none
+    to train on."""
+    return decode(sample.image_bytes(limits), limits)
 
 
 def augment_seed(seed: int, key: str, epoch: int, pass_: int) -> int:
@@ -303,12 +295,9 @@ class TrainData(IterableDataset):
                 recorder.drop("no-caption", sample)
                 continue
             try:
-                image = load_image(sample)
-            except ImageMissing as err:
-                recorder.reject("image-missing", str(err), sample)
-                continue
-            except BadImage as err:
-                recorder.reject("bad-image", str(err), sample)
+                image = load_image(sample, self.plan.image_limits)
+            except ImageRejected as err:
+                recorder.reject(err.reason, str(err), sample)
                 continue
             generator.manual_seed(augment_seed(self.plan.seed, sample.key, self.epoch, share.pass_))
             images.append(self.transform(image))

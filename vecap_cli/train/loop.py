@@ -201,6 +201,7 @@ class Trainer:
             resample=cfg.resample,
             text_keys=cfg.text_keys,
             text_probs=cfg.text_probs,
+            image_limits=self.opts.image_limits,
         )
 
     def _fresh_positions(self) -> list[Position]:
@@ -338,7 +339,10 @@ class Trainer:
         from vecap_cli.train.validate import retrieval
 
         b = self.bundle
-        scores = retrieval(self.raw, self.valset, b.val_transform, b.tokenizer, self.ctx.device)
+        scores = retrieval(
+            self.raw, self.valset, b.val_transform, b.tokenizer, self.ctx.device,
+            self.opts.image_limits,
+        )  # fmt: skip
         self.metrics.write({"step": self.state.step, "val": scores})
         shown = " · ".join(f"{k} {v:.3f}" for k, v in scores.items())
         self.opts.log(f"val at step {self.state.step:,}: {shown}")

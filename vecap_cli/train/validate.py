@@ -9,6 +9,7 @@ from collections.abc import Callable, Sequence
 from torch import nn
 
 from vecap_cli.errors import VecapError
+from vecap_cli.stream.images import DEFAULT_LIMITS, ImageLimits
 from vecap_cli.stream.runner import iter_samples
 from vecap_cli.stream.sample import Sample
 from vecap_cli.stream.tally import Tally
@@ -30,15 +31,21 @@ def load_valset(inputs: Sequence[str], limit: int) -> list[Sample]:
 
 
 def retrieval(
-    model: nn.Module, valset: list[Sample], transform: Callable, tokenizer: Callable, device
+    model: nn.Module,
+    valset: list[Sample],
+    transform: Callable,
+    tokenizer: Callable,
+    device,
+    limits: ImageLimits = DEFAULT_LIMITS,
 ) -> dict[str, float]:
     """R@1 and R@5 both ways: `i2t_rK` (an image finds one of its captions), `t2i_rK`."""
     from vecap_cli.eval.tasks import evaluate_retrieval
 
     ks = (1, 5)
     scores = evaluate_retrieval(
-        model, tokenizer, transform, valset, batch_size=256, device=device, ks=ks, workers=0
-    )
+        model, tokenizer, transform, valset, batch_size=256, device=device, ks=ks, workers=0,
+        limits=limits,
+    )  # fmt: skip
     return {
         short.format(k=k): scores[long.format(k=k)] for long, short in _NAMES.items() for k in ks
     }
