@@ -38,8 +38,3 @@ def decode_rgb(data: bytes, limits: ImageLimits = DEFAULT_LIMITS):
     """A fully decoded RGB PIL image (now, in the worker thread, not lazily in the
     model's), within the byte and pixel caps; ImageRejected otherwise."""
     return decode(data, limits)
-
-
-def model_error(what: str, model: str, err: Exception) -> VecapError:
-    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-    return VecapError(f"cannot load {what} '{model}': {first}")
