@@ -104,6 +104,11 @@ def to_sample(key: str, group: dict[str, bytes]) -> tuple[dict | None, str, str]
             record["cls"] = int(cls)
         except ValueError:
             return None, "bad-cls", f"{key}.cls is not an integer: {cls[:20]!r}"
+    if "members" in record or ("image" in record and not any(e in group for e in IMAGE_EXTS)):
+        # Paths in a record from a tar are never read here (Sample.from_tar), but
+        # written to JSONL they would be read as local files by the next step.
+        # vecap's own tars carry the image beside its `image` and never `members`.
+        return None, "path-from-tar", f"{key}.json names local files it does not carry"
     return record, "", ""
 
 
