@@ -165,9 +165,10 @@ def eval_(
     """Evaluate a CLIP model: zero-shot classification or image-text retrieval.
 
     Metrics are clip_benchmark's, to the digit: retrieval R@k counts an image
-    as found when any of its captions is in the top k. The result is JSON in
-    clip_benchmark's layout (dataset, model, pretrained, task, metrics) on
-    stdout or -o; a table goes to stderr. Records without a usable image,
+    as found when any of its captions is in the top k. The result is
+    clip_benchmark's result JSON (dataset, model, pretrained, task, metrics,
+    language; NaN where a metric is undefined), which `clip_benchmark build`
+    aggregates as it is, on stdout or -o; a table goes to stderr. Records without a usable image,
     caption or class are rejected and counted. Under torchrun, each rank
     embeds its share and rank 0 reports.
     """
@@ -176,8 +177,6 @@ def eval_(
         return
     if task is None or model is None:
         raise typer.BadParameter("--task and --model are required", param_hint="--task")
-
-    import orjson
 
     from vecap_cli.eval.data import DataSpec
     from vecap_cli.eval.run import EvalConfig, run_eval
@@ -208,12 +207,12 @@ def eval_(
         raise
     if not main:
         return
-    sink.raw.write(orjson.dumps(result, option=orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE))
+    from vecap_cli.eval.report import result_json, result_table
+
+    sink.raw.write(result_json(result))
     sink.commit()
     if not opts.quiet:
         from rich.console import Console
-
-        from vecap_cli.eval.report import result_table
 
         Console(stderr=True).print(result_table(result))
     report(tally, opts)
