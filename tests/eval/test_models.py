@@ -147,8 +147,8 @@ def test_without_an_image_processor_veclip_preprocessing_runs_and_says_so(hf_dir
     lines = []
     assert isinstance(load_model(str(hf_dir), log=lines.append).preprocess, VeclipPreprocess)
     assert lines == [
-        f"preprocessing: VeCLIP's, no image processor with '{hf_dir}' (shorter side to 32 px, "
-        "bilinear, center crop, CLIP mean/std)"
+        f"preprocessing: VeCLIP's, no image processor with '{hf_dir}' (none saved): shorter "
+        "side to 32 px, bilinear, center crop, CLIP mean/std"
     ]
 
 
@@ -193,3 +193,6 @@ def test_local_dir_names_a_run_directory_as_open_clip_does(tmp_path):
             assert torch.equal(value, bundle.model.state_dict()[name]), name
     with pytest.raises(VecapError, match="--pretrained is for --model ARCH"):
         load_model(f"local-dir:{tmp_path}", "w.pt")
+    (tmp_path / "open_clip_config.json").unlink()
+    with pytest.raises(VecapError, match=r"^--model 'local-dir:.*': no open_clip_config\.json in"):
+        load_model(f"local-dir:{tmp_path}")

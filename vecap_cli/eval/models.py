@@ -67,18 +67,19 @@ def load_model(
             raise VecapError(
                 f"--pretrained is for --model ARCH: the directory '{directory}' holds its weights"
             )
-        if model.startswith("local-dir:") or not os.path.isfile(
-            os.path.join(directory, "config.json")
-        ):
-            if not os.path.isfile(os.path.join(directory, "open_clip_config.json")):
-                raise VecapError(
-                    f"--model '{model}': a directory with neither config.json (Hugging Face) "
-                    "nor open_clip_config.json (open_clip)"
-                )
+        hf = os.path.isfile(os.path.join(directory, "config.json"))
+        if not model.startswith("local-dir:") and hf:
+            loaded = _load_hf(model, tokenizer, log)
+        elif os.path.isfile(os.path.join(directory, "open_clip_config.json")):
             loaded = _load_open_clip(f"local-dir:{directory}", None, log)
             loaded.pretrained = directory  # where its weights came from
+        elif model.startswith("local-dir:"):
+            raise VecapError(f"--model '{model}': no open_clip_config.json in '{directory}'")
         else:
-            loaded = _load_hf(model, tokenizer, log)
+            raise VecapError(
+                f"--model '{model}': a directory with neither config.json (Hugging Face) "
+                "nor open_clip_config.json (open_clip)"
+            )
     elif model.endswith(".json"):
         loaded = _load_open_clip(_register(model), pretrained, log)
     elif "/" in model and not model.startswith("hf-hub:") and not _open_clip_name(model):
@@ -241,29 +242,30 @@ def _hf_preprocess(source: str, size: int, log) -> Callable:
     saved = [
         name for name in _PROCESSOR_FILES if os.path.isfile(os.path.join(source, name))
     ] if os.path.isdir(source) else []  # fmt: skip
-    processor, why = None, "none saved"
+    processor, errors = None, []
     if saved or not os.path.isdir(source):
         for auto in (AutoImageProcessor, AutoProcessor):
             try:
                 found = auto.from_pretrained(source, trust_remote_code=False)
             except Exception as err:  # a file from anywhere: whatever it raises is one line
-                why = first_line(err)
+                errors.append(first_line(err))
                 continue
-            found = getattr(found, "image_processor", found)
-            if callable(found):
-                processor = found
+            processor = getattr(found, "image_processor", None) if auto is AutoProcessor else found
+            if processor is not None:
                 break
     if processor is None:
-        if saved:
-            raise VecapError(f"cannot load the image processor in '{source}' ({saved[0]}): {why}")
+        if saved and len(errors) == 2:  # there, but not loadable: no silent fallback
+            raise VecapError(
+                f"cannot load the image processor in '{source}' ({saved[0]}): {errors[0]}"
+            )
+        what = f"its {saved[0]} has none" if saved else "none saved"
         log(
-            f"preprocessing: VeCLIP's, no image processor with '{source}' (shorter side to "
-            f"{size} px, bilinear, center crop, CLIP mean/std)"
+            f"preprocessing: VeCLIP's, no image processor with '{source}' ({what}): shorter "
+            f"side to {size} px, bilinear, center crop, CLIP mean/std"
         )
         return VeclipPreprocess(size)
-    log(
-        f"preprocessing: the {type(processor).__name__} saved with '{source}' ({_describe_hf(processor)})"
-    )
+    name = type(processor).__name__
+    log(f"preprocessing: the {name} saved with '{source}' ({_describe_hf(processor)})")
     return lambda image: processor(images=image, return_tensors="pt")["pixel_values"][0]
 
 
