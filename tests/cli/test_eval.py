@@ -2,6 +2,7 @@
 
 import csv
 import json
+import math
 import os
 import subprocess
 import sys
@@ -15,6 +16,7 @@ from tests.eval.tiny import (
     write_caption_csv,
     write_class_folders,
     write_hf_clip,
+    write_hf_processor,
     write_openclip,
 )
 
@@ -85,6 +87,37 @@ def test_a_hugging_face_clip_directory_through_the_cli(tmp_path):
     assert got["details"] | {"seconds": 0} == {
         "images": 18, "classes": 6, "prompts": 12, "seconds": 0, "vecap": got["details"]["vecap"],
     }  # fmt: skip
+
+
+def test_a_saved_clip_processor_preprocesses_and_stderr_says_so(tmp_path):
+    """transformers 5's save_pretrained writes processor_config.json, not
+    preprocessor_config.json: the model's own image processor still runs."""
+    model = write_hf_clip(tmp_path / "hf-clip")
+    processor = write_hf_processor(model)
+    write_class_folders(tmp_path / "data", ["cat", "dog", "car", "tree", "boat", "house"], 3)
+    result = run_vecap(
+        "eval", "--task", "zeroshot", "--model", model, tmp_path / "data", "--templates", "simple"
+    )
+    assert result.code == 0, result.err
+    assert (
+        f"vecap eval: preprocessing: the CLIPImageProcessor saved with '{model}' "
+        "(resize shortest edge 40 px, crop 32×32 px, mean (0.5, 0.4, 0.3), std (0.2, 0.25, 0.3))"
+    ) in result.err.splitlines()
+
+    from vecap_cli.eval.data import DataSpec, open_dataset
+    from vecap_cli.eval.models import load_model
+    from vecap_cli.eval.prompts import load_templates
+    from vecap_cli.eval.tasks import evaluate_zeroshot
+    from vecap_cli.stream.tally import Tally
+
+    loaded = load_model(str(model))
+    dataset = open_dataset(DataSpec((str(tmp_path / "data"),)), Tally("eval"))
+    expected = evaluate_zeroshot(
+        loaded.model, loaded.tokenizer,
+        lambda image: processor(images=image, return_tensors="pt")["pixel_values"][0],
+        dataset.samples, dataset.classnames, load_templates("simple"),
+    )  # fmt: skip
+    assert orjson.loads(result.out)["metrics"] == pytest.approx(expected, abs=1e-9)
 
 
 def test_bad_records_are_counted_rejections_and_the_run_goes_on(tiny, tmp_path):
@@ -191,3 +224,115 @@ def test_two_gloo_ranks_under_torchrun_give_the_one_rank_result(tiny, tmp_path):
     per_rank = [orjson.loads((tmp_path / f"stats.rank{r}.json").read_bytes()) for r in (0, 1)]
     assert [s["in"] for s in per_rank] == [7, 6]
     assert "vecap eval: in 13 = out 13 + dropped 0 + rejected 0" in done.stderr.decode()
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A `vecap train --model vecap-tiny` run of 2 steps: its directory."""
+    from tests.train.conftest import shapes_records, write_jsonl
+
+    work = tmp_path_factory.mktemp("train")
+    pool = write_jsonl(work / "pool.jsonl", shapes_records(work, 16, seed=2))
+    result = run_vecap(
+        "train", pool, "-o", work / "run", "--model", "vecap-tiny", "--batch-size", "8",
+        "--train-num-samples", "16", "--workers", "0", "-q",
+    )  # fmt: skip
+    assert result.code == 0, result.err
+    return work / "run"
+
+
+@pytest.fixture(scope="module")
+def captions(tmp_path_factory):
+    work = tmp_path_factory.mktemp("captions")
+    return [write_caption_csv(work, 6, per_image=2), "--image-root", work / "images"]
+
+
+def test_eval_takes_every_model_name_train_takes(trained, captions, tmp_path):
+    """`--model vecap-tiny --pretrained RUN/step_N.pt` and the run directory itself
+    are the same weights, the same result."""
+    step = trained / "step_00000002.pt"
+    by_step = run_vecap(
+        "eval", "--task", "retrieval", "--model", "vecap-tiny", "--pretrained", step, *captions,
+        "-o", tmp_path / "step.json",
+    )  # fmt: skip
+    assert by_step.code == 0, by_step.err
+    assert "vecap eval: preprocessing: open_clip's for vecap-tiny (32 px, bicubic" in by_step.err
+    by_dir = run_vecap(
+        "eval", "--task", "retrieval", "--model", trained, *captions, "-o", tmp_path / "dir.json"
+    )
+    assert by_dir.code == 0, by_dir.err
+    step_result, dir_result = (
+        orjson.loads((tmp_path / n).read_bytes()) for n in ("step.json", "dir.json")
+    )
+    assert step_result["metrics"] == dir_result["metrics"]
+    assert (step_result["model"], step_result["pretrained"]) == ("vecap-tiny", str(step))
+    assert (dir_result["model"], dir_result["pretrained"]) == (str(trained), str(trained))
+
+
+def clip_benchmark_build(files: list, output) -> list[dict]:
+    """clip_benchmark's own aggregation (`clip_benchmark build FILES --output CSV`), its rows."""
+    from argparse import Namespace
+
+    from clip_benchmark.cli import main_build
+
+    main_build(Namespace(files=list(map(str, files)), output=str(output)))
+    with open(output, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_clip_benchmark_build_reads_vecap_results_unchanged(trained, captions, tmp_path):
+    """Model directories and random weights (no `pretrained`), and NaN metrics, as
+    clip_benchmark writes them."""
+    write_class_folders(tmp_path / "three", ["cat", "dog", "car"], 2)
+    runs = {
+        "dir.json": ["--task", "retrieval", "--model", trained, *captions],
+        "random.json": ["--task", "retrieval", "--model", "vecap-tiny", *captions],
+        "zeroshot.json": [
+            "--task", "zeroshot", "--model", trained, tmp_path / "three", "--templates", "simple",
+            "--dataset-name", "three",
+        ],
+    }  # fmt: skip
+    for name, args in runs.items():
+        result = run_vecap("eval", *args, "-o", tmp_path / name, "-q")
+        assert result.code == 0, result.err
+    zeroshot = json.loads((tmp_path / "zeroshot.json").read_text())
+    assert math.isnan(zeroshot["metrics"]["acc5"])  # top-5 of 3 classes: NaN, as clip_benchmark
+    assert zeroshot["language"] == "en"
+
+    rows = clip_benchmark_build([tmp_path / name for name in runs], tmp_path / "benchmark.csv")
+    assert [(r["model_fullname"], r["task"], r["language"]) for r in rows] == [
+        (f"{trained} {trained}", "zeroshot_retrieval", "en"),
+        ("vecap-tiny ", "zeroshot_retrieval", "en"),
+        (f"{trained} {trained}", "zeroshot_classification", "en"),
+    ]
+    assert rows[2]["dataset"] == "three" and rows[2]["acc5"] == "nan"
+    assert float(rows[0]["image_retrieval_recall@5"]) == pytest.approx(
+        json.loads((tmp_path / "dir.json").read_text())["metrics"]["image_retrieval_recall@5"]
+    )
+
+
+def test_compare_reads_clip_benchmark_result_files_beside_vecap_ones(tmp_path):
+    """A result file as `clip_benchmark eval` dumps it (its cli.py `run`: json.dump of
+    dataset, model, pretrained, task, metrics, language) pairs with vecap's."""
+    metrics = {"acc1": 0.5, "acc5": float("nan"), "mean_per_class_recall": 0.5}
+    dump = {
+        "dataset": "wds/vtab/cifar10", "model": "ViT-B-32", "pretrained": "laion2b_s34b_b79k",
+        "task": "zeroshot_classification", "metrics": metrics, "language": "en",
+    }  # fmt: skip
+    cb = tmp_path / "wds_vtab_cifar10_laion2b_s34b_b79k_ViT-B-32_en_zeroshot_classification.json"
+    with open(cb, "w") as f:
+        json.dump(dump, f)
+    assert "NaN" in cb.read_text()
+    ours = dump | {
+        "dataset": "vtab/cifar10", "pretrained": "run/step_00000100.pt",
+        "metrics": metrics | {"acc1": 0.625}, "details": {"images": 10000},
+    }  # fmt: skip
+    from vecap_cli.eval.report import result_json
+
+    (tmp_path / "ours.json").write_bytes(result_json(ours))
+    result = run_vecap("eval", "--compare", cb, tmp_path / "ours.json")
+    assert result.code == 0, result.err
+    lines = result.out.decode().splitlines()
+    top1 = [line for line in lines if "top-1" in line]
+    assert len(top1) == 1 and "50.00" in top1[0] and "62.50" in top1[0] and "+12.50" in top1[0]
+    assert sum("vtab/cifar10" in line for line in lines) == 1  # one group, not two

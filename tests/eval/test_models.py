@@ -3,9 +3,10 @@
 import pytest
 import torch
 
-from tests.eval.tiny import write_hf_clip, write_openclip, write_word_tokenizer
+from tests.eval.tiny import write_hf_clip, write_hf_processor, write_openclip, write_word_tokenizer
 from vecap_cli.errors import VecapError
 from vecap_cli.eval.models import VeclipPreprocess, load_model
+from vecap_cli.train.models import BUILTIN
 
 
 @pytest.fixture(scope="module")
@@ -35,13 +36,22 @@ def test_without_pretrained_the_random_model_depends_only_on_the_seed(openclip_f
         torch.equal(x, y)
         for x, y in zip(a.model.state_dict().values(), b.model.state_dict().values(), strict=True)
     )
-    assert lines == ["warning: no --pretrained: vecap-tiny-vit has random weights"] * 2
+    assert (
+        lines
+        == [
+            "warning: no --pretrained: vecap-tiny-vit has random weights",
+            "preprocessing: open_clip's for vecap-tiny-vit (32 px, bicubic, shortest, "
+            "mean (0.4815, 0.4578, 0.4082), std (0.2686, 0.2613, 0.2758))",
+        ]
+        * 2
+    )
 
 
 @pytest.mark.parametrize(
     ("model", "pretrained", "message"),
     [
         ("no-such-arch", None, "not an open_clip architecture"),
+        ("vecap-tiny-clip", None, r"not an open_clip .* \(did you mean .*vecap-tiny-coca"),
         ("RN50", "/nope.pt", "--pretrained '/nope.pt': no such file or RN50 tag"),
         ("/nope/tiny.json", None, "no such file"),
     ],
@@ -112,3 +122,77 @@ def test_a_hub_id_offline_is_one_line(monkeypatch):
 def test_a_directory_that_is_no_model_is_one_line(tmp_path):
     with pytest.raises(VecapError, match=r"neither config\.json .* nor open_clip_config\.json"):
         load_model(str(tmp_path))
+
+
+def test_the_image_processor_saved_with_the_model_is_the_one_that_runs(tmp_path):
+    """transformers 5 saves a CLIPProcessor as processor_config.json, with no
+    preprocessor_config.json: its image processor still runs, not VeCLIP's."""
+    from PIL import Image
+
+    model = write_hf_clip(tmp_path / "hf")
+    processor = write_hf_processor(model)
+    lines = []
+    loaded = load_model(str(model), log=lines.append)
+    image = Image.effect_noise((90, 60), 60).convert("RGB")
+    own = processor(images=image, return_tensors="pt")["pixel_values"][0]
+    assert torch.equal(loaded.preprocess(image), own)
+    assert not torch.allclose(VeclipPreprocess(32)(image), own, atol=0.1)
+    assert lines == [
+        f"preprocessing: the CLIPImageProcessor saved with '{model}' (resize shortest edge "
+        "40 px, crop 32×32 px, mean (0.5, 0.4, 0.3), std (0.2, 0.25, 0.3))"
+    ]
+
+
+def test_without_an_image_processor_veclip_preprocessing_runs_and_says_so(hf_dir):
+    lines = []
+    assert isinstance(load_model(str(hf_dir), log=lines.append).preprocess, VeclipPreprocess)
+    assert lines == [
+        f"preprocessing: VeCLIP's, no image processor with '{hf_dir}' (none saved): shorter "
+        "side to 32 px, bilinear, center crop, CLIP mean/std"
+    ]
+
+
+def test_an_image_processor_that_does_not_load_is_one_line_not_a_fallback(tmp_path):
+    model = write_hf_clip(tmp_path / "hf")
+    (model / "processor_config.json").write_text("{not json")
+    with pytest.raises(VecapError, match=r"^cannot load the image processor in .*processor_config"):
+        load_model(str(model))
+
+
+@pytest.mark.parametrize("name", BUILTIN)
+def test_every_built_in_architecture_of_train_loads_here_too(name):
+    lines = []
+    loaded = load_model(name, log=lines.append)
+    assert loaded.name == name and lines[0].endswith(f"{name} has random weights")
+    from PIL import Image
+
+    image = loaded.preprocess(Image.new("RGB", (40, 50)))
+    assert loaded.model.encode_image(image[None]).shape[0] == 1
+
+
+def test_open_clip_names_with_a_slash_are_open_clip_not_hub_ids():
+    """`ViT-B/32` is open_clip's (and vecap train's) ViT-B-32, not a Hugging Face repo."""
+    with pytest.raises(
+        VecapError, match=r"^--pretrained '/nope\.pt': no such file or ViT-B/32 tag"
+    ):
+        load_model("ViT-B/32", "/nope.pt")
+
+
+def test_local_dir_names_a_run_directory_as_open_clip_does(tmp_path):
+    import open_clip
+
+    from vecap_cli.train.checkpoint import export
+    from vecap_cli.train.models import build
+
+    bundle = build("vecap-tiny", seed=4)
+    export(str(tmp_path), bundle.model.state_dict(), open_clip.get_model_config("vecap-tiny"), {})
+    for model in (str(tmp_path), f"local-dir:{tmp_path}"):
+        loaded = load_model(model, seed=9)
+        assert loaded.pretrained == str(tmp_path)  # where the weights came from
+        for name, value in loaded.model.state_dict().items():
+            assert torch.equal(value, bundle.model.state_dict()[name]), name
+    with pytest.raises(VecapError, match="--pretrained is for --model ARCH"):
+        load_model(f"local-dir:{tmp_path}", "w.pt")
+    (tmp_path / "open_clip_config.json").unlink()
+    with pytest.raises(VecapError, match=r"^--model 'local-dir:.*': no open_clip_config\.json in"):
+        load_model(f"local-dir:{tmp_path}")

@@ -90,6 +90,25 @@ def write_hf_clip(directory: Path, with_tokenizer: bool = True, seed: int = 0) -
     return directory
 
 
+def write_hf_processor(directory: Path):
+    """Save a CLIPProcessor (the directory's tokenizer and an image processor unlike
+    VeCLIP's: shortest edge 40, 32 px crop, own mean/std) beside a write_hf_clip model,
+    as the installed transformers saves it (5: processor_config.json only); returns it."""
+    from transformers import AutoTokenizer, CLIPImageProcessor, CLIPProcessor
+
+    images = CLIPImageProcessor(
+        size={"shortest_edge": 40},
+        crop_size={"height": 32, "width": 32},
+        image_mean=[0.5, 0.4, 0.3],
+        image_std=[0.2, 0.25, 0.3],
+    )
+    processor = CLIPProcessor(
+        image_processor=images, tokenizer=AutoTokenizer.from_pretrained(directory)
+    )
+    processor.save_pretrained(directory)
+    return processor
+
+
 def write_word_tokenizer(directory: Path, vocab: dict | None = None) -> Path:
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast

@@ -118,3 +118,29 @@ def test_a_template_without_a_system_role_gets_it_folded_into_the_first_turn():
     finally:
         model.tokenizer.chat_template = template
     assert text == "<s>user: be brief\n\na dog</s><s>assistant: "
+
+
+def test_a_coca_vecap_train_made_captions_by_its_built_in_name(tmp_path):
+    """`--model vecap-tiny-coca --pretrained RUN/step_N.pt`, as train and eval take it
+    (in a fresh process: open_clip's registry of names is global)."""
+    import torch
+
+    from tests.conftest import run_vecap, write_jsonl
+    from tests.tiny_models import ONE_THREAD
+    from vecap_cli.train.models import build
+
+    torch.save(
+        {"state_dict": build("vecap-tiny-coca", seed=0).model.state_dict()}, tmp_path / "c.pt"
+    )
+    rng = random.Random(0)
+    for i in range(3):
+        (tmp_path / f"{i}.png").write_bytes(tiny_image(rng))
+    pool = write_jsonl(
+        tmp_path / "pool.jsonl", [{"key": str(i), "image": f"{i}.png"} for i in range(3)]
+    )
+    result = run_vecap(
+        "caption", pool, "--backend", "openclip", "--model", "vecap-tiny-coca",
+        "--pretrained", tmp_path / "c.pt", "--max-new-tokens", "4", "-q", env=ONE_THREAD,
+    )  # fmt: skip
+    assert result.code == 0, result.err
+    assert [isinstance(r["vec"], str) for r in result.records()] == [True] * 3

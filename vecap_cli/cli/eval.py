@@ -56,8 +56,9 @@ def eval_(
     model: Annotated[
         str | None,
         typer.Option(
-            help="open_clip architecture (or model-config .json) with --pretrained, "
-            "an open_clip model directory, or a Hugging Face CLIPModel directory.",
+            help="Any architecture vecap train takes (vecap-tiny, ViT-B-16, a model-config "
+            ".json) with --pretrained, an open_clip model directory (a vecap train run), or "
+            "a Hugging Face CLIPModel directory (with its saved image processor, if any).",
             rich_help_panel=_MODEL,
             show_default=False,
         ),
@@ -66,7 +67,8 @@ def eval_(
         str | None,
         typer.Option(
             metavar="PATH",
-            help="open_clip/vecap checkpoint for --model ARCH (or an open_clip tag).",
+            help="open_clip/vecap checkpoint for --model ARCH (RUN/step_N.pt, or an open_clip "
+            "tag).",
             rich_help_panel=_MODEL,
             show_default=False,
         ),
@@ -83,7 +85,11 @@ def eval_(
     output: Annotated[
         str,
         typer.Option(
-            "--output", "-o", metavar="PATH", help="Where the result JSON goes; - for stdout."
+            "--output",
+            "-o",
+            metavar="PATH",
+            help="Where the result JSON goes (clip_benchmark's, for `clip_benchmark build`); "
+            "- for stdout.",
         ),
     ] = "-",
     data_format: Annotated[
@@ -156,7 +162,8 @@ def eval_(
         bool,
         typer.Option(
             "--compare",
-            help="Print the result JSON files given as INPUT side by side (deltas to the first).",
+            help="Print the result JSON files given as INPUT (vecap's or clip_benchmark's) "
+            "side by side (deltas to the first).",
         ),
     ] = False,
     *,
@@ -165,9 +172,11 @@ def eval_(
     """Evaluate a CLIP model: zero-shot classification or image-text retrieval.
 
     Metrics are clip_benchmark's, to the digit: retrieval R@k counts an image
-    as found when any of its captions is in the top k. The result is JSON in
-    clip_benchmark's layout (dataset, model, pretrained, task, metrics) on
-    stdout or -o; a table goes to stderr. Records without a usable image,
+    as found when any of its captions is in the top k. The result is
+    clip_benchmark's result JSON (dataset, model, pretrained, task, metrics,
+    language; NaN where a metric is undefined), which `clip_benchmark build`
+    reads as it is, on stdout or -o; a table goes to stderr, after one line
+    naming the image preprocessing that runs. Records without a usable image,
     caption or class are rejected and counted. Under torchrun, each rank
     embeds its share and rank 0 reports.
     """
@@ -176,8 +185,6 @@ def eval_(
         return
     if task is None or model is None:
         raise typer.BadParameter("--task and --model are required", param_hint="--task")
-
-    import orjson
 
     from vecap_cli.eval.data import DataSpec
     from vecap_cli.eval.run import EvalConfig, run_eval
@@ -208,12 +215,12 @@ def eval_(
         raise
     if not main:
         return
-    sink.raw.write(orjson.dumps(result, option=orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE))
+    from vecap_cli.eval.report import result_json, result_table
+
+    sink.raw.write(result_json(result))
     sink.commit()
     if not opts.quiet:
         from rich.console import Console
-
-        from vecap_cli.eval.report import result_table
 
         Console(stderr=True).print(result_table(result))
     report(tally, opts)

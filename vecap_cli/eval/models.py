@@ -1,20 +1,25 @@
 """Loading a model to evaluate, as one shape: open_clip's `encode_image`/`encode_text`,
 a tokenizer (list[str] -> tokens) and an image preprocess (PIL -> tensor).
 
-- open_clip / vecap: `--model ARCH --pretrained CHECKPOINT` (ARCH a built-in
-  name or a model-config .json file), or a directory holding
-  open_clip_config.json and its weights;
+- open_clip / vecap: `--model ARCH --pretrained CHECKPOINT`, ARCH any name
+  `vecap train` accepts (open_clip's, vecap's built-in `vecap-tiny*`, `ViT-B/16`
+  for `ViT-B-16`) or a model-config .json file; or a directory (or
+  `local-dir:DIR`) holding open_clip_config.json and its weights, as a
+  `vecap train` run directory does;
 - Hugging Face: a `CLIPModel` directory (config.json + weights) or hub id, with the
   tokenizer saved there or given by `--tokenizer` (Apple's VeCLIP checkpoints
-  ship without one: they use t5-base), and its image processor when saved there,
-  else VeCLIP's preprocessing: shorter side to the model's size (bilinear, no
-  antialias), center crop, CLIP mean/std.
+  ship without one: they use t5-base), and the image processor saved with it
+  (preprocessor_config.json, or transformers 5's processor_config.json) when
+  there is one, else VeCLIP's preprocessing: shorter side to the model's size
+  (bilinear, no antialias), center crop, CLIP mean/std.
 
-Checkpoints load with `weights_only=True`; remote code is never trusted.
+Which preprocessing runs is said on stderr, one line. Checkpoints load with
+`weights_only=True`; remote code is never trusted.
 """
 
 from __future__ import annotations
 
+import difflib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,6 +37,8 @@ _TOKENIZER_FILES = (
     "spiece.model",
     "tokenizer.model",
 )
+# what transformers writes beside a model for its image processor (4.x, and 5's processor)
+_PROCESSOR_FILES = ("preprocessor_config.json", "processor_config.json")
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
@@ -54,15 +61,20 @@ def load_model(
     log: Callable[[str], None] = lambda line: None,
 ) -> LoadedModel:
     torch.manual_seed(seed)  # a model without weights is the same random model on every rank
-    if os.path.isdir(model):
+    directory = model.removeprefix("local-dir:")
+    if os.path.isdir(directory) or model.startswith("local-dir:"):
         if pretrained:
             raise VecapError(
-                f"--pretrained is for --model ARCH: the directory '{model}' holds its weights"
+                f"--pretrained is for --model ARCH: the directory '{directory}' holds its weights"
             )
-        if os.path.isfile(os.path.join(model, "config.json")):
-            loaded = _load_hf(model, tokenizer)
-        elif os.path.isfile(os.path.join(model, "open_clip_config.json")):
-            loaded = _load_open_clip(f"local-dir:{model}", None, log)
+        hf = os.path.isfile(os.path.join(directory, "config.json"))
+        if not model.startswith("local-dir:") and hf:
+            loaded = _load_hf(model, tokenizer, log)
+        elif os.path.isfile(os.path.join(directory, "open_clip_config.json")):
+            loaded = _load_open_clip(f"local-dir:{directory}", None, log)
+            loaded.pretrained = directory  # where its weights came from
+        elif model.startswith("local-dir:"):
+            raise VecapError(f"--model '{model}': no open_clip_config.json in '{directory}'")
         else:
             raise VecapError(
                 f"--model '{model}': a directory with neither config.json (Hugging Face) "
@@ -70,12 +82,23 @@ def load_model(
             )
     elif model.endswith(".json"):
         loaded = _load_open_clip(_register(model), pretrained, log)
-    elif "/" in model and not model.startswith("hf-hub:") and not os.path.exists(model):
-        loaded = _load_hf(model, tokenizer)  # a Hugging Face hub id, where the network allows
+    elif "/" in model and not model.startswith("hf-hub:") and not _open_clip_name(model):
+        loaded = _load_hf(model, tokenizer, log)  # a hub id, where the network allows
     else:
         loaded = _load_open_clip(model, pretrained, log)
     loaded.model.to(device).eval()
     return loaded
+
+
+def _open_clip_name(name: str) -> bool:
+    """Whether open_clip (with vecap's built-in configs) knows the architecture, as
+    `vecap train` and open_clip resolve it: `ViT-B/16` is `ViT-B-16`."""
+    import open_clip
+
+    from vecap_cli.train.models import register_builtin_configs
+
+    register_builtin_configs()
+    return open_clip.get_model_config(name.replace("/", "-")) is not None
 
 
 def _register(path: str) -> str:
@@ -92,10 +115,12 @@ def _load_open_clip(arch: str, pretrained: str | None, log) -> LoadedModel:
     import open_clip
 
     local = arch.startswith(("local-dir:", "hf-hub:"))
-    if not local and arch not in open_clip.list_models():
+    if not local and not _open_clip_name(arch):
+        near = difflib.get_close_matches(arch, open_clip.list_models(), n=3, cutoff=0.6)
+        hint = f" (did you mean {', '.join(near)}?)" if near else ""
         raise VecapError(
             f"--model '{arch}': not an open_clip architecture, a model-config .json, "
-            "or a model directory"
+            f"or a model directory{hint}"
         )
     tags = () if local else open_clip.list_pretrained_tags_by_model(arch)
     if pretrained and not os.path.isfile(pretrained) and pretrained not in tags:
@@ -111,10 +136,26 @@ def _load_open_clip(arch: str, pretrained: str | None, log) -> LoadedModel:
     except Exception as err:  # a file from anywhere: whatever pickle or torch raises is one line
         what = f"'{pretrained}' into {arch}" if pretrained else f"'{arch}'"
         raise load_error(f"cannot load {what}", err) from None
+    log(f"preprocessing: open_clip's for {arch} ({_describe_open_clip(model)})")
     return LoadedModel(model, tokenizer, preprocess, arch.removeprefix("local-dir:"), pretrained)
 
 
-def _load_hf(model_id: str, tokenizer: str | None) -> LoadedModel:
+def _describe_open_clip(model) -> str:
+    cfg = getattr(getattr(model, "visual", None), "preprocess_cfg", None) or {}
+    size = cfg.get("size", "?")
+    if isinstance(size, list | tuple):
+        size = size[0] if len(set(size)) == 1 else "×".join(map(str, size))
+    parts = [f"{size} px", cfg.get("interpolation", "bicubic"), cfg.get("resize_mode", "shortest")]
+    if "mean" in cfg:
+        parts.append(f"mean {_floats(cfg['mean'])}, std {_floats(cfg.get('std', ()))}")
+    return ", ".join(map(str, parts))
+
+
+def _floats(values) -> str:
+    return "(" + ", ".join(f"{v:.4g}" for v in values) + ")"
+
+
+def _load_hf(model_id: str, tokenizer: str | None, log) -> LoadedModel:
     """A CLIPModel directory or hub id (a download only where the network and
     HF_HUB_OFFLINE allow)."""
     import transformers
@@ -149,7 +190,7 @@ def _load_hf(model_id: str, tokenizer: str | None) -> LoadedModel:
     return LoadedModel(
         HFClip(model),
         HFTokenizer(tok, config.text_config.max_position_embeddings),
-        _hf_preprocess(model_id, config.vision_config.image_size),
+        _hf_preprocess(model_id, config.vision_config.image_size, log),
         model_id,
         model_id,
     )
@@ -192,19 +233,67 @@ class HFTokenizer:
         return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
 
 
-def _hf_preprocess(source: str, size: int) -> Callable:
-    """The image processor saved with the model, else VeCLIP's preprocessing."""
-    from transformers import AutoImageProcessor
+def _hf_preprocess(source: str, size: int, log) -> Callable:
+    """The image processor saved with the model (whatever AutoImageProcessor, else
+    AutoProcessor, loads from it), else VeCLIP's preprocessing. A processor file
+    that is there but does not load is an error, not a silent fallback."""
+    from transformers import AutoImageProcessor, AutoProcessor
 
-    if os.path.isdir(source) and not os.path.isfile(
-        os.path.join(source, "preprocessor_config.json")
-    ):
+    saved = [
+        name for name in _PROCESSOR_FILES if os.path.isfile(os.path.join(source, name))
+    ] if os.path.isdir(source) else []  # fmt: skip
+    processor, errors = None, []
+    if saved or not os.path.isdir(source):
+        for auto in (AutoImageProcessor, AutoProcessor):
+            try:
+                found = auto.from_pretrained(source, trust_remote_code=False)
+            except Exception as err:  # a file from anywhere: whatever it raises is one line
+                errors.append(first_line(err))
+                continue
+            processor = getattr(found, "image_processor", None) if auto is AutoProcessor else found
+            if processor is not None:
+                break
+    if processor is None:
+        if saved and len(errors) == 2:  # there, but not loadable: no silent fallback
+            raise VecapError(
+                f"cannot load the image processor in '{source}' ({saved[0]}): {errors[0]}"
+            )
+        what = f"its {saved[0]} has none" if saved else "none saved"
+        log(
+            f"preprocessing: VeCLIP's, no image processor with '{source}' ({what}): shorter "
+            f"side to {size} px, bilinear, center crop, CLIP mean/std"
+        )
         return VeclipPreprocess(size)
-    try:
-        processor = AutoImageProcessor.from_pretrained(source, trust_remote_code=False)
-    except (OSError, ValueError):
-        return VeclipPreprocess(size)
+    name = type(processor).__name__
+    log(f"preprocessing: the {name} saved with '{source}' ({_describe_hf(processor)})")
     return lambda image: processor(images=image, return_tensors="pt")["pixel_values"][0]
+
+
+def _describe_hf(processor) -> str:
+    parts = []
+    for attr, label in (("size", "resize"), ("crop_size", "crop")):
+        text = _size_text(getattr(processor, attr, None))
+        if text and (attr != "crop_size" or getattr(processor, "do_center_crop", True)):
+            parts.append(f"{label} {text}")
+    mean, std = getattr(processor, "image_mean", None), getattr(processor, "image_std", None)
+    if mean is not None and std is not None and getattr(processor, "do_normalize", True):
+        parts.append(f"mean {_floats(mean)}, std {_floats(std)}")
+    return ", ".join(parts) or "its own settings"
+
+
+def _size_text(size) -> str | None:
+    if size is None:
+        return None
+    if isinstance(size, int):
+        return f"{size} px"
+    get = size.get if isinstance(size, dict) else lambda key: getattr(size, key, None)
+    if get("shortest_edge"):
+        return f"shortest edge {get('shortest_edge')} px"
+    if get("height") and get("width"):
+        return f"{get('height')}×{get('width')} px"
+    if get("longest_edge"):
+        return f"longest edge {get('longest_edge')} px"
+    return None
 
 
 class VeclipPreprocess:

@@ -1,7 +1,9 @@
 """Results as tables: one run on stderr, several side by side (`vecap eval --compare`).
 
 Results are clip_benchmark's JSON (`dataset`, `model`, `pretrained`, `task`,
-`metrics`), so its own result files compare here too. Values print as
+`metrics`, `language`), so the files its `clip_benchmark eval` writes compare
+here beside vecap's: rows pair by dataset and task, clip_benchmark's `wds/NAME`
+is NAME, and a language other than en is a dataset of its own. Values print as
 percentages, the way VeCLIP's and CLIP's tables read.
 """
 
@@ -52,6 +54,12 @@ def result_table(result: dict):
     for name in sorted(metrics, key=_sort_key):
         table.add_row(metric_label(name), _pct(metrics[name]))
     return table
+
+
+def result_json(result: dict) -> bytes:
+    """As clip_benchmark's `json.dump` writes it: NaN (a top-5 of fewer than 5
+    classes) stays NaN, where orjson would write null."""
+    return (json.dumps(result, indent=2, ensure_ascii=False) + "\n").encode()
 
 
 def load_results(paths: list[str]) -> list[tuple[str, list[dict]]]:
@@ -108,7 +116,12 @@ def compare_table(runs: list[tuple[str, list[dict]]]):
 
 
 def _group(result: dict) -> tuple[str, str]:
-    return str(result.get("dataset")), str(result.get("task"))
+    """(dataset, task): what pairs the results of different runs."""
+    dataset = str(result.get("dataset")).removeprefix("wds/")  # clip_benchmark's webdataset
+    language = result.get("language") or "en"
+    if language != "en":
+        dataset = f"{dataset} ({language})"
+    return dataset, str(result.get("task"))
 
 
 def _value(results: list[dict], group: tuple[str, str], name: str) -> float | None:

@@ -1,4 +1,10 @@
-"""`vecap eval` as one call: dataset + model + task -> a clip_benchmark-layout result."""
+"""`vecap eval` as one call: dataset + model + task -> a clip_benchmark result.
+
+The result is what clip_benchmark's `run` dumps (dataset, model, pretrained,
+task, metrics, language; `pretrained` a string, "" for random weights, the
+directory for a model directory), so `clip_benchmark build` aggregates it as
+it is; vecap adds `details` (counts, seconds, version).
+"""
 
 from __future__ import annotations
 
@@ -22,6 +28,7 @@ from vecap_cli.stream.sinks import open_for_writing
 from vecap_cli.stream.tally import Tally
 
 TASKS = {"zeroshot": "zeroshot_classification", "retrieval": "zeroshot_retrieval"}
+LANGUAGE = "en"  # clip_benchmark's default; vecap's built-in templates are English
 
 
 @dataclass(frozen=True)
@@ -71,9 +78,10 @@ def run_eval(config: EvalConfig, run: RunOptions) -> tuple[dict, Tally, bool]:
     result = {
         "dataset": config.dataset_name or " ".join(config.data.inputs),
         "model": loaded.name,
-        "pretrained": loaded.pretrained,
+        "pretrained": loaded.pretrained or "",  # clip_benchmark's build joins it to the model
         "task": TASKS[config.task],
         "metrics": metrics,
+        "language": LANGUAGE,
         "details": details,
     }
     tally.extra["metrics"] = metrics
@@ -92,9 +100,8 @@ def _evaluate(config: EvalConfig, run: RunOptions, tally: Tally, group: Group, d
     if config.task == "zeroshot":
         classnames = _classnames(config, dataset.classnames)
         templates = load_templates(config.templates)
-    loaded = load_model(
-        config.model, config.pretrained, config.tokenizer, device, run.seed, run.log
-    )
+    log = run.log if group.main else (lambda line: None)  # one line, not one per rank
+    loaded = load_model(config.model, config.pretrained, config.tokenizer, device, run.seed, log)
     with progress("eval", not run.quiet and group.main) as update:
         common = dict(
             amp=config.amp,

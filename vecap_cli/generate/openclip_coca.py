@@ -1,7 +1,7 @@
 """Captions from an open_clip CoCa model through its own `generate`.
 
-`--model` is what open_clip resolves: an architecture name (with `--pretrained`
-a tag or checkpoint file), `hf-hub:org/repo`, or `local-dir:/path` holding
+`--model` is what open_clip resolves: an architecture name, vecap's built-in
+`vecap-tiny-coca` too (with `--pretrained` a tag or checkpoint file), `hf-hub:org/repo`, or `local-dir:/path` holding
 open_clip_config.json and the weights.
 """
 
@@ -29,6 +29,9 @@ class CocaCaptioner:
         import open_clip
         import torch
 
+        from vecap_cli.train.models import register_builtin_configs
+
+        register_builtin_configs()  # the vecap-tiny* names train and eval take
         self.device = resolve_device(device)
         try:
             with quietly():
