@@ -2,8 +2,8 @@
 
 `http://user:pass@host/v1` is a URL users write (a proxy in front of vLLM with
 basic auth); its user and password, like a `?key=` in the query, must never
-reach an error line, a --stats file or a --rejects line. `redact` is how the
-URL is shown; `credentials` splits it into the URL the client sends to and
+reach an error line, a --stats file or a --rejects line. `redact` (shared with
+the inputs) is how the URL is shown; `credentials` splits it into the URL the client sends to and
 the user/password it sends as basic auth, so the HTTP library never holds them
 in a URL it might print. Standard library only: the CLI checks the flag
 without loading the HTTP client.
@@ -13,21 +13,9 @@ from __future__ import annotations
 
 from urllib.parse import unquote, urlsplit, urlunsplit
 
+from vecap_cli.stream.sources import redact
+
 SCHEMES = ("http", "https")
-
-
-def redact(url: str) -> str:
-    """`url` as it may be shown: everything before its last '@' and its query hidden.
-
-    Over-hiding is fine (a '@' in a query hides the host); a parse is not needed,
-    so even a URL that does not parse is shown safely.
-    """
-    head, at, rest = url.rpartition("@")
-    if at:
-        scheme = head.split("//", 1)[0] + "//" if "//" in head else ""
-        url = f"{scheme}***@{rest}"
-    base, query, _ = url.partition("?")
-    return base + ("?***" if query else "")
 
 
 def check(url: str) -> None:

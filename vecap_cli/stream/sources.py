@@ -25,7 +25,7 @@ from typing import BinaryIO
 
 from braceexpand import braceexpand
 
-from vecap_cli.errors import VecapError
+from vecap_cli.errors import VecapError, first_line
 from vecap_cli.stream.sample import Source
 
 _JSONL = (".jsonl", ".json", ".ndjson")
@@ -74,15 +74,22 @@ def _is_http(name: str) -> bool:
     return name.startswith(("http://", "https://"))
 
 
-def redact(url: str) -> str:
-    """`url` without a password (and user) in its authority: safe for messages."""
-    if not _is_http(url):
-        return url
-    scheme, sep, rest = url.partition("://")
-    authority, slash, path = rest.partition("/")
-    if "@" in authority:
-        authority = "***@" + authority.rsplit("@", 1)[1]
-    return f"{scheme}{sep}{authority}{slash}{path}"
+def redact(name: str) -> str:
+    """`name` as it may be shown: in anything holding a URL (an input, a `pipe:`
+    command, --api-base), everything before the last '@' and the query are hidden:
+    user and password, and the keys of presigned or `?key=` URLs.
+
+    Over-hiding is fine (an '@' in a query hides the host); no parse is needed,
+    so even a URL that does not parse is shown safely.
+    """
+    if "://" not in name:
+        return name
+    head, at, rest = name.rpartition("@")
+    if at:
+        scheme = head.split("//", 1)[0] + "//" if "//" in head else ""
+        name = f"{scheme}***@{rest}"
+    base, query, _ = name.partition("?")
+    return base + ("?***" if query else "")
 
 
 def carrier_from_name(name: str) -> str | None:
@@ -179,10 +186,14 @@ def _fetch(url: str) -> BinaryIO:
 
 
 def _http_error(err: Exception, url: str) -> str:
-    """The first line of an httpx error, with the URL's credentials (if any) masked."""
-    text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    """The first line of an httpx error, with the URL's secrets (user, password, query) masked."""
+    text = first_line(err).replace(url, redact(url))
     userinfo = url.partition("://")[2].partition("/")[0].rpartition("@")[0]
-    return text.replace(url, redact(url)).replace(userinfo, "***") if userinfo else text
+    query = url.partition("?")[2]
+    for secret in (userinfo, query):
+        if secret:
+            text = text.replace(secret, "***")
+    return text
 
 
 class _HttpBody(io.RawIOBase):
