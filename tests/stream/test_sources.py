@@ -32,3 +32,18 @@ def test_an_unreadable_file_is_one_line_naming_it(tmp_path, name, data, says):
     message = str(err.value)
     assert message.startswith(f"cannot read metadata '{path}'") and says in message
     assert "\n" not in message
+
+
+@pytest.mark.parametrize(
+    ("name", "shown"),
+    [
+        ("https://u:pw@host/x.tar?X-Amz-Signature=SECRET", "https://***@host/x.tar?***"),
+        ("pipe:curl -s http://u:pw@host/x.tar", "pipe:curl -s http://***@host/x.tar"),
+        ("http://[::1", "http://[::1"),
+        ("data/me@home/x.tar", "data/me@home/x.tar"),  # no URL: a local name as it is
+    ],
+)
+def test_redact_hides_credentials_and_queries_of_urls_only(name, shown):
+    from vecap_cli.stream.sources import redact
+
+    assert redact(name) == shown
