@@ -14,7 +14,7 @@ from typing import Annotated
 
 import typer
 
-from vecap_cli.stream.runner import RunOptions, StreamOptions
+from vecap_cli.stream.runner import RunOptions, StreamOptions, output_problem
 
 _RUN = "Run"
 _OUT = "Output"
@@ -195,7 +195,7 @@ def _stream_options(command: str, *, inputs, rank, world_size, quiet, **values) 
     if values["format"] not in (None, "jsonl", "tar"):
         raise typer.BadParameter("choose jsonl or tar", param_hint="--format")
     rank, world_size = resolve_rank(rank, world_size)
-    return StreamOptions(
+    opts = StreamOptions(
         inputs=tuple(inputs or ["-"]),
         rank=rank,
         world_size=world_size,
@@ -203,6 +203,10 @@ def _stream_options(command: str, *, inputs, rank, world_size, quiet, **values) 
         log=log(quiet, command),
         **values,
     )
+    problem = output_problem(opts)
+    if problem:
+        raise typer.BadParameter(problem)
+    return opts
 
 
 def record_command(name: str):

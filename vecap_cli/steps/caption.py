@@ -9,7 +9,6 @@ order. Records that already have a `vec` pass through untouched unless
 from __future__ import annotations
 
 import os
-from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
@@ -71,8 +70,7 @@ def has_text(record: dict, field: str) -> bool:
 def caption(
     samples: Iterable[Sample], tally: Tally, config: CaptionConfig, captioner: Captioner
 ) -> Iterator[Sample]:
-    counts: Counter[str] = Counter()
-    tally.extra["caption"] = counts
+    tally.declare("caption", keyed=True)
     field, overwrite = config.field, config.overwrite
 
     def prepare(sample: Sample):
@@ -93,7 +91,7 @@ def caption(
         texts = iter(captioner.generate(inputs) if inputs else ())
         for sample, item in group:
             if item is PASS:
-                counts["skipped-existing"] += 1
+                tally.count("caption", sample, key="skipped-existing")
                 yield sample
                 continue
             text = next(texts)
@@ -103,7 +101,7 @@ def caption(
                 tally.reject("empty-caption", "the model generated no text", sample)
             else:
                 sample.record[field] = text
-                counts["captioned"] += 1
+                tally.count("caption", sample, key="captioned")
                 yield sample
 
 

@@ -194,7 +194,7 @@ def _curate_twice(
         counts = _count(whole, first, config, meta, matcher, cache, stdin)
         if save_counts:
             write_counts(save_counts, counts)
-        cleaned = first.extra.get("html_cleaned")
+        cleaned = first.extra.get("html_cleaned")  # over the whole input
 
         def decide(samples, tally):
             if cache is None:
