@@ -25,7 +25,7 @@ from vecap_cli.stream.sinks import (
     OutputSpec,
     Sink,
     fingerprint,
-    open_for_writing,
+    open_rejects,
     open_sink,
     pattern_error,
     shard_regex,
@@ -201,7 +201,7 @@ def _open_rejects(opts: StreamOptions, skip: int, sealed: int | None) -> NamedSt
         return None
     path = per_rank(opts.rejects, opts.rank, opts.world_size)
     if not (opts.resume and skip):
-        return NamedStream(open_for_writing(path), path)
+        return open_rejects(path)
     if sealed is None:
         raise VecapError(
             f"cannot resume with --rejects '{path}': the finished shards were written "

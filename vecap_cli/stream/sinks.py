@@ -470,6 +470,11 @@ def fingerprint(*parts: object) -> str:
     return hashlib.sha1(repr(parts).encode()).hexdigest()[:16]
 
 
+def open_rejects(path: str) -> NamedStream:
+    """A --rejects file, opened for writing (one line naming it when that fails)."""
+    return NamedStream(open_for_writing(path), path)
+
+
 class NamedStream:
     """A byte stream whose failed writes are one line naming its file (--rejects:
     written a line at a time, so the wrapper costs nothing that shows)."""
