@@ -359,3 +359,19 @@ def test_good_patterns_still_write_shards(pool, capsys, pattern):
     code, err = vecap_in_process(capsys, "mix", pool / "pool.jsonl", "-o", pool / pattern, "-q")
     assert code == 0, err
     assert len([n for n in os.listdir(pool / "o") if not n.startswith(".")]) == 1
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("flag", ["--log", "--stats"])
+def test_train_logs_on_a_full_disk_are_one_line(tmp_path, flag):
+    pytest.importorskip("open_clip")
+    from tests.train.conftest import shapes_records
+
+    pool = write_jsonl(tmp_path / "pool.jsonl", shapes_records(tmp_path, 16, seed=2))
+    result = run_vecap(
+        "train", pool, "-o", tmp_path / "run", "--batch-size", "8", "--epochs", "1",
+        "--workers", "0", flag, "/dev/full", env={"OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+    assert result.code == 1, result.err
+    one_error_line(result, "train", NO_SPACE, "/dev/full")
+    assert leftovers(tmp_path) == []
