@@ -200,7 +200,7 @@ def _open_rejects(opts: StreamOptions, skip: int, sealed: int | None) -> NamedSt
     if not opts.rejects:
         return None
     path = per_rank(opts.rejects, opts.rank, opts.world_size)
-    if not (opts.resume and skip):
+    if not (opts.resume and skip) or not _regular_or_absent(path):
         return open_rejects(path)
     if sealed is None:
         raise VecapError(
@@ -226,6 +226,10 @@ def _open_rejects(opts: StreamOptions, skip: int, sealed: int | None) -> NamedSt
     stream.truncate(sealed)
     stream.seek(sealed)
     return NamedStream(stream, path)
+
+
+def _regular_or_absent(path: str) -> bool:
+    return not os.path.exists(path) or os.path.isfile(path)
 
 
 def write_stats(path: str, tally: Tally) -> None:

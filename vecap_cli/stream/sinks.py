@@ -498,7 +498,7 @@ class NamedStream:
         self._do(self.raw.close)
 
     def tell(self) -> int:
-        return self._do(self.raw.tell)
+        return self.raw.tell()
 
     def fileno(self) -> int:
         return self.raw.fileno()

@@ -16,6 +16,7 @@ input's ordinal, never by when it happened.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import time
@@ -149,7 +150,8 @@ class Tally:
         out["counts"] = {k: dict(v) if isinstance(v, dict) else v for k, v in counts.items()}
         if self.rejects is not None:
             self.flush_rejects(boundary)
-            out["rejects_bytes"] = self.rejects.tell()
+            with contextlib.suppress(OSError):  # a pipe: nothing a resumed run could cut
+                out["rejects_bytes"] = self.rejects.tell()
         self._sealed = out
         return out
 
