@@ -63,12 +63,16 @@ def main(argv: list[str] | None = None) -> None:
     the EPIPE into that. SIGPIPE stays ignored, so a closed socket is an error, not a kill.
 
     Typer reports bad flags (exit 2) and interrupts (130); a structural failure
-    inside a command is a VecapError, printed here as one line.
+    inside a command is a VecapError, printed here as one line, and so is an
+    OSError no writer named (a full disk, a failing device): never a traceback.
     """
     argv = sys.argv[1:] if argv is None else argv
     try:
         app(args=argv, prog_name="vecap")
-    except VecapError as err:
+    except (VecapError, OSError) as err:
+        if isinstance(err, OSError):
+            where = f" '{err.filename}'" if err.filename else ""
+            err = VecapError(f"{err.strerror or err}{where}")
         step = _step(argv)
         print(f"vecap {step}: error: {err}" if step else f"vecap: error: {err}", file=sys.stderr)
         sys.exit(1)

@@ -24,7 +24,7 @@ from vecap_cli.cli.options import (
     record_command,
     report,
 )
-from vecap_cli.stream.runner import StreamOptions
+from vecap_cli.stream.runner import StreamOptions, output_problem
 
 SUMMARY = "MetaCLIP curation: metadata substring matching, then balancing."
 _MATCH = "Matching"
@@ -235,6 +235,9 @@ def count_entries(
         quiet=opts.quiet,
         log=opts.log,
     )
+    problem = output_problem(stream)
+    if problem:
+        raise typer.BadParameter(problem)
     report(passes.count(stream, config, metadata), opts)
 
 

@@ -16,7 +16,7 @@ from typing import Annotated
 import typer
 
 from vecap_cli.stream.images import DEFAULT_LIMITS, ImageLimits
-from vecap_cli.stream.runner import RunOptions, StreamOptions
+from vecap_cli.stream.runner import RunOptions, StreamOptions, output_problem
 
 _RUN = "Run"
 _OUT = "Output"
@@ -236,7 +236,7 @@ def _stream_options(
     if values["format"] not in (None, "jsonl", "tar"):
         raise typer.BadParameter("choose jsonl or tar", param_hint="--format")
     rank, world_size = resolve_rank(rank, world_size)
-    return StreamOptions(
+    opts = StreamOptions(
         inputs=tuple(inputs or ["-"]),
         rank=rank,
         world_size=world_size,
@@ -245,6 +245,10 @@ def _stream_options(
         image_limits=_limits(max_image_bytes, max_pixels),
         **values,
     )
+    problem = output_problem(opts)
+    if problem:
+        raise typer.BadParameter(problem)
+    return opts
 
 
 def record_command(name: str):

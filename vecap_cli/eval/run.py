@@ -24,7 +24,7 @@ from vecap_cli.eval.prompts import load_classnames, load_templates
 from vecap_cli.eval.tasks import empty_message, evaluate_retrieval, evaluate_zeroshot
 from vecap_cli.stream.progress import progress
 from vecap_cli.stream.runner import RunOptions, per_rank, write_stats
-from vecap_cli.stream.sinks import open_for_writing
+from vecap_cli.stream.sinks import open_rejects
 from vecap_cli.stream.tally import Tally
 
 TASKS = {"zeroshot": "zeroshot_classification", "retrieval": "zeroshot_retrieval"}
@@ -60,7 +60,7 @@ def run_eval(config: EvalConfig, run: RunOptions) -> tuple[dict, Tally, bool]:
     device = resolve_device(config.device, run.world_size)
     rejects = None
     if run.rejects:
-        rejects = open_for_writing(per_rank(run.rejects, run.rank, run.world_size))
+        rejects = open_rejects(per_rank(run.rejects, run.rank, run.world_size))
     tally.rejects = rejects
     group = Group.start(run.rank, run.world_size, device)
     started = time.monotonic()

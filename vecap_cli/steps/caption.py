@@ -11,7 +11,6 @@ instruction, control bytes, too long) is a counted rejection, `caption-REASON`.
 from __future__ import annotations
 
 import os
-from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
@@ -76,8 +75,7 @@ def has_text(record: dict, field: str) -> bool:
 def caption(
     samples: Iterable[Sample], tally: Tally, config: CaptionConfig, captioner: Captioner
 ) -> Iterator[Sample]:
-    counts: Counter[str] = Counter()
-    tally.extra["caption"] = counts
+    tally.declare("caption", keyed=True)
     field, overwrite = config.field, config.overwrite
     prompt, limit = config.prompt, max_chars(config.max_new_tokens)
 
@@ -99,7 +97,7 @@ def caption(
         texts = iter(captioner.generate(inputs) if inputs else ())
         for sample, item in group:
             if item is PASS:
-                counts["skipped-existing"] += 1
+                tally.count("caption", sample, key="skipped-existing")
                 yield sample
                 continue
             text = next(texts)
@@ -114,7 +112,7 @@ def caption(
                 )
             else:
                 sample.record[field] = text
-                counts["captioned"] += 1
+                tally.count("caption", sample, key="captioned")
                 yield sample
 
 

@@ -8,7 +8,6 @@ offline and mixing in the loader give the same captions.
 from __future__ import annotations
 
 import math
-from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
@@ -86,17 +85,16 @@ class CaptionDraw:
 
 
 def mix(samples: Iterable[Sample], tally: Tally, config: MixConfig) -> Iterator[Sample]:
-    chosen: Counter[str] = Counter()
-    tally.extra["chosen"] = chosen
-    if config.policy == "first":
-        return _first(samples, tally, config.keys, chosen)
-    return _mix(samples, tally, config, chosen)
+    """Counts the field each output's `text` came from in `chosen`."""
+    tally.declare("chosen", keyed=True)
+    if config.policy == "first" and not tally.tracking:
+        return _first(samples, tally, config.keys)
+    return _mix(samples, tally, config)
 
 
-def _first(
-    samples: Iterable[Sample], tally: Tally, keys: tuple[str, ...], chosen: Counter[str]
-) -> Iterator[Sample]:
-    """`mix --policy first`, on its own: the floor every record command is measured by."""
+def _first(samples: Iterable[Sample], tally: Tally, keys: tuple[str, ...]) -> Iterator[Sample]:
+    """`mix --policy first`, on its own: the floor every record command is measured by.
+    Counts in bulk at the end, so only for output that seals nothing (not sharded)."""
     counts = dict.fromkeys(keys, 0)
     try:
         for sample in samples:
@@ -112,13 +110,14 @@ def _first(
             counts[name] += 1
             yield sample
     finally:
-        chosen.update({name: n for name, n in counts.items() if n})
+        for name, n in counts.items():
+            if n:
+                tally.count("chosen", None, n, key=name)
 
 
-def _mix(
-    samples: Iterable[Sample], tally: Tally, config: MixConfig, chosen: Counter[str]
-) -> Iterator[Sample]:
+def _mix(samples: Iterable[Sample], tally: Tally, config: MixConfig) -> Iterator[Sample]:
     policy, keys, epoch = config.policy, config.keys, config.epoch
+    count = tally.count
     draw = CaptionDraw(keys, config.probs, config.seed)
     for sample in samples:
         record = sample.record
@@ -133,7 +132,7 @@ def _mix(
         if policy == "all":
             tally.add("all", sample, len(found) - 1)
             for name, text in found:
-                chosen[name] += 1
+                count("chosen", sample, key=name)
                 yield sample.derive({**record, "key": f"{sample.key}_{name}", "text": text})
             continue
         if policy == "concat":
@@ -141,5 +140,5 @@ def _mix(
         else:
             name, text = found[0]
         record["text"] = text
-        chosen[name] += 1
+        count("chosen", sample, key=name)
         yield sample

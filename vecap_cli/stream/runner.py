@@ -15,12 +15,23 @@ from typing import BinaryIO
 
 import orjson
 
+from vecap_cli.errors import VecapError
 from vecap_cli.stream.images import DEFAULT_LIMITS, ImageLimits
 from vecap_cli.stream.jsonl import read_jsonl
 from vecap_cli.stream.picker import Picker
 from vecap_cli.stream.progress import progress, showing
 from vecap_cli.stream.sample import Sample
-from vecap_cli.stream.sinks import OutputSpec, Sink, fingerprint, open_for_writing, open_sink
+from vecap_cli.stream.sinks import (
+    NamedStream,
+    OutputSpec,
+    Sink,
+    fingerprint,
+    open_rejects,
+    open_sink,
+    pattern_error,
+    shard_regex,
+    write_atomically,
+)
 from vecap_cli.stream.sources import expand, open_source
 from vecap_cli.stream.tally import Tally
 from vecap_cli.stream.tar import read_tar
@@ -147,14 +158,14 @@ def run_stream(
         image_limits=opts.image_limits,
     )
     sink: Sink = open_sink(spec, tally, lambda: carriers[0] if carriers else "jsonl")
-    skip = getattr(sink, "skip", 0)
-    rejects = _open_rejects(opts, keep_below=skip)
-    tally.rejects = rejects
     ok = False
     try:
+        skip = getattr(sink, "skip", 0)
+        rejects = _open_rejects(opts, skip, tally._sealed.get("rejects_bytes"))
+        tally.rejects = rejects
         pick = Picker(split_rank, split_world, skip)
         samples = _read(mine, tally, pick, carriers, opts.log, stdin)
-        with progress(command, not opts.quiet) as update:
+        with progress(command, not opts.quiet) as update, sink.failing_writes():
             if update is None:
                 sink.write_all(stage(samples, tally))
             else:
@@ -165,28 +176,104 @@ def run_stream(
                         update(tally.n_in, tally.n_out)
         ok = True
     finally:
-        sink.close(ok)
-        if rejects is not None:
-            rejects.close()
+        _close(sink, tally, ok)
     if opts.stats:
         write_stats(per_rank(opts.stats, opts.rank, opts.world_size), tally)
     return tally
 
 
-def _open_rejects(opts: StreamOptions, keep_below: int) -> BinaryIO | None:
-    """The rejects file; on resume, keeps only lines of inputs the finished shards cover."""
+def _close(sink: Sink, tally: Tally, ok: bool) -> None:
+    """Close the output (sealing its last shard), then --rejects; a failed run
+    still writes the rejects it met (a resumed run cuts the unsealed ones)."""
+    try:
+        sink.close(ok)
+    finally:
+        if tally.rejects is not None:
+            try:
+                tally.flush_rejects()
+                tally.rejects.close()
+            except VecapError:
+                if ok:
+                    raise
+            tally.rejects = None
+
+
+def _open_rejects(opts: StreamOptions, skip: int, sealed: int | None) -> NamedStream | None:
+    """The rejects file; on resume, cut to the size the finished shards sealed."""
     if not opts.rejects:
         return None
     path = per_rank(opts.rejects, opts.rank, opts.world_size)
-    kept = b""
-    if opts.resume and keep_below and os.path.exists(path):
-        with open(path, "rb") as f:
-            kept = b"".join(line for line in f if orjson.loads(line).get("idx", -1) < keep_below)
-    stream = open_for_writing(path)
-    stream.write(kept)
-    return stream
+    if not (opts.resume and skip) or not _regular_or_absent(path):
+        return open_rejects(path)
+    if sealed is None:
+        raise VecapError(
+            f"cannot resume with --rejects '{path}': the finished shards were written "
+            "without it; run without --resume, or without --rejects"
+        )
+    try:
+        stream = open(path, "r+b")
+        size = os.fstat(stream.fileno()).st_size
+        stream.seek(max(sealed - 1, 0))
+        last = stream.read(1) if sealed else b"\n"
+    except OSError as err:
+        raise VecapError(
+            f"cannot resume: the rejects of the finished shards, '{path}', cannot be read: "
+            f"{err.strerror}"
+        ) from None
+    if size < sealed or last != b"\n":
+        stream.close()
+        raise VecapError(
+            f"cannot resume: '{path}' is damaged ({size:,} bytes, the finished shards "
+            f"sealed {sealed:,}); run without --resume"
+        )
+    stream.truncate(sealed)
+    stream.seek(sealed)
+    return NamedStream(stream, path)
+
+
+def _regular_or_absent(path: str) -> bool:
+    return not os.path.exists(path) or os.path.isfile(path)
 
 
 def write_stats(path: str, tally: Tally) -> None:
-    with open_for_writing(path) as f:
-        f.write(orjson.dumps(tally.as_dict(), option=orjson.OPT_INDENT_2))
+    write_atomically(path, orjson.dumps(tally.as_dict(), option=orjson.OPT_INDENT_2))
+
+
+def output_problem(opts: StreamOptions) -> str | None:
+    """Why the output flags cannot work together, or None: a bad -o pattern, or
+    --stats/--rejects naming the output (a shard of it), each other or an input."""
+    problem = pattern_error(opts.output)
+    if problem:
+        return problem
+    named = {}
+    for flag, path in (("--stats", opts.stats), ("--rejects", opts.rejects)):
+        if path:
+            try:
+                named[flag] = os.path.realpath(per_rank(path, opts.rank, opts.world_size))
+            except (KeyError, ValueError, IndexError):
+                return f"{flag} '{path}': the only field a name may hold is {{rank}}"
+    if len(set(named.values())) < len(named):
+        return f"--stats and --rejects name the same file '{opts.stats}'"
+    output = opts.output
+    if output != "-":
+        folder, base = os.path.split(output)
+        real = os.path.join(os.path.realpath(folder or "."), base)
+        sharded = OutputSpec(output).sharded
+        for flag, path in named.items():
+            if shard_regex(real).fullmatch(path) if sharded else path == real:
+                return f"{flag} '{path}' would overwrite the output -o '{output}'"
+    inputs = {os.path.realpath(name) for name in _input_names(opts.inputs)}
+    for flag, path in named.items():
+        if path in inputs:
+            return f"{flag} '{path}' would overwrite an input"
+    return None
+
+
+_STREAMS = ("pipe:", "http://", "https://")
+
+
+def _input_names(specs: Sequence[str]) -> list[str]:
+    try:
+        return [n for n in expand(specs) if n != "-" and not n.startswith(_STREAMS)]
+    except VecapError:
+        return []  # reported when the run reads them

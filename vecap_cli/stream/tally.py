@@ -4,15 +4,21 @@
 
 `dropped` and `rejected` are counted per rule; `added` counts outputs beyond the
 first that one input expands into (mix --policy all). Steps call `drop`,
-`reject` and `add`; the readers count `in`, the writers count `out`.
+`reject` and `add`; the readers count `in`, the writers count `out`. A step's
+own statistics (mix `chosen`, curate `kept`) go through `count`.
 
 For `--resume`, events are remembered with the input ordinal they belong to, so
-a sharded writer can seal exactly the counts of the inputs behind a finished
-shard (`seal`); a resumed run restores them (`restore`).
+a sharded writer can seal exactly the counts, own statistics and rejected lines
+of the inputs behind a finished shard (`seal`); a resumed run restores them
+(`restore`). A stage reads ahead of the writer, so an event is sealed by its
+input's ordinal, never by when it happened.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import os
 import time
 from collections import Counter
 from typing import IO, Any
@@ -34,20 +40,47 @@ class Tally:
         self.rejected: Counter[str] = Counter()
         self.added: Counter[str] = Counter()
         self.extra: dict[str, Any] = {}  # step-specific statistics for --stats
+        self._counted: set[str] = set()  # those of `extra` that `count` keeps (sealed)
         self.started = time.monotonic()
         self.rejects = rejects
         self._strict = strict
-        self._pending: list[tuple[int, str, str]] | None = None  # (idx, kind, rule)
+        # (idx, kind, rule, n); kind "counts": rule is (name, key)
+        self._pending: list[tuple[int, str, Any, float]] | None = None
+        self._pending_lines: list[tuple[int, bytes]] = []  # rejects not yet sealed
         self._sealed: dict = {kind: {} for kind in _KINDS}
 
     # -- events -------------------------------------------------------------
     def drop(self, rule: str, sample: Sample, n: int = 1) -> None:
         self.dropped[rule] += n
-        self._remember(sample, "dropped", rule, n)
+        if self._pending is not None:
+            self._pending.append((sample.idx, "dropped", rule, n))
 
     def add(self, rule: str, sample: Sample, n: int = 1) -> None:
         self.added[rule] += n
-        self._remember(sample, "added", rule, n)
+        if self._pending is not None:
+            self._pending.append((sample.idx, "added", rule, n))
+
+    def count(self, name: str, sample: Sample | None, n: float = 1, key: str | None = None) -> None:
+        """Add `n` to the step's statistic `name` (to its `key`, for a per-key one),
+        on behalf of `sample`: sealed with the shard that holds it. Without a sample
+        (a total counted in bulk), the count cannot be sealed: only for a run that
+        does not `track`."""
+        self._counted.add(name)
+        _add(self.extra, name, key, n)
+        if self._pending is not None and sample is not None:
+            self._pending.append((sample.idx, "counts", (name, key), n))
+
+    def declare(self, *names: str, keyed: bool = False) -> None:
+        """Statistics that appear in --stats even when nothing was counted."""
+        for name in names:
+            self._counted.add(name)
+            self.extra.setdefault(name, Counter() if keyed else 0)
+
+    @property
+    def tracking(self) -> bool:
+        """Whether events are sealed by input ordinal: a hot loop that is not
+        may count in bulk (`count` without a sample) at its end."""
+        return self._pending is not None
 
     def reject(
         self,
@@ -59,14 +92,16 @@ class Tally:
         origin: str = "",
         raw: str | None = None,
     ) -> None:
-        """Count a rejection under `reason` and write it, with the record, to --rejects."""
+        """Count a rejection under `reason` and write it, with the record, to --rejects
+        (when tracking, at the seal of the shard its input belongs to)."""
         if sample is not None:
             idx, origin = sample.idx, sample.origin
         if self._strict:
             raise StrictError(f"{origin}: {reason}" + (f": {detail}" if detail else ""))
         self.rejected[reason] += 1
-        if self._pending is not None and idx >= 0:
-            self._pending.append((idx, "rejected", reason))
+        tracked = self._pending is not None and idx >= 0
+        if tracked:
+            self._pending.append((idx, "rejected", reason, 1))  # type: ignore[union-attr]
         if self.rejects is not None:
             line: dict[str, Any] = {
                 "reason": reason,
@@ -78,11 +113,11 @@ class Tally:
                 line["record"] = sample.record
             if raw is not None:
                 line["raw"] = raw
-            self.rejects.write(orjson.dumps(line, option=orjson.OPT_APPEND_NEWLINE))
-
-    def _remember(self, sample: Sample, kind: str, rule: str, n: int) -> None:
-        if self._pending is not None:
-            self._pending.extend([(sample.idx, kind, rule)] * n)
+            data = orjson.dumps(line, option=orjson.OPT_APPEND_NEWLINE)
+            if tracked:
+                self._pending_lines.append((idx, data))
+            else:
+                self.rejects.write(data)
 
     # -- resume -------------------------------------------------------------
     def track(self) -> None:
@@ -90,21 +125,53 @@ class Tally:
         self._pending = []
 
     def seal(self, boundary: int, n_out: int) -> dict:
-        """Counts for inputs with idx < boundary, written as `n_out` outputs."""
+        """Counts for inputs with idx < boundary, written as `n_out` outputs; their
+        rejected lines are written and synced, and the sealed size of the rejects
+        file is part of the result (`rejects_bytes`)."""
         assert self._pending is not None, "seal() needs track()"
-        sealed = {kind: Counter() for kind in _KINDS}
-        keep = []
-        for idx, kind, rule in self._pending:
-            if idx < boundary:
-                sealed[kind][rule] += 1
-            else:
-                keep.append((idx, kind, rule))
-        self._pending = keep
         out = {"in": boundary, "out": n_out}
+        sealed = {kind: Counter(self._sealed.get(kind, {})) for kind in _KINDS}
+        counts = {
+            name: Counter(v) if isinstance(v, dict) else v
+            for name, v in self._sealed.get("counts", {}).items()
+        }
+        keep = []
+        for event in self._pending:
+            idx, kind, rule, n = event
+            if idx >= boundary:
+                keep.append(event)
+            elif kind == "counts":
+                _add(counts, *rule, n)
+            else:
+                sealed[kind][rule] += n
+        self._pending = keep
         for kind in _KINDS:
-            out[kind] = dict(Counter(self._sealed[kind]) + sealed[kind])
+            out[kind] = dict(sealed[kind])
+        out["counts"] = {k: dict(v) if isinstance(v, dict) else v for k, v in counts.items()}
+        if self.rejects is not None:
+            self.flush_rejects(boundary)
+            with contextlib.suppress(OSError):  # a pipe: nothing a resumed run could cut
+                out["rejects_bytes"] = self.rejects.tell()
         self._sealed = out
         return out
+
+    def flush_rejects(self, boundary: float = float("inf")) -> None:
+        """Write the rejected lines of inputs below `boundary` (all by default) and sync."""
+        if self.rejects is None:
+            return
+        keep = []
+        for idx, data in self._pending_lines:
+            if idx < boundary:
+                self.rejects.write(data)
+            else:
+                keep.append((idx, data))
+        self._pending_lines = keep
+        self.rejects.flush()
+        try:
+            os.fsync(self.rejects.fileno())
+        except OSError as err:  # a pipe or a device (/dev/null) cannot be synced
+            if err.errno not in (errno.EINVAL, errno.EROFS, errno.ENOTSUP, errno.EBADF):
+                raise
 
     def restore(self, sealed: dict) -> None:
         """Continue from the counts a finished shard sealed (the inputs are skipped)."""
@@ -113,6 +180,9 @@ class Tally:
         self.dropped = Counter(sealed["dropped"])
         self.rejected = Counter(sealed["rejected"])
         self.added = Counter(sealed["added"])
+        for name, value in sealed.get("counts", {}).items():
+            self._counted.add(name)
+            self.extra[name] = Counter(value) if isinstance(value, dict) else value
 
     # -- reporting ----------------------------------------------------------
     @property
@@ -132,7 +202,7 @@ class Tally:
             "added": dict(self.added),
             "balanced": self.balanced,
             "seconds": round(time.monotonic() - self.started, 3),
-            **self.extra,
+            **{k: _rounded(v) if k in self._counted else v for k, v in self.extra.items()},
         }
 
     def summary(self) -> str:
@@ -151,3 +221,23 @@ class Tally:
         if not self.balanced:
             line += " · UNBALANCED (a vecap bug: please report it)"
         return line
+
+
+def _add(counts: dict, name: str, key: str | None, n: float) -> None:
+    if key is None:
+        counts[name] = counts.get(name, 0) + n
+    else:
+        counter = counts.get(name)
+        if counter is None:
+            counter = counts[name] = Counter()
+        counter[key] += n
+
+
+def _rounded(value: Any) -> Any:
+    """A sum of probabilities (curate's expected_kept) to 3 decimals: the order in
+    which a resumed run adds them up must not show."""
+    if isinstance(value, float):
+        return round(value, 3)
+    if isinstance(value, dict):
+        return {k: _rounded(v) for k, v in value.items()}
+    return value

@@ -12,6 +12,7 @@ from datetime import timedelta
 import orjson
 
 from vecap_cli.errors import VecapError
+from vecap_cli.stream.sinks import NamedStream
 
 
 class MetricsLog:
@@ -30,10 +31,13 @@ class MetricsLog:
                     )
             except FileNotFoundError:
                 pass
+            except (orjson.JSONDecodeError, AttributeError):
+                raise VecapError(f"--log: cannot resume: '{path}' is damaged") from None
         try:
-            self._f = open(path, "wb")
+            raw = open(path, "wb")
         except OSError as err:
             raise VecapError(f"--log: cannot write '{path}': {err.strerror}") from None
+        self._f = NamedStream(raw, path)  # a full disk: one line naming the file
         self._f.write(kept)
 
     def write(self, record: dict) -> None:

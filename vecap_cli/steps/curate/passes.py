@@ -58,7 +58,7 @@ from vecap_cli.steps.curate.stages import CurateConfig, MatchCache
 from vecap_cli.stream.progress import progress, showing
 from vecap_cli.stream.runner import StreamOptions, iter_samples, per_rank, run_stream, write_stats
 from vecap_cli.stream.sample import Sample
-from vecap_cli.stream.sinks import open_for_writing
+from vecap_cli.stream.sinks import open_rejects
 from vecap_cli.stream.sources import carrier_from_name, expand
 from vecap_cli.stream.tally import Tally
 
@@ -194,7 +194,7 @@ def _curate_twice(
         counts = _count(whole, first, config, meta, matcher, cache, stdin)
         if save_counts:
             write_counts(save_counts, counts)
-        cleaned = first.extra.get("html_cleaned")
+        cleaned = first.extra.get("html_cleaned")  # over the whole input
 
         def decide(samples, tally):
             if cache is None:
@@ -220,7 +220,7 @@ def count(opts: StreamOptions, config: CurateConfig, metadata: str) -> Tally:
     meta, matcher = load(metadata, opts.log)
     rejects = None
     if opts.rejects:
-        rejects = open_for_writing(per_rank(opts.rejects, opts.rank, opts.world_size))
+        rejects = open_rejects(per_rank(opts.rejects, opts.rank, opts.world_size))
     tally = Tally("curate count", rejects=rejects, strict=opts.strict)
     try:
         counts = _count(opts, tally, config, meta, matcher)

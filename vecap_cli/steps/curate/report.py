@@ -3,8 +3,12 @@ and a log-log picture of it (MetaCLIP's Figure: counts by entry rank, t marked).
 
 from __future__ import annotations
 
+import io
+import os
+
 from vecap_cli.steps.curate.balancing import head_tail
 from vecap_cli.steps.curate.counts import EntryCounts
+from vecap_cli.stream.sinks import write_atomically
 
 _BINS = (1, 10, 100, 1_000, 10_000, 100_000, 1_000_000)
 
@@ -72,5 +76,9 @@ def plot(counts: EntryCounts, t: float, path: str) -> None:
     ax.legend()
     ax.grid(True, which="major", alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path)
+    # drawn in memory, then written whole: matplotlib says nothing of a full disk
+    image = io.BytesIO()
+    ext = os.path.splitext(path)[1].lower().lstrip(".")
+    fig.savefig(image, format=ext if ext in fig.canvas.get_supported_filetypes() else "png")
     plt.close(fig)
+    write_atomically(path, image.getvalue())

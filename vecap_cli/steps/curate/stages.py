@@ -75,6 +75,9 @@ def prepare(
     chunk: list[Sample] = []
     rules: list[str] = []  # per sample in the chunk: "" or the rule that removed it
     texts: list[str] = []  # of the samples not removed
+    tracking = tally.tracking  # html_cleaned per record, to seal with the shards; else in bulk
+    if screen is not None and config.html:
+        tally.declare("html_cleaned")
     try:
         for sample in samples:
             text = sample.record.get(field)
@@ -82,7 +85,10 @@ def prepare(
                 rule = NO_TEXT
                 tally.reject(NO_TEXT, f"record has no string '{field}'", sample)
             elif screen is not None:
+                cleaned = screen.cleaned
                 text, rule = screen(sample.record, text)
+                if tracking and screen.cleaned != cleaned:
+                    tally.count("html_cleaned", sample)
                 if rule:
                     tally.drop(rule, sample)
             else:
@@ -97,8 +103,8 @@ def prepare(
         if chunk:
             yield from _paired(chunk, rules, match_many(texts), cache)
     finally:
-        if screen is not None and config.html:
-            tally.extra["html_cleaned"] = tally.extra.get("html_cleaned", 0) + screen.cleaned
+        if screen is not None and config.html and not tracking:
+            tally.count("html_cleaned", None, screen.cleaned)
 
 
 def _paired(
@@ -166,7 +172,9 @@ def balance(
 ) -> Iterator[Sample]:
     """Adds `curate: {entries, p, keep}`; drops `no-match` and `balance` unless keep_all."""
     keep_all = config.keep_all
-    kept = 0
+    tally.declare("kept", "expected_kept")
+    tracking, count = tally.tracking, tally.count
+    kept = 0  # counted in bulk at the end when no shard seals them (the hot path)
     expected = 0.0
     try:
         for sample, ids in pairs:
@@ -177,16 +185,21 @@ def balance(
             else:
                 tally.drop("no-match", sample)
                 continue
-            kept += keep
-            expected += p
+            if tracking:
+                count("kept", sample, int(keep))
+                count("expected_kept", sample, p)
+            else:
+                kept += keep
+                expected += p
             if keep or keep_all:
                 sample.record["curate"] = {"entries": ids, "p": p, "keep": keep}
                 yield sample
             else:
                 tally.drop("balance", sample)
     finally:
-        tally.extra["kept"] = kept
-        tally.extra["expected_kept"] = round(expected, 3)
+        if not tracking:
+            count("kept", None, kept)
+            count("expected_kept", None, expected)
 
 
 class MatchCache:

@@ -5,13 +5,13 @@ Per record, in order:
 - no `vec`: passed through without `vecap` (nothing to fuse; mix then trains on alt);
 - no `alt`, or an AltText hitting the blocklist: `vecap` = `vec`;
 - else fused; a failed or invalid generation falls back to `vecap` = `vec`.
-Every branch is counted in `tally.extra["rewrite"]`; no record is dropped.
+Every branch is counted in the `rewrite` statistic (`tally.count`, sealed with the
+record's shard); no record is dropped.
 """
 
 from __future__ import annotations
 
-from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -101,33 +101,33 @@ class Rewriter:
 def rewrite(
     samples: Iterable[Sample], tally: Tally, config: RewriteConfig, rewriter: Rewriter
 ) -> Iterator[Sample]:
-    counts: Counter[str] = Counter()
-    blocked: Counter[str] = Counter()
-    tally.extra["rewrite"] = counts
-    tally.extra["blocked-terms"] = blocked
-    overwrite, hit = config.overwrite, rewriter.blocklist.hit
+    tally.declare("rewrite", "blocked-terms", keyed=True)
+    overwrite, hit, count = config.overwrite, rewriter.blocklist.hit, tally.count
 
     def triage(sample: Sample) -> tuple[Sample, object]:
         record = sample.record
         if not overwrite and has_text(record, "vecap"):
-            counts["skipped-existing"] += 1
+            count("rewrite", sample, key="skipped-existing")
             return sample, PASS
         vec = record.get("vec")
         if not isinstance(vec, str) or not vec.strip():
-            counts["no-vec"] += 1
+            count("rewrite", sample, key="no-vec")
             return sample, PASS
         alt = record.get("alt")
         if not isinstance(alt, str) or not alt.strip():
-            counts["no-alt"] += 1
+            count("rewrite", sample, key="no-alt")
             record["vecap"] = vec
             return sample, PASS
         term = hit(alt)
         if term is not None:
-            counts["blocked"] += 1
-            blocked[term] += 1
+            count("rewrite", sample, key="blocked")
+            count("blocked-terms", sample, key=term)
             record["vecap"] = vec
             return sample, PASS
         return sample, (alt, vec)
+
+    def counts(sample: Sample) -> Callable[[str], None]:
+        return lambda key: count("rewrite", sample, key=key)
 
     fuse, validator = rewriter.fuser.generate, rewriter.validator
     one = getattr(rewriter.fuser, "one", None)
@@ -135,7 +135,7 @@ def rewrite(
         for sample, pair in map(triage, samples):
             if pair is not PASS:
                 alt, vec = pair  # type: ignore[misc]
-                sample.record["vecap"] = _settle(one(alt, vec), alt, vec, validator, counts)
+                sample.record["vecap"] = _settle(one(alt, vec), alt, vec, validator, counts(sample))
             yield sample
         return
     for group in in_batches(map(triage, samples), config.batch_size):
@@ -144,19 +144,19 @@ def rewrite(
         for sample, pair in group:
             if pair is not PASS:
                 alt, vec = pair  # type: ignore[misc]
-                sample.record["vecap"] = _settle(next(outputs), alt, vec, validator, counts)
+                sample.record["vecap"] = _settle(next(outputs), alt, vec, validator, counts(sample))
             yield sample
 
 
-def _settle(out: str | Failed, alt: str, vec: str, validator, counts: Counter) -> str:
+def _settle(out: str | Failed, alt: str, vec: str, validator, count: Callable[[str], None]) -> str:
     """The VeCap for one fused output: the output if it is a caption, else the VeC."""
     if isinstance(out, Failed):
-        counts[f"fallback-{out.reason}"] += 1
+        count(f"fallback-{out.reason}")
         return vec
     if validator is not None:
         out, reason = validator.check(out, alt, vec)
         if reason is not None:
-            counts[f"fallback-{reason}"] += 1
+            count(f"fallback-{reason}")
             return vec
-    counts["fused" if out != vec else "unchanged"] += 1
+    count("fused" if out != vec else "unchanged")
     return out
