@@ -16,6 +16,7 @@ input's ordinal, never by when it happened.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import errno
 import os
@@ -44,8 +45,11 @@ class Tally:
         self.started = time.monotonic()
         self.rejects = rejects
         self._strict = strict
-        # (idx, kind, rule, n); kind "counts": rule is (name, key)
+        # (idx, kind, rule, n) of drops, rejections and additions
         self._pending: list[tuple[int, str, Any, float]] | None = None
+        # a step's own statistics, one record or more each (hot): per (name, key),
+        # the idx and amount of each count, in idx order, so a seal takes a prefix
+        self._tracks: dict[tuple[str, str | None], tuple[list[int], list[float]]] = {}
         self._pending_lines: list[tuple[int, bytes]] = []  # rejects not yet sealed
         self._sealed: dict = {kind: {} for kind in _KINDS}
 
@@ -65,10 +69,24 @@ class Tally:
         on behalf of `sample`: sealed with the shard that holds it. Without a sample
         (a total counted in bulk), the count cannot be sealed: only for a run that
         does not `track`."""
-        self._counted.add(name)
-        _add(self.extra, name, key, n)
-        if self._pending is not None and sample is not None:
-            self._pending.append((sample.idx, "counts", (name, key), n))
+        if self._pending is None or sample is None:
+            self._counted.add(name)
+            _add(self.extra, name, key, n)
+            return
+        # Tracked: into `extra` when sealed (the last seal covers every input).
+        track = self._tracks.get((name, key))
+        if track is None:
+            self._counted.add(name)
+            track = self._tracks[name, key] = ([], [])
+        idxs, amounts = track
+        idx = sample.idx
+        if idxs and idx < idxs[-1]:  # a stage that counts out of input order (rare)
+            at = bisect.bisect_right(idxs, idx)
+            idxs.insert(at, idx)
+            amounts.insert(at, n)
+        else:
+            idxs.append(idx)
+            amounts.append(n)
 
     def declare(self, *names: str, keyed: bool = False) -> None:
         """Statistics that appear in --stats even when nothing was counted."""
@@ -140,11 +158,15 @@ class Tally:
             idx, kind, rule, n = event
             if idx >= boundary:
                 keep.append(event)
-            elif kind == "counts":
-                _add(counts, *rule, n)
             else:
                 sealed[kind][rule] += n
         self._pending = keep
+        for (name, key), (idxs, amounts) in self._tracks.items():
+            n_sealed = bisect.bisect_left(idxs, boundary)
+            _add(counts, name, key, sum(amounts[:n_sealed]))
+            del idxs[:n_sealed], amounts[:n_sealed]
+        for name, value in counts.items():  # what --stats shows: the sealed counts
+            self.extra[name] = Counter(value) if isinstance(value, dict) else value
         for kind in _KINDS:
             out[kind] = dict(sealed[kind])
         out["counts"] = {k: dict(v) if isinstance(v, dict) else v for k, v in counts.items()}
