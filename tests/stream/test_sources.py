@@ -47,3 +47,21 @@ def test_redact_hides_credentials_and_queries_of_urls_only(name, shown):
     from vecap_cli.stream.sources import redact
 
     assert redact(name) == shown
+
+
+@pytest.mark.timeout(30)
+def test_a_slow_producer_s_first_record_arrives_before_it_ends():
+    """A pipe delivers what has arrived: no waiting for 64 KiB or the producer's end."""
+    import time
+
+    from vecap_cli.stream.sources import open_source
+
+    spec = """pipe:sh -c 'echo "{\\"key\\": \\"a\\"}"; sleep 5; echo "{\\"key\\": \\"b\\"}"'"""
+    start = time.monotonic()
+    with open_source(spec) as (source, stream):
+        first = stream.readline()
+        waited = time.monotonic() - start
+        assert first.strip() == b'{"key": "a"}'
+        assert waited < 4, f"the first record took {waited:.1f} s"
+        assert stream.readline().strip() == b'{"key": "b"}'
+    assert source.carrier == "jsonl"

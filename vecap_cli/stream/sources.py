@@ -241,7 +241,9 @@ class _Prefixed(io.RawIOBase):
 
     def __init__(self, head: bytes, stream: BinaryIO):
         self._head = memoryview(head)
-        self._stream = stream
+        # read1: what has arrived, not a full buffer; a slow producer upstream in a
+        # pipe would otherwise hold each record back until 64 KiB had piled up
+        self._read = getattr(stream, "read1", stream.read)
 
     def readable(self) -> bool:
         return True
@@ -252,16 +254,25 @@ class _Prefixed(io.RawIOBase):
             buf[:n] = self._head[:n]
             self._head = self._head[n:]
             return n
-        data = self._stream.read(len(buf))
+        data = self._read(len(buf))
         buf[: len(data)] = data
         return len(data)
 
 
 def _peek(stream: BinaryIO, n: int = 512) -> tuple[bytes, BinaryIO]:
+    """The first bytes (up to `n`: enough to see a tar header), and the whole stream.
+
+    Stops early at a whole text line: a tar header is NUL-padded, so that is JSONL,
+    and a slow producer's first record goes on at once.
+    """
+    read = getattr(stream, "read1", stream.read)
     head = b""
     while len(head) < n:
-        chunk = stream.read(n - len(head))
+        chunk = read(n - len(head))
         if not chunk:
             break
         head += chunk
+        line, newline, _ = head.partition(b"\n")
+        if newline and b"\0" not in line:
+            break
     return head, io.BufferedReader(_Prefixed(head, stream), buffer_size=1 << 16)  # type: ignore[return-value]
