@@ -277,11 +277,13 @@ def test_a_tar_member_too_large_to_hold_is_skipped_unread(tmp_path):
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as tar:
         for name, data in [("a.json", b'{"alt": "x"}'), ("a.png", bytes(5000)),
-                           ("b.json", b'{"alt": "y"}'), ("b.png", bytes(50))]:  # fmt: skip
+                           ("b.json", b'{"alt": "y"}'), ("b.png", bytes(50)),
+                           # each member small, together over the cap
+                           ("c.json", b'{"alt": "z"}'), ("c.p1", bytes(60)), ("c.p2", bytes(60))]:  # fmt: skip
             info = tarfile.TarInfo(name)
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
     buf.seek(0)
     tally = Tally("t")
     got = list(read_tar(buf, Source("t.tar", "tar", ""), tally, Picker(0, 1, 0), max_member=100))
-    assert [s.key for s in got] == ["b"] and dict(tally.rejected) == {"member-too-large": 1}
+    assert [s.key for s in got] == ["b"] and dict(tally.rejected) == {"member-too-large": 2}

@@ -27,8 +27,10 @@ from vecap_cli.stream.tally import Tally
 
 _SPLIT = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")  # webdataset's base_plus_ext
 _MTIME = 1_700_000_000  # fixed, so the same samples always give the same bytes
-# A member is read whole into memory: one claiming more (a .tar.gz of zeros can) is
-# skipped unread, and its sample rejected as member-too-large. Images have their
+# A sample's members are read whole into memory: one that would take the sample
+# past this (a .tar.gz of zeros can claim any size, a key can repeat its members
+# under many extensions) is skipped unread, and the sample rejected as
+# member-too-large. Images have their
 # own, lower cap (--max-image-bytes) where they are decoded.
 MAX_MEMBER = 1 << 30
 
@@ -37,13 +39,14 @@ def _groups(
     tar: tarfile.TarFile, stream: _Counting, max_member: int = MAX_MEMBER
 ) -> Iterator[tuple[str | None, dict[str, bytes | None], str]]:
     """(key, {ext: bytes}, error): error is set once, on the group a damaged stream cut short.
-    A member over `max_member` bytes is not read: its value is None.
+    A member that would take its group over `max_member` bytes is not read: its
+    value is None.
 
     A stream cut exactly between two members reads as a shorter valid tar to
     tarfile; only the missing end-of-archive block tells, so the group read last
     is then reported as damaged too (it may have lost members).
     """
-    key, group = None, {}
+    key, group, held = None, {}, 0
     try:
         for info in tar:
             if not info.isfile():
@@ -55,10 +58,11 @@ def _groups(
             if prefix != key or ext in group:
                 if group:
                     yield key, group, ""
-                key, group = prefix, {}
-            if info.size > max_member:
+                key, group, held = prefix, {}, 0
+            if held + info.size > max_member:
                 group[ext] = None  # tarfile skips the unread data block by block
                 continue
+            held += info.size
             group[ext] = tar.extractfile(info).read()  # type: ignore[union-attr]
     except (tarfile.TarError, EOFError, OSError) as err:
         yield key, group, str(err) or type(err).__name__
@@ -134,7 +138,7 @@ def read_tar(
             continue
         big = [ext for ext, data in group.items() if data is None]
         if big:
-            detail = f"{key}.{big[0]} is over {max_member:,} bytes"
+            detail = f"{key}.{big[0]} takes the sample over {max_member:,} bytes"
             tally.reject("member-too-large", detail, idx=idx, origin=origin)
             continue
         record, reason, detail = to_sample(key, group)
