@@ -161,7 +161,7 @@ def run_stream(
     ok = False
     try:
         skip = getattr(sink, "skip", 0)
-        rejects = _open_rejects(opts, skip, tally._sealed.get("rejects_bytes"))
+        rejects = _open_rejects(opts, skip, tally.sealed_rejects_bytes)
         tally.rejects = rejects
         pick = Picker(split_rank, split_world, skip)
         samples = _read(mine, tally, pick, carriers, opts.log, stdin)

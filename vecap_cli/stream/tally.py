@@ -95,6 +95,12 @@ class Tally:
             self.extra.setdefault(name, Counter() if keyed else 0)
 
     @property
+    def sealed_rejects_bytes(self) -> int | None:
+        """The size of --rejects when the last shard was sealed (None: no rejects file
+        was open then): where a resumed run cuts it back to."""
+        return self._sealed.get("rejects_bytes")
+
+    @property
     def tracking(self) -> bool:
         """Whether events are sealed by input ordinal: a hot loop that is not
         may count in bulk (`count` without a sample) at its end."""
