@@ -9,7 +9,7 @@ mid-run). Hostile modes, for tests/hostile: `drip` sends every reply a byte
 at a time, that many seconds apart (status line and headers included);
 `no_length` sends the body without a Content-Length, ended by closing;
 `echo_headers` puts the request's headers in every error body (a server that
-repeats the credentials it was sent). It listens on an ephemeral port and stops
+repeats the credentials it was sent); `gzip` compresses every body, asked or not. It listens on an ephemeral port and stops
 with the `with` block.
 """
 
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import atexit
 import base64
+import gzip as gzip_module
 import hashlib
 import io
 import json
@@ -36,12 +37,14 @@ class ChatServer:
         drip: float = 0.0,
         no_length: bool = False,
         echo_headers: bool = False,
+        gzip: bool = False,
     ):
         self.answer = answer
         self.fail_first, self.fail_status = fail_first, fail_status
         self.hold_after = hold_after
         self.retry_after = retry_after
         self.drip, self.no_length, self.echo_headers = drip, no_length, echo_headers
+        self.gzip = gzip
         self._closed = threading.Event()
         self.requests = 0
         self.failed = 0
@@ -122,6 +125,9 @@ class ChatServer:
 
             def _send(self, status: int, payload: dict, headers: dict | None = None) -> None:
                 data = json.dumps(payload).encode()
+                if server.gzip:
+                    data = gzip_module.compress(data)
+                    headers = {**(headers or {}), "Content-Encoding": "gzip"}
                 if server.drip:
                     return self._drip(status, data)
                 self.send_response(status)

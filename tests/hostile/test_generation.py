@@ -140,6 +140,22 @@ def test_a_reply_without_a_length_is_cut_while_streaming():
     assert isinstance(out[0], Failed) and out[0].reason == "reply-too-large"
 
 
+@pytest.mark.timeout(30)
+def test_a_compressed_reply_is_refused_not_inflated():
+    """httpx would inflate a gzip body without a bound: 5 MB of answer in a few KB."""
+    with ChatServer(lambda messages: "a" * 5_000_000, gzip=True) as server:
+        client = ChatClient(ServerSpec(base_url=server.url, model="m", max_reply_bytes=64_000))
+        out = client.generate([[{"role": "user", "content": "hi"}]])
+    assert isinstance(out[0], Failed) and out[0].reason == "bad-response"
+    assert "compressed" in out[0].detail
+
+
+def test_a_short_credential_is_scrubbed_where_it_stands_not_in_every_word():
+    client = ChatClient(ServerSpec(base_url="http://u:pw@127.0.0.1:9/v1", model="m"))
+    text = client.scrub("bad auth for u:pw in input, user u")
+    assert text == "bad auth for ***:*** in input, user ***"
+
+
 # -- answers are data -------------------------------------------------------------
 
 
@@ -294,6 +310,7 @@ def test_credentials_a_server_echoes_in_its_errors_never_show(command, sent, poo
         f"http://{USER}:{PASSWORD}@host:port/v1",
         "ftp://host/v1",
         "127.0.0.1:8000/v1",
+        f"http://127.0.0.1:8000/v1?key={PASSWORD}",
     ],
 )
 def test_an_unusable_api_base_is_a_usage_error_in_one_line(command, url, pools, tmp_path):
@@ -302,6 +319,7 @@ def test_an_unusable_api_base_is_a_usage_error_in_one_line(command, url, pools, 
     assert result.code == 2
     no_traceback(result)
     lines = [line for line in result.err.splitlines() if "--api-base" in line]
-    assert len(lines) == 1 and ("not a valid URL" in lines[0] or "http(s)" in lines[0]), result.err
+    why = ("not a valid URL", "http(s)", "query")
+    assert len(lines) == 1 and any(w in lines[0] for w in why), result.err
     no_secrets(result, tmp_path)
     assert result.out == b""

@@ -36,6 +36,9 @@ def check(url: str) -> None:
         raise ValueError(f"'{shown}' is not an http(s) URL")
     if not parts.hostname:
         raise ValueError(f"'{shown}' names no host")
+    if parts.query or parts.fragment:
+        # '/chat/completions' is appended to the path; a key belongs in --api-key-env
+        raise ValueError(f"'{shown}' has a query or fragment: give the base URL only")
 
 
 def credentials(url: str) -> tuple[str, str, str]:

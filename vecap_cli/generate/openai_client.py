@@ -26,6 +26,7 @@ import base64
 import io
 import json
 import os
+import re
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -134,9 +135,14 @@ class ChatClient:
         return Failed(last.reason, self.scrub(last.detail))
 
     def scrub(self, text: str) -> str:
-        """`text` without the API key, user or password: a server may echo what it was sent."""
+        """`text` without the API key, user or password: a server may echo what it was sent.
+        A short one (a one-letter user) only where it stands alone, so it does not
+        blank every such letter of the message; a long one wherever it is."""
         for secret in self._secrets:
-            text = text.replace(secret, "***")
+            if len(secret) >= 8:
+                text = text.replace(secret, "***")
+            else:
+                text = re.sub(rf"(?<!\w){re.escape(secret)}(?!\w)", "***", text)
         return text
 
     def _sleep(self, attempt: int, last: _Retry | None) -> None:
@@ -200,9 +206,14 @@ class ChatClient:
 
 
 def _head(response: httpx.Response, n: int) -> bytes:
-    """At most the first `n` bytes of the body (more are not read)."""
+    """At most the first `n` bytes of the body as they arrived (more are not read).
+
+    Raw bytes: httpx would inflate a gzip/deflate/br body chunk by chunk without a
+    bound, whatever Accept-Encoding asked for, so an encoded reply is refused."""
+    if response.headers.get("Content-Encoding", "identity").strip().lower() != "identity":
+        raise _Final("bad-response", "the reply is compressed, though vecap asked for none")
     buf = bytearray()
-    for chunk in response.iter_bytes():
+    for chunk in response.iter_raw():
         buf += chunk
         if len(buf) >= n:
             break
