@@ -173,9 +173,34 @@ def test_every_built_in_architecture_of_train_loads_here_too(name):
 def test_open_clip_names_with_a_slash_are_open_clip_not_hub_ids():
     """`ViT-B/32` is open_clip's (and vecap train's) ViT-B-32, not a Hugging Face repo."""
     with pytest.raises(
-        VecapError, match=r"^--pretrained '/nope\.pt': no such file or ViT-B/32 tag"
+        VecapError, match=r"^--pretrained '/nope\.pt': no such file or ViT-B-32 tag"
     ):
         load_model("ViT-B/32", "/nope.pt")
+
+
+def test_a_slashed_name_takes_its_pretrained_tags(monkeypatch):
+    """`--model ViT-B/32 --pretrained openai`: the tag is ViT-B-32's (no download here)."""
+    import open_clip
+
+    asked = []
+
+    def stub(arch, pretrained=None, **kw):
+        asked.append((arch, pretrained))
+        raise RuntimeError("stub: not loading weights in a test")
+
+    monkeypatch.setattr(open_clip, "create_model_and_transforms", stub)
+    with pytest.raises(VecapError, match="stub"):
+        load_model("ViT-B/32", "openai")
+    assert asked == [("ViT-B-32", "openai")]
+
+
+def test_a_damaged_tokenizer_is_one_line(tmp_path):
+    from tests.eval.tiny import write_hf_clip
+
+    model = write_hf_clip(tmp_path)
+    (model / "tokenizer.json").write_text('{"model": {"type": "BPE", "vocab": 5}}')
+    with pytest.raises(VecapError, match="no tokenizer in"):
+        load_model(str(model))
 
 
 def test_local_dir_names_a_run_directory_as_open_clip_does(tmp_path):

@@ -115,6 +115,8 @@ def _load_open_clip(arch: str, pretrained: str | None, log) -> LoadedModel:
     import open_clip
 
     local = arch.startswith(("local-dir:", "hf-hub:"))
+    if not local:
+        arch = arch.replace("/", "-")  # ViT-B/16 is ViT-B-16, for its tags too
     if not local and not _open_clip_name(arch):
         near = difflib.get_close_matches(arch, open_clip.list_models(), n=3, cutoff=0.6)
         hint = f" (did you mean {', '.join(near)}?)" if near else ""
@@ -185,7 +187,7 @@ def _load_hf(model_id: str, tokenizer: str | None, log) -> LoadedModel:
         raise VecapError(f"no tokenizer in '{source}'{hint}")
     try:
         tok = AutoTokenizer.from_pretrained(source, trust_remote_code=False)
-    except (OSError, ValueError, TypeError) as err:
+    except Exception as err:  # a damaged tokenizer file: whatever transformers raises is one line
         raise VecapError(f"no tokenizer in '{source}'{hint} ({first_line(err)})") from None
     return LoadedModel(
         HFClip(model),
