@@ -1,4 +1,6 @@
-"""Loading models and weights from files anyone may have written."""
+"""Loading models and weights: vecap's built-in open_clip configs, which train,
+eval and caption all accept by name, and one line for weights that do not load
+(files anyone may have written)."""
 
 from __future__ import annotations
 
@@ -7,8 +9,22 @@ import pickle
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 from vecap_cli.errors import VecapError, first_line
+
+# open_clip JSON configs of the tiny vecap-* models (train/model_configs/)
+CONFIG_DIR = Path(__file__).with_name("train") / "model_configs"
+BUILTIN = tuple(sorted(p.stem for p in CONFIG_DIR.glob("*.json")))
+
+
+def register_builtin_configs() -> tuple[str, ...]:
+    """Make the vecap-* architectures known to open_clip (idempotent)."""
+    import open_clip
+
+    if any(open_clip.get_model_config(name) is None for name in BUILTIN):
+        open_clip.add_model_config(CONFIG_DIR)
+    return BUILTIN
 
 
 @contextmanager

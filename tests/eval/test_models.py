@@ -6,7 +6,7 @@ import torch
 from tests.eval.tiny import write_hf_clip, write_hf_processor, write_openclip, write_word_tokenizer
 from vecap_cli.errors import VecapError
 from vecap_cli.eval.models import VeclipPreprocess, load_model
-from vecap_cli.train.models import BUILTIN
+from vecap_cli.loading import BUILTIN
 
 
 @pytest.fixture(scope="module")

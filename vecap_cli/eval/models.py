@@ -95,7 +95,7 @@ def _open_clip_name(name: str) -> bool:
     `vecap train` and open_clip resolve it: `ViT-B/16` is `ViT-B-16`."""
     import open_clip
 
-    from vecap_cli.train.models import register_builtin_configs
+    from vecap_cli.loading import register_builtin_configs
 
     register_builtin_configs()
     return open_clip.get_model_config(name.replace("/", "-")) is not None

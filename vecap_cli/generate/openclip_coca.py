@@ -29,7 +29,7 @@ class CocaCaptioner:
         import open_clip
         import torch
 
-        from vecap_cli.train.models import register_builtin_configs
+        from vecap_cli.loading import register_builtin_configs
 
         register_builtin_configs()  # the vecap-tiny* names train and eval take
         self.device = resolve_device(device)

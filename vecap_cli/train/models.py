@@ -16,27 +16,15 @@ import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from torch import nn
 
 from vecap_cli.errors import VecapError
-from vecap_cli.loading import load_error, quietly
+from vecap_cli.loading import load_error, quietly, register_builtin_configs
 from vecap_cli.train.fused import fused_attention
 
-CONFIG_DIR = Path(__file__).with_name("model_configs")
-BUILTIN = tuple(sorted(p.stem for p in CONFIG_DIR.glob("*.json")))
 LOGIT_SCALE_MAX = math.log(100)  # open_clip's clamp: temperature stays >= 0.01
-
-
-def register_builtin_configs() -> tuple[str, ...]:
-    """Make the vecap-* architectures known to open_clip (idempotent)."""
-    import open_clip
-
-    if any(open_clip.get_model_config(name) is None for name in BUILTIN):
-        open_clip.add_model_config(CONFIG_DIR)
-    return BUILTIN
 
 
 @dataclass
