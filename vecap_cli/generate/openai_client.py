@@ -323,19 +323,15 @@ def data_url(data: bytes, limits=None) -> str:
     pixel caps), so a broken or oversized image is rejected here, not by the server.
     A format servers may not read (TIFF, BMP...), or a JPEG only the draft scale
     brought under the pixel cap, is sent re-encoded as PNG."""
-    from vecap_cli.stream.images import DEFAULT_LIMITS, ImageRejected, open_checked
+    from vecap_cli.stream.images import DEFAULT_LIMITS, load_checked
 
-    image, scaled = open_checked(data, limits or DEFAULT_LIMITS)
-    try:
-        with image:
-            image.load()
-            mime = _MIME.get(image.format or "")
-            if mime is None or scaled:
-                buf = io.BytesIO()
-                image.convert("RGB").save(buf, format="PNG")
-                data, mime = buf.getvalue(), "image/png"
-    except Exception as err:  # truncated data, bad chunks, a decoder's odd error
-        raise ImageRejected("bad-image", f"{type(err).__name__}: {err}") from None
+    image, scaled = load_checked(data, limits or DEFAULT_LIMITS)
+    with image:
+        mime = _MIME.get(image.format or "")
+        if mime is None or scaled:
+            buf = io.BytesIO()
+            image.convert("RGB").save(buf, format="PNG")
+            data, mime = buf.getvalue(), "image/png"
     return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
 
 

@@ -168,13 +168,21 @@ def _draft(image, max_pixels: int) -> None:
     image.draft("RGB", (-(-width // scale), -(-height // scale)))
 
 
+def load_checked(data: bytes, limits: ImageLimits):
+    """(image, scaled) as `open_checked` gives them, with the pixels decoded now (in
+    the caller's worker thread); ImageRejected when the decoder fails."""
+    image, scaled = open_checked(data, limits)
+    try:
+        image.load()
+    except Exception as err:  # truncated data, bad chunks, a decoder's odd error
+        image.close()
+        raise ImageRejected(UNDECODABLE, f"{type(err).__name__}: {err}") from None
+    return image, scaled
+
+
 def decode(data: bytes, limits: ImageLimits):
     """A fully decoded RGB PIL image, or ImageRejected (too large, too many pixels,
-    undecodable). Decodes now, in the caller's (worker) thread."""
-    image, _ = open_checked(data, limits)
-    try:
-        with image:
-            image.load()
-            return image.convert("RGB")
-    except Exception as err:  # truncated data, bad chunks, a decoder's odd error
-        raise ImageRejected(UNDECODABLE, f"{type(err).__name__}: {err}") from None
+    undecodable)."""
+    image, _ = load_checked(data, limits)
+    with image:
+        return image.convert("RGB")
