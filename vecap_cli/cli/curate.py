@@ -15,15 +15,7 @@ from typing import Annotated
 import typer
 from typer.core import TyperGroup
 
-from vecap_cli.cli.options import (
-    _RUN_FLAGS,
-    Inputs,
-    _run_options,
-    _with_flags,
-    finite,
-    record_command,
-    report,
-)
+from vecap_cli.cli.options import Inputs, finite, log, record_command, report, run_command
 from vecap_cli.stream.runner import StreamOptions, output_problem
 
 SUMMARY = "MetaCLIP curation: metadata substring matching, then balancing."
@@ -172,11 +164,8 @@ def run(
     report(passes.curate(opts, config, metadata, save_counts), opts)
 
 
-_COUNT_FLAGS = {name: flag for name, flag in _RUN_FLAGS.items() if name != "seed"}
-
-
 @curate_app.command("count")
-@_with_flags(_COUNT_FLAGS, _run_options, "curate count")
+@run_command("curate count", omit=("seed",), images=False)  # counts open no image, draw nothing
 def count_entries(
     inputs: Inputs = None,
     metadata: Annotated[
@@ -366,7 +355,6 @@ def build_metadata(
     (PMI >= --min-pmi) by PMI; titles. Duplicates, empty and single-punctuation
     entries are skipped.
     """
-    from vecap_cli.cli.options import log
     from vecap_cli.steps.curate import passes
     from vecap_cli.steps.curate.metadata import Recipe
 

@@ -251,14 +251,25 @@ def _stream_options(
     return opts
 
 
-def record_command(name: str):
-    """For commands that read and write records: INPUT..., -o and the stream flags."""
-    return _with_flags(_STREAM_FLAGS, _stream_options, name)
+def _without(flags: dict, omit: tuple[str, ...]) -> dict:
+    unknown = set(omit) - set(flags)
+    if unknown:
+        raise ValueError(f"no shared flag named {sorted(unknown)}")
+    return {name: flag for name, flag in flags.items() if name not in omit}
 
 
-def run_command(name: str):
-    """For train and eval: the run flags (--stats, --seed, --rank, --quiet, ...)."""
-    return _with_flags({**_RUN_FLAGS, **_IMAGE_FLAGS}, _run_options, name)
+def record_command(name: str, *, omit: tuple[str, ...] = ()):
+    """For commands that read and write records: INPUT..., -o and the stream flags,
+    less the shared flags named in `omit` (their RunOptions field keeps its default)."""
+    return _with_flags(_without(_STREAM_FLAGS, omit), _stream_options, name)
+
+
+def run_command(name: str, *, omit: tuple[str, ...] = (), images: bool = True):
+    """For commands that do not stream records (train, eval, curate count): the run
+    flags (--stats, --seed, --rank, --quiet, ...) less `omit`; `images`: the image
+    limits too."""
+    flags = {**_RUN_FLAGS, **(_IMAGE_FLAGS if images else {})}
+    return _with_flags(_without(flags, omit), _run_options, name)
 
 
 def floats(text: str | None, flag: str) -> tuple[float, ...] | None:
