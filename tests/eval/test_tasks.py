@@ -11,6 +11,7 @@ from vecap_cli.errors import StrictError, VecapError
 from vecap_cli.eval.dist import Group
 from vecap_cli.eval.models import load_model
 from vecap_cli.eval.tasks import evaluate_retrieval, evaluate_zeroshot
+from vecap_cli.placement import Placement
 from vecap_cli.stream.sample import Sample, Source
 from vecap_cli.stream.tally import Tally
 
@@ -122,9 +123,10 @@ def test_results_do_not_depend_on_batch_size_or_decoding_threads(tiny, tmp_path)
         assert run == pytest.approx(runs[0], abs=1e-9)
 
 
-def test_ranks_must_be_able_to_meet(monkeypatch):
-    monkeypatch.delenv("MASTER_ADDR", raising=False)
-    with pytest.raises(
-        VecapError, match="--world-size 2 needs the ranks to meet: run under torchrun"
-    ):
-        Group.start(0, 2, torch.device("cpu"))
+def test_ranks_that_cannot_meet_fail_in_one_line(monkeypatch):
+    for name in ("MASTER_ADDR", "MASTER_PORT"):  # the join sets them: restored after the test
+        monkeypatch.setenv(name, "")
+    nowhere = Placement(rank=1, world_size=2, master_port="99999999")
+    with pytest.raises(VecapError, match=r"^cannot join the process group \(gloo\): port") as err:
+        Group.start(nowhere, torch.device("cpu"))
+    assert "\n" not in str(err.value)

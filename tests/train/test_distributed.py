@@ -120,7 +120,7 @@ def _one_step_start(arch: str) -> dict:
 
 
 def test_srun_ranks_meet_on_the_first_node_of_the_step():
-    from vecap_cli.train.distributed import first_host, rendezvous
+    from vecap_cli.placement import first_host, rendezvous
 
     assert first_host("gpu[003-005,9],cpu1") == "gpu003"
     assert first_host("node7") == "node7"

@@ -11,10 +11,12 @@ import inspect
 import math
 import os
 import sys
+from dataclasses import asdict
 from typing import Annotated
 
 import typer
 
+from vecap_cli import placement
 from vecap_cli.stream.images import DEFAULT_LIMITS, ImageLimits
 from vecap_cli.stream.runner import RunOptions, StreamOptions, output_problem
 
@@ -158,25 +160,13 @@ _STREAM_FLAGS = {
 }
 
 
-def resolve_rank(rank: int | None, world_size: int | None) -> tuple[int, int]:
-    """--rank/--world-size, else torchrun's RANK/WORLD_SIZE, else Slurm's, else (0, 1)."""
-    env = os.environ
-
-    def pick(flag, *names):
-        if flag is not None:
-            return flag
-        for name in names:
-            if env.get(name, "").isdigit():
-                return int(env[name])
-        return None
-
-    rank = pick(rank, "RANK", "SLURM_PROCID") or 0
-    world_size = pick(world_size, "WORLD_SIZE", "SLURM_NTASKS") or 1
-    if rank >= world_size:
-        raise typer.BadParameter(
-            f"rank {rank} is not below world size {world_size}", param_hint="--rank"
-        )
-    return rank, world_size
+def resolve_placement(rank: int | None, world_size: int | None) -> placement.Placement:
+    """--rank/--world-size, else torchrun's environment, else Slurm's, else one process:
+    read here, once, for everything below."""
+    try:
+        return placement.resolve(rank, world_size, os.environ)
+    except ValueError as err:
+        raise typer.BadParameter(str(err), param_hint="--rank") from None
 
 
 def log(quiet: bool, command: str):
@@ -219,10 +209,8 @@ def _limits(max_image_bytes: int | None, max_pixels: int | None) -> ImageLimits:
 def _run_options(
     command: str, *, rank, world_size, quiet, max_image_bytes=None, max_pixels=None, **values
 ) -> RunOptions:
-    rank, world_size = resolve_rank(rank, world_size)
     return RunOptions(
-        rank=rank,
-        world_size=world_size,
+        **asdict(resolve_placement(rank, world_size)),
         quiet=quiet,
         log=log(quiet, command),
         image_limits=_limits(max_image_bytes, max_pixels),
@@ -235,11 +223,9 @@ def _stream_options(
 ) -> StreamOptions:
     if values["format"] not in (None, "jsonl", "tar"):
         raise typer.BadParameter("choose jsonl or tar", param_hint="--format")
-    rank, world_size = resolve_rank(rank, world_size)
     opts = StreamOptions(
         inputs=tuple(inputs or ["-"]),
-        rank=rank,
-        world_size=world_size,
+        **asdict(resolve_placement(rank, world_size)),
         quiet=quiet,
         log=log(quiet, command),
         image_limits=_limits(max_image_bytes, max_pixels),

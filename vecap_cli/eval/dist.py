@@ -1,17 +1,17 @@
 """Data-parallel evaluation: every rank embeds its share, rank 0 scores the whole.
 
-Under torchrun (or Slurm with MASTER_ADDR/MASTER_PORT set) the ranks meet in a
-process group (NCCL on GPUs, gloo on CPUs); with one rank nothing is started
-and `gather` returns its input.
+Under torchrun or srun the ranks meet in a process group as train's do (NCCL on
+GPUs, gloo on CPUs; see `vecap_cli.process_group`); with one rank nothing is
+started and `all_gather` returns its input.
 """
 
 from __future__ import annotations
 
-import os
-
 import torch
+import torch.distributed as dist
 
-from vecap_cli.errors import VecapError
+from vecap_cli.placement import Placement
+from vecap_cli.process_group import join, leave
 
 
 class Group:
@@ -20,20 +20,9 @@ class Group:
         self._started = False
 
     @classmethod
-    def start(cls, rank: int, world_size: int, device: torch.device) -> Group:
-        group = cls(rank, world_size)
-        if world_size == 1:
-            return group
-        import torch.distributed as dist
-
-        if not (os.environ.get("MASTER_ADDR") and os.environ.get("MASTER_PORT")):
-            raise VecapError(
-                f"--world-size {world_size} needs the ranks to meet: run under torchrun, "
-                "or set MASTER_ADDR and MASTER_PORT"
-            )
-        backend = "nccl" if device.type == "cuda" else "gloo"
-        dist.init_process_group(backend, init_method="env://", rank=rank, world_size=world_size)
-        group._started = True
+    def start(cls, placement: Placement, device: torch.device) -> Group:
+        group = cls(placement.rank, placement.world_size)
+        group._started = join(placement, device)
         return group
 
     @property
@@ -44,8 +33,6 @@ class Group:
         """[value of rank 0, value of rank 1, ...] on every rank (any picklable value)."""
         if self.world_size == 1:
             return [value]
-        import torch.distributed as dist
-
         out = [None] * self.world_size
         dist.all_gather_object(out, value)
         return out
@@ -57,7 +44,5 @@ class Group:
 
     def close(self) -> None:
         if self._started:
-            import torch.distributed as dist
-
-            dist.destroy_process_group()
+            leave()
             self._started = False

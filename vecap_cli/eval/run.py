@@ -9,11 +9,8 @@ it is; vecap adds `details` (counts, seconds, version).
 from __future__ import annotations
 
 import itertools
-import os
 import time
 from dataclasses import dataclass
-
-import torch
 
 from vecap_cli import __version__
 from vecap_cli.errors import VecapError
@@ -22,6 +19,7 @@ from vecap_cli.eval.dist import Group
 from vecap_cli.eval.models import load_model
 from vecap_cli.eval.prompts import load_classnames, load_templates
 from vecap_cli.eval.tasks import empty_message, evaluate_retrieval, evaluate_zeroshot
+from vecap_cli.process_group import pick_device
 from vecap_cli.stream.progress import progress
 from vecap_cli.stream.runner import RunOptions, per_rank, write_stats
 from vecap_cli.stream.sinks import open_rejects
@@ -57,12 +55,12 @@ class EvalConfig:
 def run_eval(config: EvalConfig, run: RunOptions) -> tuple[dict, Tally, bool]:
     """(result, the counts of all ranks, whether this rank is the one that reports)."""
     tally = Tally("eval", strict=run.strict)
-    device = resolve_device(config.device, run.world_size)
+    device = pick_device(config.device, run)
     rejects = None
     if run.rejects:
         rejects = open_rejects(per_rank(run.rejects, run.rank, run.world_size))
     tally.rejects = rejects
-    group = Group.start(run.rank, run.world_size, device)
+    group = Group.start(run, device)
     started = time.monotonic()
     try:
         metrics, loaded = _evaluate(config, run, tally, group, device)
@@ -137,23 +135,6 @@ def _all_ranks(tally: Tally, group: Group) -> Tally:
         total.n_out += n_out
         total.rejected.update(rejected)
     return total
-
-
-def resolve_device(device: str | None, world_size: int) -> torch.device:
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and world_size > 1:
-        local = int(os.environ.get("LOCAL_RANK", "0"))
-        device = f"cuda:{local}"
-    try:
-        resolved = torch.device(device)
-    except RuntimeError:
-        raise VecapError(f"--device '{device}': not a torch device") from None
-    if resolved.type == "cuda":
-        if not torch.cuda.is_available():
-            raise VecapError(f"--device '{device}': no CUDA device here")
-        torch.cuda.set_device(resolved)
-    return resolved
 
 
 def _classnames(config: EvalConfig, from_folders: list[str] | None) -> list[str]:

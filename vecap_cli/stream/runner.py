@@ -16,6 +16,7 @@ from typing import BinaryIO
 import orjson
 
 from vecap_cli.errors import VecapError
+from vecap_cli.placement import Placement
 from vecap_cli.stream.images import DEFAULT_LIMITS, ImageLimits
 from vecap_cli.stream.jsonl import read_jsonl
 from vecap_cli.stream.picker import Picker
@@ -40,16 +41,15 @@ Stage = Callable[[Iterable[Sample], Tally], Iterator[Sample]]
 
 
 @dataclass(frozen=True)
-class RunOptions:
-    """The flags every command shares, resolved at the CLI edge (rank and world
-    size from the flags or the launcher's environment)."""
+class RunOptions(Placement):
+    """The flags every command shares, resolved at the CLI edge; as a Placement, this
+    process's rank, world size and rendezvous, from the flags or the launcher's
+    environment."""
 
     stats: str | None = None
     rejects: str | None = None
     strict: bool = False
     seed: int = 0
-    rank: int = 0
-    world_size: int = 1
     quiet: bool = False
     log: Callable[[str], None] = field(default=lambda line: None, compare=False)
     image_limits: ImageLimits = DEFAULT_LIMITS  # --max-image-bytes, --max-pixels

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from vecap_cli.errors import VecapError
+from vecap_cli.process_group import leave
 from vecap_cli.stream.runner import per_rank, write_stats
 from vecap_cli.stream.sources import expand
 from vecap_cli.stream.tally import Tally
@@ -448,7 +449,7 @@ class Trainer:
 
 
 def train(cfg: TrainConfig, opts: RunOptions) -> Tally:
-    ctx = D.setup(opts.rank, opts.world_size, cfg.device)
+    ctx = D.setup(opts, cfg.device)
     D.cpu_threads(ctx.device, cfg.workers)
     try:
         trainer = Trainer(cfg, opts, ctx)
@@ -457,4 +458,4 @@ def train(cfg: TrainConfig, opts: RunOptions) -> Tally:
         trainer.finish()
         return trainer.tally
     finally:
-        D.teardown()
+        leave()
