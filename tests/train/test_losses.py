@@ -60,3 +60,20 @@ def test_with_the_core_the_losses_are_fused():
         pytest.skip("this build has no vecap_cli.core")
     assert type(make_loss("clip").contrastive).__name__ == "FusedClipLoss"
     assert type(make_loss("siglip").contrastive).__name__ == "FusedSigLipLoss"
+
+
+def test_a_registered_loss_is_a_config_choice_built_by_its_name(monkeypatch):
+    from vecap_cli.train.config import TrainConfig
+    from vecap_cli.train.contrastive import LOSSES, Loss
+
+    built = []
+
+    def throwaway(classes, rank, world_size):
+        built.append((classes.clip.__name__, rank, world_size))
+        return torch.nn.Identity()
+
+    monkeypatch.setitem(LOSSES, "throwaway", Loss("for this test", throwaway))
+    assert TrainConfig(("x.tar",), "out", loss="throwaway").loss == "throwaway"
+    monkeypatch.setattr("vecap_cli.train.losses.fused_losses", lambda: None)
+    assert type(make_loss("throwaway", rank=1, world_size=2).contrastive) is torch.nn.Identity
+    assert built == [("ClipLoss", 1, 2)]

@@ -1,37 +1,31 @@
 """vecap train: CLIP, SigLIP or CoCa training of open_clip models on the fused core."""
 
+from collections.abc import Iterable
 from enum import StrEnum
 from typing import Annotated
 
 import typer
 
 from vecap_cli.cli.options import RunOptions, finite, floats, report, run_command
+from vecap_cli.train.attention import ATTENTION
+from vecap_cli.train.config import DEVICES, PRECISIONS
+from vecap_cli.train.contrastive import LOSSES
 
 _DATA, _MODEL, _OPT, _OUT = "Data", "Model", "Optimisation", "Output"
 
 
-class Loss(StrEnum):
-    clip = "clip"
-    siglip = "siglip"
+def _choices(name: str, names: Iterable[str]) -> type[StrEnum]:
+    """typer takes a flag's choices from an Enum: one made of the names the library defines."""
+    return StrEnum(name, [(n, n) for n in names])
 
 
-class Attention(StrEnum):
-    auto = "auto"
-    fused = "fused"
-    sdpa = "sdpa"
+Loss = _choices("Loss", LOSSES)
+Attention = _choices("Attention", ATTENTION)
+Precision = _choices("Precision", PRECISIONS)
+Device = _choices("Device", DEVICES)
 
-
-class Precision(StrEnum):
-    auto = "auto"
-    fp32 = "fp32"
-    bf16 = "bf16"
-    fp16 = "fp16"
-
-
-class Device(StrEnum):
-    auto = "auto"
-    cpu = "cpu"
-    cuda = "cuda"
+_LOSS_HELP = " or ".join(f"{name} ({loss.help})" for name, loss in LOSSES.items())
+_ATTN_HELP = "; ".join(f"{name}: {mode.help}" for name, mode in ATTENTION.items())
 
 
 def _names(text: str | None) -> tuple[str, ...] | None:
@@ -79,14 +73,8 @@ def train(
         str | None,
         _opt("Start from this local checkpoint (open_clip state dict).", _MODEL, metavar="PATH"),
     ] = None,
-    loss: Annotated[
-        Loss,
-        _opt("clip (softmax InfoNCE) or siglip (sigmoid); CoCa adds its caption loss.", _MODEL),
-    ] = Loss.clip,
-    attn: Annotated[
-        Attention,
-        _opt("fused: the core's kernel; sdpa: open_clip's own; auto: fused when built.", _MODEL),
-    ] = Attention.auto,
+    loss: Annotated[Loss, _opt(f"{_LOSS_HELP}; CoCa adds its caption loss.", _MODEL)] = "clip",
+    attn: Annotated[Attention, _opt(f"{_ATTN_HELP}.", _MODEL)] = "auto",
     coca_caption_weight: Annotated[float, _num("CoCa caption loss weight.", _MODEL)] = 2.0,
     coca_contrastive_weight: Annotated[float, _num("CoCa contrastive loss weight.", _MODEL)] = 1.0,
     text_keys: Annotated[

@@ -1,7 +1,8 @@
 """`vecap train`: CLIP, SigLIP and CoCa training of open_clip models.
 
 config.py    TrainConfig, every setting, frozen
-models.py    open_clip models, the built-in tiny configs, attention choice
+contrastive.py, attention.py   what --loss and --attn name: registries, no torch
+models.py    open_clip models, the built-in tiny configs, attention applied
 data.py      deterministic, resumable, counted batches from record streams
 losses.py    the objective (the core's fused losses, else open_clip's)
 loop.py      train_step and the Trainer: schedule, AMP, DDP, checkpoints

@@ -1,15 +1,18 @@
 """Every training setting in one frozen dataclass, built at the CLI edge.
 
-The library below reads nothing else: no flags, no environment (rank and world
-size arrive resolved, in `RunOptions`).
+The library below reads nothing else: no flags, no environment (where the
+process runs, its rank, world size, GPU and rendezvous, arrives resolved as the
+`Placement` in `RunOptions`). The names --loss and --attn take are the
+registries' in contrastive.py and attention.py.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-LOSSES = ("clip", "siglip")
-ATTENTION = ("auto", "fused", "sdpa")
+from vecap_cli.train.attention import ATTENTION
+from vecap_cli.train.contrastive import LOSSES
+
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DEVICES = ("auto", "cpu", "cuda")
 

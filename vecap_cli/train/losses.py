@@ -13,28 +13,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vecap_cli.train.contrastive import LOSSES, Classes
 from vecap_cli.train.fused import fused_losses
 
 
 def contrastive_loss(kind: str, *, rank: int, world_size: int, fused: bool) -> nn.Module:
-    """A ClipLoss- or SigLipLoss-shaped module: forward(img, txt, logit_scale, logit_bias)."""
+    """--loss `kind` (see contrastive.py), a ClipLoss- or SigLipLoss-shaped module:
+    forward(img, txt, logit_scale, logit_bias)."""
     losses = fused_losses() if fused else None
-    if losses is not None:
-        clip, siglip = losses
-    else:
-        from open_clip.loss import ClipLoss as clip
-        from open_clip.loss import SigLipLoss as siglip
-    if kind == "siglip":
-        if losses is None:
-            return siglip(rank=rank, world_size=world_size, dist_impl="gather")
-        return siglip(rank=rank, world_size=world_size)
-    return clip(
-        local_loss=True,
-        gather_with_grad=True,
-        cache_labels=True,
-        rank=rank,
-        world_size=world_size,
-    )
+    if losses is None:
+        from open_clip.loss import ClipLoss, SigLipLoss
+
+        losses = (ClipLoss, SigLipLoss)
+    return LOSSES[kind].build(Classes(*losses), rank, world_size)
 
 
 class TrainLoss(nn.Module):

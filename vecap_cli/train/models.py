@@ -22,6 +22,7 @@ from torch import nn
 
 from vecap_cli.errors import VecapError
 from vecap_cli.loading import load_error, quietly, register_builtin_configs
+from vecap_cli.train.attention import ATTENTION
 from vecap_cli.train.fused import fused_attention
 
 LOGIT_SCALE_MAX = math.log(100)  # open_clip's clamp: temperature stays >= 0.01
@@ -89,15 +90,9 @@ def _init_caption_head(model: nn.Module) -> None:
 
 
 def set_attention(model: nn.Module, mode: str) -> str:
-    """'fused' swaps the attention modules for the core's kernel, 'sdpa' keeps
-    open_clip's; 'auto' is fused when this build has it. Returns what is used."""
-    patch = fused_attention()
-    if mode == "sdpa" or (mode == "auto" and patch is None):
-        return "sdpa"
-    if patch is None:
-        raise VecapError("--attn fused: fused attention is not available in this build")
-    patch(model)
-    return "fused"
+    """Prepares the model's attention as --attn `mode` says (see attention.py);
+    returns what runs."""
+    return ATTENTION[mode].apply(model, fused_attention())
 
 
 def clamp_logit_scale(model: nn.Module) -> None:
