@@ -149,3 +149,16 @@ def test_help_does_not_import_torch():
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.stdout.strip().splitlines()[-1] == "False"
+
+
+def test_every_flag_names_the_config_field_it_sets():
+    """The command passes its flags to TrainConfig by name: a flag named otherwise
+    would be dropped without a word."""
+    import inspect
+    from dataclasses import fields
+
+    from vecap_cli.cli.train import train
+    from vecap_cli.train.config import TrainConfig
+
+    own = set(inspect.signature(train.__wrapped__).parameters) - {"opts"}
+    assert own <= {f.name for f in fields(TrainConfig)}

@@ -1,14 +1,15 @@
 """vecap train: CLIP, SigLIP or CoCa training of open_clip models on the fused core."""
 
 from collections.abc import Iterable
-from enum import StrEnum
+from dataclasses import fields
+from enum import Enum, StrEnum
 from typing import Annotated
 
 import typer
 
 from vecap_cli.cli.options import RunOptions, finite, floats, report, run_command
 from vecap_cli.train.attention import ATTENTION
-from vecap_cli.train.config import DEVICES, PRECISIONS
+from vecap_cli.train.config import DEVICES, PRECISIONS, TrainConfig
 from vecap_cli.train.contrastive import LOSSES
 
 _DATA, _MODEL, _OPT, _OUT = "Data", "Model", "Optimisation", "Output"
@@ -28,17 +29,18 @@ _LOSS_HELP = " or ".join(f"{name} ({loss.help})" for name, loss in LOSSES.items(
 _ATTN_HELP = "; ".join(f"{name}: {mode.help}" for name, mode in ATTENTION.items())
 
 
-def _names(text: str | None) -> tuple[str, ...] | None:
-    return None if text is None else tuple(k.strip() for k in text.split(","))
+def _opt(help: str, panel: str, *names: str, **kw):
+    return typer.Option(*names, help=help, rich_help_panel=panel, **kw)
 
 
-def _opt(help: str, panel: str, **kw):
-    return typer.Option(help=help, rich_help_panel=panel, **kw)
-
-
-def _num(help: str, panel: str, **kw):
+def _num(help: str, panel: str, *names: str, **kw):
     """A float flag: NaN and infinities are refused as usage errors."""
-    return _opt(help, panel, callback=finite, **kw)
+    return _opt(help, panel, *names, callback=finite, **kw)
+
+
+# Each parameter below is named as the TrainConfig field it sets (`_config` passes
+# them through by name) and defaults to what that field defaults to.
+_DEFAULT = TrainConfig(inputs=(), output="")
 
 
 @run_command("train")
@@ -53,12 +55,12 @@ def train(
     ],
     output: Annotated[
         str,
-        typer.Option(
+        _opt(
+            "Checkpoints (step_*.pt, latest), the open_clip model files and loss.png.",
+            _OUT,
             "--output",
             "-o",
             metavar="DIR",
-            help="Checkpoints (step_*.pt, latest), the open_clip model files and loss.png.",
-            rich_help_panel=_OUT,
         ),
     ],
     model: Annotated[
@@ -68,15 +70,21 @@ def train(
             "or a built-in tiny one: vecap-tiny, vecap-tiny-coca, vecap-tiny-sigmoid.",
             _MODEL,
         ),
-    ] = "vecap-tiny",
+    ] = _DEFAULT.model,
     pretrained: Annotated[
         str | None,
         _opt("Start from this local checkpoint (open_clip state dict).", _MODEL, metavar="PATH"),
-    ] = None,
-    loss: Annotated[Loss, _opt(f"{_LOSS_HELP}; CoCa adds its caption loss.", _MODEL)] = "clip",
-    attn: Annotated[Attention, _opt(f"{_ATTN_HELP}.", _MODEL)] = "auto",
-    coca_caption_weight: Annotated[float, _num("CoCa caption loss weight.", _MODEL)] = 2.0,
-    coca_contrastive_weight: Annotated[float, _num("CoCa contrastive loss weight.", _MODEL)] = 1.0,
+    ] = _DEFAULT.pretrained,
+    loss: Annotated[
+        Loss, _opt(f"{_LOSS_HELP}; CoCa adds its caption loss.", _MODEL)
+    ] = _DEFAULT.loss,
+    attn: Annotated[Attention, _opt(f"{_ATTN_HELP}.", _MODEL)] = _DEFAULT.attn,
+    caption_loss_weight: Annotated[
+        float, _num("CoCa caption loss weight.", _MODEL, "--coca-caption-weight")
+    ] = _DEFAULT.caption_loss_weight,
+    contrastive_loss_weight: Annotated[
+        float, _num("CoCa contrastive loss weight.", _MODEL, "--coca-contrastive-weight")
+    ] = _DEFAULT.contrastive_loss_weight,
     text_keys: Annotated[
         str | None,
         _opt(
@@ -85,40 +93,44 @@ def train(
             _DATA,
             show_default=False,
         ),
-    ] = None,
+    ] = _DEFAULT.text_keys,
     text_probs: Annotated[
         str | None,
         _opt("Probability of each --text-keys field (default: equal).", _DATA, show_default=False),
-    ] = None,
+    ] = _DEFAULT.text_probs,
     train_num_samples: Annotated[
         int | None,
         _opt("Samples per epoch (default: count the inputs once).", _DATA, show_default=False),
-    ] = None,
-    shuffle_buffer: Annotated[int, _opt("Shuffle buffer per data worker.", _DATA)] = 1000,
-    workers: Annotated[int, _opt("Data loading processes per rank.", _DATA)] = 2,
+    ] = _DEFAULT.train_num_samples,
+    shuffle_buffer: Annotated[
+        int, _opt("Shuffle buffer per data worker.", _DATA)
+    ] = _DEFAULT.shuffle_buffer,
+    workers: Annotated[int, _opt("Data loading processes per rank.", _DATA)] = _DEFAULT.workers,
     resample: Annotated[
         bool, _opt("Draw shards with replacement instead of splitting them.", _DATA)
-    ] = False,
-    batch_size: Annotated[int, _opt("Samples per step on each rank.", _OPT)] = 64,
-    epochs: Annotated[int, _opt("Epochs of --train-num-samples each.", _OPT)] = 1,
-    lr: Annotated[float, _num("Peak learning rate (AdamW).", _OPT)] = 5e-4,
-    wd: Annotated[float, _num("Weight decay (not on gains, biases, logit_scale).", _OPT)] = 0.2,
-    warmup: Annotated[int, _opt("Linear warmup steps, then cosine decay.", _OPT)] = 100,
+    ] = _DEFAULT.resample,
+    batch_size: Annotated[int, _opt("Samples per step on each rank.", _OPT)] = _DEFAULT.batch_size,
+    epochs: Annotated[int, _opt("Epochs of --train-num-samples each.", _OPT)] = _DEFAULT.epochs,
+    lr: Annotated[float, _num("Peak learning rate (AdamW).", _OPT)] = _DEFAULT.lr,
+    wd: Annotated[
+        float, _num("Weight decay (not on gains, biases, logit_scale).", _OPT)
+    ] = _DEFAULT.wd,
+    warmup: Annotated[int, _opt("Linear warmup steps, then cosine decay.", _OPT)] = _DEFAULT.warmup,
     grad_clip_norm: Annotated[
         float | None, _num("Clip the gradient norm to this.", _OPT, show_default=False)
-    ] = None,
+    ] = _DEFAULT.grad_clip_norm,
     grad_checkpointing: Annotated[
         bool, _opt("Recompute activations in backward (less memory).", _OPT)
-    ] = False,
-    compile: Annotated[bool, _opt("torch.compile the model.", _OPT)] = False,
+    ] = _DEFAULT.grad_checkpointing,
+    compile: Annotated[bool, _opt("torch.compile the model.", _OPT)] = _DEFAULT.compile,
     precision: Annotated[
         Precision, _opt("auto: bf16 autocast on GPU, fp32 on CPU.", _OPT)
-    ] = Precision.auto,
-    device: Annotated[Device, _opt("auto: cuda when there is one.", _OPT)] = Device.auto,
+    ] = _DEFAULT.precision,
+    device: Annotated[Device, _opt("auto: cuda when there is one.", _OPT)] = _DEFAULT.device,
     save_every: Annotated[
         int, _opt("Checkpoint every N steps (and at every epoch end).", _OUT)
-    ] = 0,
-    keep: Annotated[int, _opt("Keep the newest N checkpoints (0: all).", _OUT)] = 0,
+    ] = _DEFAULT.save_every,
+    keep: Annotated[int, _opt("Keep the newest N checkpoints (0: all).", _OUT)] = _DEFAULT.keep,
     resume: Annotated[
         str | None,
         _opt(
@@ -127,22 +139,26 @@ def train(
             _OUT,
             show_default=False,
         ),
-    ] = None,
+    ] = _DEFAULT.resume,
     log: Annotated[
         str | None,
         _opt(
             "Write metrics as JSONL, one line per step.", _OUT, metavar="FILE", show_default=False
         ),
-    ] = None,
+    ] = _DEFAULT.log,
     log_every: Annotated[
         int, _opt("Progress line every N steps when stderr is not a terminal.", _OUT)
-    ] = 50,
+    ] = _DEFAULT.log_every,
     val: Annotated[
         list[str] | None,
         _opt("Held-out data for retrieval R@1/R@5 while training.", _OUT, show_default=False),
     ] = None,
-    val_every: Annotated[int, _opt("Validate every N steps (0: each epoch end).", _OUT)] = 0,
-    val_num_samples: Annotated[int, _opt("Validation samples used.", _OUT)] = 1000,
+    val_every: Annotated[
+        int, _opt("Validate every N steps (0: each epoch end).", _OUT)
+    ] = _DEFAULT.val_every,
+    val_num_samples: Annotated[
+        int, _opt("Validation samples used.", _OUT)
+    ] = _DEFAULT.val_num_samples,
     *,
     opts: RunOptions,
 ) -> None:
@@ -154,6 +170,7 @@ def train(
     Samples whose image does not decode are rejected, samples with no caption
     dropped; both are counted in the summary.
     """
+    flags = dict(locals())  # the parameters above, by the names TrainConfig gives them
     if "-" in inputs:
         raise typer.BadParameter(
             "train reads its data more than once: give files, not stdin", param_hint="INPUTS"
@@ -163,50 +180,38 @@ def train(
     expand(inputs)  # a missing input fails here, in one line, before torch loads
     if val:
         expand(val)
-    from vecap_cli.train.config import TrainConfig
+    cfg = _config(flags, opts.seed)
     from vecap_cli.train.loop import train as run
 
+    report(run(cfg, opts), opts)
+
+
+def _config(flags: dict, seed: int) -> TrainConfig:
+    """The flags as a TrainConfig, each to the field of its name, converted here; a
+    ValueError('--flag: why') from the config's checks is a usage error naming the flag."""
+    values = {f.name: _plain(flags[f.name]) for f in fields(TrainConfig) if f.name in flags}
+    values.update(
+        text_keys=_names(flags["text_keys"]),
+        text_probs=floats(flags["text_probs"], "--text-probs"),
+        val=values["val"] or (),
+        seed=seed,
+    )
     try:
-        cfg = TrainConfig(
-            inputs=tuple(inputs),
-            output=output,
-            text_keys=_names(text_keys),
-            text_probs=floats(text_probs, "--text-probs"),
-            train_num_samples=train_num_samples,
-            shuffle_buffer=shuffle_buffer,
-            workers=workers,
-            resample=resample,
-            model=model,
-            pretrained=pretrained,
-            loss=loss.value,
-            attn=attn.value,
-            caption_loss_weight=coca_caption_weight,
-            contrastive_loss_weight=coca_contrastive_weight,
-            batch_size=batch_size,
-            epochs=epochs,
-            lr=lr,
-            wd=wd,
-            warmup=warmup,
-            grad_clip_norm=grad_clip_norm,
-            grad_checkpointing=grad_checkpointing,
-            compile=compile,
-            precision=precision.value,
-            device=device.value,
-            save_every=save_every,
-            keep=keep,
-            resume=resume,
-            log=log,
-            log_every=log_every,
-            val=tuple(val or ()),
-            val_every=val_every,
-            val_num_samples=val_num_samples,
-            seed=opts.seed,
-        )
+        return TrainConfig(**values)
     except ValueError as err:
         flag, _, why = str(err).partition(": ")
         raise typer.BadParameter(why, param_hint=flag) from None
-    tally = run(cfg, opts)
-    report(tally, opts)
+
+
+def _plain(value):
+    """A flag's value as the config holds it: a choice as its name, a list as a tuple."""
+    if isinstance(value, Enum):
+        return value.value
+    return tuple(value) if isinstance(value, list) else value
+
+
+def _names(text: str | None) -> tuple[str, ...] | None:
+    return None if text is None else tuple(k.strip() for k in text.split(","))
 
 
 def register(app) -> None:
