@@ -1,0 +1,71 @@
+"""Engines: where a launch's tasks run, each registered once, by name, where it is
+defined (`@engine`); `vecap launch --engine` offers what ENGINES holds.
+
+An engine is a frozen dataclass whose fields are its options: the `vecap launch`
+flags of the same names (gpus_per_task: --gpus-per-task). A flag that no field
+of the chosen engine takes is refused, so one engine's options never silently
+do nothing under another.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, ClassVar
+
+if TYPE_CHECKING:
+    from vecap_cli.launch.state import Launch, State
+
+Log = Callable[[str], None]
+
+
+class Engine(ABC):
+    help: ClassVar[str]  # its line in `vecap launch --help`
+
+    @abstractmethod
+    def start(
+        self,
+        launch: Launch,
+        state: State,
+        tasks: Sequence[int],
+        *,
+        resume: bool,
+        dry_run: bool,
+        log: Log,
+    ) -> None:
+        """Run `tasks` of `launch`, or with `dry_run` write down how they would run.
+
+        Task I runs `launch.step.argv(resume)` with `--rank I --world-size
+        launch.tasks` in `launch.cwd`; only when it exits 0, it writes its marker
+        `state.done_dir`/I. When the step writes --stats, `vecap launch --merge
+        STATE` runs once every task has.
+        """
+
+
+ENGINES: dict[str, type[Engine]] = {}
+
+
+def engine(name: str, help: str) -> Callable[[type[Engine]], type[Engine]]:
+    """Registers an Engine subclass as `vecap launch --engine name`."""
+
+    def register(cls: type[Engine]) -> type[Engine]:
+        cls.help = help
+        ENGINES[name] = cls
+        return cls
+
+    return register
+
+
+class EngineError(ValueError):
+    """Options an engine cannot take; `str(err)` is the one line (a usage error)."""
+
+
+def build(name: str, options: Mapping[str, object]) -> Engine:
+    """The engine `name` with the `options` given (None and () stand for not given)."""
+    cls = ENGINES[name]
+    takes = {field.name for field in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    given = {option: value for option, value in options.items() if value not in (None, ())}
+    for option in sorted(given.keys() - takes):
+        raise EngineError(f"--{option.replace('_', '-')}: the {name} engine does not take it")
+    return cls(**given)
