@@ -24,12 +24,12 @@ class Inline(Engine):
 
     cpus_per_task: int | None = None
 
-    def start(self, launch, state, tasks, *, resume, dry_run, log):
-        for task in tasks:
-            rank = ["--rank", str(task), "--world-size", str(launch.tasks)]
-            if subprocess.run([*launch.step.argv(resume), *rank], cwd=launch.cwd).returncode == 0:
-                Path(state.done_dir, str(task)).touch()
-        log(f"ran tasks {list(tasks)}")
+    def start(self, run):
+        for task in run.tasks:
+            rank = ["--rank", str(task), "--world-size", str(run.launch.tasks)]
+            if subprocess.run([*run.argv(), *rank], cwd=run.launch.cwd).returncode == 0:
+                Path(run.state.done_dir, str(task)).touch()
+        run.log(f"ran tasks {list(run.tasks)}")
 
 
 @pytest.fixture

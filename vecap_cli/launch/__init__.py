@@ -16,7 +16,7 @@ same under every engine, so --resume and --merge do not depend on it.
 from __future__ import annotations
 
 from vecap_cli.launch import slurm  # noqa: F401  (registers the engine)
-from vecap_cli.launch.engine import Engine, Log
+from vecap_cli.launch.engine import Engine, Log, Run
 from vecap_cli.launch.state import Launch, State
 
 
@@ -31,4 +31,4 @@ def start(
         merge = f" (their stats: vecap launch --merge {state.folder})" if launch.step.stats else ""
         log(f"all {launch.tasks} tasks are done: nothing to run{merge}")
         return
-    engine.start(launch, state, pending, resume=resume, dry_run=dry_run, log=log)
+    engine.start(Run(launch, state, tuple(pending), resume, dry_run, log))

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
 if TYPE_CHECKING:
@@ -20,27 +21,34 @@ if TYPE_CHECKING:
 Log = Callable[[str], None]
 
 
+@dataclass(frozen=True)
+class Run:
+    """What a launch asks of an engine: run `tasks` of `launch` (all of them, or with
+    `resume` those not done), or with `dry_run` write down how they would run.
+
+    Task I runs `argv()` with `--rank I --world-size launch.tasks` in `launch.cwd`
+    and, only when that exits 0, writes its marker `state.done_dir`/I. When the
+    step writes --stats, `vecap launch --merge STATE` runs once every task has.
+    """
+
+    launch: Launch
+    state: State
+    tasks: tuple[int, ...]
+    resume: bool
+    dry_run: bool
+    log: Log
+
+    def argv(self) -> list[str]:
+        """A task's command line, less its --rank and --world-size."""
+        return self.launch.step.argv(self.resume)
+
+
 class Engine(ABC):
     help: ClassVar[str]  # its line in `vecap launch --help`
 
     @abstractmethod
-    def start(
-        self,
-        launch: Launch,
-        state: State,
-        tasks: Sequence[int],
-        *,
-        resume: bool,
-        dry_run: bool,
-        log: Log,
-    ) -> None:
-        """Run `tasks` of `launch`, or with `dry_run` write down how they would run.
-
-        Task I runs `launch.step.argv(resume)` with `--rank I --world-size
-        launch.tasks` in `launch.cwd`; only when it exits 0, it writes its marker
-        `state.done_dir`/I. When the step writes --stats, `vecap launch --merge
-        STATE` runs once every task has.
-        """
+    def start(self, run: Run) -> None:
+        """Does what `run` asks, saying what through `run.log`."""
 
 
 ENGINES: dict[str, type[Engine]] = {}

@@ -13,11 +13,11 @@ from __future__ import annotations
 import re
 import shlex
 import subprocess
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, fields
 
 from vecap_cli.errors import VecapError
-from vecap_cli.launch.engine import Engine, EngineError, Log, engine
+from vecap_cli.launch.engine import Engine, EngineError, Run, engine
 from vecap_cli.launch.merge import merge_argv
 from vecap_cli.launch.state import Launch, State, task_ranges
 from vecap_cli.stream.sinks import write_atomically
@@ -58,28 +58,20 @@ class Slurm(Engine):
             if field.name != "sbatch" and (value := getattr(self, field.name)) is not None
         ]
 
-    def start(
-        self,
-        launch: Launch,
-        state: State,
-        tasks: Sequence[int],
-        *,
-        resume: bool,
-        dry_run: bool,
-        log: Log,
-    ) -> None:
+    def start(self, run: Run) -> None:
+        launch, state = run.launch, run.state
         script = state.path("tasks.sbatch")
-        write_atomically(script, self._tasks_script(launch, state, tasks, resume).encode())
+        write_atomically(script, self._tasks_script(run).encode())
         merge = state.path("merge.sbatch") if launch.step.stats else None
         if merge:
             write_atomically(merge, self._merge_script(launch, state).encode())
-        what = f"tasks {task_ranges(tasks)} of {launch.tasks} ({launch.step.name})"
-        if dry_run:
+        what = f"tasks {task_ranges(run.tasks)} of {launch.tasks} ({launch.step.name})"
+        if run.dry_run:
             print(_commands(script, merge))
-            log(f"wrote {script}: {what}; not submitted (--dry-run)")
+            run.log(f"wrote {script}: {what}; not submitted (--dry-run)")
             return
         job = _submit([script])
-        log(f"submitted job {job}: {what}; logs in {state.logs_dir}")
+        run.log(f"submitted job {job}: {what}; logs in {state.logs_dir}")
         if merge:
             try:
                 merging = _submit([f"--dependency=afterok:{job}", merge])
@@ -88,29 +80,27 @@ class Slurm(Engine):
                     f"{err} (the merge job); the tasks run as job {job}: "
                     f"run vecap launch --merge {shlex.quote(state.folder)} when they are done"
                 ) from None
-            log(f"submitted job {merging}: merges the stats once every task is done")
+            run.log(f"submitted job {merging}: merges the stats once every task is done")
 
-    def _tasks_script(
-        self, launch: Launch, state: State, tasks: Sequence[int], resume: bool
-    ) -> str:
-        step = launch.step
+    def _tasks_script(self, run: Run) -> str:
+        launch, state, step = run.launch, run.state, run.launch.step
         header = _header(
             f"vecap launch: {step.name} as {launch.tasks} tasks; task I runs rank I.",
             [
                 f"--job-name=vecap-{'-'.join(step.command)}",
-                f"--array={task_ranges(tasks)}",
+                f"--array={task_ranges(run.tasks)}",
                 "--ntasks=1",  # one process per array task (--gpus-per-task needs a count)
                 f"--output={_log_path(state, 'task-%a.log')}",
                 *(f"--{option}={value}" for option, value in self._resources()),
                 *self.sbatch,
             ],
         )
-        run = f'{shlex.join(step.argv(resume))} --rank "$task" --world-size {launch.tasks}'
+        command = f'{shlex.join(run.argv())} --rank "$task" --world-size {launch.tasks}'
         return f"""{header}
 set -euo pipefail
 task=${{SLURM_ARRAY_TASK_ID:?not a Slurm array task}}
 cd {shlex.quote(launch.cwd)}
-{run}
+{command}
 # Marked done only now, and whole (a rename): a task killed before has no marker.
 marker={shlex.quote(state.done_dir)}/$task
 printf '%s\\n' "${{SLURM_ARRAY_JOB_ID:-}}" > "$marker.tmp"
