@@ -204,4 +204,7 @@ def _set(value: object) -> bool:
 
 
 def register(app: typer.Typer) -> None:
-    app.command("launch", context_settings={"allow_interspersed_args": False})(launch)
+    # STEP's own flags follow STEP: launch stops reading flags at the first argument
+    app.command(
+        "launch", no_args_is_help=True, context_settings={"allow_interspersed_args": False}
+    )(launch)
