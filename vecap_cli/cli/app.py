@@ -32,7 +32,7 @@ app = typer.Typer(
 )
 
 # Each command module has `register(app)`; its heavy imports wait until it runs.
-COMMANDS = ("curate", "caption", "rewrite", "mix", "train", "eval")
+COMMANDS = ("curate", "caption", "rewrite", "mix", "train", "eval", "launch")
 for _name in COMMANDS:
     importlib.import_module(f"vecap_cli.cli.{_name}").register(app)
 
