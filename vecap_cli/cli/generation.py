@@ -19,9 +19,9 @@ from typing import Annotated, Literal, get_args
 
 import typer
 
+import vecap_cli.steps.generation  # noqa: F401 -- registers every built-in backend
 from vecap_cli.cli.options import finite, record_command
 from vecap_cli.generate.registry import Backend, ModelOptions, offered
-from vecap_cli.steps import generation  # noqa: F401 -- registers every built-in backend
 
 MODEL = "Model"
 _SERVER = "OpenAI-compatible server (--backend openai)"
@@ -156,7 +156,7 @@ def _listed(param: inspect.Parameter, backends: list[Backend]) -> inspect.Parame
     option.help = listing(backends)
     if param.name == "backend":
         names = Literal[tuple(b.name for b in backends)]  # type: ignore[valid-type]
-        kind = names if param.default is not None else names | None
+        kind = names | None if type(None) in get_args(kind) else names
     return param.replace(annotation=Annotated[kind, option])
 
 
