@@ -1,78 +1,43 @@
 """vecap caption: visual-concept captions (VeC) from a vision-language model."""
 
-from enum import StrEnum
 from typing import Annotated
 
-import typer
-
 from vecap_cli.cli import generation as g
-from vecap_cli.cli.options import record_command, report
+from vecap_cli.cli.options import report
+from vecap_cli.generate.registry import CAPTION, ModelOptions
+from vecap_cli.steps.generation import DEFAULT_PROMPT
 from vecap_cli.stream.runner import StreamOptions
 
 
-class Backend(StrEnum):
-    hf = "hf"
-    openclip = "openclip"
-    openai = "openai"
-
-
-@record_command("caption")
+@g.generation_command(CAPTION)
 def caption(
-    model: Annotated[
-        str,
-        typer.Option(
-            help="hf: a transformers model dir (or hub id); openclip: an open_clip model name, "
-            "hf-hub:ORG/REPO or local-dir:PATH; openai: the served model name.",
-            rich_help_panel=g._MODEL,
-            show_default=False,
-        ),
-    ],
-    backend: Annotated[
-        Backend,
-        typer.Option(
-            help="hf: transformers image-text-to-text models (LLaVA, BLIP, BLIP-2, Qwen2-VL...); "
-            "openclip: a CoCa checkpoint; openai: a chat-completions server.",
-            rich_help_panel=g._MODEL,
-        ),
-    ] = Backend.hf,
+    model: Annotated[str, g.model_flag(show_default=False)],  # help: the backends' (generation.py)
+    backend: Annotated[str, g.model_flag()] = "hf",  # choices and help: the backends'
     pretrained: Annotated[
         str | None,
-        typer.Option(
-            help="openclip: a pretrained tag or checkpoint file for --model.",
-            rich_help_panel=g._MODEL,
-            show_default=False,
+        g.model_flag(
+            "openclip: a pretrained tag or checkpoint file for --model.", show_default=False
         ),
     ] = None,
     prompt: Annotated[
         str,
-        typer.Option(
-            help="The instruction beside each image (VeCLIP's by default); BLIP, which follows no instructions, captions without it.",
-            rich_help_panel=g._MODEL,
+        g.model_flag(
+            "The instruction beside each image (VeCLIP's by default); BLIP, which follows no instructions, captions without it."
         ),
-    ] = "Describe the image concisely, less than 20 words.",
+    ] = DEFAULT_PROMPT,
     max_new_tokens: g.MaxNewTokens = 40,
     batch_size: g.BatchSize = None,
     workers: Annotated[
         int | None,
-        typer.Option(
+        g.model_flag(
+            "Threads decoding images ahead of the model (default: up to 4; 0: inline).",
             min=0,
-            help="Threads decoding images ahead of the model (default: up to 4; 0: inline).",
-            rich_help_panel=g._MODEL,
             show_default=False,
         ),
     ] = None,
-    device: g.Device = "auto",
-    overwrite: Annotated[
-        bool, typer.Option("--overwrite", help="Caption records that already have a `vec` too.")
-    ] = False,
-    trust_remote_code: g.TrustRemoteCode = False,
-    api_base: g.ApiBase = g.DEFAULT_API_BASE,
-    api_key_env: g.ApiKeyEnv = "OPENAI_API_KEY",
-    concurrency: g.Concurrency = 16,
-    retries: g.Retries = 5,
-    timeout: g.Timeout = 120.0,
-    max_reply_bytes: g.MaxReplyBytes = g.DEFAULT_MAX_REPLY_BYTES,
+    overwrite: Annotated[bool, g.overwrite_flag("Caption", "vec")] = False,
     *,
+    options: ModelOptions,
     opts: StreamOptions,
 ) -> None:
     """Caption every image with a vision-language model: the VeC, in `vec`.
@@ -92,17 +57,15 @@ def caption(
     """
     from functools import partial
 
-    from vecap_cli.generate.load import captioner as load_captioner
-    from vecap_cli.steps.caption import CaptionConfig
+    from vecap_cli.steps.caption import CaptionConfig, build_captioner
     from vecap_cli.steps.caption import caption as caption_stage
     from vecap_cli.stream.runner import run_stream
 
-    name = backend.value
     config = CaptionConfig.of(
-        name,
+        backend,
         batch_size,
         workers,
-        concurrency,
+        options.concurrency,
         model=model,
         pretrained=pretrained,
         prompt=prompt,
@@ -110,30 +73,7 @@ def caption(
         overwrite=overwrite,
         image_limits=opts.image_limits,
     )
-    server = None
-    if name == "openai":
-        server = g.server_spec(
-            model,
-            max_new_tokens,
-            api_base,
-            api_key_env,
-            concurrency,
-            retries,
-            timeout,
-            max_reply_bytes,
-        )
-    model_backend = load_captioner(
-        name,
-        model,
-        prompt,
-        max_new_tokens,
-        device=device,
-        pretrained=pretrained,
-        server=server,
-        trust_remote_code=trust_remote_code,
-        limits=opts.image_limits,
-    )
-    stage = partial(caption_stage, config=config, captioner=model_backend)
+    stage = partial(caption_stage, config=config, captioner=build_captioner(config, options))
     tally = run_stream("caption", opts, stage, config.identity())
     report(tally, opts)
 

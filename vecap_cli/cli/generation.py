@@ -1,39 +1,51 @@
-"""Flags that `vecap caption` and `vecap rewrite` share: the model and how it runs."""
+"""Flags that `vecap caption` and `vecap rewrite` share: the model and how it runs.
 
-from typing import Annotated
+`@generation_command` declares them once for both commands. It adds the device
+and server flags to the command's signature and hands their values over as one
+`ModelOptions`; it adds INPUT... and the stream flags (`record_command`) less
+--seed, since neither command draws anything at random; and it reads
+--backend's choices, and the help that names backends (--backend, --model,
+--batch-size), from the backend registry each time typer builds the command,
+so that a backend registered after import, by a plugin or a test, is offered
+like a built-in one.
+"""
+
+import functools
+import inspect
+from collections.abc import Callable
+from copy import copy
+from dataclasses import fields
+from typing import Annotated, Literal, get_args
 
 import typer
 
-from vecap_cli.cli.options import finite
+import vecap_cli.steps.generation  # noqa: F401 -- registers every built-in backend
+from vecap_cli.cli.options import finite, record_command
+from vecap_cli.generate.registry import Backend, ModelOptions, offered
 
-_MODEL = "Model"
+MODEL = "Model"
 _SERVER = "OpenAI-compatible server (--backend openai)"
 
-Device = Annotated[
-    str,
-    typer.Option(
-        help="auto (a GPU when one is visible, bf16), cpu, cuda or cuda:N.", rich_help_panel=_MODEL
-    ),
-]
-MaxNewTokens = Annotated[
-    int, typer.Option(min=1, help="Most tokens generated per record.", rich_help_panel=_MODEL)
-]
-BatchSize = Annotated[
-    int | None,
-    typer.Option(
-        min=1,
-        help="Records per generate call (default: 8 for hf, 16 for openclip, "
-        "2 x --concurrency for openai, 512 for rules).",
-        rich_help_panel=_MODEL,
-        show_default=False,
-    ),
-]
+
+def model_flag(help: str | None = None, **kwargs):
+    """A flag of the Model panel."""
+    return typer.Option(help=help, rich_help_panel=MODEL, **kwargs)
+
+
+def overwrite_flag(verb: str, field: str):
+    """--overwrite: the records that already have `field` are done again, not passed through."""
+    return typer.Option("--overwrite", help=f"{verb} records that already have a `{field}` too.")
+
+
+MaxNewTokens = Annotated[int, model_flag("Most tokens generated per record.", min=1)]
+BatchSize = Annotated[int | None, model_flag(min=1, show_default=False)]  # help: _batch_help
+Device = Annotated[str, model_flag("auto (a GPU when one is visible, bf16), cpu, cuda or cuda:N.")]
 TrustRemoteCode = Annotated[
     bool,
     typer.Option(
         "--trust-remote-code",
         help="Let transformers run the model repository's own code (off: only built-in classes).",
-        rich_help_panel=_MODEL,
+        rich_help_panel=MODEL,
     ),
 ]
 
@@ -100,30 +112,104 @@ MaxReplyBytes = Annotated[
         rich_help_panel=_SERVER,
     ),
 ]
-DEFAULT_MAX_REPLY_BYTES = 1 << 20
 
-DEFAULT_API_BASE = "http://127.0.0.1:8000/v1"
+# ModelOptions' fields as flags, in --help's order; their defaults are ModelOptions'.
+_MODEL_FLAGS = {
+    "device": Device,
+    "trust_remote_code": TrustRemoteCode,
+    "api_base": ApiBase,
+    "api_key_env": ApiKeyEnv,
+    "concurrency": Concurrency,
+    "retries": Retries,
+    "timeout": Timeout,
+    "max_reply_bytes": MaxReplyBytes,
+}
 
 
-def server_spec(
-    model: str,
-    max_new_tokens: int,
-    api_base: str,
-    api_key_env: str,
-    concurrency: int,
-    retries: int,
-    timeout: float,
-    max_reply_bytes: int = DEFAULT_MAX_REPLY_BYTES,
-):
-    from vecap_cli.generate.openai_client import ServerSpec
+def _listing(backends: list[Backend], line: Callable[[Backend], str]) -> str:
+    return "; ".join(f"{b.name}: {line(b)}" for b in backends if line(b)) + "."
 
-    return ServerSpec(
-        base_url=api_base,
-        model=model,
-        max_new_tokens=max_new_tokens,
-        api_key_env=api_key_env,
-        concurrency=concurrency,
-        retries=retries,
-        timeout=timeout,
-        max_reply_bytes=max_reply_bytes,
+
+def _batch_help(backends: list[Backend]) -> str:
+    defaults = ", ".join(
+        f"{'2 x --concurrency' if b.batch_size is None else b.batch_size} for {b.name}"
+        for b in backends
     )
+    return f"Records per generate call (default: {defaults})."
+
+
+# The flags whose help lists the backends, and how.
+_LISTS: dict[str, Callable[[list[Backend]], str]] = {
+    "backend": lambda backends: _listing(backends, lambda b: b.help),
+    "model": lambda backends: _listing(backends, lambda b: b.model_help),
+    "batch_size": _batch_help,
+}
+
+
+def _listed(param: inspect.Parameter, backends: list[Backend]) -> inspect.Parameter:
+    """`param` with its help, and --backend with its choices, naming `backends`."""
+    listing = _LISTS.get(param.name)
+    if listing is None:
+        return param
+    kind, option = get_args(param.annotation)
+    option = copy(option)
+    option.help = listing(backends)
+    if param.name == "backend":
+        names = Literal[tuple(b.name for b in backends)]  # type: ignore[valid-type]
+        kind = names | None if type(None) in get_args(kind) else names
+    return param.replace(annotation=Annotated[kind, option])
+
+
+class _LiveBackends:
+    """The command as typer reads it, anew each time it builds the CLI (each run): its
+    signature, with --backend's choices and the help that lists backends as registered then."""
+
+    def __init__(self, command, serves: str):
+        self.__wrapped__, self._serves = command, serves
+        self.__name__, self.__doc__ = command.__name__, command.__doc__
+
+    def __call__(self, **kwargs):
+        return self.__wrapped__(**kwargs)
+
+    @property
+    def __signature__(self) -> inspect.Signature:
+        signature = inspect.signature(self.__wrapped__)
+        backends = offered(self._serves)
+        return signature.replace(
+            parameters=[_listed(p, backends) for p in signature.parameters.values()]
+        )
+
+    @property
+    def __annotations__(self) -> dict:  # what typing.get_type_hints reads
+        return {p.name: p.annotation for p in self.__signature__.parameters.values()}
+
+
+def _with_model_options(fn):
+    """`fn(..., options: ModelOptions)` as a function of ModelOptions' fields, one flag each."""
+    defaults = {f.name: f.default for f in fields(ModelOptions)}
+    own = [p for p in inspect.signature(fn).parameters.values() if p.name != "options"]
+    flags = [
+        inspect.Parameter(
+            name, inspect.Parameter.KEYWORD_ONLY, annotation=flag, default=defaults[name]
+        )
+        for name, flag in _MODEL_FLAGS.items()
+    ]
+
+    @functools.wraps(fn)
+    def command(**kwargs):
+        options = ModelOptions(**{name: kwargs.pop(name) for name in _MODEL_FLAGS})
+        return fn(**kwargs, options=options)
+
+    command.__signature__ = inspect.Signature(own + flags)
+    command.__annotations__ = {p.name: p.annotation for p in own + flags}
+    return command
+
+
+def generation_command(serves: str):
+    """caption's and rewrite's `record_command`: see this module's docstring."""
+
+    def decorate(fn):
+        command = record_command(serves, omit=("seed",))(_with_model_options(fn))
+        return _LiveBackends(command, serves)
+
+    return decorate

@@ -1,47 +1,27 @@
 """vecap rewrite: fuse AltText and VeC into one caption (VeCap)."""
 
-from enum import StrEnum
 from typing import Annotated
 
 import typer
 
 from vecap_cli.cli import generation as g
-from vecap_cli.cli.options import record_command, report
+from vecap_cli.cli.options import report
+from vecap_cli.generate.registry import REWRITE, ModelOptions
 from vecap_cli.stream.runner import StreamOptions
 
 
-class Backend(StrEnum):
-    rules = "rules"
-    hf = "hf"
-    openai = "openai"
-
-
-@record_command("rewrite")
+@g.generation_command(REWRITE)
 def rewrite(
-    backend: Annotated[
-        Backend | None,
-        typer.Option(
-            help="rules: model-free fusion (the default without --model); hf: a transformers "
-            "causal LM (the default with --model); openai: a chat-completions server.",
-            rich_help_panel=g._MODEL,
-            show_default=False,
-        ),
+    backend: Annotated[  # choices and help: the backends' (generation.py)
+        str | None, g.model_flag(show_default=False)
     ] = None,
-    model: Annotated[
-        str | None,
-        typer.Option(
-            help="hf: a transformers model dir (or hub id); openai: the served model name.",
-            rich_help_panel=g._MODEL,
-            show_default=False,
-        ),
-    ] = None,
+    model: Annotated[str | None, g.model_flag(show_default=False)] = None,  # help: the backends'
     prompt_file: Annotated[
         str | None,
-        typer.Option(
-            metavar="FILE",
-            help="Replace the fusion prompt: a template naming {alt} and {vec}, which become "
+        g.model_flag(
+            "Replace the fusion prompt: a template naming {alt} and {vec}, which become "
             "quoted strings; sent as one user message.",
-            rich_help_panel=g._MODEL,
+            metavar="FILE",
             show_default=False,
         ),
     ] = None,
@@ -61,18 +41,9 @@ def rewrite(
     max_words: Annotated[
         int, typer.Option(min=1, help="Longest accepted LLM answer, in words.")
     ] = 60,
-    device: g.Device = "auto",
-    overwrite: Annotated[
-        bool, typer.Option("--overwrite", help="Rewrite records that already have a `vecap` too.")
-    ] = False,
-    trust_remote_code: g.TrustRemoteCode = False,
-    api_base: g.ApiBase = g.DEFAULT_API_BASE,
-    api_key_env: g.ApiKeyEnv = "OPENAI_API_KEY",
-    concurrency: g.Concurrency = 16,
-    retries: g.Retries = 5,
-    timeout: g.Timeout = 120.0,
-    max_reply_bytes: g.MaxReplyBytes = g.DEFAULT_MAX_REPLY_BYTES,
+    overwrite: Annotated[bool, g.overwrite_flag("Rewrite", "vecap")] = False,
     *,
+    options: ModelOptions,
     opts: StreamOptions,
 ) -> None:
     """Fuse each record's AltText and VeC into one caption: the VeCap, in `vecap`.
@@ -99,10 +70,10 @@ def rewrite(
 
     try:
         config = RewriteConfig.of(
-            backend and backend.value,
+            backend,
             model,
             batch_size,
-            concurrency,
+            options.concurrency,
             prompt_file=prompt_file,
             blocklist=blocklist,
             max_new_tokens=max_new_tokens,
@@ -112,22 +83,8 @@ def rewrite(
         )
     except ValueError as err:
         raise typer.BadParameter(str(err), param_hint="--model") from None
-    server = None
-    if config.backend == "openai":
-        server = g.server_spec(
-            config.model,
-            max_new_tokens,
-            api_base,
-            api_key_env,
-            concurrency,
-            retries,
-            timeout,
-            max_reply_bytes,
-        )
-    rewriter = build_rewriter(config, device, server, trust_remote_code)
-    tally = run_stream(
-        "rewrite", opts, partial(rewrite_stage, config=config, rewriter=rewriter), config.identity()
-    )
+    stage = partial(rewrite_stage, config=config, rewriter=build_rewriter(config, options))
+    tally = run_stream("rewrite", opts, stage, config.identity())
     report(tally, opts)
 
 

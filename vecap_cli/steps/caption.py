@@ -6,6 +6,7 @@ order. Records that already have a `vec` pass through untouched unless
 `overwrite`; so do they cost nothing: they are never decoded. An answer is
 data: one that `generate.answer.refusal` refuses (a link, an address, an
 instruction, control bytes, too long) is a counted rejection, `caption-REASON`.
+`build_captioner` assembles the backend the config names, from the registry.
 """
 
 from __future__ import annotations
@@ -18,13 +19,13 @@ from typing import Protocol
 from vecap_cli.generate.ahead import map_ahead
 from vecap_cli.generate.answer import max_chars, refusal
 from vecap_cli.generate.base import Failed
+from vecap_cli.generate.load import load
+from vecap_cli.generate.registry import CAPTION, ModelOptions, Request, get
 from vecap_cli.steps.batching import PASS, in_batches
+from vecap_cli.steps.generation import DEFAULT_PROMPT
 from vecap_cli.stream.images import DEFAULT_LIMITS, ImageLimits, ImageRejected
 from vecap_cli.stream.sample import Sample
 from vecap_cli.stream.tally import Tally
-
-# VeCLIP's prompt for LLaVA (arXiv 2310.07699, section 3).
-DEFAULT_PROMPT = "Describe the image concisely, less than 20 words."
 
 
 class Captioner(Protocol):
@@ -54,17 +55,27 @@ class CaptionConfig:
     def of(
         cls, backend: str, batch_size: int | None, workers: int | None, concurrency: int, **fields
     ) -> CaptionConfig:
-        """The config, with the defaults that depend on the backend and the machine.
-
-        A batch is what one forward pass holds on a GPU (local models), or enough
-        requests to keep `concurrency` of them in flight (a server). Decode threads:
-        up to 4, one a core.
+        """The config, with the defaults that depend on the backend (its batch,
+        `Backend.default_batch_size`) and the machine (decode threads: up to 4, one a core).
         """
         if batch_size is None:
-            batch_size = {"hf": 8, "openclip": 16}.get(backend, 2 * concurrency)
+            batch_size = get(CAPTION, backend).default_batch_size(concurrency)
         if workers is None:
             workers = max(1, min(4, os.cpu_count() or 1))
         return cls(backend=backend, batch_size=batch_size, workers=workers, **fields)
+
+
+def build_captioner(config: CaptionConfig, options: ModelOptions) -> Captioner:
+    """The captioner `config.backend` names: checked now, loaded when a batch first needs it."""
+    request = Request(
+        config.model,
+        config.max_new_tokens,
+        options,
+        prompt=config.prompt,
+        pretrained=config.pretrained,
+        limits=config.image_limits,
+    )
+    return load(CAPTION, config.backend, request)
 
 
 def has_text(record: dict, field: str) -> bool:

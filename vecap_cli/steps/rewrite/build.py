@@ -3,32 +3,28 @@
 from __future__ import annotations
 
 from vecap_cli.generate.answer import max_chars
+from vecap_cli.generate.load import load
+from vecap_cli.generate.registry import REWRITE, ModelOptions, Request, get
 from vecap_cli.steps.rewrite.prompt import Prompt
-from vecap_cli.steps.rewrite.rules import RulesFusion
 from vecap_cli.steps.rewrite.safety import Blocklist
 from vecap_cli.steps.rewrite.stage import LLMFusion, RewriteConfig, Rewriter
 from vecap_cli.steps.rewrite.validate import Limits, Validator
 
 
-def build_rewriter(
-    config: RewriteConfig, device: str = "auto", server=None, trust_remote_code: bool = False
-) -> Rewriter:
+def build_rewriter(config: RewriteConfig, options: ModelOptions = ModelOptions()) -> Rewriter:
+    """The backend `config.backend` names: one that needs no model fuses as it is (its
+    output is a caption by construction); a chat model, behind the fusion prompt and the
+    validator, is checked now and loaded when a batch first needs it."""
     blocklist = Blocklist(
         [] if config.blocklist == "none" else Blocklist.load(config.blocklist).terms
     )
-    if config.backend == "rules":
-        return Rewriter(RulesFusion(), blocklist, None)
-    from vecap_cli.generate.load import chat_model
-
+    backend = get(REWRITE, config.backend)
+    request = Request(config.model, config.max_new_tokens, options)
+    if not backend.needs_model:
+        backend.check(request)
+        return Rewriter(backend.build(request), blocklist, None)
     prompt = Prompt.from_file(config.prompt_file) if config.prompt_file else Prompt()
-    chat = chat_model(
-        config.backend,
-        config.model,
-        config.max_new_tokens,
-        device=device,
-        server=server,
-        trust_remote_code=trust_remote_code,
-    )
+    chat = load(REWRITE, config.backend, request)
     validator = Validator(
         prompt.instruction,
         Limits(config.min_words, config.max_words, max_chars(config.max_new_tokens)),

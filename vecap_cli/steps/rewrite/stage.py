@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from vecap_cli.generate.base import Failed
+from vecap_cli.generate.registry import REWRITE, get
+from vecap_cli.steps import generation  # noqa: F401 -- registers rules
 from vecap_cli.steps.batching import PASS, in_batches
 from vecap_cli.steps.caption import has_text
 from vecap_cli.steps.rewrite.prompt import Prompt
@@ -60,16 +62,16 @@ class RewriteConfig:
     ) -> RewriteConfig:
         """The config, with the defaults that depend on the backend.
 
-        No backend named: rules without a model, hf with one; a model backend
-        without a model is a ValueError. A batch is what one forward pass holds
-        (hf), or enough requests to keep `concurrency` in flight (openai); rules
-        fuses record by record and ignores it.
+        No backend named: rules without a model, hf with one; a backend that
+        needs a model, without one, is a ValueError. The batch: the backend's
+        (`Backend.default_batch_size`).
         """
         backend = backend or ("hf" if model else "rules")
-        if backend != "rules" and not model:
+        chosen = get(REWRITE, backend)
+        if chosen.needs_model and not model:
             raise ValueError(f"--backend {backend} needs --model")
         if batch_size is None:
-            batch_size = {"rules": 512, "hf": 8}.get(backend, 2 * concurrency)
+            batch_size = chosen.default_batch_size(concurrency)
         return cls(backend=backend, model=model or "", batch_size=batch_size, **fields)
 
 
