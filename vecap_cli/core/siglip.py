@@ -108,11 +108,10 @@ def _kernels(
 class _SigLip(torch.autograd.Function):
     @staticmethod
     def forward(ctx, rows, cols, scale, bias, offset, kernels):
-        with torch.autocast(rows.device.type, enabled=False):
-            loss = kernels.loss_rows(rows, cols, scale, bias, offset).sum() / rows.shape[0]
-        ctx.save_for_backward(rows, cols, scale, bias)
+        ctx.save_for_backward(rows, cols, scale, bias)  # inputs only: backward recomputes S
         ctx.kernels, ctx.offset = kernels, offset
-        return loss
+        with torch.autocast(rows.device.type, enabled=False):
+            return kernels.loss_rows(rows, cols, scale, bias, offset).sum() / rows.shape[0]
 
     @staticmethod
     def backward(ctx, grad_loss):
