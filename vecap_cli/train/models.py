@@ -22,7 +22,6 @@ from torch import nn
 
 from vecap_cli.errors import VecapError
 from vecap_cli.loading import load_error, quietly, register_builtin_configs
-from vecap_cli.train.fused import fused_attention
 
 LOGIT_SCALE_MAX = math.log(100)  # open_clip's clamp: temperature stays >= 0.01
 
@@ -89,14 +88,13 @@ def _init_caption_head(model: nn.Module) -> None:
 
 
 def set_attention(model: nn.Module, mode: str) -> str:
-    """'fused' swaps the attention modules for the core's kernel, 'sdpa' keeps
-    open_clip's; 'auto' is fused when this build has it. Returns what is used."""
-    patch = fused_attention()
-    if mode == "sdpa" or (mode == "auto" and patch is None):
+    """'fused' and 'auto' swap the attention modules for the core's kernel, 'sdpa'
+    keeps open_clip's. Returns what is used."""
+    if mode == "sdpa":
         return "sdpa"
-    if patch is None:
-        raise VecapError("--attn fused: fused attention is not available in this build")
-    patch(model)
+    from vecap_cli.core import use_fused_attention  # loads open_clip's transformer
+
+    use_fused_attention(model)
     return "fused"
 
 
