@@ -86,14 +86,12 @@ def test_resume_refuses_a_run_with_other_settings(pool, tmp_path, capsys):
     ("flags", "code", "says"),
     [
         (["--model", "ViT-B-61"], 1, "--model: unknown architecture 'ViT-B-61' (did you mean"),
-        (["--attn", "fused"], 1, "--attn fused: fused attention is not available in this build"),
         (["--pretrained", "nope.pt"], 1, "--pretrained: cannot read 'nope.pt': no such file"),
         (["--resume", "nope.pt"], 1, "--resume: cannot read 'nope.pt': no such file"),
         (["--batch-size", "1000"], 1, "samples make no global batch of 1,000"),
     ],
 )
-def test_bad_flags_fail_in_one_line(pool, tmp_path, capsys, monkeypatch, flags, code, says):
-    monkeypatch.setattr("vecap_cli.train.models.fused_attention", lambda: None)  # a build without
+def test_bad_flags_fail_in_one_line(pool, tmp_path, capsys, flags, code, says):
     got, err = vecap_in_process(capsys, "train", pool, "-o", tmp_path / "o", *flags)
     assert got == code
     lines = err.strip().splitlines()

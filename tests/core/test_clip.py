@@ -9,7 +9,7 @@ from open_clip.loss import ClipLoss
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from tests.core.conftest import BACKENDS, LOSS_TOL, assert_near, leaves, paired_features
-from vecap_cli.core import clip
+from vecap_cli.core import tiles
 from vecap_cli.core.clip import FusedClipLoss, clip_loss, clip_loss_local, clip_loss_reference
 
 SCALE_CLAMP = 100.0  # open_clip clamps exp(logit_scale) at 100
@@ -18,7 +18,7 @@ SCALE_CLAMP = 100.0  # open_clip clamps exp(logit_scale) at 100
 @pytest.fixture(autouse=True)
 def _small_torch_tiles(monkeypatch):
     """Chunks of a few rows, so the torch path crosses chunk edges at test sizes."""
-    monkeypatch.setattr(clip, "_TILE_ELEMENTS", 512)
+    monkeypatch.setattr(tiles, "TILE_ELEMENTS", 512)
 
 
 def _run(fn, image, text, scale, bias):

@@ -7,14 +7,14 @@ import torch
 from open_clip.loss import SigLipLoss
 
 from tests.core.conftest import BACKENDS, LOSS_TOL, assert_near, leaves, paired_features
-from vecap_cli.core import siglip
+from vecap_cli.core import tiles
 from vecap_cli.core.siglip import FusedSigLipLoss, siglip_loss, siglip_loss_reference
 
 
 @pytest.fixture(autouse=True)
 def _small_torch_tiles(monkeypatch):
     """Chunks of a few rows, so the torch path crosses chunk edges at test sizes."""
-    monkeypatch.setattr(siglip, "_TILE_ELEMENTS", 512)
+    monkeypatch.setattr(tiles, "TILE_ELEMENTS", 512)
 
 
 def _check(backend, b, d, dtype, scale=100.0, bias=-10.0, seed=0):

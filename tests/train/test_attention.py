@@ -1,24 +1,30 @@
-"""The --attn modes: what each does with the core's attention patch, or without one."""
+"""The --attn modes: which attention each leaves in a built open_clip model."""
 
+import open_clip
 import pytest
+import torch
 
-from vecap_cli.errors import VecapError
+from vecap_cli.core import restore_attention
 from vecap_cli.train.attention import ATTENTION
 
 
-def test_auto_is_fused_when_the_build_has_it_else_sdpa():
-    patched = []
-    assert ATTENTION["auto"].apply("model", patched.append) == "fused"
-    assert patched == ["model"]
-    assert ATTENTION["auto"].apply("model", None) == "sdpa"
+def _tiny_clip():
+    torch.manual_seed(0)
+    return open_clip.CLIP(
+        embed_dim=16,
+        vision_cfg={"layers": 1, "width": 32, "head_width": 16, "image_size": 16, "patch_size": 8},
+        text_cfg={"context_length": 8, "vocab_size": 50, "width": 32, "heads": 2, "layers": 1},
+    )
+
+
+@pytest.mark.parametrize("mode", ["auto", "fused"])
+def test_auto_and_fused_run_the_cores_kernel(mode):
+    model = _tiny_clip()
+    assert ATTENTION[mode].apply(model) == "fused"
+    assert restore_attention(model) > 0  # the towers' attention had been swapped
 
 
 def test_sdpa_keeps_open_clips_attention():
-    patched = []
-    assert ATTENTION["sdpa"].apply("model", patched.append) == "sdpa"
-    assert patched == []
-
-
-def test_fused_without_the_core_is_one_line():
-    with pytest.raises(VecapError, match=r"^--attn fused: fused attention is not available"):
-        ATTENTION["fused"].apply("model", None)
+    model = _tiny_clip()
+    assert ATTENTION["sdpa"].apply(model) == "sdpa"
+    assert restore_attention(model) == 0

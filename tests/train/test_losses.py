@@ -45,21 +45,18 @@ def test_coca_adds_a_weighted_caption_loss_that_ignores_padding():
     torch.testing.assert_close(parts["contrastive_loss"], want["contrastive_loss"])
 
 
-def test_without_the_core_the_losses_are_open_clips(monkeypatch):
+def test_unfused_the_losses_are_open_clips_own():
     from open_clip.loss import ClipLoss, SigLipLoss
 
-    monkeypatch.setattr("vecap_cli.train.losses.fused_losses", lambda: None)
-    assert type(make_loss("clip").contrastive) is ClipLoss
-    assert type(make_loss("siglip", rank=1, world_size=2).contrastive) is SigLipLoss
+    clip = make_loss("clip", fused=False)
+    assert type(clip.contrastive) is ClipLoss and not clip.fused
+    assert type(make_loss("siglip", rank=1, world_size=2, fused=False).contrastive) is SigLipLoss
 
 
-def test_with_the_core_the_losses_are_fused():
-    from vecap_cli.train.fused import fused_losses
-
-    if fused_losses() is None:
-        pytest.skip("this build has no vecap_cli.core")
+def test_by_default_the_losses_are_the_cores():
     assert type(make_loss("clip").contrastive).__name__ == "FusedClipLoss"
     assert type(make_loss("siglip").contrastive).__name__ == "FusedSigLipLoss"
+    assert make_loss("siglip").fused
 
 
 def test_a_registered_loss_is_a_config_choice_built_by_its_name(monkeypatch):
@@ -74,6 +71,6 @@ def test_a_registered_loss_is_a_config_choice_built_by_its_name(monkeypatch):
 
     monkeypatch.setitem(LOSSES, "throwaway", Loss("for this test", throwaway))
     assert TrainConfig(("x.tar",), "out", loss="throwaway").loss == "throwaway"
-    monkeypatch.setattr("vecap_cli.train.losses.fused_losses", lambda: None)
     assert type(make_loss("throwaway", rank=1, world_size=2).contrastive) is torch.nn.Identity
-    assert built == [("ClipLoss", 1, 2)]
+    assert type(make_loss("throwaway", fused=False).contrastive) is torch.nn.Identity
+    assert built == [("FusedClipLoss", 1, 2), ("ClipLoss", 0, 1)]

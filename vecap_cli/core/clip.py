@@ -26,21 +26,14 @@ receives an exact zero gradient.
 
 from __future__ import annotations
 
-import importlib
-from collections.abc import Iterator
 from types import ModuleType
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vecap_cli.core.dispatch import choose_backend
 from vecap_cli.core.distributed import gather_features
-
-# Elements of S held at once by the torch path (fp32: 32 MiB). Its working set is
-# a few such chunks plus O(B·D) buffers, independent of B².
-_TILE_ELEMENTS = 1 << 23
-
+from vecap_cli.core.tiles import as_scale, check_features, pick_kernels, row_chunks
 
 # -- reference -------------------------------------------------------------------
 
@@ -55,12 +48,6 @@ def clip_loss_reference(image_features, text_features, logit_scale, logit_bias=N
 
 
 # -- tiled torch kernels (CPU path, fallback) -------------------------------------
-
-
-def _row_chunks(m: int, n: int) -> Iterator[tuple[int, int]]:
-    step = max(1, min(m, _TILE_ELEMENTS // max(n, 1)))
-    for start in range(0, m, step):
-        yield start, min(start + step, m)
 
 
 def _label_probs(s, lse_x, lse_y):
@@ -82,7 +69,7 @@ class TorchKernels:
         lse_rows = x.new_empty(x.shape[0])  # (m,)
         col_max = x.new_full((y.shape[0],), float("-inf"))  # (n,) running max
         col_sum = x.new_zeros(y.shape[0])  # (n,) running sum of exp(S - col_max)
-        for start, stop in _row_chunks(x.shape[0], y.shape[0]):
+        for start, stop in row_chunks(x.shape[0], y.shape[0]):
             s = (x[start:stop] * scale) @ y.T  # (c, n)
             lse_rows[start:stop] = torch.logsumexp(s, dim=1)
             if cols:
@@ -96,7 +83,7 @@ class TorchKernels:
         x, y = x.float(), y.float()
         gx = torch.empty_like(x)  # (m, D)
         gy = torch.zeros_like(y)  # (n, D)
-        for start, stop in _row_chunks(x.shape[0], y.shape[0]):
+        for start, stop in row_chunks(x.shape[0], y.shape[0]):
             xc = x[start:stop]  # (c, D)
             s = (xc * scale) @ y.T  # (c, n)
             g = _label_probs(s, None if lse_x is None else lse_x[start:stop], lse_y)
@@ -107,9 +94,7 @@ class TorchKernels:
 
 
 def _kernels(features: torch.Tensor, backend: str | None) -> type[TorchKernels] | ModuleType:
-    if choose_backend(features, backend) == "triton":
-        return importlib.import_module("vecap_cli.core.clip_triton")
-    return TorchKernels
+    return pick_kernels(features, backend, "vecap_cli.core.clip_triton", TorchKernels)
 
 
 # -- autograd ---------------------------------------------------------------------
@@ -171,25 +156,10 @@ class _RowClip(torch.autograd.Function):
 # -- functional -------------------------------------------------------------------
 
 
-def as_scale(logit_scale, like: torch.Tensor) -> torch.Tensor:
-    """logit_scale as a 0-dim fp32 tensor on `like`'s device, still differentiable."""
-    if not isinstance(logit_scale, torch.Tensor):
-        return torch.tensor(float(logit_scale), device=like.device)
-    return logit_scale.to(device=like.device, dtype=torch.float32).reshape(())
-
-
 def _with_zero_bias_grad(loss, logit_bias):
     if isinstance(logit_bias, torch.Tensor):
         return loss + 0.0 * logit_bias.float().sum()
     return loss
-
-
-def _check_features(image_features, text_features):
-    if image_features.ndim != 2 or image_features.shape[1:] != text_features.shape[1:]:
-        raise ValueError(
-            f"features must be (B, D) with equal D, got {tuple(image_features.shape)} "
-            f"and {tuple(text_features.shape)}"
-        )
 
 
 def clip_loss(image_features, text_features, logit_scale, logit_bias=None, *, backend=None):
@@ -199,7 +169,7 @@ def clip_loss(image_features, text_features, logit_scale, logit_bias=None, *, ba
     logit_scale: already exponentiated, as open_clip passes it. Returns a 0-dim
     fp32 loss. `backend` ("torch" | "triton") overrides dispatch.
     """
-    _check_features(image_features, text_features)
+    check_features(image_features, text_features)
     if image_features.shape[0] != text_features.shape[0]:
         raise ValueError("clip_loss needs as many images as texts")
     kernels = _kernels(image_features, backend)
@@ -225,7 +195,7 @@ def clip_loss_local(
     label is column label_offset + i (open_clip: b·rank). Gather with
     `distributed.all_gather_with_grad` for gradients to reach other ranks.
     """
-    _check_features(image_features, all_text_features)
+    check_features(image_features, all_text_features)
     b = image_features.shape[0]
     if label_offset + b > all_text_features.shape[0]:
         raise ValueError("label_offset + local batch exceeds the gathered batch")

@@ -10,6 +10,8 @@ swapped, so no B×B tensor is ever written:
   tile by tile. The label term is subtracted in fp32 before G is cast to the
   input dtype: near-one-hot softmax rows would otherwise lose the small
   difference P − 1 to bf16 rounding.
+
+Tiling, launch and the argument layout they share with SigLIP's: `tiles_triton`.
 """
 
 from __future__ import annotations
@@ -18,39 +20,25 @@ import torch
 import triton
 import triton.language as tl
 
-from vecap_cli.core.tiles_triton import accumulate_rows, logits_tile, loss_tiles
+from vecap_cli.core import tiles_triton as tiles
 
 
 @triton.jit
 def _lse_kernel(
-    x_ptr,
-    y_ptr,
-    scale_ptr,
-    lse_ptr,
-    M,
-    N,
-    D,
-    stride_x,
-    stride_y,
-    BLOCK_M: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-    BLOCK_K: tl.constexpr,
-    PRECISION: tl.constexpr,
-    UPCAST: tl.constexpr,
-):
-    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
-    row_ok = rows < M
+    x_ptr, y_ptr, M, N, D, stride_x, stride_y,
+    scale_ptr, lse_ptr,  # in: s; out: (M,)
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+):  # fmt: skip
+    rows, row_ok, x_rows = tiles.program_rows(x_ptr, stride_x, M, BLOCK_M)
     scale = tl.load(scale_ptr)
     run_max = tl.full((BLOCK_M,), float("-inf"), dtype=tl.float32)
     run_sum = tl.zeros((BLOCK_M,), dtype=tl.float32)
     for n0 in range(0, N, BLOCK_N):
-        cols = n0 + tl.arange(0, BLOCK_N)
-        col_ok = cols < N
-        s = scale * logits_tile(
-            x_ptr, y_ptr, rows, cols, row_ok, col_ok, D, stride_x, stride_y,
-            BLOCK_M, BLOCK_N, BLOCK_K, PRECISION, UPCAST,
-        )  # fmt: skip
-        s = tl.where(col_ok[None, :], s, float("-inf"))
+        _, col_ok, dots = tiles.column_tile(
+            x_rows, row_ok, y_ptr, stride_y, n0, N, D, BLOCK_M, BLOCK_N, BLOCK_K, PRECISION, UPCAST
+        )
+        s = tl.where(col_ok[None, :], scale * dots, float("-inf"))
         # Every tile holds at least one real column, so new_max is finite and
         # exp(-inf - new_max) = 0 handles the first step.
         new_max = tl.maximum(run_max, tl.max(s, axis=1))
@@ -61,47 +49,24 @@ def _lse_kernel(
 
 @triton.jit
 def _grad_kernel(
-    x_ptr,
-    y_ptr,
-    scale_ptr,
-    lse_x_ptr,
-    lse_y_ptr,
-    g_ptr,
-    gdot_ptr,
-    M,
-    N,
-    D,
-    stride_x,
-    stride_y,
-    stride_g,
-    row_offset,
-    col_offset,
-    label_weight,
-    USE_LSE_X: tl.constexpr,
-    USE_LSE_Y: tl.constexpr,
-    BLOCK_M: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-    BLOCK_K: tl.constexpr,
-    BLOCK_D: tl.constexpr,
-    PRECISION: tl.constexpr,
-    UPCAST: tl.constexpr,
-):
-    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
-    row_ok = rows < M
-    dcols = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
-    d_ok = dcols < D
+    x_ptr, y_ptr, M, N, D, stride_x, stride_y,
+    scale_ptr, lse_x_ptr, lse_y_ptr, row_offset, col_offset, label_weight,
+    g_ptr, stride_g, gdot_ptr,  # out: G·Y (M, D), Σ_j G∘(X·Yᵀ) (M,)
+    USE_LSE_X: tl.constexpr, USE_LSE_Y: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
+    PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+):  # fmt: skip
+    rows, row_ok, x_rows = tiles.program_rows(x_ptr, stride_x, M, BLOCK_M)
+    dcols, d_ok = tiles.program_slice(D, BLOCK_D)
     scale = tl.load(scale_ptr)
     if USE_LSE_X:
         lse_x = tl.load(lse_x_ptr + rows, mask=row_ok, other=float("inf"))
     acc = tl.zeros((BLOCK_M, BLOCK_D), dtype=tl.float32)
     gdot = tl.zeros((BLOCK_M,), dtype=tl.float32)
     for n0 in range(0, N, BLOCK_N):
-        cols = n0 + tl.arange(0, BLOCK_N)
-        col_ok = cols < N
-        dots = logits_tile(
-            x_ptr, y_ptr, rows, cols, row_ok, col_ok, D, stride_x, stride_y,
-            BLOCK_M, BLOCK_N, BLOCK_K, PRECISION, UPCAST,
-        )  # fmt: skip
+        cols, col_ok, dots = tiles.column_tile(
+            x_rows, row_ok, y_ptr, stride_y, n0, N, D, BLOCK_M, BLOCK_N, BLOCK_K, PRECISION, UPCAST
+        )
         s = scale * dots
         g = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
         if USE_LSE_X:
@@ -109,48 +74,35 @@ def _grad_kernel(
         if USE_LSE_Y:
             lse_y = tl.load(lse_y_ptr + cols, mask=col_ok, other=float("inf"))
             g += tl.exp(s - lse_y[None, :])
-        is_label = (rows[:, None] + row_offset) == (cols[None, :] + col_offset)
-        g = tl.where(is_label, g - label_weight, g)
+        g = tl.where(tiles.is_label(rows, cols, row_offset, col_offset), g - label_weight, g)
         g = tl.where(row_ok[:, None] & col_ok[None, :], g, 0.0)
         # Σ_j G_ij·(X_i·Y_j) for the logit_scale gradient, from fp32 G: the sum
         # cancels (rows of G sum to ~0), so G rounded to bf16 would blur it.
         gdot += tl.sum(g * dots, axis=1)
-        acc = accumulate_rows(acc, g, y_ptr, cols, col_ok, dcols, d_ok, stride_y, PRECISION, UPCAST)
-    tl.store(
-        g_ptr + rows[:, None] * stride_g + dcols[None, :], acc, mask=row_ok[:, None] & d_ok[None, :]
-    )
-    tl.store(gdot_ptr + rows, gdot, mask=row_ok & (tl.program_id(1) == 0))
+        acc = tiles.accumulate_rows(
+            acc, g, y_ptr, cols, col_ok, dcols, d_ok, stride_y, PRECISION, UPCAST
+        )
+    tiles.store_slice(g_ptr, stride_g, acc, rows, row_ok, dcols, d_ok)
+    tiles.store_row_sums(gdot_ptr, gdot, rows, row_ok)
 
 
 def _lse_rows(x: torch.Tensor, y: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    m, d = x.shape
-    tiles = loss_tiles(x)
-    out = torch.empty(m, device=x.device, dtype=torch.float32)  # (m,)
-    _lse_kernel[(triton.cdiv(m, tiles.block_m),)](
-        x, y, scale, out, m, y.shape[0], d, x.stride(0), y.stride(0),
-        tiles.block_m, tiles.block_n, tiles.block_k, tiles.precision, tiles.upcast,
-        num_warps=tiles.num_warps,
-    )  # fmt: skip
+    out = x.new_empty(x.shape[0], dtype=torch.float32)  # (m,)
+    tiles.launch(_lse_kernel, x, y, scale, out)
     return out
 
 
 def _grad_rows(x, y, scale, lse_x, lse_y, label_weight, row_offset, col_offset):
-    m, d = x.shape
-    tiles = loss_tiles(x)
-    block_d = min(tiles.block_d, triton.next_power_of_2(d))
-    out = torch.empty(m, d, device=x.device, dtype=torch.float32)  # (m, D)
-    gdot = torch.empty(m, device=x.device, dtype=torch.float32)  # (m,)
+    out = x.new_empty(x.shape, dtype=torch.float32)  # (m, D)
+    gdot = x.new_empty(x.shape[0], dtype=torch.float32)  # (m,)
     dummy = scale  # never read: the matching USE_LSE_* flag is off
-    grid = (triton.cdiv(m, tiles.block_m), triton.cdiv(d, block_d))
-    _grad_kernel[grid](
-        x, y, scale,
-        lse_x if lse_x is not None else dummy,
-        lse_y if lse_y is not None else dummy,
-        out, gdot, m, y.shape[0], d, x.stride(0), y.stride(0), out.stride(0),
+    tiles.launch(
+        _grad_kernel, x, y,
+        scale, dummy if lse_x is None else lse_x, dummy if lse_y is None else lse_y,
         row_offset, col_offset, float(label_weight),
+        out, out.stride(0), gdot,
         lse_x is not None, lse_y is not None,
-        tiles.block_m, tiles.block_n, tiles.block_k, block_d, tiles.precision, tiles.upcast,
-        num_warps=tiles.num_warps,
+        d_slices=True,
     )  # fmt: skip
     return out, gdot
 

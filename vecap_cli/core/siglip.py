@@ -21,19 +21,15 @@ kernel set provides
 
 from __future__ import annotations
 
-import importlib
 from types import ModuleType
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vecap_cli.core.clip import as_scale
-from vecap_cli.core.dispatch import choose_backend
 from vecap_cli.core.distributed import all_gather_with_grad
+from vecap_cli.core.tiles import as_scale, check_features, pick_kernels, row_chunks
 
-# Elements of S held at once by the torch path (fp32: 32 MiB).
-_TILE_ELEMENTS = 1 << 23
 _DIST_IMPLS = ("bidir", "shift", "reduce", "gather")
 
 
@@ -60,21 +56,16 @@ class TorchKernels:
     """The kernel set in torch: chunks of rows of S, fp32, recomputed in backward.
 
     `rows`: rows of S held at once (open_clip's `chunk_size`); 0 picks them so a
-    chunk is at most _TILE_ELEMENTS elements.
+    chunk is at most `tiles.TILE_ELEMENTS` elements.
     """
 
     def __init__(self, rows: int = 0):
         self.rows = rows
 
-    def _chunks(self, m: int, n: int):
-        step = self.rows or max(1, min(m, _TILE_ELEMENTS // max(n, 1)))
-        for start in range(0, m, step):
-            yield start, min(start + step, m)
-
     def loss_rows(self, x, y, scale, bias, offset: int):
         x, y = x.float(), y.float()
         out = x.new_empty(x.shape[0])  # (m,)
-        for start, stop in self._chunks(x.shape[0], y.shape[0]):
+        for start, stop in row_chunks(x.shape[0], y.shape[0], self.rows):
             u = _minus_z_logits(x[start:stop], y, scale, bias, start + offset)
             out[start:stop] = F.softplus(u).sum(dim=1)
         return out
@@ -84,7 +75,7 @@ class TorchKernels:
         gx = torch.empty_like(x)  # (m, D)
         gy = torch.zeros_like(y)  # (n, D)
         gsum = x.new_zeros(())
-        for start, stop in self._chunks(x.shape[0], y.shape[0]):
+        for start, stop in row_chunks(x.shape[0], y.shape[0], self.rows):
             xc = x[start:stop]
             t = _minus_z_logits(xc, y, scale, bias, start + offset).sigmoid_()
             t.neg_().diagonal(start + offset).neg_()  # T = z·σ(u): −σ off the labels
@@ -108,9 +99,7 @@ def _minus_z_logits(xc, y, scale, bias, label_diagonal):
 def _kernels(
     features: torch.Tensor, backend: str | None, chunk_size: int = 0
 ) -> TorchKernels | ModuleType:
-    if choose_backend(features, backend) == "triton":
-        return importlib.import_module("vecap_cli.core.siglip_triton")
-    return TorchKernels(chunk_size)
+    return pick_kernels(features, backend, "vecap_cli.core.siglip_triton", TorchKernels(chunk_size))
 
 
 # -- autograd ---------------------------------------------------------------------
@@ -119,11 +108,10 @@ def _kernels(
 class _SigLip(torch.autograd.Function):
     @staticmethod
     def forward(ctx, rows, cols, scale, bias, offset, kernels):
-        with torch.autocast(rows.device.type, enabled=False):
-            loss = kernels.loss_rows(rows, cols, scale, bias, offset).sum() / rows.shape[0]
-        ctx.save_for_backward(rows, cols, scale, bias)
+        ctx.save_for_backward(rows, cols, scale, bias)  # inputs only: backward recomputes S
         ctx.kernels, ctx.offset = kernels, offset
-        return loss
+        with torch.autocast(rows.device.type, enabled=False):
+            return kernels.loss_rows(rows, cols, scale, bias, offset).sum() / rows.shape[0]
 
     @staticmethod
     def backward(ctx, grad_loss):
@@ -160,11 +148,7 @@ def siglip_loss(
     `chunk_size`: rows of S the torch path holds at once (0: automatic, at most
     32 MiB); the Triton kernels tile on their own. `backend` overrides dispatch.
     """
-    if image_features.ndim != 2 or image_features.shape[1:] != text_features.shape[1:]:
-        raise ValueError(
-            f"features must be (B, D) with equal D, got {tuple(image_features.shape)} "
-            f"and {tuple(text_features.shape)}"
-        )
+    check_features(image_features, text_features)
     if chunk_size < 0:
         raise ValueError(f"chunk_size must be >= 0, got {chunk_size}")
     if negative_only:

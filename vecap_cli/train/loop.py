@@ -26,7 +26,6 @@ from vecap_cli.train import checkpoint
 from vecap_cli.train import distributed as D
 from vecap_cli.train.config import TrainConfig
 from vecap_cli.train.data import Batch, DataPlan, Position, TrainData, count_samples, loader, replay
-from vecap_cli.train.fused import fused_losses
 from vecap_cli.train.losses import TrainLoss, make_loss
 from vecap_cli.train.metrics import MetricsLog, Rate, progress
 from vecap_cli.train.models import Bundle, build, clamp_logit_scale, set_attention
@@ -435,7 +434,7 @@ class Trainer:
                 epochs=cfg.epochs,
                 loss=self.state.losses[-1] if self.state.losses else None,
                 attention=self.attn,
-                loss_impl="fused" if fused_losses() else "open_clip",
+                loss_impl="fused" if self.loss_fn.fused else "open_clip",
                 checkpoint=str(getattr(self, "last_checkpoint", "")) or None,
             )
             write_stats(per_rank(self.opts.stats, ctx.rank, ctx.world_size), self.tally)

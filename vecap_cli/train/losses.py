@@ -1,10 +1,10 @@
 """The training objective: one module from a model's output dict to named losses.
 
-The contrastive part is the core's fused loss when the core is there (same
-values and gradients as open_clip's, without the B×B logits), else open_clip's
-ClipLoss / SigLipLoss. CoCa adds its captioning loss. Across ranks every form
-uses the local-loss layout with gradients through the gather, which makes the
-DDP-averaged gradient that of the whole global batch.
+The contrastive part is the core's fused loss (same values and gradients as
+open_clip's, without the B×B logits), or on request (`fused=False`) open_clip's
+own ClipLoss / SigLipLoss. CoCa adds its captioning loss. Across ranks every
+form uses the local-loss layout with gradients through the gather, which makes
+the DDP-averaged gradient that of the whole global batch.
 """
 
 from __future__ import annotations
@@ -14,18 +14,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from vecap_cli.train.contrastive import LOSSES, Classes
-from vecap_cli.train.fused import fused_losses
 
 
 def contrastive_loss(kind: str, *, rank: int, world_size: int, fused: bool) -> nn.Module:
     """--loss `kind` (see contrastive.py), a ClipLoss- or SigLipLoss-shaped module:
-    forward(img, txt, logit_scale, logit_bias)."""
-    losses = fused_losses() if fused else None
-    if losses is None:
+    forward(img, txt, logit_scale, logit_bias); `fused`: the core's, else open_clip's."""
+    if fused:
+        from vecap_cli.core import FusedClipLoss as ClipLoss
+        from vecap_cli.core import FusedSigLipLoss as SigLipLoss
+    else:
         from open_clip.loss import ClipLoss, SigLipLoss
-
-        losses = (ClipLoss, SigLipLoss)
-    return LOSSES[kind].build(Classes(*losses), rank, world_size)
+    return LOSSES[kind].build(Classes(ClipLoss, SigLipLoss), rank, world_size)
 
 
 class TrainLoss(nn.Module):
@@ -43,6 +42,13 @@ class TrainLoss(nn.Module):
         self.contrastive_weight = contrastive_weight
         self.caption_weight = caption_weight
         self.pad_id = pad_id
+
+    @property
+    def fused(self) -> bool:
+        """Whether the contrastive part runs on the core's kernels (--stats says which ran)."""
+        from vecap_cli.core import FusedClipLoss, FusedSigLipLoss
+
+        return isinstance(self.contrastive, FusedClipLoss | FusedSigLipLoss)
 
     def forward(self, out: dict) -> dict[str, torch.Tensor]:
         parts = {}
@@ -71,7 +77,7 @@ def make_loss(
     contrastive_weight: float = 1.0,
     caption_weight: float = 2.0,
 ) -> TrainLoss:
-    """`fused`: use the core's kernels when this build has them."""
+    """`fused`: the core's kernels; False: open_clip's own losses (which build the B×B logits)."""
     contrastive = contrastive_loss(kind, rank=rank, world_size=world_size, fused=fused)
     if not coca:
         return TrainLoss(contrastive)

@@ -23,7 +23,6 @@ from torch import nn
 from vecap_cli.errors import VecapError
 from vecap_cli.loading import load_error, quietly, register_builtin_configs
 from vecap_cli.train.attention import ATTENTION
-from vecap_cli.train.fused import fused_attention
 
 LOGIT_SCALE_MAX = math.log(100)  # open_clip's clamp: temperature stays >= 0.01
 
@@ -92,7 +91,7 @@ def _init_caption_head(model: nn.Module) -> None:
 def set_attention(model: nn.Module, mode: str) -> str:
     """Prepares the model's attention as --attn `mode` says (see attention.py);
     returns what runs."""
-    return ATTENTION[mode].apply(model, fused_attention())
+    return ATTENTION[mode].apply(model)
 
 
 def clamp_logit_scale(model: nn.Module) -> None:
