@@ -25,7 +25,7 @@ def mix(
         str,
         typer.Option(
             parser=_policy,
-            metavar="|".join(POLICIES),
+            metavar=f"<{'|'.join(POLICIES)}>",  # as typer writes a choice
             help="; ".join(f"{name}: {p.help}" for name, p in POLICIES.items()) + ".",
         ),
     ] = "random",
