@@ -187,6 +187,30 @@ def test_compare_prints_runs_side_by_side_with_deltas(tmp_path):
     )
 
 
+def test_compare_is_a_command_and_the_flag_its_alias(tmp_path):
+    for name, recall in (("alt", 0.055), ("veclip", 0.223)):
+        result = {"dataset": "coco", "task": "zeroshot_retrieval",
+                  "metrics": {"image_retrieval_recall@1": recall}}  # fmt: skip
+        (tmp_path / f"{name}.json").write_text(json.dumps(result))
+    alt, veclip = tmp_path / "alt.json", tmp_path / "veclip.json"
+    command = run_vecap("eval", "compare", alt, veclip)
+    assert command.code == 0, command.err
+    assert "+16.80" in command.out.decode()
+    assert run_vecap("eval", "--compare", alt, veclip).out == command.out
+    assert run_vecap("eval", alt, "--compare", veclip).out == command.out
+
+
+def test_help_shows_the_evaluation_flags_and_the_commands():
+    result = run_vecap("eval", "--help")
+    assert result.code == 0
+    text = result.out.decode()
+    assert "vecap eval [run] [INPUT]..." in text
+    for flag in ("--task", "--model", "--classnames", "--recall-k", "--stats"):
+        assert flag in text
+    panel = text[text.index("Commands") :]
+    assert " run " in panel and " compare " in panel
+
+
 def test_eval_help_does_not_import_torch():
     code = (
         "import sys\nfrom vecap_cli.cli.app import main\n"

@@ -1,8 +1,18 @@
 from collections import Counter
 
+import orjson
 import pytest
 
-from vecap_cli.steps.mix import CaptionDraw, MixConfig, mix
+from vecap_cli.cli.app import main
+from vecap_cli.steps.mix import (
+    POLICIES,
+    CaptionDraw,
+    MixConfig,
+    available,
+    choose_each,
+    mix,
+    policy,
+)
 from vecap_cli.stream.sample import Sample
 from vecap_cli.stream.tally import Tally
 
@@ -97,3 +107,29 @@ def test_draws_do_not_depend_on_how_the_pool_is_split():
 def test_bad_configs_say_what_is_wrong(config, message):
     with pytest.raises(ValueError, match=message):
         MixConfig(**config)
+
+
+def test_a_policy_is_one_function_and_its_registration(tmp_path):
+    """`longest`, registered here, runs through `vecap mix --policy longest` as a
+    built-in one does: choices, accounting and output."""
+
+    @policy("longest", "the longest caption")
+    def longest(samples, tally, config):
+        def pick(sample):
+            return max(available(sample.record, config.keys), key=lambda f: len(f[1]), default=None)
+
+        return choose_each(samples, tally, pick)
+
+    pool, out, stats = tmp_path / "pool.jsonl", tmp_path / "out.jsonl", tmp_path / "stats.json"
+    pool.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in RECORDS))
+    try:
+        with pytest.raises(SystemExit) as done:
+            main(["mix", str(pool), "--policy", "longest", "-o", str(out), "--stats", str(stats)])
+    finally:
+        del POLICIES["longest"]
+    assert done.value.code == 0
+    assert [orjson.loads(line)["text"] for line in out.read_bytes().splitlines()] == [
+        "fused a", "web b", "fused c",
+    ]  # fmt: skip
+    counts = orjson.loads(stats.read_bytes())
+    assert counts["dropped"] == {"no-caption": 1} and counts["chosen"] == {"vecap": 2, "alt": 1}

@@ -6,15 +6,15 @@
     vecap curate balance INPUT... --metadata M --counts C
     vecap curate report C                           the distribution, and a plot
 
-`_CurateGroup` sends `vecap curate ARGS` to `run` unless ARGS starts with a
-command name, so the one-pass reads like every other record command.
+The group sends `vecap curate ARGS` to `run` unless ARGS starts with a command
+name (cli/groups.py), so the one-pass reads like every other record command.
 """
 
 from typing import Annotated
 
 import typer
-from typer.core import TyperGroup
 
+from vecap_cli.cli.groups import DefaultCommandGroup
 from vecap_cli.cli.options import Inputs, finite, log, record_command, report, run_command
 from vecap_cli.stream.runner import StreamOptions, output_problem
 
@@ -23,22 +23,8 @@ _MATCH = "Matching"
 _BALANCE = "Balancing"
 
 
-class _CurateGroup(TyperGroup):
-    """Dispatches to `run` when the first argument is not a command name."""
-
-    default = "run"
-
-    def parse_args(self, ctx, args):
-        if args and args[0] not in self.commands and args[0] not in ctx.help_option_names:
-            args = [self.default, *args]
-        return super().parse_args(ctx, args)
-
-    def collect_usage_pieces(self, ctx):
-        return ["[run] [INPUT]... [OPTIONS] | COMMAND [ARGS]..."]
-
-
 curate_app = typer.Typer(
-    cls=_CurateGroup,
+    cls=DefaultCommandGroup,
     no_args_is_help=True,
     help=f"{SUMMARY}\n\n"
     "`vecap curate INPUT... --metadata M` runs `vecap curate run`: it counts how many "

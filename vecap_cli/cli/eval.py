@@ -1,14 +1,34 @@
-"""vecap eval: zero-shot classification and image-text retrieval, clip_benchmark's numbers."""
+"""vecap eval: zero-shot classification and image-text retrieval, clip_benchmark's numbers.
+
+vecap eval [run] INPUT... --task T --model M    evaluate (the default command)
+vecap eval compare A.json B.json...             results side by side (alias: --compare)
+"""
 
 from enum import StrEnum
-from typing import Annotated
+from typing import Annotated, ClassVar
 
 import typer
 
+from vecap_cli.cli.groups import DefaultCommandGroup
 from vecap_cli.cli.options import RunOptions, report, run_command
 
+SUMMARY = "Evaluate a CLIP model: zero-shot classification or image-text retrieval."
 _DATA = "Dataset"
 _MODEL = "Model"
+
+
+class _EvalGroup(DefaultCommandGroup):
+    aliases: ClassVar[dict[str, str]] = {"--compare": "compare"}  # what compare was first
+
+
+eval_app = typer.Typer(
+    cls=_EvalGroup,
+    no_args_is_help=True,
+    help=f"{SUMMARY}\n\n"
+    "`vecap eval INPUT... --task T --model M` runs `vecap eval run`; `vecap eval compare "
+    "A.json B.json` (or `vecap eval --compare A.json B.json`) prints results side by side.\n\n"
+    "See `vecap eval COMMAND --help` for each command's flags.",
+)
 
 
 class Task(StrEnum):
@@ -34,32 +54,33 @@ def _ks(text: str) -> tuple[int, ...]:
     return ks
 
 
+@eval_app.command("run")
 @run_command("eval")
-def eval_(
-    inputs: Annotated[
-        list[str] | None,
-        typer.Argument(
-            help="The dataset: webdataset shards or JSONL (files, globs, {000..009} ranges, "
-            "pipe:CMD, -), an image-folder tree (a class per folder), COCO caption JSON or "
-            "Karpathy's dataset_*.json, or an image,caption CSV. With --compare: result JSON files.",
-            show_default=False,
-        ),
-    ] = None,
+def run(
     task: Annotated[
-        Task | None,
+        Task,
         typer.Option(
             help="zeroshot: classification by class names × prompt templates (top-1, top-5, "
             "mean per-class recall); retrieval: image→text and text→image recall@k.",
             show_default=False,
         ),
-    ] = None,
+    ],
     model: Annotated[
-        str | None,
+        str,
         typer.Option(
             help="Any architecture vecap train takes (vecap-tiny, ViT-B-16, a model-config "
             ".json) with --pretrained, an open_clip model directory (a vecap train run), or "
             "a Hugging Face CLIPModel directory (with its saved image processor, if any).",
             rich_help_panel=_MODEL,
+            show_default=False,
+        ),
+    ],
+    inputs: Annotated[
+        list[str] | None,
+        typer.Argument(
+            help="The dataset: webdataset shards or JSONL (files, globs, {000..009} ranges, "
+            "pipe:CMD, -), an image-folder tree (a class per folder), COCO caption JSON or "
+            "Karpathy's dataset_*.json, or an image,caption CSV.",
             show_default=False,
         ),
     ] = None,
@@ -158,18 +179,10 @@ def eval_(
     ] = None,
     amp: Annotated[bool, typer.Option(help="Mixed precision on GPU (CPU runs fp32).")] = True,
     workers: Annotated[int, typer.Option(min=1, help="Image-decoding threads.")] = 4,
-    compare: Annotated[
-        bool,
-        typer.Option(
-            "--compare",
-            help="Print the result JSON files given as INPUT (vecap's or clip_benchmark's) "
-            "side by side (deltas to the first).",
-        ),
-    ] = False,
     *,
     opts: RunOptions,
 ) -> None:
-    """Evaluate a CLIP model: zero-shot classification or image-text retrieval.
+    """Evaluate a model on a dataset (the default command).
 
     Metrics are clip_benchmark's, to the digit: retrieval R@k counts an image
     as found when any of its captions is in the top k. The result is
@@ -180,12 +193,6 @@ def eval_(
     caption or class are rejected and counted. Under torchrun, each rank
     embeds its share and rank 0 reports.
     """
-    if compare:
-        _compare(inputs or [])
-        return
-    if task is None or model is None:
-        raise typer.BadParameter("--task and --model are required", param_hint="--task")
-
     from vecap_cli.eval.data import DataSpec
     from vecap_cli.eval.run import EvalConfig, run_eval
     from vecap_cli.stream.sinks import OutputFile
@@ -226,19 +233,33 @@ def eval_(
     report(tally, opts)
 
 
-def _compare(paths: list[str]) -> None:
-    if not paths:
-        raise typer.BadParameter("give the result JSON files to compare", param_hint="--compare")
+@eval_app.command("compare")
+def compare(
+    results: Annotated[
+        list[str],
+        typer.Argument(
+            metavar="RESULT.json",
+            help="Result files: vecap eval's or clip_benchmark's (one JSON object, a list, "
+            "or JSON lines).",
+            show_default=False,
+        ),
+    ],
+) -> None:
+    """Print result files side by side, with deltas to the first (alias: --compare).
+
+    Rows pair by dataset and task, so give `vecap eval --dataset-name` to line
+    runs up; clip_benchmark's `wds/NAME` is NAME. The table goes to stdout.
+    """
     from rich.console import Console
 
     from vecap_cli.eval.report import compare_table, load_results
 
-    table = compare_table(load_results(paths))
+    table = compare_table(load_results(results))
     console = Console()
     if not console.is_terminal:  # a file or a pipe: as wide as the table, not 80 columns
         console = Console(width=console.measure(table).maximum)
     console.print(table)
 
 
-def register(app) -> None:
-    app.command("eval")(eval_)
+def register(app: typer.Typer) -> None:
+    app.add_typer(eval_app, name="eval", short_help=SUMMARY)

@@ -1,30 +1,34 @@
 """vecap mix: choose the caption each sample trains on."""
 
-from enum import StrEnum
+from functools import partial
 from typing import Annotated
 
 import typer
 
 from vecap_cli.cli.options import floats, record_command, report
-from vecap_cli.stream.runner import StreamOptions
+from vecap_cli.steps.mix import POLICIES, MixConfig
+from vecap_cli.steps.mix import mix as mix_stage
+from vecap_cli.stream.runner import StreamOptions, run_stream
 
 
-class Policy(StrEnum):
-    random = "random"
-    all = "all"
-    concat = "concat"
-    first = "first"
+def _policy(name: str) -> str:
+    """Checked against POLICIES as they are when the command line is read, so a
+    policy registered after this module loaded is a choice too."""
+    if name not in POLICIES:
+        raise typer.BadParameter(f"'{name}' is not one of {', '.join(map(repr, POLICIES))}.")
+    return name
 
 
 @record_command("mix")
 def mix(
     policy: Annotated[
-        Policy,
+        str,
         typer.Option(
-            help="random: draw one of --keys per sample and epoch; all: one sample per caption "
-            "(keys suffixed _FIELD); concat: join them with --sep; first: the first one present."
+            parser=_policy,
+            metavar=f"<{'|'.join(POLICIES)}>",  # as typer writes a choice
+            help="; ".join(f"{name}: {p.help}" for name, p in POLICIES.items()) + ".",
         ),
-    ] = Policy.random,
+    ] = "random",
     keys: Annotated[
         str, typer.Option(help="Caption fields, comma-separated, in order.")
     ] = "alt,vecap",
@@ -49,15 +53,9 @@ def mix(
     open_clip's webdataset loader. Records with none of --keys are dropped
     under `no-caption`.
     """
-    from functools import partial
-
-    from vecap_cli.steps.mix import MixConfig
-    from vecap_cli.steps.mix import mix as mix_stage
-    from vecap_cli.stream.runner import run_stream
-
     try:
         config = MixConfig(
-            policy=policy.value,
+            policy=policy,
             keys=tuple(k.strip() for k in keys.split(",")),
             probs=floats(probs, "--probs"),
             seed=opts.seed,

@@ -1,21 +1,22 @@
 """`vecap mix`: choose the training caption among AltText and the rewrites.
 
 VeCLIP trains on AltText and VeCap together, one drawn per sample and per epoch;
-`caption_choice` is that draw, shared with `vecap train --text-keys`, so mixing
+`CaptionDraw` is that draw, shared with `vecap train --text-keys`, so mixing
 offline and mixing in the loader give the same captions.
+
+A policy is a stage registered with `@policy(name, help)`; `vecap mix --policy`
+offers what POLICIES holds, so a new policy is one function and its decorator.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 from vecap_cli.rand import uniform
 from vecap_cli.stream.sample import Sample
 from vecap_cli.stream.tally import Tally
-
-POLICIES = ("random", "all", "concat", "first")
 
 
 @dataclass(frozen=True)
@@ -84,12 +85,96 @@ class CaptionDraw:
         return found[-1]  # float rounding at the top edge
 
 
+Stage = Callable[[Iterable[Sample], Tally, MixConfig], Iterator[Sample]]
+
+
+@dataclass(frozen=True)
+class Policy:
+    stage: Stage
+    help: str  # its line in `vecap mix --help`
+
+
+# `vecap mix --policy NAME`: filled by @policy below, in the order --help lists them
+POLICIES: dict[str, Policy] = {}
+
+
+def policy(name: str, help: str) -> Callable[[Stage], Stage]:
+    """Registers a stage as the policy `name`: the CLI's choices and help read POLICIES."""
+
+    def register(stage: Stage) -> Stage:
+        POLICIES[name] = Policy(stage, help)
+        return stage
+
+    return register
+
+
 def mix(samples: Iterable[Sample], tally: Tally, config: MixConfig) -> Iterator[Sample]:
-    """Counts the field each output's `text` came from in `chosen`."""
+    """Runs `config.policy`; counts the field each output's `text` came from in `chosen`."""
     tally.declare("chosen", keyed=True)
-    if config.policy == "first" and not tally.tracking:
-        return _first(samples, tally, config.keys)
-    return _mix(samples, tally, config)
+    return POLICIES[config.policy].stage(samples, tally, config)
+
+
+def choose_each(
+    samples: Iterable[Sample], tally: Tally, choose: Callable[[Sample], tuple[str, str] | None]
+) -> Iterator[Sample]:
+    """The stage of a policy that keeps one caption per sample: `choose` gives the
+    (field, caption) that becomes `text`, or None to drop the sample under `no-caption`."""
+    count = tally.count
+    for sample in samples:
+        chosen = choose(sample)
+        if chosen is None:
+            tally.drop("no-caption", sample)
+            continue
+        name, text = chosen
+        sample.record["text"] = text
+        count("chosen", sample, key=name)
+        yield sample
+
+
+@policy("random", "draw one of --keys per sample and epoch")
+def draw_one(samples: Iterable[Sample], tally: Tally, config: MixConfig) -> Iterator[Sample]:
+    draw, epoch = CaptionDraw(config.keys, config.probs, config.seed), config.epoch
+    return choose_each(samples, tally, lambda sample: draw(sample.record, sample.key, epoch))
+
+
+@policy("all", "one sample per caption (keys suffixed _FIELD)")
+def one_per_caption(samples: Iterable[Sample], tally: Tally, config: MixConfig) -> Iterator[Sample]:
+    keys, count = config.keys, tally.count
+    for sample in samples:
+        found = available(sample.record, keys)
+        if not found:
+            tally.drop("no-caption", sample)
+            continue
+        tally.add("all", sample, len(found) - 1)
+        for name, text in found:
+            count("chosen", sample, key=name)
+            yield sample.derive({**sample.record, "key": f"{sample.key}_{name}", "text": text})
+
+
+@policy("concat", "join them with --sep")
+def joined(samples: Iterable[Sample], tally: Tally, config: MixConfig) -> Iterator[Sample]:
+    keys, sep = config.keys, config.sep
+
+    def join(sample: Sample) -> tuple[str, str] | None:
+        found = available(sample.record, keys)
+        if not found:
+            return None
+        return "+".join(name for name, _ in found), sep.join(text for _, text in found)
+
+    return choose_each(samples, tally, join)
+
+
+@policy("first", "the first one present")
+def first_present(samples: Iterable[Sample], tally: Tally, config: MixConfig) -> Iterator[Sample]:
+    keys = config.keys
+    if not tally.tracking:
+        return _first(samples, tally, keys)
+    return choose_each(samples, tally, lambda sample: _first_caption(sample.record, keys))
+
+
+def _first_caption(record: dict, keys: tuple[str, ...]) -> tuple[str, str] | None:
+    found = available(record, keys, first=True)
+    return found[0] if found else None
 
 
 def _first(samples: Iterable[Sample], tally: Tally, keys: tuple[str, ...]) -> Iterator[Sample]:
@@ -113,32 +198,3 @@ def _first(samples: Iterable[Sample], tally: Tally, keys: tuple[str, ...]) -> It
         for name, n in counts.items():
             if n:
                 tally.count("chosen", None, n, key=name)
-
-
-def _mix(samples: Iterable[Sample], tally: Tally, config: MixConfig) -> Iterator[Sample]:
-    policy, keys, epoch = config.policy, config.keys, config.epoch
-    count = tally.count
-    draw = CaptionDraw(keys, config.probs, config.seed)
-    for sample in samples:
-        record = sample.record
-        if policy == "random":
-            pick = draw(record, sample.key, epoch)
-            found = [pick] if pick else []
-        else:
-            found = available(record, keys)
-        if not found:
-            tally.drop("no-caption", sample)
-            continue
-        if policy == "all":
-            tally.add("all", sample, len(found) - 1)
-            for name, text in found:
-                count("chosen", sample, key=name)
-                yield sample.derive({**record, "key": f"{sample.key}_{name}", "text": text})
-            continue
-        if policy == "concat":
-            name, text = "+".join(n for n, _ in found), config.sep.join(t for _, t in found)
-        else:
-            name, text = found[0]
-        record["text"] = text
-        count("chosen", sample, key=name)
-        yield sample
