@@ -26,12 +26,15 @@ MAY_IMPORT: dict[str, frozenset[str]] = {
     "loading": LEAVES,  # model configs, shared by train, eval and the backends
     "placement": LEAVES,  # ranks and devices, read from the environment at the edge
     "stream": LEAVES | {"placement"},  # no torch: `vecap mix --help` stays light
+    "process_group": LEAVES
+    | {"placement"},  # a rank's device and group (torch), train's and eval's
     "generate": LEAVES | {"loading", "stream"},
     "steps": LEAVES | {"loading", "stream", "generate"},
-    "eval": LEAVES | {"loading", "placement", "stream"},
-    "train": LEAVES | {"core", "loading", "placement", "stream", "steps", "eval"},
+    "eval": LEAVES | {"loading", "placement", "process_group", "stream"},
+    "train": LEAVES | {"core", "loading", "placement", "process_group", "stream", "steps", "eval"},
+    "launch": LEAVES | {"stream"},  # runs record commands as tasks of an engine's job
     "cli": LEAVES
-    | {"core", "loading", "placement", "stream", "generate", "steps", "eval", "train"},
+    | {"core", "loading", "placement", "stream", "generate", "steps", "eval", "train", "launch"},
     "__main__": frozenset({"cli"}),
 }
 
