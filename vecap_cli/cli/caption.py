@@ -55,6 +55,7 @@ def caption(
     caption-email, caption-instruction, caption-control-chars, caption-too-long,
     empty-caption), never written.
     """
+    flags = g.config_fields(locals())
     from functools import partial
 
     from vecap_cli.steps.caption import CaptionConfig, build_captioner
@@ -62,16 +63,7 @@ def caption(
     from vecap_cli.stream.runner import run_stream
 
     config = CaptionConfig.of(
-        backend,
-        batch_size,
-        workers,
-        options.concurrency,
-        model=model,
-        pretrained=pretrained,
-        prompt=prompt,
-        max_new_tokens=max_new_tokens,
-        overwrite=overwrite,
-        image_limits=opts.image_limits,
+        concurrency=options.concurrency, image_limits=opts.image_limits, **flags
     )
     stage = partial(caption_stage, config=config, captioner=build_captioner(config, options))
     tally = run_stream("caption", opts, stage, config.identity())

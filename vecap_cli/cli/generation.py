@@ -205,6 +205,12 @@ def _with_model_options(fn):
     return command
 
 
+def config_fields(flags: dict) -> dict:
+    """A command's own flags (its `locals()` on entry), each named as the config field
+    it sets: all but the shared ModelOptions and StreamOptions."""
+    return {name: value for name, value in flags.items() if name not in ("options", "opts")}
+
+
 def generation_command(serves: str):
     """caption's and rewrite's `record_command`: see this module's docstring."""
 

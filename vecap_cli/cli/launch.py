@@ -6,7 +6,7 @@ from typing import Annotated, TypeVar
 import typer
 from typer.core import TyperGroup
 
-from vecap_cli.cli.options import log
+from vecap_cli.cli.options import log, one_of
 from vecap_cli.launch import Launch, State, start
 from vecap_cli.launch.engine import ENGINES, EngineError, build
 from vecap_cli.launch.merge import merge as merge_stats
@@ -16,14 +16,6 @@ from vecap_cli.launch.step import Step, StepError, parse_step
 _RESOURCES = "Resources per task"
 _ENGINE_OPTIONS = ("partition", "gpus_per_task", "cpus_per_task", "time", "mem", "sbatch")
 T = TypeVar("T")
-
-
-def _engine(name: str) -> str:
-    """Checked against ENGINES when the command line is read, so an engine
-    registered after this module loaded is a choice too."""
-    if name not in ENGINES:
-        raise typer.BadParameter(f"'{name}' is not one of {', '.join(map(repr, ENGINES))}.")
-    return name
 
 
 def launch(
@@ -40,7 +32,7 @@ def launch(
     engine: Annotated[
         str | None,
         typer.Option(
-            parser=_engine,
+            parser=one_of(ENGINES),
             metavar="|".join(ENGINES),
             help="Where the tasks run: "
             + "; ".join(f"{name}: {cls.help}" for name, cls in ENGINES.items())

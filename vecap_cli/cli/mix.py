@@ -5,18 +5,10 @@ from typing import Annotated
 
 import typer
 
-from vecap_cli.cli.options import floats, record_command, report
+from vecap_cli.cli.options import floats, one_of, record_command, report
 from vecap_cli.steps.mix import POLICIES, MixConfig
 from vecap_cli.steps.mix import mix as mix_stage
 from vecap_cli.stream.runner import StreamOptions, run_stream
-
-
-def _policy(name: str) -> str:
-    """Checked against POLICIES as they are when the command line is read, so a
-    policy registered after this module loaded is a choice too."""
-    if name not in POLICIES:
-        raise typer.BadParameter(f"'{name}' is not one of {', '.join(map(repr, POLICIES))}.")
-    return name
 
 
 @record_command("mix")
@@ -24,7 +16,7 @@ def mix(
     policy: Annotated[
         str,
         typer.Option(
-            parser=_policy,
+            parser=one_of(POLICIES),
             metavar=f"<{'|'.join(POLICIES)}>",  # as typer writes a choice
             help="; ".join(f"{name}: {p.help}" for name, p in POLICIES.items()) + ".",
         ),

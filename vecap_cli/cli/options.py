@@ -11,6 +11,7 @@ import inspect
 import math
 import os
 import sys
+from collections.abc import Callable, Mapping
 from dataclasses import asdict
 from typing import Annotated
 
@@ -271,6 +272,18 @@ def floats(text: str | None, flag: str) -> tuple[float, ...] | None:
     if not all(map(math.isfinite, values)):
         raise typer.BadParameter(f"expected finite numbers, got '{text}'", param_hint=flag)
     return values
+
+
+def one_of(registry: Mapping[str, object]) -> Callable[[str], str]:
+    """A typer `parser` for a flag that names an entry of `registry`, checked when the
+    command line is read: an entry registered after the CLI loaded is a choice too."""
+
+    def parse(name: str) -> str:
+        if name not in registry:
+            raise typer.BadParameter(f"'{name}' is not one of {', '.join(map(repr, registry))}.")
+        return name
+
+    return parse
 
 
 def finite(value: float | None) -> float | None:

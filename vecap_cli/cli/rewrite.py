@@ -61,6 +61,7 @@ def rewrite(
     without `vec` pass through without `vecap`; records that already have one
     pass untouched unless --overwrite. Every case is counted in --stats.
     """
+    flags = g.config_fields(locals())
     from functools import partial
 
     from vecap_cli.steps.rewrite import RewriteConfig
@@ -69,18 +70,7 @@ def rewrite(
     from vecap_cli.stream.runner import run_stream
 
     try:
-        config = RewriteConfig.of(
-            backend,
-            model,
-            batch_size,
-            options.concurrency,
-            prompt_file=prompt_file,
-            blocklist=blocklist,
-            max_new_tokens=max_new_tokens,
-            min_words=min_words,
-            max_words=max_words,
-            overwrite=overwrite,
-        )
+        config = RewriteConfig.of(concurrency=options.concurrency, **flags)
     except ValueError as err:
         raise typer.BadParameter(str(err), param_hint="--model") from None
     stage = partial(rewrite_stage, config=config, rewriter=build_rewriter(config, options))
