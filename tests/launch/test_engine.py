@@ -64,7 +64,7 @@ def test_every_step_splits_by_rank_and_resumes_when_it_writes_shards():
     for name, shards in STEPS.items():
         command = root
         for part in name.split():
-            command = command.commands[part]
+            command = command.get_command(None, part)
         flags = {param.name for param in command.params}
         assert {"inputs", "output", "rank", "world_size"} <= flags, name
         assert ("resume" in flags) == shards, name

@@ -11,19 +11,34 @@ from vecap_cli import __version__
 from vecap_cli.errors import VecapError
 
 
-class _PipelineOrder(TyperGroup):
-    """Lists the commands in pipeline order (COMMANDS): typer would list a command
-    group such as curate after the plain commands."""
+class _LazyCommands(TyperGroup):
+    """The commands in pipeline order (COMMANDS), each module imported when its
+    command is named: `vecap mix` loads mix's flags, not launch's or train's.
+    `vecap --help` and the man pages name them all, and so load them all."""
 
     def list_commands(self, ctx) -> list[str]:
-        rank = {name: i for i, name in enumerate(COMMANDS)}
-        return sorted(self.commands, key=lambda name: rank.get(name, len(rank)))
+        return list(COMMANDS)
+
+    def get_command(self, ctx, name: str):
+        if name not in self.commands and name in COMMANDS:
+            self.commands[name] = _load(name)
+        return self.commands.get(name)
+
+
+def _load(name: str):
+    """The click command of `vecap NAME`, from its module's `register(app)`."""
+    holder = typer.Typer(add_completion=False)
+    importlib.import_module(f"vecap_cli.cli.{name}").register(holder)
+    command = typer.main.get_command(holder)
+    # one command comes back as itself; a command group, inside a group that holds it
+    return getattr(command, "commands", {}).get(name, command)
 
 
 app = typer.Typer(
     name="vecap",
-    cls=_PipelineOrder,
-    help="VeCLIP-style data and training tools: curate → caption → rewrite → mix → train → eval.\n\n"
+    cls=_LazyCommands,
+    help="VeCLIP-style data and training tools: curate → caption → rewrite → mix → train → eval; "
+    "launch runs the record commands on a cluster.\n\n"
     "Each command reads and writes JSONL or webdataset tar streams, so they pipe together.",
     no_args_is_help=True,
     add_completion=False,
@@ -31,10 +46,9 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
-# Each command module has `register(app)`; its heavy imports wait until it runs.
+# Each command module has `register(app)`, called when the command is named (see
+# _LazyCommands); its heavy imports wait until it runs.
 COMMANDS = ("curate", "caption", "rewrite", "mix", "train", "eval", "launch")
-for _name in COMMANDS:
-    importlib.import_module(f"vecap_cli.cli.{_name}").register(app)
 
 
 def _version(value: bool) -> None:

@@ -163,14 +163,14 @@ def _parse_step(ctx: typer.Context, words: list[str]) -> Step:
     missing one or a bad value is a usage error now, not in every task later."""
     command, path, args = ctx.find_root().command, [], list(words)
     while isinstance(command, TyperGroup):  # curate: its `run` unless a command is named
-        named = bool(args) and args[0] in command.commands
+        named = bool(args) and args[0] in command.list_commands(ctx)
         name = args.pop(0) if named else getattr(command, "default", None)
         if name is None:
             raise typer.BadParameter(
                 f"'{words[len(path)]}' is not a vecap command", param_hint="STEP"
             )
         path.append(name)
-        command = command.commands[name]
+        command = command.get_command(ctx, name)
     parsed = command.make_context(" ".join(path), list(args), parent=ctx.find_root())
     try:
         return parse_step(path, args, parsed.params)

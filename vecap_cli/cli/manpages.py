@@ -44,7 +44,7 @@ def pages(command=None, ctx=None, name="vecap") -> dict[str, str]:
         and (record := param.get_help_record(ctx))
     ]
     names = command.list_commands(ctx) if hasattr(command, "list_commands") else []
-    subcommands = {n: c for n in names if not (c := command.commands[n]).hidden}
+    subcommands = {n: c for n in names if not (c := command.get_command(ctx, n)).hidden}
     page.commands = [(n, _roff(_short(c))) for n, c in subcommands.items()]
     # click-man names a subcommand's page "PATH-NAME(1)", keeping the spaces of a
     # nested path ("vecap curate-run(1)"); the files are dashed throughout.
