@@ -21,6 +21,7 @@ import hashlib
 import os
 import re
 import sys
+from array import array
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import BinaryIO
@@ -78,6 +79,22 @@ def shard_regex(path: str) -> re.Pattern:
 
 def write_error(path: str, err: OSError) -> VecapError:
     return VecapError(f"cannot write '{path}': {err.strerror or err}")
+
+
+@dataclass
+class Encoded:
+    """A batch of outputs encoded for the output's format (in a worker process):
+    output i is `data[begin(i):begin(i + 1)]`, of the input `idxs[i]`. An output only
+    the sink can write (JSONL of a tar's members, which it puts in files) is held
+    as the sample, in `samples` by its position, and has no bytes in `data`."""
+
+    data: bytes
+    ends: array  # where each output's bytes end in `data`
+    idxs: array
+    samples: dict[int, Sample]
+
+    def begin(self, i: int) -> int:
+        return self.ends[i - 1] if i else 0
 
 
 @dataclass(frozen=True)
@@ -184,11 +201,16 @@ class Sink:
         self.spec, self.tally, self._input_carrier = spec, tally, input_carrier
         self.file: OutputFile | None = None if spec.sharded else OutputFile(spec.path)
 
+    def output_format(self) -> str:
+        """'jsonl' or 'tar': --format, else the output's name, else the first input's carrier."""
+        assert self.file is not None
+        return self.spec.format or carrier_from_name(self.file.path) or self._input_carrier()
+
     def _writer(self) -> JsonlWriter | TarWriter:
         assert self.file is not None
         if self.file.writer is not None:
             return self.file.writer
-        fmt = self.spec.format or carrier_from_name(self.file.path) or self._input_carrier()
+        fmt = self.output_format()
         return self.file.open_writer(fmt, self.tally, self.spec.images_dir, self.spec.image_limits)
 
     def write(self, sample: Sample) -> bool:
@@ -211,6 +233,22 @@ class Sink:
                 break
             for sample in samples:
                 self.write(sample)
+
+    def write_encoded(self, block: Encoded) -> None:
+        """Write a batch of outputs encoded in a worker process, in one go; the
+        outputs only this process can write (`block.samples`) in their places."""
+        run = 0  # the first output not yet written
+        for at in sorted(block.samples):
+            self._put(block, run, at)
+            self.write(block.samples[at])
+            run = at + 1
+        self._put(block, run, len(block.idxs))
+
+    def _put(self, block: Encoded, start: int, stop: int) -> None:
+        """Outputs start..stop-1 of `block`, encoded, into the open file."""
+        if stop > start:
+            self._writer().put(block.data[block.begin(start) : block.begin(stop)])
+            self.tally.n_out += stop - start
 
     @contextlib.contextmanager
     def failing_writes(self):
@@ -301,6 +339,24 @@ class ShardedSink(Sink):
         self.count += 1
         self.last_idx = sample.idx
         return True
+
+    def write_encoded(self, block: Encoded) -> None:
+        """As Sink.write_encoded, closing the shard where `write` would."""
+        run = 0
+        size = self.spec.shard_size
+        for at, idx in enumerate(block.idxs):
+            if at in block.samples:  # `write` counts it, and closes the shard before it
+                self._put(block, run, at)
+                self.write(block.samples[at])
+                run = at + 1
+                continue
+            if self.count >= size and idx != self.last_idx:
+                self._put(block, run, at)
+                self._seal(boundary=idx)
+                run = at
+            self.count += 1
+            self.last_idx = idx
+        self._put(block, run, len(block.idxs))
 
     def _seal(self, boundary: int) -> None:
         """Finish the open shard, then the rejects and counts of its inputs, then
