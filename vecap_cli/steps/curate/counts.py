@@ -102,14 +102,9 @@ class Accumulator:
         return record
 
     def add_all(self, ids: array) -> None:
-        """Ids gathered elsewhere (the one-pass cache), in one go."""
+        """Ids gathered elsewhere (the one-pass's held records, a cache, a worker's
+        batch), in one go."""
         self._fold(ids)
-
-    def add_each(self, id_lists: Iterable[Iterable[int]]) -> None:
-        """The ids of many records at once (the one-pass's held records)."""
-        np = self._np
-        flat = np.fromiter(chain.from_iterable(id_lists), dtype=np.int32)
-        self._totals += np.bincount(flat, minlength=self._n)
 
     def _fold(self, ids: array) -> None:
         np = self._np
