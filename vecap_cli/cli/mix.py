@@ -16,7 +16,7 @@ class Policy(StrEnum):
     first = "first"
 
 
-@record_command("mix")
+@record_command("mix", workers=True)
 def mix(
     policy: Annotated[
         Policy,

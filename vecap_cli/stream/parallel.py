@@ -26,19 +26,21 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from itertools import count
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import orjson
 
 from vecap_cli.stream.images import ImageLimits
 from vecap_cli.stream.jsonl import read_jsonl
 from vecap_cli.stream.picker import Picker
-from vecap_cli.stream.pool import Pool
 from vecap_cli.stream.sample import Sample, Source
 from vecap_cli.stream.sinks import Encoded, Sink
 from vecap_cli.stream.sources import open_each
 from vecap_cli.stream.tally import Part, Tally
 from vecap_cli.stream.tar import read_tar, tar_blocks
+
+if TYPE_CHECKING:
+    from vecap_cli.stream.pool import Pool
 
 Stage = Callable[[Iterable[Sample], Tally], Iterator[Sample]]
 Update = Callable[[int, int], None] | None
@@ -285,7 +287,7 @@ def write_stage(
         _gather_then_write(stage, inputs, tally, sink, workers, limits, update)
         return
     fmt = _Format(sink)
-    with Pool(workers, Worker(_Staging(stage, limits), tally, inputs.pick)) as pool:
+    with _pool(workers, _Staging(stage, limits), tally, inputs.pick) as pool:
         for encoded in _merged(pool, fmt.stamped(batches(inputs, tally.apart())), tally, update):
             sink.write_encoded(encoded)
 
@@ -300,7 +302,7 @@ def _gather_then_write(
     update: Update,
 ) -> None:
     fmt = _Format(sink)
-    with Pool(workers, Worker(_Gathering(stage, limits), tally, inputs.pick)) as pool:
+    with _pool(workers, _Gathering(stage, limits), tally, inputs.pick) as pool:
         found = list(_merged(pool, batches(inputs, tally.apart()), tally, update))
         pool.each(Settled(value=stage.settle(found, tally)))
         releases = ((Release(seq=seq), None) for seq in range(len(found)))
@@ -318,8 +320,14 @@ def each_batch(
     """`work(batch, samples, tally)` over the inputs in `workers` processes (a pass
     that writes no records): each batch's answer, in input order, its counts
     merged into `tally`. Close the iterator (`contextlib.closing`) to stop early."""
-    with Pool(workers, Worker(work, tally, inputs.pick)) as pool:
+    with _pool(workers, work, tally, inputs.pick) as pool:
         yield from _merged(pool, batches(inputs, tally.apart()), tally, update)
+
+
+def _pool(workers: int, work: Callable, tally: Tally, pick: Picker) -> Pool:
+    from vecap_cli.stream.pool import Pool  # multiprocessing: ~10 ms, for runs that fork only
+
+    return Pool(workers, Worker(work, tally, pick))
 
 
 def _merged(
