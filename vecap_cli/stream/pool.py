@@ -70,39 +70,38 @@ class Pool:
         self.close(ok=kind is None)
 
     def map(self, jobs: Iterable[Any]) -> Iterator[Any]:
-        """The answer to each job, in job order; job i goes to worker i % n."""
+        """The answer to each job, in job order; job i goes to worker i % n.
+
+        Jobs are drawn on a thread of their own (`_Feed`): an input that stalls (a
+        pipe waiting for its writer) holds back no answer to the jobs it gave."""
         n = len(self._workers)
         waiting: deque[_Worker] = deque()  # the worker of each job not yet answered
-        for i, job in enumerate(jobs):
-            while len(waiting) >= DEPTH * n:
-                yield self._answer(waiting.popleft())
-            worker = self._workers[i % n]
-            worker.send(job)
-            waiting.append(worker)
-        while waiting:
-            yield self._answer(waiting.popleft())
+        sent = 0
+        with _Feed(jobs, ahead=DEPTH * n) as feed:
+            while waiting or not feed.ended:
+                room = len(waiting) < DEPTH * n
+                if waiting and waiting[0].answers:
+                    yield _unpack(waiting.popleft().answers.popleft())
+                elif room and feed.has_job():
+                    worker = self._workers[sent % n]
+                    worker.send(feed.take())
+                    waiting.append(worker)
+                    sent += 1
+                else:
+                    self._wait(feed if room else None)
 
     def each(self, job: Any) -> None:
         """Send `job` to every worker (settings for the jobs that follow it)."""
         for _ in self.map([job] * len(self._workers)):
             pass
 
-    def _answer(self, worker: _Worker) -> Any:
-        """`worker`'s next answer, reading the others' meanwhile (a worker blocked on
-        writing an answer would stop working)."""
-        while not worker.answers:
-            for end in wait([w.answers_out for w in self._workers if not w.done]):
-                self._find(end).receive()
-        ok, value = worker.answers.popleft()
-        if ok:
-            return value
-        error, remote = value
-        if isinstance(error, VecapError):
-            raise error
-        raise error from _RemoteTraceback(remote)
-
-    def _find(self, end: Connection) -> _Worker:
-        return next(w for w in self._workers if w.answers_out is end)
+    def _wait(self, feed: _Feed | None) -> None:
+        """Until an answer comes (any worker's: one blocked on writing its answer
+        would stop working), or a job from `feed`."""
+        ends: list = [w.answers_out for w in self._workers if not w.done]
+        for end in wait([*ends, feed.ready] if feed is not None else ends):
+            if isinstance(end, Connection):
+                next(w for w in self._workers if w.answers_out is end).receive()
 
     def close(self, ok: bool) -> None:
         """End the workers: after their last job (`ok`), or at once (SIGKILL)."""
@@ -151,6 +150,82 @@ class _Worker:
         else:
             how = f"exit status {code}"
         return VecapError(f"a worker process died ({how}); the run stops here")
+
+
+class _Feed:
+    """Draws jobs from an iterable on a thread of its own, at most `ahead` of those
+    taken; `ready` (a pipe's end) reads while a job (or the end) waits."""
+
+    _END = object()
+
+    def __init__(self, jobs: Iterable[Any], ahead: int):
+        self._queue: queue.Queue = queue.Queue(ahead)
+        self.ready, self._signal = os.pipe()  # the thread alone writes (and closes) _signal
+        self._stop = threading.Event()
+        self._next: tuple[bool, Any] | None = None
+        self.ended = False
+        threading.Thread(target=self._draw, args=(jobs,), daemon=True).start()
+
+    def __enter__(self) -> _Feed:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()  # a thread waiting for room stops; one reading the input, when it returns
+        os.close(self.ready)
+
+    def has_job(self) -> bool:
+        """Whether a job is there to take; raises what drawing it raised."""
+        if self._next is None:
+            try:
+                self._next = self._queue.get_nowait()
+            except queue.Empty:
+                return False
+            os.read(self.ready, 1)
+        ok, job = self._next
+        if not ok:
+            raise job
+        if job is self._END:
+            self.ended = True
+            return False
+        return True
+
+    def take(self) -> Any:
+        assert self._next is not None
+        job, self._next = self._next[1], None
+        return job
+
+    def _draw(self, jobs: Iterable[Any]) -> None:
+        try:
+            for job in jobs:
+                if not self._put((True, job)):
+                    return
+            self._put((True, self._END))
+        except BaseException as err:  # the input's error, raised where jobs are taken
+            self._put((False, err))
+        finally:
+            os.close(self._signal)
+
+    def _put(self, item: tuple[bool, Any]) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+            except queue.Full:
+                continue
+            with contextlib.suppress(OSError):  # no one reads any more
+                os.write(self._signal, b".")
+            return True
+        return False
+
+
+def _unpack(answer: tuple[bool, Any]) -> Any:
+    """A worker's answer, or its exception raised (a VecapError as it is: one line)."""
+    ok, value = answer
+    if ok:
+        return value
+    error, remote = value
+    if isinstance(error, VecapError):
+        raise error
+    raise error from _RemoteTraceback(remote)
 
 
 class _RemoteTraceback(Exception):
