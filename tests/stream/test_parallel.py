@@ -185,10 +185,10 @@ def test_resume_after_a_crash_with_workers_equals_one_uninterrupted_run(pool, mo
     write = ShardedSink.write_encoded
     written_before_the_crash = iter(range(12))
 
-    def crashing(sink, block):
+    def crashing(sink, block, data):
         if next(written_before_the_crash, None) is None:
             raise KeyboardInterrupt  # the parent stops mid-run, as when killed
-        write(sink, block)
+        write(sink, block, data)
 
     monkeypatch.setattr(ShardedSink, "write_encoded", crashing)
     with pytest.raises(KeyboardInterrupt):

@@ -20,13 +20,14 @@ with missing images).
 from __future__ import annotations
 
 import gc
+import io
 import os
 from array import array
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from itertools import count
-from typing import TYPE_CHECKING, Any, BinaryIO
+from itertools import accumulate, count
+from typing import TYPE_CHECKING, Any, BinaryIO, NamedTuple
 
 import orjson
 
@@ -45,7 +46,7 @@ if TYPE_CHECKING:
 Stage = Callable[[Iterable[Sample], Tally], Iterator[Sample]]
 Update = Callable[[int, int], None] | None
 
-BATCH_BYTES = 1 << 20  # JSONL lines (whole), or tar samples, per batch
+BATCH_BYTES = 1 << 19  # JSONL lines (whole), or tar samples, per batch: it fits a pipe
 BATCH_SAMPLES = 1024  # tar samples per batch, at most
 
 
@@ -105,15 +106,15 @@ class Inputs:
 class Job:
     seq: int = 0  # the batch's place in the run
     fmt: str = ""  # the output's format ('jsonl' | 'tar'), for a stage's outputs
+    marked: bool = False  # the sink wants each output's input and end (it cuts shards)
 
 
 @dataclass(kw_only=True)
 class Lines(Job):
-    """JSONL lines, parsed by the worker; `first_ordinal`: the picker's ordinal of
-    the first record."""
+    """Whole JSONL lines (the batch's data, as read), parsed by the worker;
+    `first_ordinal`: the picker's ordinal of the first record."""
 
     source: Source
-    lines: list[bytes]
     first_line: int
     first_ordinal: int
 
@@ -135,34 +136,50 @@ class Settled(Job):
     value: Any
 
 
-def batches(inputs: Inputs, reading: Tally) -> Iterator[tuple[Job, Part | None]]:
-    """The inputs cut into batches, in order, each with what reading it here
-    counted (tar only: JSONL is read by the workers), to merge before its own."""
+class Batch(NamedTuple):
+    job: Job
+    data: bytes | None  # JSONL lines: they go through memory shared with the worker
+    lead: Part | None  # what reading it here counted, merged before the worker's count
+
+
+def batches(inputs: Inputs, reading: Tally) -> Iterator[Batch]:
+    """The inputs cut into batches, in order (tar is read here, JSONL by the workers)."""
     seq = count()
     for source, stream in open_each(inputs.names, inputs.carriers, inputs.log, inputs.stdin):
         if source.carrier == "jsonl":
-            cut: Iterator[tuple[Job, Part | None]] = _lines(stream, source, inputs.pick)
+            cut = _lines(stream, source, inputs.pick)
         else:
             cut = _samples(read_tar(stream, source, reading, inputs.pick), reading)
-        for job, lead in cut:
-            job.seq = next(seq)
-            yield job, lead
+        for batch in cut:
+            batch.job.seq = next(seq)
+            yield batch
 
 
-def _lines(stream: BinaryIO, source: Source, pick: Picker) -> Iterator[tuple[Lines, None]]:
+def _lines(stream: BinaryIO, source: Source, pick: Picker) -> Iterator[Batch]:
     first_line = 1
-    while lines := stream.readlines(BATCH_BYTES):
+    for data in _whole_lines(stream):
         first = pick.ordinal + 1
-        pick.ordinal += len(lines) - sum(map(bytes.isspace, lines))  # blank lines: no record
+        lines = data.split(b"\n")
+        if data.endswith(b"\n"):
+            lines.pop()  # the nothing after the last newline
+        blank = lines.count(b"") + sum(map(bytes.isspace, lines))  # no record: not numbered
+        pick.ordinal += len(lines) - blank
         if pick.ordinal // pick.world >= pick.skip:  # else --resume skips all of them
-            yield (
-                Lines(source=source, lines=lines, first_line=first_line, first_ordinal=first),
-                None,
-            )
+            job = Lines(source=source, first_line=first_line, first_ordinal=first)
+            yield Batch(job, data, None)
         first_line += len(lines)
 
 
-def _samples(samples: Iterator[Sample], reading: Tally) -> Iterator[tuple[Samples, Part]]:
+def _whole_lines(stream: BinaryIO) -> Iterator[bytes]:
+    """The stream in runs of whole lines, of BATCH_BYTES and the rest of the last
+    line (the last run may lack its newline)."""
+    while data := stream.read(BATCH_BYTES):
+        if not data.endswith(b"\n"):
+            data += stream.readline()
+        yield data
+
+
+def _samples(samples: Iterator[Sample], reading: Tally) -> Iterator[Batch]:
     """Batches of tar samples read here, each led by what reading counted since the
     batch before. A batch ends before a sample on whose way records were rejected,
     so that their lines are merged where one process writes them: between batches."""
@@ -171,70 +188,74 @@ def _samples(samples: Iterator[Sample], reading: Tally) -> Iterator[tuple[Sample
     lead = None
     for sample in samples:
         if batch and (reading.rejected or size >= BATCH_BYTES or len(batch) >= BATCH_SAMPLES):
-            yield Samples(samples=batch), lead
+            yield Batch(Samples(samples=batch), None, lead)
             batch, size = [], 0
         if not batch:
             lead = reading.detach()
         batch.append(sample)
         size += sum(map(len, sample.members.values()))
     if batch:
-        yield Samples(samples=batch), lead
+        yield Batch(Samples(samples=batch), None, lead)
     tail = reading.detach()
     if tail.n_in or tail.rejected:  # a reader counts inputs and rejections, nothing else
-        yield Samples(), tail
+        yield Batch(Samples(), None, tail)
 
 
 # -- in a worker ------------------------------------------------------------
 
+Work = Callable[[Job, Iterable[Sample], Tally], tuple[Any, bytes | None]]
+
 
 class Worker:
     """What a worker process does with a job: its records read and counted in a
-    tally of its own (as the run's counts), then `work(job, samples, tally)`.
-    Built before the fork, so `work` (a stage, a matcher) comes with it."""
+    tally of its own (as the run's counts), then `work(job, samples, tally)`, which
+    answers with a result and bytes (or None). Built before the fork, so `work` (a
+    stage, a matcher) comes with it."""
 
-    def __init__(
-        self, work: Callable[[Job, Iterable[Sample], Tally], Any], run: Tally, pick: Picker
-    ):
+    def __init__(self, work: Work, run: Tally, pick: Picker):
         self.work = work
         self.run = run  # the run's tally as it was at the fork: how to count
         self.rank, self.world, self.skip = pick.rank, pick.world, pick.skip
 
-    def __call__(self, job: Job) -> tuple[Any, Part]:
+    def __call__(self, job: Job, data: bytes | memoryview | None) -> tuple[Any, bytes | None]:
         tally = self.run.apart()
-        return self.work(job, self._samples(job, tally), tally), tally.detach()
+        result, out = self.work(job, self._samples(job, data, tally), tally)
+        return (result, tally.detach()), out
 
-    def _samples(self, job: Job, tally: Tally) -> Iterable[Sample]:
+    def _samples(self, job: Job, data, tally: Tally) -> Iterable[Sample]:
         if isinstance(job, Lines):
             pick = Picker(self.rank, self.world, self.skip)
             pick.ordinal = job.first_ordinal - 1
-            return read_jsonl(job.lines, job.source, tally, pick, job.first_line)
+            return read_jsonl(io.BytesIO(data), job.source, tally, pick, job.first_line)
         return job.samples if isinstance(job, Samples) else ()
 
 
-def encode(samples: Iterable[Sample], fmt: str, tally: Tally, limits: ImageLimits) -> Encoded:
+def encode(
+    samples: Iterable[Sample], job: Job, tally: Tally, limits: ImageLimits
+) -> tuple[Encoded, bytes]:
     """The samples as the output's writer writes them: JSONL lines, or tar member
     groups (rejecting here what the tar writer would). A sample with members
-    bound for JSONL is left to the sink, which puts them in files."""
+    bound for JSONL is left to the sink, which puts them in files. Each output's
+    input ordinal is noted when the job is `marked`."""
     parts: list[bytes] = []
-    ends, idxs = array("q"), array("q")
+    idxs = array("q")
     kept: dict[int, Sample] = {}
-    end = 0
     dumps, newline = orjson.dumps, orjson.OPT_APPEND_NEWLINE
     for sample in samples:
-        if fmt == "tar":
+        if job.fmt == "tar":
             data = tar_blocks(sample, tally, limits)
             if data is None:
                 continue
         elif sample.members:
-            kept[len(idxs)] = sample
+            kept[len(parts)] = sample
             data = b""
         else:
             data = dumps(sample.record, option=newline)
         parts.append(data)
-        end += len(data)
-        ends.append(end)
-        idxs.append(sample.idx)
-    return Encoded(b"".join(parts), ends, idxs, kept)
+        if job.marked:
+            idxs.append(sample.idx)
+    ends = array("q", accumulate(map(len, parts)) if job.marked or kept else ())
+    return Encoded(len(parts), ends, idxs, kept), b"".join(parts)
 
 
 class _Staging:
@@ -243,8 +264,8 @@ class _Staging:
     def __init__(self, stage: Stage, limits: ImageLimits):
         self.stage, self.limits = stage, limits
 
-    def __call__(self, job: Job, samples: Iterable[Sample], tally: Tally) -> Encoded:
-        return encode(self.stage(samples, tally), job.fmt, tally, self.limits)
+    def __call__(self, job: Job, samples: Iterable[Sample], tally: Tally) -> tuple[Encoded, bytes]:
+        return encode(self.stage(samples, tally), job, tally, self.limits)
 
 
 class _Gathering:
@@ -256,18 +277,18 @@ class _Gathering:
         self.held: dict[int, Any] = {}
         self.settled: Any = None
 
-    def __call__(self, job: Job, samples: Iterable[Sample], tally: Tally) -> Any:
+    def __call__(self, job: Job, samples: Iterable[Sample], tally: Tally) -> tuple[Any, Any]:
         if isinstance(job, Settled):
             self.settled = job.value
-            return None
+            return None, None
         if isinstance(job, Release):
             released = self.stage.release(self.held.pop(job.seq), self.settled, tally)
-            return encode(released, job.fmt, tally, self.limits)
+            return encode(released, job, tally, self.limits)
         # Held records are many and hold no cycles: the collector would walk them all,
         # again and again, finding nothing (see curate's one-pass). Off for good here.
         gc.disable()
         self.held[job.seq], found = self.stage.gather(samples, tally)
-        return found
+        return found, None
 
 
 # -- here -------------------------------------------------------------------
@@ -288,8 +309,9 @@ def write_stage(
         return
     fmt = _Format(sink)
     with _pool(workers, _Staging(stage, limits), tally, inputs.pick) as pool:
-        for encoded in _merged(pool, fmt.stamped(batches(inputs, tally.apart())), tally, update):
-            sink.write_encoded(encoded)
+        jobs = fmt.stamped(batches(inputs, tally.apart()))
+        for encoded, data in _merged(pool, jobs, tally, update):
+            sink.write_encoded(encoded, data)
 
 
 def _gather_then_write(
@@ -303,62 +325,63 @@ def _gather_then_write(
 ) -> None:
     fmt = _Format(sink)
     with _pool(workers, _Gathering(stage, limits), tally, inputs.pick) as pool:
-        found = list(_merged(pool, batches(inputs, tally.apart()), tally, update))
+        found = [
+            result for result, _ in _merged(pool, batches(inputs, tally.apart()), tally, update)
+        ]
         pool.each(Settled(value=stage.settle(found, tally)))
-        releases = ((Release(seq=seq), None) for seq in range(len(found)))
-        for encoded in _merged(pool, fmt.stamped(releases), tally, update):
-            sink.write_encoded(encoded)
+        releases = (Batch(Release(seq=seq), None, None) for seq in range(len(found)))
+        for encoded, data in _merged(pool, fmt.stamped(releases), tally, update):
+            sink.write_encoded(encoded, data)
 
 
 def each_batch(
-    work: Callable[[Lines | Samples, Iterable[Sample], Tally], Any],
-    inputs: Inputs,
-    tally: Tally,
-    workers: int,
-    update: Update = None,
+    work: Work, inputs: Inputs, tally: Tally, workers: int, update: Update = None
 ) -> Iterator[Any]:
     """`work(batch, samples, tally)` over the inputs in `workers` processes (a pass
-    that writes no records): each batch's answer, in input order, its counts
-    merged into `tally`. Close the iterator (`contextlib.closing`) to stop early."""
+    that writes no records; its bytes are None): each batch's result, in input
+    order, its counts merged into `tally`. Close the iterator
+    (`contextlib.closing`) to stop early."""
     with _pool(workers, work, tally, inputs.pick) as pool:
-        yield from _merged(pool, batches(inputs, tally.apart()), tally, update)
+        for result, _ in _merged(pool, batches(inputs, tally.apart()), tally, update):
+            yield result
 
 
-def _pool(workers: int, work: Callable, tally: Tally, pick: Picker) -> Pool:
+def _pool(workers: int, work: Work, tally: Tally, pick: Picker) -> Pool:
     from vecap_cli.stream.pool import Pool  # multiprocessing: ~10 ms, for runs that fork only
 
-    return Pool(workers, Worker(work, tally, pick))
+    # a batch's outputs may outgrow its input (a caption each, mix --policy all)
+    return Pool(workers, Worker(work, tally, pick), slot=4 * BATCH_BYTES)
 
 
-def _merged(
-    pool: Pool, jobs: Iterable[tuple[Job, Part | None]], tally: Tally, update: Update
-) -> Iterator[Any]:
-    """The answers to `jobs`, in order, each batch's counts merged into `tally`
+def _merged(pool: Pool, batches: Iterable[Batch], tally: Tally, update: Update) -> Iterator[Any]:
+    """The answers to `batches`, in order, each batch's counts merged into `tally`
     first: what reading it here counted (its lead), then the worker's."""
     leads: deque[Part | None] = deque()
 
-    def sent() -> Iterator[Job]:
-        for job, lead in jobs:
-            leads.append(lead)
-            yield job
+    def sent() -> Iterator[tuple[Job, bytes | None]]:
+        for batch in batches:
+            leads.append(batch.lead)
+            yield batch.job, batch.data
 
-    for answer, part in pool.map(sent()):
+    for (result, part), data in pool.map(sent()):
         lead = leads.popleft()
         if lead is not None:
             tally.merge(lead)
         tally.merge(part)
         if update is not None:
             update(tally.n_in, tally.n_out)
-        yield answer
+        yield result, data
 
 
 class _Format:
-    """The output's format, known once the first input is open (it may follow its carrier)."""
+    """How the sink wants outputs encoded: its format, known once the first input is
+    open (it may follow its carrier), and whether it cuts shards."""
 
     def __init__(self, sink: Sink):
         self.sink, self.fmt = sink, ""
 
-    def stamped(self, jobs: Iterable[tuple[Job, Part | None]]) -> Iterator[tuple[Job, Part | None]]:
-        for job, lead in jobs:
-            job.fmt = self.fmt = self.fmt or self.sink.output_format()
-            yield job, lead
+    def stamped(self, batches: Iterable[Batch]) -> Iterator[Batch]:
+        for batch in batches:
+            batch.job.fmt = self.fmt = self.fmt or self.sink.output_format()
+            batch.job.marked = self.sink.cuts
+            yield batch

@@ -1,11 +1,16 @@
 """Worker processes that answer jobs in the order the jobs came.
 
-`Pool(n, handle)` forks n workers that run `handle(job)`: what the parent built
-before (a stage, a matcher, counts) comes with them copy-on-write, never
+`Pool(n, handle)` forks n workers that run `handle(job, data)`: what the parent
+built before (a stage, a matcher, counts) comes with them copy-on-write, never
 pickled. `pool.map(jobs)` sends job i to worker i % n and yields the answers in
 job order, keeping at most DEPTH jobs on each worker; a second `map` with the
 same numbering reaches the same workers, which is how a worker finds again
 what it kept from a job of the first.
+
+A job and its answer are each a small object and `data`, bytes (or None): the
+bytes go through memory the parent shares with the worker (its `_Shelf`), not
+through the pipe, which would copy them four times and pickle them; bytes too
+big for a slot go through the pipe.
 
 A failure is one line, never a hang: a job that raises re-raises its exception
 here (a VecapError as it is, with its message); a worker that dies (killed,
@@ -18,6 +23,8 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import fcntl
+import mmap
 import os
 import pickle
 import queue
@@ -34,11 +41,18 @@ from typing import Any
 from vecap_cli.errors import VecapError
 
 DEPTH = 2  # jobs sent ahead to each worker: one to work on, one waiting
+PIPE_BYTES = 1 << 20
 _PR_SET_PDEATHSIG = 1
 
 
+Data = bytes | memoryview | None
+Handle = Callable[[Any, Data], tuple[Any, Data]]
+
+
 class Pool:
-    def __init__(self, n: int, handle: Callable[[Any], Any]):
+    """`slot`: the bytes of a job's or an answer's data that go through shared memory."""
+
+    def __init__(self, n: int, handle: Handle, slot: int = 1 << 21):
         context = get_context("fork")
         # a child would write the parent's buffered bytes a second time
         sys.stdout.flush()
@@ -46,19 +60,20 @@ class Pool:
         self._workers: list[_Worker] = []
         try:
             for _ in range(n):
-                jobs_out, jobs_in = context.Pipe(duplex=False)
-                answers_out, answers_in = context.Pipe(duplex=False)
+                jobs_out, jobs_in = _widened(context.Pipe(duplex=False))
+                answers_out, answers_in = _widened(context.Pipe(duplex=False))
                 # the ends this worker must not hold: its parent's, and the others'
                 foreign = [jobs_in, answers_out, *(end for w in self._workers for end in w.ends)]
+                shelf = _Shelf(slot)
                 process = context.Process(
                     target=_serve,
-                    args=(jobs_out, answers_in, handle, foreign, os.getpid()),
+                    args=(jobs_out, answers_in, shelf, handle, foreign, os.getpid()),
                     daemon=True,  # ended, not waited for, should the parent exit early
                 )
                 process.start()
                 jobs_out.close()
                 answers_in.close()
-                self._workers.append(_Worker(process, jobs_in, answers_out))
+                self._workers.append(_Worker(process, jobs_in, answers_out, shelf))
         except BaseException:
             self.close(ok=False)
             raise
@@ -69,8 +84,9 @@ class Pool:
     def __exit__(self, kind, value, tb) -> None:
         self.close(ok=kind is None)
 
-    def map(self, jobs: Iterable[Any]) -> Iterator[Any]:
-        """The answer to each job, in job order; job i goes to worker i % n.
+    def map(self, jobs: Iterable[tuple[Any, Data]]) -> Iterator[tuple[Any, Data]]:
+        """The answer to each (job, data), in job order; job i goes to worker i % n.
+        An answer's data lives until the next answer is asked for.
 
         Jobs are drawn on a thread of their own (`_Feed`): an input that stalls (a
         pipe waiting for its writer) holds back no answer to the jobs it gave."""
@@ -81,10 +97,10 @@ class Pool:
             while waiting or not feed.ended:
                 room = len(waiting) < DEPTH * n
                 if waiting and waiting[0].answers:
-                    yield _unpack(waiting.popleft().answers.popleft())
+                    yield waiting.popleft().answer()
                 elif room and feed.has_job():
                     worker = self._workers[sent % n]
-                    worker.send(feed.take())
+                    worker.send(*feed.take())
                     waiting.append(worker)
                     sent += 1
                 else:
@@ -92,7 +108,7 @@ class Pool:
 
     def each(self, job: Any) -> None:
         """Send `job` to every worker (settings for the jobs that follow it)."""
-        for _ in self.map([job] * len(self._workers)):
+        for _ in self.map([(job, None)] * len(self._workers)):
             pass
 
     def _wait(self, feed: _Feed | None) -> None:
@@ -116,22 +132,25 @@ class Pool:
 
 
 class _Worker:
-    """The parent's side of one worker: its process and both pipes."""
+    """The parent's side of one worker: its process, both pipes and its shelf."""
 
-    def __init__(self, process, jobs_in: Connection, answers_out: Connection):
+    def __init__(self, process, jobs_in: Connection, answers_out: Connection, shelf: _Shelf):
         self.process, self.jobs_in, self.answers_out = process, jobs_in, answers_out
-        self.answers: deque = deque()
+        self.shelf = shelf
+        self.sent = self.answered = 0  # its jobs: their slots on the shelf
+        self.answers: deque = deque()  # received, not yet taken
         self.done = False  # its answers pipe has ended
 
     @property
     def ends(self) -> tuple[Connection, Connection]:
         return self.jobs_in, self.answers_out
 
-    def send(self, job: Any) -> None:
+    def send(self, job: Any, data: Data) -> None:
         try:
-            self.jobs_in.send(job)
+            self.jobs_in.send((job, *self.shelf.put(self.sent, JOB, data)))
         except (BrokenPipeError, ConnectionResetError):
             raise self._died() from None
+        self.sent += 1
 
     def receive(self) -> None:
         try:
@@ -139,6 +158,19 @@ class _Worker:
         except EOFError:
             self.done = True
             raise self._died() from None
+
+    def answer(self) -> tuple[Any, Data]:
+        """The next answer and its data, or its exception raised (a VecapError as it
+        is: one line)."""
+        ok, value, size, inline = self.answers.popleft()
+        data = self.shelf.get(self.answered, ANSWER, size, inline)
+        self.answered += 1
+        if ok:
+            return value, data
+        error, remote = value
+        if isinstance(error, VecapError):
+            raise error
+        raise error from _RemoteTraceback(remote)
 
     def _died(self) -> VecapError:
         self.process.join(timeout=5)
@@ -217,15 +249,44 @@ class _Feed:
         return False
 
 
-def _unpack(answer: tuple[bool, Any]) -> Any:
-    """A worker's answer, or its exception raised (a VecapError as it is: one line)."""
-    ok, value = answer
-    if ok:
-        return value
-    error, remote = value
-    if isinstance(error, VecapError):
-        raise error
-    raise error from _RemoteTraceback(remote)
+def _widened(ends: tuple[Connection, Connection]) -> tuple[Connection, Connection]:
+    """A pipe that holds a whole job or answer (1 MiB, Linux's most for a user, not
+    64 KiB): a worker's thread reading its next job waits for its turn on the
+    GIL between chunks, and each chunk would keep the writer waiting."""
+    with contextlib.suppress(OSError, AttributeError):
+        fcntl.fcntl(ends[0].fileno(), fcntl.F_SETPIPE_SZ, PIPE_BYTES)
+    return ends
+
+
+JOB, ANSWER = 0, 1
+
+
+class _Shelf:
+    """Memory one worker shares with the parent: for the k-th job, a slot for its
+    data and one for its answer's. DEPTH slots of each suffice, as a worker's job k
+    is sent once the answer to its job k - DEPTH has been taken."""
+
+    def __init__(self, slot: int):
+        self.slot = slot
+        self.memory = mmap.mmap(-1, 2 * DEPTH * slot)  # anonymous, shared with the fork
+
+    def put(self, k: int, kind: int, data: Data) -> tuple[int | None, Data]:
+        """(size, None) when `data` is on the shelf, (None, data) when it must go
+        through the pipe (None, or too big)."""
+        if data is None or len(data) > self.slot:
+            return None, data
+        at = self._at(k, kind)
+        self.memory[at : at + len(data)] = data
+        return len(data), None
+
+    def get(self, k: int, kind: int, size: int | None, inline: Data) -> Data:
+        if size is None:
+            return inline
+        at = self._at(k, kind)
+        return memoryview(self.memory)[at : at + size]
+
+    def _at(self, k: int, kind: int) -> int:
+        return ((k % DEPTH) * 2 + kind) * self.slot
 
 
 class _RemoteTraceback(Exception):
@@ -241,7 +302,8 @@ class _RemoteTraceback(Exception):
 def _serve(
     jobs_out: Connection,
     answers_in: Connection,
-    handle: Callable[[Any], Any],
+    shelf: _Shelf,
+    handle: Handle,
     foreign: list[Connection],
     parent: int,
 ) -> None:
@@ -254,17 +316,21 @@ def _serve(
     # Jobs are read on a thread of their own: while this one waits to write a big
     # answer, the parent may be writing the next job, and neither would read.
     threading.Thread(target=_receive, args=(jobs_out, inbox), daemon=True).start()
-    while (job := inbox.get()) is not None:
+    k = 0
+    while (message := inbox.get()) is not None:
+        job, size, inline = message
         try:
-            answer = (True, handle(job))
+            value, data = handle(job, shelf.get(k, JOB, size, inline))
+            answer = (True, value, *shelf.put(k, ANSWER, data))
         except BaseException as err:  # any failure goes to the parent
-            answer = (False, _portable(err))
+            answer = (False, _portable(err), None, None)
+        k += 1
         try:
             answers_in.send(answer)
         except OSError:
             return  # the parent has gone
         except Exception as err:  # an answer that cannot be pickled
-            answers_in.send((False, _portable(err)))
+            answers_in.send((False, _portable(err), None, None))
 
 
 def _receive(jobs_out: Connection, inbox: queue.SimpleQueue) -> None:

@@ -83,12 +83,14 @@ def write_error(path: str, err: OSError) -> VecapError:
 
 @dataclass
 class Encoded:
-    """A batch of outputs encoded for the output's format (in a worker process):
-    output i is `data[begin(i):begin(i + 1)]`, of the input `idxs[i]`. An output only
-    the sink can write (JSONL of a tar's members, which it puts in files) is held
-    as the sample, in `samples` by its position, and has no bytes in `data`."""
+    """A batch of `count` outputs encoded for the output's format (in a worker
+    process), as the bytes `data` that come beside it. An output only the sink can
+    write (JSONL of a tar's members, which it puts in files) is held as the sample,
+    in `samples` by its position, and has no bytes in `data`. Where the sink needs
+    them (`Sink.cuts`, or such samples), output i is `data[begin(i):begin(i + 1)]`,
+    of the input `idxs[i]`."""
 
-    data: bytes
+    count: int
     ends: array  # where each output's bytes end in `data`
     idxs: array
     samples: dict[int, Sample]
@@ -197,6 +199,8 @@ class OutputFile:
 class Sink:
     """Stdout or one file; `write` returns False when the writer rejected the sample."""
 
+    cuts = False  # whether it closes files between outputs (wants each one's input)
+
     def __init__(self, spec: OutputSpec, tally: Tally, input_carrier: Callable[[], str]):
         self.spec, self.tally, self._input_carrier = spec, tally, input_carrier
         self.file: OutputFile | None = None if spec.sharded else OutputFile(spec.path)
@@ -234,20 +238,24 @@ class Sink:
             for sample in samples:
                 self.write(sample)
 
-    def write_encoded(self, block: Encoded) -> None:
+    def write_encoded(self, block: Encoded, data: bytes | memoryview) -> None:
         """Write a batch of outputs encoded in a worker process, in one go; the
         outputs only this process can write (`block.samples`) in their places."""
+        if not block.samples:  # the rule
+            self._writer().put(data)
+            self.tally.n_out += block.count
+            return
         run = 0  # the first output not yet written
         for at in sorted(block.samples):
-            self._put(block, run, at)
+            self._put(block, data, run, at)
             self.write(block.samples[at])
             run = at + 1
-        self._put(block, run, len(block.idxs))
+        self._put(block, data, run, block.count)
 
-    def _put(self, block: Encoded, start: int, stop: int) -> None:
+    def _put(self, block: Encoded, data: bytes | memoryview, start: int, stop: int) -> None:
         """Outputs start..stop-1 of `block`, encoded, into the open file."""
         if stop > start:
-            self._writer().put(block.data[block.begin(start) : block.begin(stop)])
+            self._writer().put(data[block.begin(start) : block.begin(stop)])
             self.tally.n_out += stop - start
 
     @contextlib.contextmanager
@@ -277,6 +285,8 @@ class ShardedSink(Sink):
     A shard closes only between inputs, so the outputs of one input (mix --policy
     all) never straddle two shards and a shard maps to a whole range of inputs.
     """
+
+    cuts = True
 
     def __init__(self, spec: OutputSpec, tally: Tally, input_carrier: Callable[[], str]):
         super().__init__(spec, tally, input_carrier)
@@ -340,23 +350,23 @@ class ShardedSink(Sink):
         self.last_idx = sample.idx
         return True
 
-    def write_encoded(self, block: Encoded) -> None:
+    def write_encoded(self, block: Encoded, data: bytes | memoryview) -> None:
         """As Sink.write_encoded, closing the shard where `write` would."""
         run = 0
         size = self.spec.shard_size
         for at, idx in enumerate(block.idxs):
             if at in block.samples:  # `write` counts it, and closes the shard before it
-                self._put(block, run, at)
+                self._put(block, data, run, at)
                 self.write(block.samples[at])
                 run = at + 1
                 continue
             if self.count >= size and idx != self.last_idx:
-                self._put(block, run, at)
+                self._put(block, data, run, at)
                 self._seal(boundary=idx)
                 run = at
             self.count += 1
             self.last_idx = idx
-        self._put(block, run, len(block.idxs))
+        self._put(block, data, run, block.count)
 
     def _seal(self, boundary: int) -> None:
         """Finish the open shard, then the rejects and counts of its inputs, then

@@ -401,16 +401,16 @@ def _count(
 
 def _count_batch(
     batch, samples: Iterable[Sample], tally: Tally, config: CurateConfig, matcher: Matcher
-) -> tuple[int, int, MatchCache]:
+) -> tuple[tuple[int, int, MatchCache], None]:
     """The counting pass over one batch, in a worker: (records, matched, what
     `prepare` decided for each of its inputs, from the first that reached it)."""
     samples = iter(samples)
     head = next(samples, None)
     decided = MatchCache(head.idx if head is not None else 0)
     if head is None:
-        return 0, 0, decided
+        return (0, 0, decided), None
     pairs = stages.prepare(chain([head], samples), tally, config, matcher.find_many, decided)
-    return *stages.count(pairs, tally), decided
+    return (*stages.count(pairs, tally), decided), None
 
 
 def _balancing(config: CurateConfig, meta: Metadata, counts: EntryCounts, decide):
