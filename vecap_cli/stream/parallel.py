@@ -26,7 +26,7 @@ from array import array
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from itertools import accumulate, count
+from itertools import count
 from typing import TYPE_CHECKING, Any, BinaryIO, NamedTuple
 
 import orjson
@@ -236,26 +236,29 @@ def encode(
     """The samples as the output's writer writes them: JSONL lines, or tar member
     groups (rejecting here what the tar writer would). A sample with members
     bound for JSONL is left to the sink, which puts them in files. Each output's
-    input ordinal is noted when the job is `marked`."""
-    parts: list[bytes] = []
-    idxs = array("q")
-    kept: dict[int, Sample] = {}
+    input and end are noted when the job is `marked`."""
+    out = io.BytesIO()  # each line written as made: a list keeping them all costs more
+    put = out.write
+    kept: dict[int, tuple[int, Sample]] = {}
+    idxs, ends = array("q"), array("q")
     dumps, newline = orjson.dumps, orjson.OPT_APPEND_NEWLINE
+    tar, marked = job.fmt == "tar", job.marked
+    n = end = 0
     for sample in samples:
-        if job.fmt == "tar":
+        if tar:
             data = tar_blocks(sample, tally, limits)
             if data is None:
                 continue
+            end += put(data)
         elif sample.members:
-            kept[len(parts)] = sample
-            data = b""
+            kept[n] = (end, sample)
         else:
-            data = dumps(sample.record, option=newline)
-        parts.append(data)
-        if job.marked:
+            end += put(dumps(sample.record, option=newline))
+        n += 1
+        if marked:
             idxs.append(sample.idx)
-    ends = array("q", accumulate(map(len, parts)) if job.marked or kept else ())
-    return Encoded(len(parts), ends, idxs, kept), b"".join(parts)
+            ends.append(end)
+    return Encoded(n, kept, idxs, ends), out.getvalue()
 
 
 class _Staging:

@@ -84,19 +84,15 @@ def write_error(path: str, err: OSError) -> VecapError:
 @dataclass
 class Encoded:
     """A batch of `count` outputs encoded for the output's format (in a worker
-    process), as the bytes `data` that come beside it. An output only the sink can
-    write (JSONL of a tar's members, which it puts in files) is held as the sample,
-    in `samples` by its position, and has no bytes in `data`. Where the sink needs
-    them (`Sink.cuts`, or such samples), output i is `data[begin(i):begin(i + 1)]`,
-    of the input `idxs[i]`."""
+    process), as the bytes that come beside it. An output only the sink can write
+    (JSONL of a tar's members, which it puts in files) is held as the sample, by its
+    position, with where it falls in the bytes. For a sink that cuts shards, each
+    output's input (`idxs`) and where its bytes end (`ends`)."""
 
     count: int
-    ends: array  # where each output's bytes end in `data`
+    samples: dict[int, tuple[int, Sample]]
     idxs: array
-    samples: dict[int, Sample]
-
-    def begin(self, i: int) -> int:
-        return self.ends[i - 1] if i else 0
+    ends: array
 
 
 @dataclass(frozen=True)
@@ -241,22 +237,14 @@ class Sink:
     def write_encoded(self, block: Encoded, data: bytes | memoryview) -> None:
         """Write a batch of outputs encoded in a worker process, in one go; the
         outputs only this process can write (`block.samples`) in their places."""
-        if not block.samples:  # the rule
-            self._writer().put(data)
-            self.tally.n_out += block.count
-            return
-        run = 0  # the first output not yet written
+        done = 0  # bytes of `data` written
         for at in sorted(block.samples):
-            self._put(block, data, run, at)
-            self.write(block.samples[at])
-            run = at + 1
-        self._put(block, data, run, block.count)
-
-    def _put(self, block: Encoded, data: bytes | memoryview, start: int, stop: int) -> None:
-        """Outputs start..stop-1 of `block`, encoded, into the open file."""
-        if stop > start:
-            self._writer().put(data[block.begin(start) : block.begin(stop)])
-            self.tally.n_out += stop - start
+            offset, sample = block.samples[at]
+            self._writer().put(data[done:offset])
+            self.write(sample)
+            done = offset
+        self._writer().put(data[done:])
+        self.tally.n_out += block.count - len(block.samples)
 
     @contextlib.contextmanager
     def failing_writes(self):
@@ -352,12 +340,12 @@ class ShardedSink(Sink):
 
     def write_encoded(self, block: Encoded, data: bytes | memoryview) -> None:
         """As Sink.write_encoded, closing the shard where `write` would."""
-        run = 0
+        run = 0  # the first output not yet written
         size = self.spec.shard_size
         for at, idx in enumerate(block.idxs):
             if at in block.samples:  # `write` counts it, and closes the shard before it
                 self._put(block, data, run, at)
-                self.write(block.samples[at])
+                self.write(block.samples[at][1])
                 run = at + 1
                 continue
             if self.count >= size and idx != self.last_idx:
@@ -367,6 +355,14 @@ class ShardedSink(Sink):
             self.count += 1
             self.last_idx = idx
         self._put(block, data, run, block.count)
+
+    def _put(self, block: Encoded, data: bytes | memoryview, start: int, stop: int) -> None:
+        """Outputs start..stop-1 of `block` into the open shard (a sample held as
+        such, at stop - 1 or before, has no bytes: it is never among them)."""
+        if stop > start:
+            begin = block.ends[start - 1] if start else 0
+            self._writer().put(data[begin : block.ends[stop - 1]])
+            self.tally.n_out += stop - start
 
     def _seal(self, boundary: int) -> None:
         """Finish the open shard, then the rejects and counts of its inputs, then
