@@ -78,7 +78,7 @@ def run(pool, workers, stage=busy, inputs=("pool.jsonl",), output="out.jsonl", *
     """Runs `stage` into pool/wN/OUTPUT; returns (tally, {name: bytes} of wN)."""
     folder = pool / f"w{workers}"
     opts = StreamOptions(
-        inputs=tuple(str(pool / name) for name in inputs),
+        inputs=tuple(name if name.startswith("pipe:") else str(pool / name) for name in inputs),
         output=str(folder / output),
         rejects=str(folder / "rejects.jsonl"),
         stats=str(folder / "stats.json"),
@@ -288,3 +288,14 @@ def test_tar_output_of_workers_reads_back(pool):
     with tarfile.open(pool / "w2" / "out.tar") as tar:
         names = tar.getnames()
     assert "000000.json" in names and any(name.endswith("_again.json") for name in names)
+
+
+def test_an_input_that_fails_stops_the_run_where_one_process_stops(pool):
+    """What the inputs before it gave is written first: the same sealed shards."""
+    (pool / "fails.sh").write_text("head -c 3000 part2.jsonl; exit 3\n")
+    inputs = ("part0.jsonl", f"pipe:cd {pool} && sh fails.sh")
+    for workers in (1, 2):
+        with pytest.raises(VecapError, match="exited with status 3"):
+            run(pool, workers, inputs=inputs, output="%03d.jsonl", shard_size=17)
+    assert written(pool / "w1") == written(pool / "w2")
+    assert len([name for name in written(pool / "w1") if name.endswith(".jsonl")]) > 3

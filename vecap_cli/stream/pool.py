@@ -94,17 +94,19 @@ class Pool:
         waiting: deque[_Worker] = deque()  # the worker of each job not yet answered
         sent = 0
         with _Feed(jobs, ahead=DEPTH * n) as feed:
-            while waiting or not feed.ended:
+            while waiting or not feed.done:
                 room = len(waiting) < DEPTH * n
                 if waiting and waiting[0].answers:
                     yield waiting.popleft().answer()
-                elif room and feed.has_job():
+                elif room and (job := feed.take()) is not None:
                     worker = self._workers[sent % n]
-                    worker.send(*feed.take())
+                    worker.send(*job)
                     waiting.append(worker)
                     sent += 1
-                else:
-                    self._wait(feed if room else None)
+                elif not feed.done or waiting:
+                    self._wait(feed if room and not feed.done else None)
+        if feed.error is not None:  # the input's, once all it gave is answered
+            raise feed.error
 
     def each(self, job: Any) -> None:
         """Send `job` to every worker (settings for the jobs that follow it)."""
@@ -186,7 +188,7 @@ class _Worker:
 
 class _Feed:
     """Draws jobs from an iterable on a thread of its own, at most `ahead` of those
-    taken; `ready` (a pipe's end) reads while a job (or the end) waits."""
+    taken; `ready` (a pipe's end) reads while one (or the end) waits to be taken."""
 
     _END = object()
 
@@ -194,8 +196,8 @@ class _Feed:
         self._queue: queue.Queue = queue.Queue(ahead)
         self.ready, self._signal = os.pipe()  # the thread alone writes (and closes) _signal
         self._stop = threading.Event()
-        self._next: tuple[bool, Any] | None = None
-        self.ended = False
+        self.done = False  # the last job is taken, or drawing failed
+        self.error: BaseException | None = None  # how it failed
         threading.Thread(target=self._draw, args=(jobs,), daemon=True).start()
 
     def __enter__(self) -> _Feed:
@@ -205,26 +207,20 @@ class _Feed:
         self._stop.set()  # a thread waiting for room stops; one reading the input, when it returns
         os.close(self.ready)
 
-    def has_job(self) -> bool:
-        """Whether a job is there to take; raises what drawing it raised."""
-        if self._next is None:
-            try:
-                self._next = self._queue.get_nowait()
-            except queue.Empty:
-                return False
-            os.read(self.ready, 1)
-        ok, job = self._next
-        if not ok:
-            raise job
-        if job is self._END:
-            self.ended = True
-            return False
-        return True
-
     def take(self) -> Any:
-        assert self._next is not None
-        job, self._next = self._next[1], None
-        return job
+        """The next job, or None: none yet, or none to come (`done`)."""
+        if self.done:
+            return None
+        try:
+            ok, job = self._queue.get_nowait()
+        except queue.Empty:
+            return None
+        os.read(self.ready, 1)
+        if ok and job is not self._END:
+            return job
+        self.done = True
+        self.error = None if ok else job
+        return None
 
     def _draw(self, jobs: Iterable[Any]) -> None:
         try:
