@@ -15,7 +15,7 @@ import pytest
 
 from tests.conftest import make_records, tiny_image
 from vecap_cli.errors import StrictError, VecapError
-from vecap_cli.stream import parallel
+from vecap_cli.stream import batches, parallel
 from vecap_cli.stream.runner import StreamOptions, run_stream
 from vecap_cli.stream.sinks import ShardedSink
 
@@ -25,8 +25,8 @@ PARENT = os.getpid()
 @pytest.fixture(autouse=True)
 def small_batches(monkeypatch):
     """Batches of a few records, so that even a small input is many batches."""
-    monkeypatch.setattr(parallel, "BATCH_BYTES", 700)
-    monkeypatch.setattr(parallel, "BATCH_SAMPLES", 7)
+    monkeypatch.setattr(batches, "BATCH_BYTES", 700)
+    monkeypatch.setattr(batches, "BATCH_SAMPLES", 7)
 
 
 def busy(samples, tally):

@@ -1,15 +1,11 @@
 """--workers: a run's records in batches over worker processes (pool.py), written here.
 
-This process reads the inputs and cuts them into batches: JSONL as its lines,
-parsed in the workers; a tar as its samples, read here (a tar stream has no
-line to cut at). A worker counts its batch in a tally of its own
-(`Tally.apart`), runs the step over it and answers; for a stage, the answer is
-its outputs, encoded for the output's format. This process merges the tallies
-and writes the outputs batch after batch, in input order: the output, the
-counts, --rejects and the shards --resume goes on from are one process's.
-
-Records are numbered here as one process numbers them: a batch of lines carries
-the ordinal of its first, and the worker's reader goes on from there.
+This process cuts the inputs into batches (batches.py). A worker counts its
+batch in a tally of its own (`Tally.apart`), runs the step over it and answers;
+for a stage, the answer is its outputs, encoded for the output's format. This
+process merges the tallies and writes the outputs batch after batch, in input
+order: the output, the counts, --rejects and the shards --resume goes on from
+are one process's.
 
 One case keeps an order of its own: rejected lines of a stage that reads ahead
 (curate matches 1,024 records at a time) come batch by batch; they are the same
@@ -25,29 +21,25 @@ import os
 from array import array
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
-from itertools import count
-from typing import TYPE_CHECKING, Any, BinaryIO, NamedTuple
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from vecap_cli.stream.batches import BATCH_BYTES, Batch, Inputs, Job, Lines, Samples, batches
 from vecap_cli.stream.images import ImageLimits
 from vecap_cli.stream.jsonl import read_jsonl
 from vecap_cli.stream.picker import Picker
-from vecap_cli.stream.sample import Sample, Source
+from vecap_cli.stream.sample import Sample
 from vecap_cli.stream.sinks import Encoded, Sink
-from vecap_cli.stream.sources import open_each
 from vecap_cli.stream.tally import Part, Tally
-from vecap_cli.stream.tar import read_tar, tar_blocks
+from vecap_cli.stream.tar import tar_blocks
 
 if TYPE_CHECKING:
     from vecap_cli.stream.pool import Pool
 
 Stage = Callable[[Iterable[Sample], Tally], Iterator[Sample]]
 Update = Callable[[int, int], None] | None
-
-BATCH_BYTES = 1 << 19  # JSONL lines (whole), or tar samples, per batch: it fits a pipe
-BATCH_SAMPLES = 1024  # tar samples per batch, at most
 
 
 class Gathering:
@@ -88,40 +80,7 @@ def per_process(build: Callable[[], Stage]) -> Stage:
     return stage
 
 
-@dataclass
-class Inputs:
-    """This rank's inputs, as one process reads them."""
-
-    names: list[str]
-    pick: Picker
-    carriers: list[str]  # the carrier of each input opened so far
-    log: Callable[[str], None]
-    stdin: BinaryIO | None = None
-
-
-# -- jobs -------------------------------------------------------------------
-
-
-@dataclass(kw_only=True)
-class Job:
-    seq: int = 0  # the batch's place in the run
-    fmt: str = ""  # the output's format ('jsonl' | 'tar'), for a stage's outputs
-    marked: bool = False  # the sink wants each output's input and end (it cuts shards)
-
-
-@dataclass(kw_only=True)
-class Lines(Job):
-    """Whole JSONL lines (the batch's data, as read), parsed by the worker;
-    `first_ordinal`: the picker's ordinal of the first record."""
-
-    source: Source
-    first_line: int
-    first_ordinal: int
-
-
-@dataclass(kw_only=True)
-class Samples(Job):
-    samples: list[Sample] = field(default_factory=list)
+# -- in a worker ------------------------------------------------------------
 
 
 @dataclass(kw_only=True)
@@ -135,73 +94,6 @@ class Settled(Job):
 
     value: Any
 
-
-class Batch(NamedTuple):
-    job: Job
-    data: bytes | None  # JSONL lines: they go through memory shared with the worker
-    lead: Part | None  # what reading it here counted, merged before the worker's count
-
-
-def batches(inputs: Inputs, reading: Tally) -> Iterator[Batch]:
-    """The inputs cut into batches, in order (tar is read here, JSONL by the workers)."""
-    seq = count()
-    for source, stream in open_each(inputs.names, inputs.carriers, inputs.log, inputs.stdin):
-        if source.carrier == "jsonl":
-            cut = _lines(stream, source, inputs.pick)
-        else:
-            cut = _samples(read_tar(stream, source, reading, inputs.pick), reading)
-        for batch in cut:
-            batch.job.seq = next(seq)
-            yield batch
-
-
-def _lines(stream: BinaryIO, source: Source, pick: Picker) -> Iterator[Batch]:
-    first_line = 1
-    for data in _whole_lines(stream):
-        first = pick.ordinal + 1
-        lines = data.split(b"\n")
-        if data.endswith(b"\n"):
-            lines.pop()  # the nothing after the last newline
-        blank = lines.count(b"") + sum(map(bytes.isspace, lines))  # no record: not numbered
-        pick.ordinal += len(lines) - blank
-        if pick.ordinal // pick.world >= pick.skip:  # else --resume skips all of them
-            job = Lines(source=source, first_line=first_line, first_ordinal=first)
-            yield Batch(job, data, None)
-        first_line += len(lines)
-
-
-def _whole_lines(stream: BinaryIO) -> Iterator[bytes]:
-    """The stream in runs of whole lines, of BATCH_BYTES and the rest of the last
-    line (the last run may lack its newline)."""
-    while data := stream.read(BATCH_BYTES):
-        if not data.endswith(b"\n"):
-            data += stream.readline()
-        yield data
-
-
-def _samples(samples: Iterator[Sample], reading: Tally) -> Iterator[Batch]:
-    """Batches of tar samples read here, each led by what reading counted since the
-    batch before. A batch ends before a sample on whose way records were rejected,
-    so that their lines are merged where one process writes them: between batches."""
-    batch: list[Sample] = []
-    size = 0
-    lead = None
-    for sample in samples:
-        if batch and (reading.rejected or size >= BATCH_BYTES or len(batch) >= BATCH_SAMPLES):
-            yield Batch(Samples(samples=batch), None, lead)
-            batch, size = [], 0
-        if not batch:
-            lead = reading.detach()
-        batch.append(sample)
-        size += sum(map(len, sample.members.values()))
-    if batch:
-        yield Batch(Samples(samples=batch), None, lead)
-    tail = reading.detach()
-    if tail.n_in or tail.rejected:  # a reader counts inputs and rejections, nothing else
-        yield Batch(Samples(), None, tail)
-
-
-# -- in a worker ------------------------------------------------------------
 
 Work = Callable[[Job, Iterable[Sample], Tally], tuple[Any, bytes | None]]
 
@@ -356,13 +248,13 @@ def _pool(workers: int, work: Work, tally: Tally, pick: Picker) -> Pool:
     return Pool(workers, Worker(work, tally, pick), slot=4 * BATCH_BYTES)
 
 
-def _merged(pool: Pool, batches: Iterable[Batch], tally: Tally, update: Update) -> Iterator[Any]:
-    """The answers to `batches`, in order, each batch's counts merged into `tally`
+def _merged(pool: Pool, jobs: Iterable[Batch], tally: Tally, update: Update) -> Iterator[Any]:
+    """The answers to `jobs`, in order, each batch's counts merged into `tally`
     first: what reading it here counted (its lead), then the worker's."""
     leads: deque[Part | None] = deque()
 
     def sent() -> Iterator[tuple[Job, bytes | None]]:
-        for batch in batches:
+        for batch in jobs:
             leads.append(batch.lead)
             yield batch.job, batch.data
 
@@ -383,8 +275,8 @@ class _Format:
     def __init__(self, sink: Sink):
         self.sink, self.fmt = sink, ""
 
-    def stamped(self, batches: Iterable[Batch]) -> Iterator[Batch]:
-        for batch in batches:
+    def stamped(self, jobs: Iterable[Batch]) -> Iterator[Batch]:
+        for batch in jobs:
             batch.job.fmt = self.fmt = self.fmt or self.sink.output_format()
             batch.job.marked = self.sink.cuts
             yield batch

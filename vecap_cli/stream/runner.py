@@ -18,9 +18,10 @@ from typing import BinaryIO
 import orjson
 
 from vecap_cli.errors import VecapError
+from vecap_cli.stream.batches import Inputs
 from vecap_cli.stream.images import DEFAULT_LIMITS, ImageLimits
 from vecap_cli.stream.jsonl import read_jsonl
-from vecap_cli.stream.parallel import Inputs, Stage, write_stage
+from vecap_cli.stream.parallel import Stage, write_stage
 from vecap_cli.stream.picker import Picker
 from vecap_cli.stream.progress import progress, showing
 from vecap_cli.stream.sample import Sample

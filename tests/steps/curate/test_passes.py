@@ -14,7 +14,7 @@ import pytest
 from vecap_cli.steps.curate import passes, stages
 from vecap_cli.steps.curate.counts import read_counts
 from vecap_cli.steps.curate.stages import CurateConfig
-from vecap_cli.stream import parallel
+from vecap_cli.stream import batches
 from vecap_cli.stream.runner import StreamOptions, run_stream
 from vecap_cli.stream.tally import Tally
 
@@ -225,7 +225,7 @@ def _written(folder) -> dict:
     ],
 )  # fmt: skip
 def test_workers_curate_what_one_process_curates(pool, monkeypatch, name, how):
-    monkeypatch.setattr(parallel, "BATCH_BYTES", 2000)  # many batches
+    monkeypatch.setattr(batches, "BATCH_BYTES", 2000)  # many batches
     (pool / "pool.jsonl").write_bytes(pool_lines(900))
     meta = str(pool / "meta.json")
     passes.count(opts(pool, output=str(pool / "all.json")), WITHOUT_DEDUP, meta)
