@@ -225,3 +225,15 @@ def test_ctrl_c_ends_the_run_and_its_workers_with_130(pool, tmp_path):
     assert proc.returncode == 130, err.decode()
     assert "Traceback" not in err.decode()
     assert gone(workers)
+
+
+@pytest.mark.parametrize(
+    "command", [["mix"], ["curate", "--metadata", REPO / "tests" / "data" / "curate-metadata.json"]]
+)
+def test_empty_input_and_stdin_with_workers(pool, command):
+    assert run_vecap(*command, "--workers", "2", "-q", stdin=b"").out == b""
+    lines = (pool / "pool.jsonl").read_bytes()
+    from_stdin = run_vecap(*command, "--workers", "2", "-q", stdin=lines)
+    alone = run_vecap(*command, pool / "pool.jsonl", "-q")
+    assert from_stdin.code == alone.code == 0, from_stdin.err
+    assert from_stdin.out == alone.out and len(alone.out) > 1000
