@@ -83,7 +83,7 @@ Dedup = Annotated[
         metavar="url,text",
         help="Drop exact duplicates after the first, by url and/or case- and "
         "space-normalized text, under `duplicate-url` / `duplicate-text` "
-        "(within one process).",
+        "(within one process: with it, --workers is 1).",
         rich_help_panel=_MATCH,
         show_default=False,
     ),
