@@ -246,9 +246,10 @@ class _Feed:
 
 
 def _widened(ends: tuple[Connection, Connection]) -> tuple[Connection, Connection]:
-    """A pipe that holds a whole job or answer (1 MiB, Linux's most for a user, not
-    64 KiB): a worker's thread reading its next job waits for its turn on the
-    GIL between chunks, and each chunk would keep the writer waiting."""
+    """A pipe of 1 MiB (Linux's most for a user), not 64 KiB, for what does not go
+    on the shelf (a batch of tar samples, pickled): a worker's thread reading a job
+    waits for its turn on the GIL between chunks, and each chunk kept the parent
+    waiting."""
     with contextlib.suppress(OSError, AttributeError):
         fcntl.fcntl(ends[0].fileno(), fcntl.F_SETPIPE_SZ, PIPE_BYTES)
     return ends
