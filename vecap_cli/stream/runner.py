@@ -55,7 +55,7 @@ class RunOptions:
     quiet: bool = False
     log: Callable[[str], None] = field(default=lambda line: None, compare=False)
     image_limits: ImageLimits = DEFAULT_LIMITS  # --max-image-bytes, --max-pixels
-    workers: int = 1  # processes running the step (--workers), this one besides
+    workers: int = 1  # --workers: processes running the step (1: this one alone)
 
 
 @dataclass(frozen=True)
@@ -174,14 +174,13 @@ def run_stream(
         rejects = _open_rejects(opts, skip, tally.sealed_rejects_bytes)
         tally.rejects = rejects
         mine = _mine(names, opts.rank, opts.world_size, opts.log, stdin, carriers, skip)
-        samples = _read(mine, tally)
         with progress(command, not opts.quiet) as update, sink.failing_writes():
             if opts.workers > 1:
                 write_stage(stage, mine, tally, sink, opts.workers, opts.image_limits, update)
             elif update is None:
-                sink.write_all(stage(samples, tally))
+                sink.write_all(stage(_read(mine, tally), tally))
             else:
-                samples = showing(samples, tally, update)
+                samples = showing(_read(mine, tally), tally, update)
                 for n, sample in enumerate(stage(samples, tally)):
                     sink.write(sample)
                     if not n & 1023:

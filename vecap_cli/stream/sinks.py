@@ -357,8 +357,7 @@ class ShardedSink(Sink):
         self._put(block, data, run, block.count)
 
     def _put(self, block: Encoded, data: bytes | memoryview, start: int, stop: int) -> None:
-        """Outputs start..stop-1 of `block` into the open shard (a sample held as
-        such, at stop - 1 or before, has no bytes: it is never among them)."""
+        """Outputs start..stop-1 of `block`, all of them encoded, into the open shard."""
         if stop > start:
             begin = block.ends[start - 1] if start else 0
             self._writer().put(data[begin : block.ends[stop - 1]])
