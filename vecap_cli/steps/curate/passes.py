@@ -370,33 +370,42 @@ def _count(
 ) -> EntryCounts:
     """Reads this rank's share of `opts.inputs` once; `cache` records the decisions."""
     accumulator = Accumulator(len(meta.entries))
-    inputs = rank_inputs(opts.inputs, opts.rank, opts.world_size, opts.log, stdin)
+    count = _count_in_workers if opts.workers > 1 else _count_here
     with progress(f"{tally.command} (counting)", not opts.quiet) as update:
-        if opts.workers > 1:
-            records = matched = 0
-            work = partial(_count_batch, config=config, matcher=matcher)
-            with closing(each_batch(work, inputs, tally, opts.workers, update)) as batches:
-                for batch_records, batch_matched, decided in batches:
-                    records, matched = records + batch_records, matched + batch_matched
-                    accumulator.add_all(decided.ids)
-                    if cache is not None:
-                        cache.extend(decided)
-        else:
-            samples = iter_samples(
-                opts.inputs, tally, rank=opts.rank, world_size=opts.world_size, log=opts.log,
-                stdin=stdin,
-            )  # fmt: skip
-            # counted from the cache at the end when there is one, else as matched
-            match = (
-                matcher.find_many if cache is not None else accumulator.recording(matcher.find_many)
-            )
-            if update is not None:
-                samples = showing(samples, tally, update)
-            pairs = stages.prepare(samples, tally, config, match, cache)
-            records, matched = stages.count(pairs, tally)
-            if cache is not None:
-                accumulator.add_all(cache.ids)
+        records, matched = count(opts, tally, config, matcher, accumulator, cache, stdin, update)
     return accumulator.result(meta.sha256, config.matching(), records, matched)
+
+
+def _count_here(opts, tally, config, matcher, accumulator, cache, stdin, update) -> tuple[int, int]:
+    samples = iter_samples(
+        opts.inputs, tally, rank=opts.rank, world_size=opts.world_size, log=opts.log, stdin=stdin
+    )
+    # counted from the cache at the end when there is one, else as matched
+    match = matcher.find_many if cache is not None else accumulator.recording(matcher.find_many)
+    if update is not None:
+        samples = showing(samples, tally, update)
+    pairs = stages.prepare(samples, tally, config, match, cache)
+    records, matched = stages.count(pairs, tally)
+    if cache is not None:
+        accumulator.add_all(cache.ids)
+    return records, matched
+
+
+def _count_in_workers(
+    opts, tally, config, matcher, accumulator, cache, stdin, update
+) -> tuple[int, int]:
+    """Each worker counts a batch and caches what it decided; the ids and the
+    caches of the batches are joined here, in input order."""
+    inputs = rank_inputs(opts.inputs, opts.rank, opts.world_size, opts.log, stdin)
+    work = partial(_count_batch, config=config, matcher=matcher)
+    records = matched = 0
+    with closing(each_batch(work, inputs, tally, opts.workers, update)) as batches:
+        for batch_records, batch_matched, decided in batches:
+            records, matched = records + batch_records, matched + batch_matched
+            accumulator.add_all(decided.ids)
+            if cache is not None:
+                cache.extend(decided)
+    return records, matched
 
 
 def _count_batch(
