@@ -19,7 +19,7 @@ from vecap_cli.stream.sources import open_each
 from vecap_cli.stream.tally import Part, Tally
 from vecap_cli.stream.tar import read_tar
 
-BATCH_BYTES = 1 << 19  # JSONL lines (whole), or tar samples, per batch
+BATCH_BYTES = 1 << 20  # JSONL lines (whole), or tar samples, per batch
 BATCH_SAMPLES = 1024  # tar samples per batch, at most
 
 
