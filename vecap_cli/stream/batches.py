@@ -8,7 +8,10 @@ the ordinal of its first record, and the worker's reader goes on from there.
 
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from itertools import count
 from typing import BinaryIO, NamedTuple
@@ -65,14 +68,32 @@ class Batch(NamedTuple):
 def batches(inputs: Inputs, reading: Tally) -> Iterator[Batch]:
     """The inputs cut into batches, in order (tar is read here, JSONL by the workers)."""
     seq = count()
-    for source, stream in open_each(inputs.names, inputs.carriers, inputs.log, inputs.stdin):
-        if source.carrier == "jsonl":
-            cut = _lines(stream, source, inputs.pick)
-        else:
-            cut = _samples(read_tar(stream, source, reading, inputs.pick), reading)
-        for batch in cut:
-            batch.job.seq = next(seq)
-            yield batch
+    with _stdin_apart(inputs) as stdin:
+        for source, stream in open_each(inputs.names, inputs.carriers, inputs.log, stdin):
+            if source.carrier == "jsonl":
+                cut = _lines(stream, source, inputs.pick)
+            else:
+                cut = _samples(read_tar(stream, source, reading, inputs.pick), reading)
+            for batch in cut:
+                batch.job.seq = next(seq)
+                yield batch
+
+
+@contextmanager
+def _stdin_apart(inputs: Inputs) -> Iterator[BinaryIO | None]:
+    """What '-' reads: a file of its own on fd 0, not sys.stdin. Batches are cut on
+    a thread of their own (pool.py), which may be waiting in a read of stdin when
+    Ctrl-C ends the run; reading sys.stdin, it would hold the lock that Python takes
+    to close sys.stdin at exit, and the exit would abort."""
+    try:
+        fd = sys.stdin.fileno() if inputs.stdin is None and "-" in inputs.names else None
+    except (AttributeError, OSError, ValueError):  # not a file (a library caller's stand-in)
+        fd = None
+    if fd is None:
+        yield inputs.stdin
+        return
+    with os.fdopen(os.dup(fd), "rb") as own:
+        yield own
 
 
 def _lines(stream: BinaryIO, source: Source, pick: Picker) -> Iterator[Batch]:
