@@ -1,6 +1,8 @@
 """A step's own counters seal with the shard that holds their input, whatever the
 order in which a stage counted them."""
 
+import io
+
 from vecap_cli.stream.sample import Sample
 from vecap_cli.stream.tally import Tally
 
@@ -35,3 +37,64 @@ def test_untracked_counts_are_live():
     tally.count("kept", _sample(0), 2)
     tally.count("kept", None, 3)
     assert tally.as_dict()["kept"] == 5
+
+
+def _count_into(tally: Tally, idxs) -> None:
+    """What a stage counts: drops, rejections, additions and its own statistics."""
+    tally.declare("chosen", keyed=True)
+    for idx in idxs:
+        tally.n_in += 1
+        sample = _sample(idx)
+        if idx % 4 == 1:
+            tally.drop("odd", sample)
+        elif idx % 4 == 3:
+            tally.reject("bad", f"record {idx}", sample)
+        else:
+            tally.count("chosen", sample, 1, key="alt" if idx % 8 else "vecap")
+            tally.count("kept", sample, 0.5)
+            tally.n_out += 1
+
+
+def _one_and_merged(tmp_path, tracking: bool) -> tuple[Tally, Tally]:
+    """A tally that counted 0..39 itself, and one that merged four batches counted
+    apart; their --rejects are files `one` and `merged` in tmp_path."""
+    one = Tally("t", rejects=open(tmp_path / "one", "w+b"))
+    whole = Tally("t", rejects=open(tmp_path / "merged", "w+b"))
+    if tracking:
+        one.track()
+        whole.track()
+    _count_into(one, range(40))
+    for start in range(0, 40, 10):
+        batch = whole.apart()
+        _count_into(batch, range(start, start + 10))
+        whole.merge(batch.detach())
+    return one, whole
+
+
+def _rejects(tally: Tally) -> bytes:
+    tally.rejects.flush()
+    return open(tally.rejects.name, "rb").read()
+
+
+def test_batches_counted_apart_merge_into_the_counts_of_one_tally(tmp_path):
+    one, whole = _one_and_merged(tmp_path, tracking=False)
+    assert whole.as_dict() | {"seconds": 0} == one.as_dict() | {"seconds": 0}
+    assert _rejects(whole) == _rejects(one) and _rejects(one).count(b"\n") == 10
+
+
+def test_merged_batches_seal_as_one_tally_does(tmp_path):
+    one, whole = _one_and_merged(tmp_path, tracking=True)
+    for boundary, n_out in ((13, 7), (40, 20)):
+        assert whole.seal(boundary, n_out) == one.seal(boundary, n_out)
+        assert _rejects(whole) == _rejects(one)
+    assert whole.as_dict() | {"seconds": 0} == one.as_dict() | {"seconds": 0}
+
+
+def test_detach_leaves_a_tally_that_counts_from_zero():
+    tally = Tally("t", rejects=io.BytesIO()).apart()
+    _count_into(tally, range(5))
+    first = tally.detach()
+    _count_into(tally, range(5, 8))
+    second = tally.detach()
+    assert (first.n_in, second.n_in) == (5, 3)
+    assert first.written.count(b"\n") == 1 and second.written.count(b"\n") == 1

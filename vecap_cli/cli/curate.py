@@ -69,7 +69,7 @@ Dedup = Annotated[
         metavar="url,text",
         help="Drop exact duplicates after the first, by url and/or case- and "
         "space-normalized text, under `duplicate-url` / `duplicate-text` "
-        "(within one process).",
+        "(within one process: with it, --workers is 1).",
         rich_help_panel=_MATCH,
         show_default=False,
     ),
@@ -106,7 +106,7 @@ def _config(field, html, text_filter, dedup, t, seed, keep_all):
 
 
 @curate_app.command("run")
-@record_command("curate")
+@record_command("curate", workers=True)
 def run(
     metadata: Metadata,
     field: Field = "alt",
@@ -151,7 +151,7 @@ def run(
 
 
 @curate_app.command("count")
-@run_command("curate count", omit=("seed",), images=False)  # counts open no image, draw nothing
+@run_command("curate count", omit=("seed",), images=False, workers=True)  # no image, no draw
 def count_entries(
     inputs: Inputs = None,
     metadata: Annotated[
@@ -209,6 +209,7 @@ def count_entries(
         world_size=opts.world_size,
         quiet=opts.quiet,
         log=opts.log,
+        workers=opts.workers,
     )
     problem = output_problem(stream)
     if problem:
@@ -217,7 +218,7 @@ def count_entries(
 
 
 @curate_app.command("balance")
-@record_command("curate balance")
+@record_command("curate balance", workers=True)
 def balance_records(
     metadata: Metadata,
     counts: Annotated[

@@ -11,7 +11,7 @@ from vecap_cli.steps.mix import mix as mix_stage
 from vecap_cli.stream.runner import StreamOptions, run_stream
 
 
-@record_command("mix")
+@record_command("mix", workers=True)
 def mix(
     policy: Annotated[
         str,

@@ -96,7 +96,7 @@ Rank = Annotated[
     int | None,
     typer.Option(
         min=0,
-        help="This worker's rank; default: $RANK, $SLURM_PROCID, else 0.",
+        help="This run's rank; default: $RANK, $SLURM_PROCID, else 0.",
         rich_help_panel=_RUN,
         show_default=False,
     ),
@@ -105,7 +105,7 @@ WorldSize = Annotated[
     int | None,
     typer.Option(
         min=1,
-        help="Number of workers splitting the input; default: $WORLD_SIZE, $SLURM_NTASKS, else 1.",
+        help="Number of ranks splitting the input; default: $WORLD_SIZE, $SLURM_NTASKS, else 1.",
         rich_help_panel=_RUN,
         show_default=False,
     ),
@@ -136,6 +136,16 @@ MaxPixels = Annotated[
     ),
 ]
 
+Workers = Annotated[
+    str,
+    typer.Option(
+        metavar="N|auto",
+        help="Processes running the step on this machine: N, or auto for the usable cores; "
+        "the output is the same as with one.",
+        rich_help_panel=_RUN,
+    ),
+]
+
 _RUN_FLAGS = {
     "stats": (Stats, None),
     "rejects": (Rejects, None),
@@ -159,6 +169,18 @@ _STREAM_FLAGS = {
     **_RUN_FLAGS,
     **_IMAGE_FLAGS,
 }
+
+
+_WORKERS_FLAG = {"workers": (Workers, "1")}  # on the commands that can use it
+
+
+def resolve_workers(value: str) -> int:
+    """--workers: a count, or `auto` for the cores this process may run on."""
+    if value == "auto":
+        return len(os.sched_getaffinity(0))
+    if not value.isdigit() or int(value) < 1:
+        raise typer.BadParameter(f"expected a count or auto, got '{value}'", param_hint="--workers")
+    return int(value)
 
 
 def resolve_placement(rank: int | None, world_size: int | None) -> placement.Placement:
@@ -208,19 +230,37 @@ def _limits(max_image_bytes: int | None, max_pixels: int | None) -> ImageLimits:
 
 
 def _run_options(
-    command: str, *, rank, world_size, quiet, max_image_bytes=None, max_pixels=None, **values
+    command: str,
+    *,
+    rank,
+    world_size,
+    quiet,
+    max_image_bytes=None,
+    max_pixels=None,
+    workers="1",
+    **values,
 ) -> RunOptions:
     return RunOptions(
         **asdict(resolve_placement(rank, world_size)),
         quiet=quiet,
         log=log(quiet, command),
         image_limits=_limits(max_image_bytes, max_pixels),
+        workers=resolve_workers(workers),
         **values,
     )
 
 
 def _stream_options(
-    command: str, *, inputs, rank, world_size, quiet, max_image_bytes, max_pixels, **values
+    command: str,
+    *,
+    inputs,
+    rank,
+    world_size,
+    quiet,
+    max_image_bytes,
+    max_pixels,
+    workers="1",
+    **values,
 ) -> StreamOptions:
     if values["format"] not in (None, "jsonl", "tar"):
         raise typer.BadParameter("choose jsonl or tar", param_hint="--format")
@@ -230,6 +270,7 @@ def _stream_options(
         quiet=quiet,
         log=log(quiet, command),
         image_limits=_limits(max_image_bytes, max_pixels),
+        workers=resolve_workers(workers),
         **values,
     )
     problem = output_problem(opts)
@@ -245,17 +286,21 @@ def _without(flags: dict, omit: tuple[str, ...]) -> dict:
     return {name: flag for name, flag in flags.items() if name not in omit}
 
 
-def record_command(name: str, *, omit: tuple[str, ...] = ()):
+def record_command(name: str, *, omit: tuple[str, ...] = (), workers: bool = False):
     """For commands that read and write records: INPUT..., -o and the stream flags,
-    less the shared flags named in `omit` (their RunOptions field keeps its default)."""
-    return _with_flags(_without(_STREAM_FLAGS, omit), _stream_options, name)
+    less the shared flags named in `omit` (their RunOptions field keeps its default);
+    `workers`: --workers too (a step whose stage runs in worker processes)."""
+    flags = {**_STREAM_FLAGS, **(_WORKERS_FLAG if workers else {})}
+    return _with_flags(_without(flags, omit), _stream_options, name)
 
 
-def run_command(name: str, *, omit: tuple[str, ...] = (), images: bool = True):
+def run_command(
+    name: str, *, omit: tuple[str, ...] = (), images: bool = True, workers: bool = False
+):
     """For commands that do not stream records (train, eval, curate count): the run
     flags (--stats, --seed, --rank, --quiet, ...) less `omit`; `images`: the image
-    limits too."""
-    flags = {**_RUN_FLAGS, **(_IMAGE_FLAGS if images else {})}
+    limits too; `workers`: --workers too."""
+    flags = {**_RUN_FLAGS, **(_IMAGE_FLAGS if images else {}), **(_WORKERS_FLAG if workers else {})}
     return _with_flags(_without(flags, omit), _run_options, name)
 
 

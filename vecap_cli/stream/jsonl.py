@@ -46,14 +46,17 @@ def _unusable(record: object) -> tuple[str, str] | None:
     return None
 
 
-def read_jsonl(stream: BinaryIO, source: Source, tally: Tally, pick: Picker) -> Iterator[Sample]:
-    """Samples from a JSONL stream, numbered (and split between ranks) by `pick`.
+def read_jsonl(
+    stream: Iterable[bytes], source: Source, tally: Tally, pick: Picker, first_line: int = 1
+) -> Iterator[Sample]:
+    """Samples from a JSONL stream, numbered (and split between ranks) by `pick`;
+    `first_line`: the line number of the first line (a batch cut from a file).
 
     This loop is every command's floor: the common record (an object with a
     string key, on a run that keeps every record) takes the short path.
     """
     loads, plain = orjson.loads, pick.plain
-    for lineno, line in enumerate(stream, 1):
+    for lineno, line in enumerate(stream, first_line):
         if line.isspace():
             continue
         if plain:
@@ -115,6 +118,10 @@ class JsonlWriter:
                 return False
         self._stream.write(orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE))
         return True
+
+    def put(self, lines: bytes) -> None:
+        """Records already encoded (in a worker process), one JSON object a line."""
+        self._stream.write(lines)
 
     def write_all(self, samples: Iterable[Sample], tally: Tally) -> None:
         """`write` each sample, counting it out as it goes."""

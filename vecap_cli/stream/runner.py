@@ -3,13 +3,15 @@
 Every record command (curate, caption, rewrite, mix) is this call with its own
 stage. A stage is a generator `stage(samples, tally) -> samples`: it may drop
 (`tally.drop`), reject (`tally.reject`) or expand (`tally.add`) records, and
-must keep their order.
+must keep their order. With --workers N, worker processes run it over batches
+of the records (parallel.py): it must then treat each batch alike, wherever and
+in whatever order it comes, as every draw from (seed, key) does.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
@@ -17,8 +19,10 @@ import orjson
 
 from vecap_cli.errors import VecapError
 from vecap_cli.placement import Placement
+from vecap_cli.stream.batches import Inputs
 from vecap_cli.stream.images import DEFAULT_LIMITS, ImageLimits
 from vecap_cli.stream.jsonl import read_jsonl
+from vecap_cli.stream.parallel import Stage, write_stage
 from vecap_cli.stream.picker import Picker
 from vecap_cli.stream.progress import progress, showing
 from vecap_cli.stream.sample import Sample
@@ -33,11 +37,9 @@ from vecap_cli.stream.sinks import (
     shard_regex,
     write_atomically,
 )
-from vecap_cli.stream.sources import expand, open_source
+from vecap_cli.stream.sources import expand, open_each
 from vecap_cli.stream.tally import Tally
 from vecap_cli.stream.tar import read_tar
-
-Stage = Callable[[Iterable[Sample], Tally], Iterator[Sample]]
 
 
 @dataclass(frozen=True)
@@ -53,6 +55,7 @@ class RunOptions(Placement):
     quiet: bool = False
     log: Callable[[str], None] = field(default=lambda line: None, compare=False)
     image_limits: ImageLimits = DEFAULT_LIMITS  # --max-image-bytes, --max-pixels
+    workers: int = 1  # --workers: processes running the step (1: this one alone)
 
 
 @dataclass(frozen=True)
@@ -91,23 +94,28 @@ def split_inputs(names: Sequence[str], rank: int, world_size: int) -> tuple[list
     return list(names), rank, world_size
 
 
-def _read(
-    names: list[str],
-    tally: Tally,
-    pick: Picker,
-    carriers: list[str],
-    log,
+def _read(inputs: Inputs, tally: Tally) -> Iterator[Sample]:
+    for source, stream in open_each(inputs.names, inputs.carriers, inputs.log, inputs.stdin):
+        reader = read_jsonl if source.carrier == "jsonl" else read_tar
+        yield from reader(stream, source, tally, inputs.pick)
+
+
+def rank_inputs(
+    specs: Sequence[str],
+    rank: int = 0,
+    world_size: int = 1,
+    log=lambda line: None,
     stdin: BinaryIO | None = None,
-) -> Iterator[Sample]:
-    for name in names:
-        with open_source(name, stdin) as (source, stream):
-            carriers.append(source.carrier)
-            if stream is None:
-                if name != "-":
-                    log(f"warning: '{name}' is empty")
-                continue
-            reader = read_jsonl if source.carrier == "jsonl" else read_tar
-            yield from reader(stream, source, tally, pick)
+) -> Inputs:
+    """This rank's inputs of `specs` (as on the command line), and how to number
+    their records."""
+    return _mine(expand(specs), rank, world_size, log, stdin, [])
+
+
+def _mine(names, rank, world_size, log, stdin, carriers: list[str], skip: int = 0) -> Inputs:
+    """This rank's share of `names`; `skip`: the first records, which --resume skips."""
+    mine, split_rank, split_world = split_inputs(names, rank, world_size)
+    return Inputs(mine, Picker(split_rank, split_world, skip), carriers, log, stdin)
 
 
 def iter_samples(
@@ -125,8 +133,7 @@ def iter_samples(
     curate count); record commands use `run_stream`. `stdin`: what '-' reads,
     when not sys.stdin (see `open_source`).
     """
-    mine, split_rank, split_world = split_inputs(expand(inputs), rank, world_size)
-    yield from _read(mine, tally, Picker(split_rank, split_world, 0), [], log, stdin)
+    yield from _read(rank_inputs(inputs, rank, world_size, log, stdin), tally)
 
 
 def run_stream(
@@ -136,15 +143,18 @@ def run_stream(
     config: object = None,
     *,
     stdin: BinaryIO | None = None,
+    started: float | None = None,
 ) -> Tally:
     """Runs `stage` over this rank's inputs into the output; returns the tally.
 
     `config` goes into the fingerprint that --resume checks; `stdin` is what '-'
-    reads, when not sys.stdin (see `open_source`).
+    reads, when not sys.stdin (see `open_source`); `started`: when the run began,
+    if before this call (a pass before it).
     """
     names = expand(opts.inputs)
-    mine, split_rank, split_world = split_inputs(names, opts.rank, opts.world_size)
     tally = Tally(command, strict=opts.strict)
+    if started is not None:
+        tally.started = started
     carriers: list[str] = []
     spec = OutputSpec(
         path=opts.output,
@@ -163,13 +173,14 @@ def run_stream(
         skip = getattr(sink, "skip", 0)
         rejects = _open_rejects(opts, skip, tally.sealed_rejects_bytes)
         tally.rejects = rejects
-        pick = Picker(split_rank, split_world, skip)
-        samples = _read(mine, tally, pick, carriers, opts.log, stdin)
+        mine = _mine(names, opts.rank, opts.world_size, opts.log, stdin, carriers, skip)
         with progress(command, not opts.quiet) as update, sink.failing_writes():
-            if update is None:
-                sink.write_all(stage(samples, tally))
+            if opts.workers > 1:
+                write_stage(stage, mine, tally, sink, opts.workers, opts.image_limits, update)
+            elif update is None:
+                sink.write_all(stage(_read(mine, tally), tally))
             else:
-                samples = showing(samples, tally, update)
+                samples = showing(_read(mine, tally), tally, update)
                 for n, sample in enumerate(stage(samples, tally)):
                     sink.write(sample)
                     if not n & 1023:

@@ -21,6 +21,7 @@ import hashlib
 import os
 import re
 import sys
+from array import array
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import BinaryIO
@@ -78,6 +79,20 @@ def shard_regex(path: str) -> re.Pattern:
 
 def write_error(path: str, err: OSError) -> VecapError:
     return VecapError(f"cannot write '{path}': {err.strerror or err}")
+
+
+@dataclass
+class Encoded:
+    """A batch of `count` outputs encoded for the output's format (in a worker
+    process), as the bytes that come beside it. An output only the sink can write
+    (JSONL of a tar's members, which it puts in files) is held as the sample, by its
+    position, with where it falls in the bytes. For a sink that cuts shards, each
+    output's input (`idxs`) and where its bytes end (`ends`)."""
+
+    count: int
+    samples: dict[int, tuple[int, Sample]]
+    idxs: array
+    ends: array
 
 
 @dataclass(frozen=True)
@@ -180,15 +195,22 @@ class OutputFile:
 class Sink:
     """Stdout or one file; `write` returns False when the writer rejected the sample."""
 
+    cuts = False  # whether it closes files between outputs (wants each one's input)
+
     def __init__(self, spec: OutputSpec, tally: Tally, input_carrier: Callable[[], str]):
         self.spec, self.tally, self._input_carrier = spec, tally, input_carrier
         self.file: OutputFile | None = None if spec.sharded else OutputFile(spec.path)
+
+    def output_format(self) -> str:
+        """'jsonl' or 'tar': --format, else the output's name, else the first input's carrier."""
+        assert self.file is not None
+        return self.spec.format or carrier_from_name(self.file.path) or self._input_carrier()
 
     def _writer(self) -> JsonlWriter | TarWriter:
         assert self.file is not None
         if self.file.writer is not None:
             return self.file.writer
-        fmt = self.spec.format or carrier_from_name(self.file.path) or self._input_carrier()
+        fmt = self.output_format()
         return self.file.open_writer(fmt, self.tally, self.spec.images_dir, self.spec.image_limits)
 
     def write(self, sample: Sample) -> bool:
@@ -211,6 +233,18 @@ class Sink:
                 break
             for sample in samples:
                 self.write(sample)
+
+    def write_encoded(self, block: Encoded, data: bytes | memoryview) -> None:
+        """Write a batch of outputs encoded in a worker process, in one go; the
+        outputs only this process can write (`block.samples`) in their places."""
+        done = 0  # bytes of `data` written
+        for at in sorted(block.samples):
+            offset, sample = block.samples[at]
+            self._writer().put(data[done:offset])
+            self.write(sample)
+            done = offset
+        self._writer().put(data[done:])
+        self.tally.n_out += block.count - len(block.samples)
 
     @contextlib.contextmanager
     def failing_writes(self):
@@ -239,6 +273,8 @@ class ShardedSink(Sink):
     A shard closes only between inputs, so the outputs of one input (mix --policy
     all) never straddle two shards and a shard maps to a whole range of inputs.
     """
+
+    cuts = True
 
     def __init__(self, spec: OutputSpec, tally: Tally, input_carrier: Callable[[], str]):
         super().__init__(spec, tally, input_carrier)
@@ -301,6 +337,31 @@ class ShardedSink(Sink):
         self.count += 1
         self.last_idx = sample.idx
         return True
+
+    def write_encoded(self, block: Encoded, data: bytes | memoryview) -> None:
+        """As Sink.write_encoded, closing the shard where `write` would."""
+        run = 0  # the first output not yet written
+        size = self.spec.shard_size
+        for at, idx in enumerate(block.idxs):
+            if at in block.samples:  # `write` counts it, and closes the shard before it
+                self._put(block, data, run, at)
+                self.write(block.samples[at][1])
+                run = at + 1
+                continue
+            if self.count >= size and idx != self.last_idx:
+                self._put(block, data, run, at)
+                self._seal(boundary=idx)
+                run = at
+            self.count += 1
+            self.last_idx = idx
+        self._put(block, data, run, block.count)
+
+    def _put(self, block: Encoded, data: bytes | memoryview, start: int, stop: int) -> None:
+        """Outputs start..stop-1 of `block`, all of them encoded, into the open shard."""
+        if stop > start:
+            begin = block.ends[start - 1] if start else 0
+            self._writer().put(data[begin : block.ends[stop - 1]])
+            self.tally.n_out += stop - start
 
     def _seal(self, boundary: int) -> None:
         """Finish the open shard, then the rejects and counts of its inputs, then

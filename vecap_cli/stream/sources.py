@@ -134,6 +134,22 @@ def open_source(
             finish()
 
 
+def open_each(
+    names: Sequence[str], carriers: list[str], log: Callable[[str], None], stdin: BinaryIO | None
+) -> Iterator[tuple[Source, BinaryIO]]:
+    """Each input opened in turn (closed when the next is asked for), its carrier
+    noted in `carriers` (the output's format may follow the first); an empty
+    input is skipped with a warning (stdin without one)."""
+    for name in names:
+        with open_source(name, stdin) as (source, stream):
+            carriers.append(source.carrier)
+            if stream is None:
+                if name != "-":
+                    log(f"warning: '{name}' is empty")
+                continue
+            yield source, stream
+
+
 def _open_raw(name: str, stdin: BinaryIO) -> tuple[BinaryIO, Callable[[], None] | None]:
     """The raw byte stream, and what to call after closing it (None: nothing)."""
     if name == "-":

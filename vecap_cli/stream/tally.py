@@ -12,6 +12,11 @@ a sharded writer can seal exactly the counts, own statistics and rejected lines
 of the inputs behind a finished shard (`seal`); a resumed run restores them
 (`restore`). A stage reads ahead of the writer, so an event is sealed by its
 input's ordinal, never by when it happened.
+
+With --workers, each batch of records is counted in a worker process by a tally
+of its own (`apart`), whose counts and events are taken out (`detach`) and added
+to the run's tally in input order (`merge`): the same counts, the same rejected
+lines, the same seals.
 """
 
 from __future__ import annotations
@@ -19,9 +24,11 @@ from __future__ import annotations
 import bisect
 import contextlib
 import errno
+import io
 import os
 import time
 from collections import Counter
+from dataclasses import dataclass
 from typing import IO, Any
 
 import orjson
@@ -30,6 +37,24 @@ from vecap_cli.errors import StrictError
 from vecap_cli.stream.sample import Sample
 
 _KINDS = ("dropped", "rejected", "added")
+
+
+@dataclass
+class Part:
+    """What a tally counted, taken out of it (`Tally.detach`) to be merged into
+    another (`Tally.merge`): a batch counted in a worker process."""
+
+    n_in: int
+    n_out: int
+    dropped: Counter
+    rejected: Counter
+    added: Counter
+    extra: dict  # a step's statistics: counts (those named in `counted`), values it set
+    counted: set[str]
+    pending: list  # when tracking: (idx, kind, rule, n) of drops, rejections, additions
+    tracks: dict  # when tracking: a step's counts by input ordinal, as in Tally._tracks
+    lines: list[tuple[int, bytes]]  # when tracking: rejected lines not yet sealed
+    written: bytes  # when not: the rejected lines, in the order they were rejected
 
 
 class Tally:
@@ -52,6 +77,17 @@ class Tally:
         self._tracks: dict[tuple[str, str | None], tuple[list[int], list[float]]] = {}
         self._pending_lines: list[tuple[int, bytes]] = []  # rejects not yet sealed
         self._sealed: dict = {kind: {} for kind in _KINDS}
+
+    def apart(self) -> Tally:
+        """A new tally that counts as this one does (strict, tracking, rejects), for
+        records counted apart (a worker's batch): its rejected lines are kept in
+        memory, for `detach`."""
+        tally = Tally(
+            self.command, io.BytesIO() if self.rejects is not None else None, self._strict
+        )
+        if self.tracking:
+            tally.track()
+        return tally
 
     # -- events -------------------------------------------------------------
     def drop(self, rule: str, sample: Sample, n: int = 1) -> None:
@@ -212,6 +248,63 @@ class Tally:
             self._counted.add(name)
             self.extra[name] = Counter(value) if isinstance(value, dict) else value
 
+    # -- parts counted elsewhere ------------------------------------------------
+    def detach(self) -> Part:
+        """Everything counted so far, taken out: this tally starts again from zero."""
+        written = b""
+        if isinstance(self.rejects, io.BytesIO):
+            written = self.rejects.getvalue()
+            self.rejects.seek(0)
+            self.rejects.truncate()
+        part = Part(
+            self.n_in,
+            self.n_out,
+            self.dropped,
+            self.rejected,
+            self.added,
+            self.extra,
+            self._counted,
+            self._pending or [],
+            self._tracks,
+            self._pending_lines,
+            written,
+        )
+        self.n_in = self.n_out = 0
+        self.dropped, self.rejected, self.added = Counter(), Counter(), Counter()
+        self.extra, self._counted = {}, set()
+        self._tracks, self._pending_lines = {}, []
+        if self._pending is not None:
+            self._pending = []
+        return part
+
+    def merge(self, part: Part) -> None:
+        """Add what another tally counted (`detach`). Parts are merged in input order,
+        so that the rejected lines keep the order one process writes them in."""
+        self.n_in += part.n_in
+        self.n_out += part.n_out
+        self.dropped.update(part.dropped)
+        self.rejected.update(part.rejected)
+        self.added.update(part.added)
+        for name, value in part.extra.items():
+            if name not in part.counted:
+                self.extra[name] = value  # set by the step (curate's summary)
+                continue
+            self._counted.add(name)
+            if isinstance(value, dict):
+                self.extra.setdefault(name, Counter()).update(value)
+            else:
+                self.extra[name] = self.extra.get(name, 0) + value
+        if part.pending or part.tracks or part.lines:
+            assert self._pending is not None, "a tracked part needs track()"
+            self._pending.extend(part.pending)
+            for (name, key), track in part.tracks.items():
+                self._counted.add(name)
+                _extend(self._tracks.setdefault((name, key), ([], [])), track)
+            self._pending_lines.extend(part.lines)
+        if part.written:
+            assert self.rejects is not None, "rejected lines need a rejects file"
+            self.rejects.write(part.written)
+
     # -- reporting ----------------------------------------------------------
     @property
     def balanced(self) -> bool:
@@ -259,6 +352,19 @@ def _add(counts: dict, name: str, key: str | None, n: float) -> None:
         if counter is None:
             counter = counts[name] = Counter()
         counter[key] += n
+
+
+def _extend(track: tuple[list[int], list[float]], more: tuple[list[int], list[float]]) -> None:
+    """Add the counts `more` (idx-ordered) to `track`, keeping it idx-ordered."""
+    idxs, amounts = track
+    if not idxs or not more[0] or more[0][0] >= idxs[-1]:  # a later batch: the rule
+        idxs.extend(more[0])
+        amounts.extend(more[1])
+        return
+    for idx, n in zip(*more, strict=True):
+        at = bisect.bisect_right(idxs, idx)
+        idxs.insert(at, idx)
+        amounts.insert(at, n)
 
 
 def _rounded(value: Any) -> Any:

@@ -167,8 +167,8 @@ def ext_ok(ext: object) -> bool:
 
 
 class TarWriter:
-    """Writes samples as member groups; a JSONL record's `image` (and `members`)
-    files are packed in, read within `limits` (regular files, the byte cap)."""
+    """Writes samples as member groups (`tar_blocks`); blocks encoded elsewhere (in a
+    worker process) are written as they are (`put`)."""
 
     def __init__(self, stream: BinaryIO, tally: Tally, limits: ImageLimits = DEFAULT_LIMITS):
         self._tar = tarfile.open(fileobj=stream, mode="w|", format=tarfile.USTAR_FORMAT)
@@ -176,44 +176,20 @@ class TarWriter:
         self._limits = limits
 
     def write(self, sample: Sample) -> bool:
-        key = sample.key
-        if not member_name_ok(key):
-            self._tally.reject("bad-key", f"key {key!r} cannot name a tar member", sample)
+        blocks = tar_blocks(sample, self._tally, self._limits)
+        if blocks is None:
             return False
-        try:
-            members = self._members(sample)
-        except ImageRejected as err:
-            self._tally.reject(err.reason, str(err), sample)
-            return False
-        for ext in sorted(members):
-            self._add(f"{key}.{ext}", members[ext])
+        self.put(blocks)
         return True
 
-    def _members(self, sample: Sample) -> dict[str, bytes]:
-        record = sample.record
-        members = dict(sample.members)
-        if sample.has_image() and not any(ext in members for ext in IMAGE_EXTS):
-            members[sample.image_ext() or "jpg"] = sample.image_bytes(self._limits)
-        extra = record.get("members")
-        # members a JSONL writer put in files; in a record from a tar, `members` is data
-        if isinstance(extra, dict) and not sample.from_tar:
-            record = {k: v for k, v in record.items() if k != "members"}
-            for ext, path in extra.items():
-                if not ext_ok(ext):
-                    raise ImageRejected("bad-members", f"'members' has a bad extension {ext!r}")
-                members[ext] = read_beside(sample.source, path, self._limits)
-        members["json"] = orjson.dumps(record)
-        caption = sample.caption()
-        if caption is not None:
-            members["txt"] = caption.encode()
-        if isinstance(record.get("cls"), int):
-            members["cls"] = str(record["cls"]).encode()
-        return members
-
-    def _add(self, name: str, data: bytes) -> None:
-        info = tarfile.TarInfo(name)
-        info.size, info.mtime, info.mode = len(data), _MTIME, 0o444
-        self._tar.addfile(info, _Reader(data))
+    def put(self, blocks: bytes) -> None:
+        """Whole members (`tar_blocks`), as `tarfile.addfile` writes them: a record
+        (10 KiB) at a time, as tarfile's stream buffer copies what it holds on each
+        write (a batch of members written at once would be copied again and again)."""
+        view = memoryview(blocks)
+        for at in range(0, len(view), tarfile.RECORDSIZE):
+            self._tar.fileobj.write(view[at : at + tarfile.RECORDSIZE])
+        self._tar.offset += len(blocks)
 
     def close(self) -> None:
         self._tar.close()
@@ -225,16 +201,48 @@ class TarWriter:
         self._tar.closed = True
 
 
-class _Reader:
-    """The one method tarfile.addfile needs, without copying `data` into a BytesIO."""
+def tar_blocks(sample: Sample, tally: Tally, limits: ImageLimits = DEFAULT_LIMITS) -> bytes | None:
+    """The sample's member group as tar blocks (each member: its header, its data,
+    NULs to a whole block), or None when `tally` rejected it. A JSONL record's
+    `image` (and `members`) files are packed in, read within `limits` (regular
+    files, the byte cap)."""
+    key = sample.key
+    if not member_name_ok(key):
+        tally.reject("bad-key", f"key {key!r} cannot name a tar member", sample)
+        return None
+    try:
+        members = _members(sample, limits)
+    except ImageRejected as err:
+        tally.reject(err.reason, str(err), sample)
+        return None
+    blocks = []
+    for ext in sorted(members):
+        data = members[ext]
+        info = tarfile.TarInfo(f"{key}.{ext}")
+        info.size, info.mtime, info.mode = len(data), _MTIME, 0o444
+        blocks += (info.tobuf(tarfile.USTAR_FORMAT, tarfile.ENCODING, "surrogateescape"), data)
+        if len(data) % tarfile.BLOCKSIZE:
+            blocks.append(tarfile.NUL * (tarfile.BLOCKSIZE - len(data) % tarfile.BLOCKSIZE))
+    return b"".join(blocks)
 
-    __slots__ = ("_data", "_pos")
 
-    def __init__(self, data: bytes):
-        self._data, self._pos = memoryview(data), 0
-
-    def read(self, n: int = -1) -> bytes:
-        end = len(self._data) if n < 0 else self._pos + n
-        chunk = self._data[self._pos : end]
-        self._pos += len(chunk)
-        return bytes(chunk)
+def _members(sample: Sample, limits: ImageLimits) -> dict[str, bytes]:
+    record = sample.record
+    members = dict(sample.members)
+    if sample.has_image() and not any(ext in members for ext in IMAGE_EXTS):
+        members[sample.image_ext() or "jpg"] = sample.image_bytes(limits)
+    extra = record.get("members")
+    # members a JSONL writer put in files; in a record from a tar, `members` is data
+    if isinstance(extra, dict) and not sample.from_tar:
+        record = {k: v for k, v in record.items() if k != "members"}
+        for ext, path in extra.items():
+            if not ext_ok(ext):
+                raise ImageRejected("bad-members", f"'members' has a bad extension {ext!r}")
+            members[ext] = read_beside(sample.source, path, limits)
+    members["json"] = orjson.dumps(record)
+    caption = sample.caption()
+    if caption is not None:
+        members["txt"] = caption.encode()
+    if isinstance(record.get("cls"), int):
+        members["cls"] = str(record["cls"]).encode()
+    return members

@@ -1,5 +1,8 @@
 """Counts files: round trip, merge by addition, refusal of what does not add up."""
 
+from array import array
+from itertools import chain
+
 import orjson
 import pytest
 
@@ -80,5 +83,5 @@ def test_bad_counts_files_are_one_clear_error(tmp_path, data, message):
 def test_ids_added_at_once_count_as_recorded_ones():
     batches = [[0, 2], [2], [], [2, 5]]
     accumulator = Accumulator(6)
-    accumulator.add_each(batches)
+    accumulator.add_all(array("i", chain.from_iterable(batches)))
     assert accumulator.result("s1", MATCHING, 4, 3) == counted(batches)

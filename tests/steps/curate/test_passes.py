@@ -14,6 +14,7 @@ import pytest
 from vecap_cli.steps.curate import passes, stages
 from vecap_cli.steps.curate.counts import read_counts
 from vecap_cli.steps.curate.stages import CurateConfig
+from vecap_cli.stream import batches
 from vecap_cli.stream.runner import StreamOptions, run_stream
 from vecap_cli.stream.tally import Tally
 
@@ -196,3 +197,63 @@ def test_inputs_too_big_to_hold_are_read_twice(pool):
     assert not passes.reads_once(opts(pool), available=100_000, log=notes.append)
     assert notes and notes[0].startswith("note: reading the input twice: holding its records")
     assert passes.reads_once(opts(pool, "-"), available=100_000)  # stdin cannot be sized
+
+
+WITHOUT_DEDUP = CurateConfig(html=True, text_filter=True, t=40, seed=3)
+
+
+def _written(folder) -> dict:
+    """Every file under `folder`; --stats without its time (its keys kept in order)."""
+    files = {}
+    for root, _, names in os.walk(folder):
+        for name in names:
+            data = open(os.path.join(root, name), "rb").read()
+            if name == "stats.json":
+                data = [(k, v) for k, v in orjson.loads(data).items() if k != "seconds"]
+            files[os.path.relpath(os.path.join(root, name), folder)] = data
+    return files
+
+
+@pytest.mark.parametrize(
+    ("name", "how"),
+    [
+        ("one-pass", {}),
+        ("read twice", {"output": "%03d.tar", "shard_size": 50, "resume": True}),
+        ("keep all", {"output": "%03d.jsonl", "shard_size": 60, "config": CurateConfig(keep_all=True, t=40)}),
+        ("count", {"output": "counts.json"}),
+        ("balance", {"output": "%03d.jsonl", "shard_size": 60}),
+    ],
+)  # fmt: skip
+def test_workers_curate_what_one_process_curates(pool, monkeypatch, name, how):
+    monkeypatch.setattr(batches, "BATCH_BYTES", 2000)  # many batches
+    (pool / "pool.jsonl").write_bytes(pool_lines(900))
+    meta = str(pool / "meta.json")
+    passes.count(opts(pool, output=str(pool / "all.json")), WITHOUT_DEDUP, meta)
+    how = dict(how)
+    config = how.pop("config", WITHOUT_DEDUP)
+    calls = {
+        "count": lambda o: passes.count(o, config, meta),
+        "balance": lambda o: passes.balance(o, config, meta, str(pool / "all.json")),
+    }
+    call = calls.get(name, lambda o: passes.curate(o, config, meta, save_counts=o.stats + ".c"))
+    runs = []
+    for workers in (1, 2, 3):
+        folder = pool / f"w{workers}"
+        where = {
+            "output": str(folder / how.get("output", "out.jsonl")),
+            "rejects": str(folder / "rejects.jsonl"),
+            "stats": str(folder / "stats.json"),
+        }
+        call(opts(pool, workers=workers, **{**how, **where}))
+        runs.append(_written(folder))
+    assert runs[1] == runs[0] and runs[2] == runs[0]
+    assert len(runs[0]["rejects.jsonl"].splitlines()) >= 10
+
+
+def test_dedup_runs_in_one_process_with_a_note(pool):
+    meta = str(pool / "meta.json")
+    notes = []
+    passes.curate(opts(pool, output=str(pool / "one.jsonl")), CONFIG, meta)
+    passes.curate(opts(pool, workers=2, log=notes.append), CONFIG, meta)
+    assert (pool / "one.jsonl").read_bytes() == (pool / "out.jsonl").read_bytes()
+    assert notes[0] == "note: --dedup runs in one process (the first of each duplicate is kept)"

@@ -94,22 +94,22 @@ class Accumulator:
         def record(texts: list[str]) -> list[list[int]]:
             found = match_many(texts)
             self._ids.extend(chain.from_iterable(found))
-            if len(self._ids) >= self._BLOCK:
-                self._fold(self._ids)
-                self._ids = array("i")
+            self._fold_full()
             return found
 
         return record
 
     def add_all(self, ids: array) -> None:
-        """Ids gathered elsewhere (the one-pass cache), in one go."""
-        self._fold(ids)
+        """Ids gathered elsewhere (the one-pass's held records, a cache, a worker's
+        batch), buffered like the recorded ones: a fold for each of many small
+        batches would add up a whole array of counts each time."""
+        self._ids.extend(ids)
+        self._fold_full()
 
-    def add_each(self, id_lists: Iterable[Iterable[int]]) -> None:
-        """The ids of many records at once (the one-pass's held records)."""
-        np = self._np
-        flat = np.fromiter(chain.from_iterable(id_lists), dtype=np.int32)
-        self._totals += np.bincount(flat, minlength=self._n)
+    def _fold_full(self) -> None:
+        if len(self._ids) >= self._BLOCK:
+            self._fold(self._ids)
+            self._ids = array("i")
 
     def _fold(self, ids: array) -> None:
         np = self._np

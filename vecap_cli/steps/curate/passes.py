@@ -28,10 +28,12 @@ import os
 import shutil
 import sys
 import tempfile
-import time
+from array import array
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
+from dataclasses import replace
 from functools import partial
+from itertools import chain
 from typing import BinaryIO
 
 import orjson
@@ -55,8 +57,16 @@ from vecap_cli.steps.curate.metadata import (
     write_metadata,
 )
 from vecap_cli.steps.curate.stages import CurateConfig, MatchCache
+from vecap_cli.stream.parallel import Gathering, each_batch
 from vecap_cli.stream.progress import progress, showing
-from vecap_cli.stream.runner import StreamOptions, iter_samples, per_rank, run_stream, write_stats
+from vecap_cli.stream.runner import (
+    StreamOptions,
+    iter_samples,
+    per_rank,
+    rank_inputs,
+    run_stream,
+    write_stats,
+)
 from vecap_cli.stream.sample import Sample
 from vecap_cli.stream.sinks import open_rejects
 from vecap_cli.stream.sources import carrier_from_name, expand
@@ -84,13 +94,21 @@ def curate(
 ) -> Tally:
     """The one-pass: counts the entries over the whole input, then balances this
     rank's share into the output. `save_counts`: also write the counts there."""
+    opts = _workers_for(opts, config)
     meta, matcher = load(metadata, opts.log)
     if reads_once(opts, log=opts.log):
-        stage = partial(
-            _count_then_balance, config=config, meta=meta, matcher=matcher, save_counts=save_counts
-        )
+        stage = _CountThenBalance(config, meta, matcher, save_counts)
         return run_stream("curate", opts, stage, (config, meta.sha256))
     return _curate_twice(opts, config, meta, matcher, save_counts)
+
+
+def _workers_for(opts: StreamOptions, config: CurateConfig) -> StreamOptions:
+    """--dedup keeps the first of each duplicate, which only a process that sees
+    every record in order can tell: it runs in one."""
+    if opts.workers > 1 and config.dedup:
+        opts.log("note: --dedup runs in one process (the first of each duplicate is kept)")
+        return replace(opts, workers=1)
+    return opts
 
 
 def reads_once(
@@ -138,27 +156,39 @@ def _free_memory() -> float:
     return free
 
 
-def _count_then_balance(
-    samples: Iterable[Sample],
-    tally: Tally,
-    config: CurateConfig,
-    meta: Metadata,
-    matcher: Matcher,
-    save_counts: str | None,
-) -> Iterator[Sample]:
+class _CountThenBalance(Gathering):
     """The one-pass as one stage: holds the matched records while counting every
-    record, then balances them (about 1.2 kB held per LAION-like record)."""
-    accumulator = Accumulator(len(meta.entries))
-    with _no_cycle_collection():
-        pairs = stages.prepare(samples, tally, config, matcher.find_many)
-        held, records, matched = stages.hold(pairs, tally, config.keep_all)
-        accumulator.add_each(ids for _, ids in held)
-        counts = accumulator.result(meta.sha256, config.matching(), records, matched)
-        if save_counts:
-            write_counts(save_counts, counts)
-        balancer = Balancer(entry_probabilities(counts.counts, config.t), config.seed)
-        tally.extra["curate"] = _summary(meta, counts, config.t)
-        yield from stages.balance(held, tally, config, balancer)
+    record (gather), counts the entries (settle), then balances the records held
+    (release); about 1.2 kB held per LAION-like record. With --workers, each
+    worker holds the records of its batches."""
+
+    def __init__(
+        self, config: CurateConfig, meta: Metadata, matcher: Matcher, save_counts: str | None
+    ):
+        self.config, self.meta, self.matcher, self.save_counts = config, meta, matcher, save_counts
+
+    def __call__(self, samples: Iterable[Sample], tally: Tally) -> Iterator[Sample]:
+        with _no_cycle_collection():
+            yield from super().__call__(samples, tally)
+
+    def gather(self, samples: Iterable[Sample], tally: Tally) -> tuple[list, tuple]:
+        pairs = stages.prepare(samples, tally, self.config, self.matcher.find_many)
+        held, records, matched = stages.hold(pairs, tally, self.config.keep_all)
+        return held, (records, matched, array("i", chain.from_iterable(ids for _, ids in held)))
+
+    def settle(self, found: list[tuple], tally: Tally) -> Balancer:
+        accumulator = Accumulator(len(self.meta.entries))
+        for _, _, ids in found:
+            accumulator.add_all(ids)
+        records, matched = sum(f[0] for f in found), sum(f[1] for f in found)
+        counts = accumulator.result(self.meta.sha256, self.config.matching(), records, matched)
+        if self.save_counts:
+            write_counts(self.save_counts, counts)
+        tally.extra["curate"] = _summary(self.meta, counts, self.config.t)
+        return Balancer(entry_probabilities(counts.counts, self.config.t), self.config.seed)
+
+    def release(self, held: list, balancer: Balancer, tally: Tally) -> Iterator[Sample]:
+        yield from stages.balance(held, tally, self.config, balancer)
         held.clear()  # freed here: the collector, back on, would walk them all once more
 
 
@@ -190,7 +220,9 @@ def _curate_twice(
         # share, as the counting pass numbered the whole input, not the share.
         cache = MatchCache() if opts.world_size == 1 else None
         first = Tally("curate", strict=opts.strict)
-        whole = StreamOptions(inputs=opts.inputs, quiet=opts.quiet, log=opts.log)
+        whole = StreamOptions(
+            inputs=opts.inputs, quiet=opts.quiet, log=opts.log, workers=opts.workers
+        )
         counts = _count(whole, first, config, meta, matcher, cache, stdin)
         if save_counts:
             write_counts(save_counts, counts)
@@ -205,8 +237,10 @@ def _curate_twice(
 
         if stdin is not None:
             stdin.seek(0)
-        stage = _balancing(config, meta, counts, decide, first.started)
-        tally = run_stream("curate", opts, stage, (config, meta.sha256), stdin=stdin)
+        stage = _balancing(config, meta, counts, decide)
+        tally = run_stream(
+            "curate", opts, stage, (config, meta.sha256), stdin=stdin, started=first.started
+        )
     if opts.world_size == 1 and tally.n_in != first.n_in:
         raise VecapError(
             f"the input changed between the two passes ({first.n_in:,} then {tally.n_in:,} records)"
@@ -217,6 +251,7 @@ def _curate_twice(
 def count(opts: StreamOptions, config: CurateConfig, metadata: str) -> Tally:
     """Writes the entry counts of this rank's share to `opts.output` (FILE.rankR.json
     for several ranks; '-' for stdout), and --stats; returns the tally."""
+    opts = _workers_for(opts, config)
     meta, matcher = load(metadata, opts.log)
     rejects = None
     if opts.rejects:
@@ -242,6 +277,7 @@ def count(opts: StreamOptions, config: CurateConfig, metadata: str) -> Tally:
 
 def balance(opts: StreamOptions, config: CurateConfig, metadata: str, counts: str) -> Tally:
     """Balances this rank's share by the counts file `counts` (made by `count`, merged)."""
+    opts = _workers_for(opts, config)
     entry_counts = read_counts(counts)
     meta, matcher = load(metadata, opts.log)
     if entry_counts.metadata_sha != meta.sha256 or entry_counts.n_entries != len(meta.entries):
@@ -258,7 +294,7 @@ def balance(opts: StreamOptions, config: CurateConfig, metadata: str, counts: st
     def decide(samples, tally):
         return stages.prepare(samples, tally, config, matcher.find_many)
 
-    stage = _balancing(config, meta, entry_counts, decide, time.monotonic())
+    stage = _balancing(config, meta, entry_counts, decide)
     counts_id = hashlib.sha1(orjson.dumps(entry_counts.counts)).hexdigest()
     return run_stream("curate balance", opts, stage, (config, meta.sha256, counts_id))
 
@@ -334,22 +370,59 @@ def _count(
 ) -> EntryCounts:
     """Reads this rank's share of `opts.inputs` once; `cache` records the decisions."""
     accumulator = Accumulator(len(meta.entries))
+    count = _count_in_workers if opts.workers > 1 else _count_here
+    with progress(f"{tally.command} (counting)", not opts.quiet) as update:
+        records, matched = count(opts, tally, config, matcher, accumulator, cache, stdin, update)
+    return accumulator.result(meta.sha256, config.matching(), records, matched)
+
+
+def _count_here(opts, tally, config, matcher, accumulator, cache, stdin, update) -> tuple[int, int]:
     samples = iter_samples(
         opts.inputs, tally, rank=opts.rank, world_size=opts.world_size, log=opts.log, stdin=stdin
     )
     # counted from the cache at the end when there is one, else as matched
     match = matcher.find_many if cache is not None else accumulator.recording(matcher.find_many)
-    with progress(f"{tally.command} (counting)", not opts.quiet) as update:
-        if update is not None:
-            samples = showing(samples, tally, update)
-        pairs = stages.prepare(samples, tally, config, match, cache)
-        records, matched = stages.count(pairs, tally)
+    if update is not None:
+        samples = showing(samples, tally, update)
+    pairs = stages.prepare(samples, tally, config, match, cache)
+    records, matched = stages.count(pairs, tally)
     if cache is not None:
         accumulator.add_all(cache.ids)
-    return accumulator.result(meta.sha256, config.matching(), records, matched)
+    return records, matched
 
 
-def _balancing(config: CurateConfig, meta: Metadata, counts: EntryCounts, decide, started: float):
+def _count_in_workers(
+    opts, tally, config, matcher, accumulator, cache, stdin, update
+) -> tuple[int, int]:
+    """Each worker counts a batch and caches what it decided; the ids and the
+    caches of the batches are joined here, in input order."""
+    inputs = rank_inputs(opts.inputs, opts.rank, opts.world_size, opts.log, stdin)
+    work = partial(_count_batch, config=config, matcher=matcher)
+    records = matched = 0
+    with closing(each_batch(work, inputs, tally, opts.workers, update)) as batches:
+        for batch_records, batch_matched, decided in batches:
+            records, matched = records + batch_records, matched + batch_matched
+            accumulator.add_all(decided.ids)
+            if cache is not None:
+                cache.extend(decided)
+    return records, matched
+
+
+def _count_batch(
+    batch, samples: Iterable[Sample], tally: Tally, config: CurateConfig, matcher: Matcher
+) -> tuple[tuple[int, int, MatchCache], None]:
+    """The counting pass over one batch, in a worker: (records, matched, what
+    `prepare` decided for each of its inputs, from the first that reached it)."""
+    samples = iter(samples)
+    head = next(samples, None)
+    decided = MatchCache(head.idx if head is not None else 0)
+    if head is None:
+        return (0, 0, decided), None
+    pairs = stages.prepare(chain([head], samples), tally, config, matcher.find_many, decided)
+    return (*stages.count(pairs, tally), decided), None
+
+
+def _balancing(config: CurateConfig, meta: Metadata, counts: EntryCounts, decide):
     """The record pass's stage: `curate` on every record, the kept ones (or all) out.
 
     `decide(samples, tally)` filters and matches: `prepare`, or a cache's replay.
@@ -358,7 +431,6 @@ def _balancing(config: CurateConfig, meta: Metadata, counts: EntryCounts, decide
     summary = _summary(meta, counts, config.t)
 
     def stage(samples, tally):
-        tally.started = started  # the run's time includes its counting pass
         tally.extra["curate"] = summary
         yield from stages.balance(decide(samples, tally), tally, config, balancer)
 

@@ -203,24 +203,35 @@ def balance(
 
 
 class MatchCache:
-    """What `prepare` decided for each input ordinal (`sample.idx`), packed in arrays:
-    9 bytes per record plus 4 per match."""
+    """What `prepare` decided for each input ordinal (`sample.idx`) from `first` on,
+    packed in arrays: 9 bytes per record plus 4 per match. A worker process
+    caches its batch (`first`: the batch's first input); the batches, `extend`ed
+    in order, make the cache of the whole input."""
 
-    def __init__(self):
-        self.codes = array("b")  # codes[idx]: index into RULES; -1: never reached prepare
-        self.starts = array("q")  # starts[idx]: where idx's ids begin in `ids`
+    def __init__(self, first: int = 0):
+        self.first = first
+        self.codes = array("b")  # codes[idx - first]: index into RULES; -1: never reached prepare
+        self.starts = array("q")  # starts[idx - first]: where idx's ids begin in `ids`
         self.ids = array("i")
         self._code_of = {rule: i for i, rule in enumerate(RULES)}
 
     def note_gap(self, idx: int) -> None:
         """Inputs the reader rejected before `idx`: they never reach prepare."""
-        gap = idx - len(self.codes)
+        gap = idx - self.first - len(self.codes)
         self.codes.extend([-1] * gap)
         self.starts.extend([len(self.ids)] * gap)
 
+    def extend(self, later: MatchCache) -> None:
+        """Add the decisions cached for the inputs that follow (a worker's batch)."""
+        self.note_gap(later.first)
+        base = len(self.ids)
+        self.codes.extend(later.codes)
+        self.starts.extend(array("q", (start + base for start in later.starts)))
+        self.ids.extend(later.ids)
+
     def matched(self, idx: int, ids: list[int]) -> list[int]:
         """A record that reached matching, with the ids it matched (returned)."""
-        if idx != len(self.codes):
+        if idx != self.first + len(self.codes):
             self.note_gap(idx)
         self.codes.append(0)
         self.starts.append(len(self.ids))
@@ -229,13 +240,14 @@ class MatchCache:
 
     def note(self, idx: int, rule: str) -> None:
         """A record removed under `rule` (a matched one goes through `matched`)."""
-        if idx != len(self.codes):
+        if idx != self.first + len(self.codes):
             self.note_gap(idx)
         self.codes.append(self._code_of[rule])
         self.starts.append(len(self.ids))
 
     def replaying(self, samples: Iterable[Sample], tally: Tally, config: CurateConfig) -> Pairs:
-        """`prepare`'s output again, from the cache: the same drops, the same ids."""
+        """`prepare`'s output again, from the cache (of the whole input, `first` 0):
+        the same drops, the same ids."""
         codes, ids = self.codes, self.ids
         starts = self.starts + array("q", [len(ids)])  # with the end of the last one's ids
         n = len(codes)
