@@ -89,7 +89,7 @@ def test_workers_flag_takes_a_count_or_auto(pool):
         == 0
     )
     bad = run_vecap("mix", pool / "pool.jsonl", "--workers", "0")
-    assert bad.code == 2 and "expected a count or auto, got '0'" in bad.err
+    assert bad.code == 2 and "expected a count of 1 or more, or auto; got '0'" in bad.err
 
 
 def start(args, cwd, stdin=None) -> subprocess.Popen:

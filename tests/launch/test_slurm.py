@@ -70,7 +70,7 @@ def test_tasks_write_what_one_process_writes_and_resume_reruns_only_the_killed_o
     assert refused.code == 1
     assert (
         refused.err
-        == "vecap launch: error: not every task is done: 1 of 0-1 (vecap launch --resume runs them)\n"
+        == "vecap launch: error: tasks 1 of 2 are not done (vecap launch --resume runs them)\n"
     )
 
     resumed = run_vecap(*launch, "--resume", *step, cwd=pool)

@@ -179,7 +179,9 @@ def resolve_workers(value: str) -> int:
     if value == "auto":
         return len(os.sched_getaffinity(0))
     if not value.isdigit() or int(value) < 1:
-        raise typer.BadParameter(f"expected a count or auto, got '{value}'", param_hint="--workers")
+        raise typer.BadParameter(
+            f"expected a count of 1 or more, or auto; got '{value}'", param_hint="--workers"
+        )
     return int(value)
 
 

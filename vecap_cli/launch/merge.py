@@ -41,7 +41,7 @@ def merge(state: State, log: Log) -> Tally:
     pending = state.pending(launch.tasks)
     if pending:
         raise VecapError(
-            f"not every task is done: {task_ranges(pending)} of 0-{launch.tasks - 1} "
+            f"tasks {task_ranges(pending)} of {launch.tasks} are not done "
             "(vecap launch --resume runs them)"
         )
     stats = launch.step.stats
