@@ -1,3 +1,5 @@
+import os
+import re
 import subprocess
 import sys
 
@@ -42,15 +44,14 @@ def test_rank_falls_back_to_torchrun_then_slurm_env(tmp_path):
     assert torchrun.records() == slurm.records() == flags.records()
 
 
-def test_progress_shows_on_a_terminal_and_not_in_logs(tmp_path):
-    import os
+def _on_a_terminal(*args) -> bytes:
+    """What `vecap ARGS` writes to stderr when stderr is a terminal (a pty), its
+    colours taken out; stdout to nowhere."""
     import pty
 
-    pool = tmp_path / "p.jsonl"
-    pool.write_text("".join(f'{{"key": "{i}", "alt": "x"}}\n' for i in range(50_000)))
     leader, follower = pty.openpty()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "vecap_cli", "mix", str(pool), "-o", str(tmp_path / "o.jsonl")],
+        [sys.executable, "-m", "vecap_cli", *map(str, args)],
         stderr=follower,
         stdout=subprocess.DEVNULL,
     )
@@ -64,8 +65,53 @@ def test_progress_shows_on_a_terminal_and_not_in_logs(tmp_path):
         if not chunk:
             break
         seen += chunk
+    os.close(leader)
     assert proc.wait() == 0
-    assert b" in \xc2\xb7 " in seen  # the live count: "N in · M out"
+    return re.sub(rb"\x1b\[[0-9;?]*[A-Za-z]", b"", seen)
+
+
+def test_progress_shows_on_a_terminal_and_not_in_logs(tmp_path):
+    pool = tmp_path / "p.jsonl"
+    pool.write_text("".join(f'{{"key": "{i}", "alt": "x"}}\n' for i in range(50_000)))
+    seen = _on_a_terminal("mix", pool, "-o", tmp_path / "o.jsonl")
+    assert b" in \xc2\xb7 " in seen  # the live count: "N in \xc2\xb7 M out"
     assert b"vecap mix: in 50,000 = out 50,000" in seen
     logged = run_vecap("mix", pool, "-o", tmp_path / "o2.jsonl")
     assert logged.err.strip().splitlines() == [logged.err.strip()]  # the summary line only
+    quiet = _on_a_terminal("mix", pool, "-q", "-o", tmp_path / "o3.jsonl")
+    assert b" in \xc2\xb7 " not in quiet and b"vecap mix" not in quiet
+
+
+def _big_pool(tmp_path):
+    """About 9 MB of records: long enough a run (most of a second) for rich to
+    estimate a speed, so a time left, from several updates."""
+    pool = tmp_path / "p.jsonl"
+    pool.write_text("".join(f'{{"key": "{i}", "alt": "x"}}\n' for i in range(300_000)))
+    return pool, f"/{os.path.getsize(pool) / 1e6:.1f} MB".encode()
+
+
+def test_progress_of_files_shows_done_of_total_and_the_time_left(tmp_path):
+    pool, total = _big_pool(tmp_path)
+    seen = _on_a_terminal("mix", pool, "-o", tmp_path / "o.jsonl")
+    assert total in seen  # "5.9/8.9 MB"
+    assert re.search(rb"ETA \d+:\d\d:\d\d", seen)
+    assert b"it/s" not in seen  # the spinner's speed is for an unknown total only
+    assert b"vecap mix: in 300,000 = out 300,000" in seen
+
+
+def test_progress_of_a_pipe_stays_a_count(tmp_path):
+    pool, total = _big_pool(tmp_path)
+    seen = _on_a_terminal("mix", f"pipe:cat {pool}", "-o", tmp_path / "o.jsonl")
+    assert b" in \xc2\xb7 " in seen and b"it/s" in seen
+    assert total not in seen and b"ETA" not in seen
+    assert b"vecap mix: in 300,000 = out 300,000" in seen
+
+
+def test_progress_with_workers_is_one_bar_with_the_total(tmp_path):
+    pool, total = _big_pool(tmp_path)
+    seen = _on_a_terminal("mix", pool, "--workers", "2", "-o", tmp_path / "o.jsonl")
+    done = [float(d) for d in re.findall(rb"(\d+\.\d)" + re.escape(total), seen)]
+    assert done and max(done) > 0 and b"ETA" in seen  # the reading here moves it
+    two_lines = rb" in \xc2\xb7 [^\r]*\n[^\r]* in \xc2\xb7 "  # a frame of two bars
+    assert re.search(two_lines, seen) is None  # one bar, fed here: no worker draws its own
+    assert b"vecap mix: in 300,000 = out 300,000" in seen

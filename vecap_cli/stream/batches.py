@@ -17,6 +17,7 @@ from itertools import count
 from typing import BinaryIO, NamedTuple
 
 from vecap_cli.stream.picker import Picker
+from vecap_cli.stream.progress import Meter
 from vecap_cli.stream.sample import Sample, Source
 from vecap_cli.stream.sources import open_each
 from vecap_cli.stream.tally import Part, Tally
@@ -35,6 +36,7 @@ class Inputs:
     carriers: list[str]  # the carrier of each input opened so far
     log: Callable[[str], None]
     stdin: BinaryIO | None = None
+    meter: Meter | None = None  # how far the reading is, for the bar (None: not shown)
 
 
 @dataclass(kw_only=True)
@@ -69,7 +71,9 @@ def batches(inputs: Inputs, reading: Tally) -> Iterator[Batch]:
     """The inputs cut into batches, in order (tar is read here, JSONL by the workers)."""
     seq = count()
     with _stdin_apart(inputs) as stdin:
-        for source, stream in open_each(inputs.names, inputs.carriers, inputs.log, stdin):
+        for source, stream in open_each(
+            inputs.names, inputs.carriers, inputs.log, stdin, inputs.meter
+        ):
             if source.carrier == "jsonl":
                 cut = _lines(stream, source, inputs.pick)
             else:

@@ -1,46 +1,127 @@
-"""A live count on stderr, only when stderr is a terminal (logs stay clean)."""
+"""A live count on stderr, only when stderr is a terminal (logs stay clean).
+
+When the size of the input is known up front (regular files: not stdin, `pipe:`
+or a URL), the bar also shows how far the reading is, done/total in bytes of the
+files as stored (a .gz by its compressed position), and the time left.
+"""
 
 from __future__ import annotations
 
+import os
+import stat
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from typing import BinaryIO
+
+_STREAMS = ("-", "pipe:", "http://", "https://")
+
+
+class Meter:
+    """How far the reading is through a list of input files, in bytes as stored.
+
+    `sizes`: each input's size, in the order they are read. The reader calls
+    `reading(index, raw)` when it opens input `index` (`raw`: the file as opened,
+    before any gunzip, so its position counts compressed bytes). `done()` asks the
+    file its position: a call to the OS, made only when the bar is redrawn.
+    """
+
+    def __init__(self, sizes: Sequence[int]):
+        self.sizes = list(sizes)
+        self.total = sum(self.sizes)
+        self._before = 0  # bytes of the inputs before the one being read
+        self._raw: BinaryIO | None = None
+        self._done = 0
+
+    def reading(self, index: int, raw: BinaryIO) -> None:
+        self._before = sum(self.sizes[:index])
+        self._raw = raw
+
+    def done(self) -> int:
+        """Bytes read so far; never less than before (an input between its close and
+        the next one's open, a file that shrank) nor more than the total (one that grew)."""
+        raw = self._raw
+        try:
+            at = raw.tell() if raw is not None else 0
+        except (OSError, ValueError):  # closed, on the thread reading it (--workers)
+            at = 0
+        self._done = max(self._done, min(self.total, self._before + at))
+        return self._done
+
+
+def measure(names: Sequence[str]) -> Meter | None:
+    """A meter over `names`, or None when their size is not known up front: any of
+    them stdin, a `pipe:`, a URL or not a regular file; or all of them empty."""
+    sizes = []
+    for name in names:
+        if name.startswith(_STREAMS):
+            return None
+        try:
+            info = os.stat(name)
+        except OSError:  # it is reported, in one line, when the run opens it
+            return None
+        if not stat.S_ISREG(info.st_mode):
+            return None
+        sizes.append(info.st_size)
+    return Meter(sizes) if sum(sizes) else None
+
+
+def shown(enabled: bool) -> bool:
+    """Whether a bar would show: asked, and stderr a terminal."""
+    return enabled and sys.stderr.isatty()
 
 
 @contextmanager
-def progress(label: str, enabled: bool) -> Iterator[Callable[[int, int], None] | None]:
+def progress(
+    label: str, enabled: bool, meter: Meter | None = None
+) -> Iterator[Callable[[int, int], None] | None]:
     """Yields `update(n_in, n_out)`, or None unless enabled and stderr is a TTY
-    (so a hot loop can skip the calls)."""
-    if not (enabled and sys.stderr.isatty()):
+    (so a hot loop can skip the calls). With a `meter`, the bar shows bytes
+    done/total and the time left; without, a spinner, the count and its speed."""
+    if not shown(enabled):
         yield None
         return
     from rich.console import Console
     from rich.progress import (
+        BarColumn,
+        DownloadColumn,
         Progress,
         SpinnerColumn,
         TaskProgressColumn,
         TextColumn,
         TimeElapsedColumn,
+        TimeRemainingColumn,
     )
 
+    counts = TextColumn("{task.fields[n_in]:,} in · {task.fields[out]:,} out")
+    if meter is None:
+        # records/s, as the total is unknown
+        columns = (counts, TaskProgressColumn(show_speed=True), TimeElapsedColumn())
+    else:
+        columns = (
+            BarColumn(bar_width=20),
+            counts,
+            DownloadColumn(),  # bytes read / bytes in all
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+        )
     bar = Progress(
         SpinnerColumn(),
         TextColumn("[bold]{task.description}"),
-        TextColumn("{task.completed:,} in · {task.fields[out]:,} out"),
-        TaskProgressColumn(show_speed=True),  # records/s, as the total is unknown
-        TimeElapsedColumn(),
+        *columns,
         console=Console(stderr=True),
         transient=True,
     )
-    task = bar.add_task(label, total=None, out=0)
+    task = bar.add_task(label, total=None if meter is None else meter.total, n_in=0, out=0)
     last = [0.0]
 
     def update(n_in: int, n_out: int) -> None:
         now = time.monotonic()
         if now - last[0] > 0.1:  # rich's bookkeeping is not free: at most 10 updates/s
             last[0] = now
-            bar.update(task, completed=n_in, out=n_out)
+            done = n_in if meter is None else meter.done()
+            bar.update(task, completed=done, n_in=n_in, out=n_out)
 
     with bar:
         yield update

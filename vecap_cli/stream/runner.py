@@ -24,7 +24,7 @@ from vecap_cli.stream.images import DEFAULT_LIMITS, ImageLimits
 from vecap_cli.stream.jsonl import read_jsonl
 from vecap_cli.stream.parallel import Stage, write_stage
 from vecap_cli.stream.picker import Picker
-from vecap_cli.stream.progress import progress, showing
+from vecap_cli.stream.progress import measure, progress, showing, shown
 from vecap_cli.stream.sample import Sample
 from vecap_cli.stream.sinks import (
     NamedStream,
@@ -94,8 +94,10 @@ def split_inputs(names: Sequence[str], rank: int, world_size: int) -> tuple[list
     return list(names), rank, world_size
 
 
-def _read(inputs: Inputs, tally: Tally) -> Iterator[Sample]:
-    for source, stream in open_each(inputs.names, inputs.carriers, inputs.log, inputs.stdin):
+def read_inputs(inputs: Inputs, tally: Tally) -> Iterator[Sample]:
+    """The samples of `inputs` (see `rank_inputs`), counted in `tally`."""
+    opened = open_each(inputs.names, inputs.carriers, inputs.log, inputs.stdin, inputs.meter)
+    for source, stream in opened:
         reader = read_jsonl if source.carrier == "jsonl" else read_tar
         yield from reader(stream, source, tally, inputs.pick)
 
@@ -133,7 +135,7 @@ def iter_samples(
     curate count); record commands use `run_stream`. `stdin`: what '-' reads,
     when not sys.stdin (see `open_source`).
     """
-    yield from _read(rank_inputs(inputs, rank, world_size, log, stdin), tally)
+    yield from read_inputs(rank_inputs(inputs, rank, world_size, log, stdin), tally)
 
 
 def run_stream(
@@ -174,13 +176,15 @@ def run_stream(
         rejects = _open_rejects(opts, skip, tally.sealed_rejects_bytes)
         tally.rejects = rejects
         mine = _mine(names, opts.rank, opts.world_size, opts.log, stdin, carriers, skip)
-        with progress(command, not opts.quiet) as update, sink.failing_writes():
+        if shown(not opts.quiet):
+            mine.meter = measure(mine.names)
+        with progress(command, not opts.quiet, mine.meter) as update, sink.failing_writes():
             if opts.workers > 1:
                 write_stage(stage, mine, tally, sink, opts.workers, opts.image_limits, update)
             elif update is None:
-                sink.write_all(stage(_read(mine, tally), tally))
+                sink.write_all(stage(read_inputs(mine, tally), tally))
             else:
-                samples = showing(_read(mine, tally), tally, update)
+                samples = showing(read_inputs(mine, tally), tally, update)
                 for n, sample in enumerate(stage(samples, tally)):
                     sink.write(sample)
                     if not n & 1023:

@@ -21,12 +21,16 @@ import time
 import zlib
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import BinaryIO
+from functools import partial
+from typing import TYPE_CHECKING, BinaryIO
 
 from braceexpand import braceexpand
 
 from vecap_cli.errors import VecapError, first_line
 from vecap_cli.stream.sample import Source
+
+if TYPE_CHECKING:
+    from vecap_cli.stream.progress import Meter
 
 _JSONL = (".jsonl", ".json", ".ndjson")
 _TAR = (".tar", ".tgz")
@@ -106,9 +110,13 @@ def carrier_from_name(name: str) -> str | None:
 
 @contextmanager
 def open_source(
-    name: str, stdin: BinaryIO | None = None
+    name: str,
+    stdin: BinaryIO | None = None,
+    opened: Callable[[BinaryIO], None] | None = None,
 ) -> Iterator[tuple[Source, BinaryIO | None]]:
     """Open one input, decompressed; the stream is None when the input is empty.
+    `opened(raw)`: told the stream as opened, before any gunzip (the progress
+    meter asks it its position).
 
     '-' reads `stdin` when given (a copy of stdin spooled for a second reading),
     else sys.stdin; either way it keeps the name '-' and resolves relative image
@@ -117,6 +125,8 @@ def open_source(
     stdin = stdin or sys.stdin.buffer
     shown = redact(name)
     raw, finish = _open_raw(name, stdin)
+    if opened is not None:
+        opened(raw)
     try:
         head, stream = _peek(raw)
         if head[:2] == b"\x1f\x8b":
@@ -135,13 +145,19 @@ def open_source(
 
 
 def open_each(
-    names: Sequence[str], carriers: list[str], log: Callable[[str], None], stdin: BinaryIO | None
+    names: Sequence[str],
+    carriers: list[str],
+    log: Callable[[str], None],
+    stdin: BinaryIO | None,
+    meter: Meter | None = None,
 ) -> Iterator[tuple[Source, BinaryIO]]:
     """Each input opened in turn (closed when the next is asked for), its carrier
     noted in `carriers` (the output's format may follow the first); an empty
-    input is skipped with a warning (stdin without one)."""
-    for name in names:
-        with open_source(name, stdin) as (source, stream):
+    input is skipped with a warning (stdin without one). `meter`: told which
+    input is being read, and its file."""
+    for index, name in enumerate(names):
+        opened = None if meter is None else partial(meter.reading, index)
+        with open_source(name, stdin, opened) as (source, stream):
             carriers.append(source.carrier)
             if stream is None:
                 if name != "-":

@@ -58,12 +58,12 @@ from vecap_cli.steps.curate.metadata import (
 )
 from vecap_cli.steps.curate.stages import CurateConfig, MatchCache
 from vecap_cli.stream.parallel import Gathering, each_batch
-from vecap_cli.stream.progress import progress, showing
+from vecap_cli.stream.progress import measure, progress, showing, shown
 from vecap_cli.stream.runner import (
     StreamOptions,
-    iter_samples,
     per_rank,
     rank_inputs,
+    read_inputs,
     run_stream,
     write_stats,
 )
@@ -371,15 +371,18 @@ def _count(
     """Reads this rank's share of `opts.inputs` once; `cache` records the decisions."""
     accumulator = Accumulator(len(meta.entries))
     count = _count_in_workers if opts.workers > 1 else _count_here
-    with progress(f"{tally.command} (counting)", not opts.quiet) as update:
-        records, matched = count(opts, tally, config, matcher, accumulator, cache, stdin, update)
+    inputs = rank_inputs(opts.inputs, opts.rank, opts.world_size, opts.log, stdin)
+    if shown(not opts.quiet):
+        inputs.meter = measure(inputs.names)
+    with progress(f"{tally.command} (counting)", not opts.quiet, inputs.meter) as update:
+        records, matched = count(opts, tally, config, matcher, accumulator, cache, inputs, update)
     return accumulator.result(meta.sha256, config.matching(), records, matched)
 
 
-def _count_here(opts, tally, config, matcher, accumulator, cache, stdin, update) -> tuple[int, int]:
-    samples = iter_samples(
-        opts.inputs, tally, rank=opts.rank, world_size=opts.world_size, log=opts.log, stdin=stdin
-    )
+def _count_here(
+    opts, tally, config, matcher, accumulator, cache, inputs, update
+) -> tuple[int, int]:
+    samples = read_inputs(inputs, tally)
     # counted from the cache at the end when there is one, else as matched
     match = matcher.find_many if cache is not None else accumulator.recording(matcher.find_many)
     if update is not None:
@@ -392,11 +395,10 @@ def _count_here(opts, tally, config, matcher, accumulator, cache, stdin, update)
 
 
 def _count_in_workers(
-    opts, tally, config, matcher, accumulator, cache, stdin, update
+    opts, tally, config, matcher, accumulator, cache, inputs, update
 ) -> tuple[int, int]:
     """Each worker counts a batch and caches what it decided; the ids and the
     caches of the batches are joined here, in input order."""
-    inputs = rank_inputs(opts.inputs, opts.rank, opts.world_size, opts.log, stdin)
     work = partial(_count_batch, config=config, matcher=matcher)
     records = matched = 0
     with closing(each_batch(work, inputs, tally, opts.workers, update)) as batches:
