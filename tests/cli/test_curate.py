@@ -1,5 +1,6 @@
 """`vecap curate` as users run it: one pass, sharded passes, metadata, report, bad input."""
 
+import os
 import random
 
 import orjson
@@ -226,3 +227,20 @@ def test_help_loads_no_matching_or_plotting_library():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_counting_pass_progress_shows_done_of_total_on_a_terminal(tmp_path):
+    import re
+
+    from tests.cli.test_app import _on_a_terminal
+
+    write_jsonl(tmp_path / "pool.jsonl", make_pool(200_000))  # long enough for an ETA
+    (tmp_path / "meta.json").write_bytes(orjson.dumps(METADATA))
+    total = f"/{os.path.getsize(tmp_path / 'pool.jsonl') / 1e6:.1f}".encode()
+    seen = _on_a_terminal(
+        "curate", "count", tmp_path / "pool.jsonl", "--metadata", tmp_path / "meta.json",
+        "-o", tmp_path / "counts.json",
+    )  # fmt: skip
+    frames = [f for f in seen.split(b"\r") if b"(counting)" in f]
+    assert any(total in f and re.search(rb"ETA \d+:\d\d:\d\d", f) for f in frames)
+    assert b"vecap curate count: in 200,000" in seen

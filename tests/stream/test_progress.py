@@ -88,11 +88,22 @@ def test_done_never_goes_back_nor_past_the_total():
     meter.reading(1, raw)
     raw.seek(7)
     assert meter.done() == 17
-    raw.close()  # closed on the reading thread, before the next input opens
+    assert meter.done() == 17
+    raw.seek(2)  # a file that shrank since it was measured
     assert meter.done() == 17
     grown = io.BytesIO(b"x" * 100)  # a file that grew since it was measured
     meter.reading(1, grown)
     grown.seek(100)
+    assert meter.done() == 30
+
+
+def test_a_closed_input_counts_whole():
+    meter = Meter([10, 20])
+    raw = io.BytesIO(b"x" * 20)
+    meter.reading(1, raw)
+    raw.seek(3)
+    assert meter.done() == 13
+    raw.close()  # read to its end, or by the feeding thread (--workers)
     assert meter.done() == 30
 
 

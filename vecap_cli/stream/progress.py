@@ -31,20 +31,23 @@ class Meter:
         self.sizes = list(sizes)
         self.total = sum(self.sizes)
         self._before = 0  # bytes of the inputs before the one being read
+        self._size = 0  # and of that one
         self._raw: BinaryIO | None = None
         self._done = 0
 
     def reading(self, index: int, raw: BinaryIO) -> None:
-        self._before = sum(self.sizes[:index])
+        self._before, self._size = sum(self.sizes[:index]), self.sizes[index]
         self._raw = raw
 
     def done(self) -> int:
-        """Bytes read so far; never less than before (an input between its close and
-        the next one's open, a file that shrank) nor more than the total (one that grew)."""
+        """Bytes read so far; never less than before (a file that shrank) nor more
+        than the total (one that grew)."""
         raw = self._raw
         try:
             at = raw.tell() if raw is not None else 0
-        except (OSError, ValueError):  # closed, on the thread reading it (--workers)
+        except ValueError:  # closed: read to its end (the run may go on without reading)
+            at = self._size
+        except OSError:
             at = 0
         self._done = max(self._done, min(self.total, self._before + at))
         return self._done
