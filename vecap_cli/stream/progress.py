@@ -117,17 +117,22 @@ def progress(
         transient=True,
     )
     task = bar.add_task(label, total=None if meter is None else meter.total, n_in=0, out=0)
-    last = [0.0]
+    last, latest = [0.0], [0, 0]
+
+    def draw(n_in: int, n_out: int) -> None:
+        done = n_in if meter is None else meter.done()
+        bar.update(task, completed=done, n_in=n_in, out=n_out)
 
     def update(n_in: int, n_out: int) -> None:
+        latest[:] = n_in, n_out
         now = time.monotonic()
         if now - last[0] > 0.1:  # rich's bookkeeping is not free: at most 10 updates/s
             last[0] = now
-            done = n_in if meter is None else meter.done()
-            bar.update(task, completed=done, n_in=n_in, out=n_out)
+            draw(n_in, n_out)
 
     with bar:
         yield update
+        draw(*latest)  # the last frame shows where the run got to, however fast it went
 
 
 def showing(samples: Iterable, tally, update: Callable[[int, int], None]) -> Iterator:
