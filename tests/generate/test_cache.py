@@ -265,3 +265,24 @@ def test_two_processes_share_one_cache_without_damage(tmp_path):
         assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
         assert db.execute("SELECT count(*) FROM answers").fetchone() == (400,)
         assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+
+
+def _forked(store: Store) -> None:
+    store.put({b"child": "from the child"})
+    assert store.get([b"parent"]) == {b"parent": "from the parent"}
+
+
+def test_a_forked_worker_opens_its_own_connection_and_leaves_the_parents(tmp_path):
+    store = Store(tmp_path, max_chars=100)
+    store.put({b"parent": "from the parent"})  # the parent's connection is open
+    child = multiprocessing.get_context("fork").Process(target=_forked, args=(store,))
+    child.start()
+    child.join(timeout=60)
+    assert child.exitcode == 0
+    store.put({b"after": "the parent again"})  # its connection still works
+    assert store.get([b"child", b"after"]) == {
+        b"child": "from the child",
+        b"after": "the parent again",
+    }
+    with sqlite3.connect(tmp_path / FILE) as db:
+        assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)

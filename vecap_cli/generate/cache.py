@@ -31,6 +31,7 @@ from vecap_cli.errors import VecapError
 
 FILE = "answers.sqlite3"
 BUSY_TIMEOUT_S = 60.0  # another process committing a batch holds the lock for milliseconds
+_INHERITED: list[sqlite3.Connection] = []  # see Store._connect
 _CHUNK = 500  # keys per SELECT: below SQLite's oldest limit of 999 parameters
 
 
@@ -75,9 +76,13 @@ class Store:
         return VecapError(f"--cache {self.path}: {err}")
 
     def _connect(self) -> sqlite3.Connection:
-        # A connection does not survive a fork: a worker process opens its own.
         if self._conn is not None and self._pid == os.getpid():
             return self._conn
+        if self._conn is not None:
+            # Forked: the parent's connection is not this process's to use, nor to
+            # close (closing runs SQLite's cleanup on the parent's locks and WAL):
+            # it is kept, untouched, and this process opens its own.
+            _INHERITED.append(self._conn)
         try:
             conn = sqlite3.connect(
                 self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
