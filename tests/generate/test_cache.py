@@ -11,6 +11,7 @@ import pytest
 
 from tests.conftest import tiny_image, write_jsonl
 from vecap_cli.cli.app import main
+from vecap_cli.errors import VecapError
 from vecap_cli.generate.base import Failed
 from vecap_cli.generate.cache import FILE, Cached, Served, Store
 from vecap_cli.generate.registry import CAPTION, REWRITE, Backend, Request, register, unregister
@@ -24,6 +25,7 @@ class Counting:
 
     builds = calls = items = 0
     fail = False
+    crash_on: int | None = None  # this call (1-based) raises: the run dies mid-way
 
     def __init__(self, request: Request):
         type(self).builds += 1
@@ -31,6 +33,8 @@ class Counting:
 
     def generate(self, batch: list) -> list:
         type(self).calls += 1
+        if type(self).calls == type(self).crash_on:
+            raise VecapError("the server went away")
         type(self).items += len(batch)
         if type(self).fail:
             return [Failed("http-503") for _ in batch]
@@ -55,7 +59,7 @@ def backends():
     ]
     for cls in (Captioner, Chat):
         cls.builds = cls.calls = cls.items = 0
-        cls.fail = False
+        cls.fail, cls.crash_on = False, None
     yield
     for backend in registered:
         unregister(backend)
@@ -119,6 +123,25 @@ def test_a_rerun_asks_the_model_nothing_and_writes_the_same(
     assert again == first
     assert stats["cache"] == {"hit": N}
     assert (tmp_path / "cache" / FILE).is_file()
+
+
+def test_a_resumed_run_asks_only_for_the_answers_it_never_got(backends, pool, tmp_path):
+    whole, _ = run("caption", pool, tmp_path, "whole")
+    (tmp_path / "cache" / FILE).unlink()
+    calls(Captioner)
+    Captioner.crash_on, Captioner.calls = 3, 0  # answers 1-6 paid for, then the run dies
+    out = tmp_path / "shards"
+    flags = ("--backend", "counted", "--model", "m", "--cache", tmp_path / "cache", "-q")
+    sharded = (*flags, "-o", out / "%06d.jsonl", "--shard-size", "2", "--resume")
+    assert vecap("caption", pool, *sharded) == 1
+    assert calls(Captioner) == (1, 6)
+    Captioner.crash_on = None
+    stats = tmp_path / "resumed.stats.json"
+    assert vecap("caption", pool, *sharded, "--stats", stats) == 0
+    assert calls(Captioner) == (1, 1)  # the seventh: the only one never answered
+    assert b"".join(p.read_bytes() for p in sorted(out.glob("*.jsonl"))) == whole
+    cache = orjson.loads(stats.read_bytes())["cache"]
+    assert cache.get("miss", 0) + cache.get("hit", 0) == N and cache.get("hit", 0) >= 1
 
 
 def test_a_changed_prompt_or_model_is_asked_again(backends, pool, tmp_path):
