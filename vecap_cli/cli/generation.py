@@ -112,6 +112,18 @@ MaxReplyBytes = Annotated[
         rich_help_panel=_SERVER,
     ),
 ]
+CacheDir = Annotated[
+    str | None,
+    model_flag(
+        "Keep every model answer in DIR/answers.sqlite3, keyed by the backend, model, prompt, "
+        "--max-new-tokens and the input (the image's bytes, the conversation sent): a rerun "
+        "or a resumed run asks the model only for answers not there (all there: it never "
+        "loads). Shared safely by the processes of one machine; counted in --stats as "
+        "cache hit/miss. A cache that cannot be opened or written is an error.",
+        metavar="DIR",
+        show_default=False,
+    ),
+]
 
 # ModelOptions' fields as flags, in --help's order; their defaults are ModelOptions'.
 _MODEL_FLAGS = {
@@ -123,6 +135,7 @@ _MODEL_FLAGS = {
     "retries": Retries,
     "timeout": Timeout,
     "max_reply_bytes": MaxReplyBytes,
+    "cache": CacheDir,
 }
 
 

@@ -12,6 +12,7 @@ import threading
 from collections.abc import Callable
 from functools import partial
 
+from vecap_cli.generate.cache import Cached, Store
 from vecap_cli.generate.registry import CAPTION, REWRITE, ModelOptions, Request, get
 from vecap_cli.stream.images import DEFAULT_LIMITS, ImageLimits
 
@@ -39,13 +40,20 @@ class Lazy:
         return self.backend.generate(batch)  # type: ignore[attr-defined]
 
 
-def load(serves: str, name: str, request: Request) -> Lazy:
+def load(serves: str, name: str, request: Request) -> Lazy | Cached:
     """The backend `name` of caption or rewrite; a captioner's `prepare` decodes
-    within `request.limits` (bytes and pixels)."""
+    within `request.limits` (bytes and pixels). With `options.cache`, behind the
+    answer cache, keyed by what decides an answer (generate/cache.py)."""
     backend = get(serves, name)
     backend.check(request)
     prepare = partial(backend.prepare, limits=request.limits) if serves == CAPTION else None
-    return Lazy(partial(backend.build, request), prepare)
+    model = Lazy(partial(backend.build, request), prepare)
+    options = request.options
+    if options.cache is None:
+        return model
+    r = request
+    scope = (serves, name, r.model, r.pretrained, r.prompt, r.max_new_tokens)
+    return Cached(model, Store(options.cache, max_chars=options.max_reply_bytes), scope)
 
 
 def captioner(

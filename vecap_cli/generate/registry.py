@@ -32,6 +32,7 @@ class ModelOptions:
     retries: int = 5
     timeout: float = 120.0  # seconds for one whole request
     max_reply_bytes: int = 1 << 20  # a chat completion of 77 tokens is ~1 KB
+    cache: str | None = None  # a directory of answers already paid for (generate/cache.py)
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,9 @@ order. Records that already have a `vec` pass through untouched unless
 `overwrite`; so do they cost nothing: they are never decoded. An answer is
 data: one that `generate.answer.refusal` refuses (a link, an address, an
 instruction, control bytes, too long) is a counted rejection, `caption-REASON`.
-`build_captioner` assembles the backend the config names, from the registry.
+`build_captioner` assembles the backend the config names, from the registry;
+with --cache, the `cache` statistic counts the answers it served (hit) and
+those the model was asked for (miss).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Protocol
 from vecap_cli.generate.ahead import map_ahead
 from vecap_cli.generate.answer import max_chars, refusal
 from vecap_cli.generate.base import Failed
+from vecap_cli.generate.cache import served
 from vecap_cli.generate.load import load
 from vecap_cli.generate.registry import CAPTION, ModelOptions, Request, get
 from vecap_cli.steps.batching import PASS, in_batches
@@ -111,7 +114,9 @@ def caption(
                 tally.count("caption", sample, key="skipped-existing")
                 yield sample
                 continue
-            text = next(texts)
+            text, source = served(next(texts))
+            if source is not None:
+                tally.count("cache", sample, key=source)
             if isinstance(text, Failed):
                 tally.reject(f"caption-{text.reason}", text.detail, sample)
             elif (refused := refusal(text, prompt, limit)) is not None:

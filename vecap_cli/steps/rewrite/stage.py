@@ -6,7 +6,8 @@ Per record, in order:
 - no `alt`, or an AltText hitting the blocklist: `vecap` = `vec`;
 - else fused; a failed or invalid generation falls back to `vecap` = `vec`.
 Every branch is counted in the `rewrite` statistic (`tally.count`, sealed with the
-record's shard); no record is dropped.
+record's shard); no record is dropped. With --cache, `cache` counts the answers
+it served (hit) and those the model was asked for (miss).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from vecap_cli.generate.base import Failed
+from vecap_cli.generate.cache import served
 from vecap_cli.generate.registry import REWRITE, get
 from vecap_cli.steps import generation  # noqa: F401 -- registers rules
 from vecap_cli.steps.batching import PASS, in_batches
@@ -146,7 +148,10 @@ def rewrite(
         for sample, pair in group:
             if pair is not PASS:
                 alt, vec = pair  # type: ignore[misc]
-                sample.record["vecap"] = _settle(next(outputs), alt, vec, validator, counts(sample))
+                out, source = served(next(outputs))
+                if source is not None:
+                    count("cache", sample, key=source)
+                sample.record["vecap"] = _settle(out, alt, vec, validator, counts(sample))
             yield sample
 
 
