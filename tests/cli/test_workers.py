@@ -100,6 +100,9 @@ def start(args, cwd, stdin=None) -> subprocess.Popen:
         stdin=stdin,
         stderr=subprocess.PIPE,
         start_new_session=True,  # its process group: vecap, its workers, the input's shell
+        # as from a terminal: a test run started in the background (`make test &`)
+        # inherits SIGINT ignored, and so would vecap, which would then run on
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
 
 
