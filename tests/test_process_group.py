@@ -37,3 +37,16 @@ def test_a_device_torch_does_not_know_is_one_line():
 def test_one_rank_joins_no_group():
     assert join(Placement(), torch.device("cpu")) is False
     assert not torch.distributed.is_initialized()
+
+
+def test_the_wait_for_the_other_ranks_is_said_and_a_failed_one_is_one_line(monkeypatch):
+    def refused(*args, **kwargs):
+        raise RuntimeError("connection refused\nat some C++ frame")
+
+    monkeypatch.setattr(torch.distributed, "init_process_group", refused)
+    said = []
+    where = Placement(rank=1, world_size=2, master_addr="10.0.0.7", master_port="29511")
+    with pytest.raises(VecapError) as err:
+        join(where, torch.device("cpu"), said.append)
+    assert said == ["rank 1: waiting for 2 ranks at 10.0.0.7:29511 (up to 0:30:00)"]
+    assert str(err.value) == "cannot join the process group (gloo): connection refused"

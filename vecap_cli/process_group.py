@@ -34,11 +34,17 @@ def pick_device(preference: str | None, placement: Placement) -> torch.device:
     return device
 
 
-def join(placement: Placement, device: torch.device) -> bool:
+def join(placement: Placement, device: torch.device, log=lambda line: None) -> bool:
     """Joins the ranks' process group; False when there is none to join (one rank)
-    or this process is in one already. A failed rendezvous is one line."""
+    or this process is in one already. A failed rendezvous is one line. The wait
+    for the other ranks (up to TIMEOUT) is said on `log` first, so that a
+    --world-size no launcher started is not a silent hang."""
     if placement.world_size == 1 or dist.is_initialized():
         return False
+    log(
+        f"rank {placement.rank}: waiting for {placement.world_size} ranks at "
+        f"{placement.master_addr}:{placement.master_port} (up to {TIMEOUT})"
+    )
     # torch's env:// rendezvous reads these, and torchrun's workers must name the
     # agent's store exactly as torchrun set them: torchrun's values come back as
     # they were, srun's are filled in.

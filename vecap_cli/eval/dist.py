@@ -20,9 +20,9 @@ class Group:
         self._started = False
 
     @classmethod
-    def start(cls, placement: Placement, device: torch.device) -> Group:
+    def start(cls, placement: Placement, device: torch.device, log=lambda line: None) -> Group:
         group = cls(placement.rank, placement.world_size)
-        group._started = join(placement, device)
+        group._started = join(placement, device, log)
         return group
 
     @property

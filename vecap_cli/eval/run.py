@@ -60,7 +60,7 @@ def run_eval(config: EvalConfig, run: RunOptions) -> tuple[dict, Tally, bool]:
     if run.rejects:
         rejects = open_rejects(per_rank(run.rejects, run.rank, run.world_size))
     tally.rejects = rejects
-    group = Group.start(run, device)
+    group = Group.start(run, device, run.log)
     started = time.monotonic()
     try:
         metrics, loaded = _evaluate(config, run, tally, group, device)

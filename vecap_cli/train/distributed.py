@@ -29,12 +29,12 @@ class Dist:
         return self.rank == 0
 
 
-def setup(placement: Placement, preference: str = "auto") -> Dist:
+def setup(placement: Placement, preference: str = "auto", log=lambda line: None) -> Dist:
     """This rank's device, in the group of all ranks when there are several."""
     device = pick_device(preference, placement)
     # open_clip's and the core's differentiable gather: a deprecation notice, once per rank
     warnings.filterwarnings("ignore", "torch.distributed.nn.functional.all_gather is deprecated")
-    join(placement, device)
+    join(placement, device, log)
     return Dist(placement.rank, placement.world_size, device)
 
 

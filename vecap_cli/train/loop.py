@@ -448,7 +448,7 @@ class Trainer:
 
 
 def train(cfg: TrainConfig, opts: RunOptions) -> Tally:
-    ctx = D.setup(opts, cfg.device)
+    ctx = D.setup(opts, cfg.device, opts.log)
     D.cpu_threads(ctx.device, cfg.workers)
     try:
         trainer = Trainer(cfg, opts, ctx)
