@@ -120,3 +120,26 @@ def test_progress_with_workers_is_one_bar_with_the_total(tmp_path):
     two_lines = rb" in \xc2\xb7 [^\r]*\n[^\r]* in \xc2\xb7 "  # a frame of two bars
     assert re.search(two_lines, seen) is None  # one bar, fed here: no worker draws its own
     assert b"vecap mix: in 300,000 = out 300,000" in seen
+
+
+def test_a_command_offers_the_shared_flags_it_uses_and_no_other():
+    """--seed where a command draws at random; --workers where its stage runs in worker
+    processes; caption and rewrite draw nothing, curate count neither draws nor opens images."""
+    import typer
+
+    from vecap_cli.cli.app import app
+
+    root = typer.main.get_command(app)
+
+    def flags(*path):
+        command = root
+        for name in path:
+            command = command.get_command(None, name)
+        return {param.name for param in command.params}
+
+    assert "seed" not in flags("caption") and "seed" not in flags("rewrite")
+    assert "workers" in flags("caption") and "workers" not in flags("rewrite")  # decode threads
+    for path in [("mix",), ("curate", "run"), ("curate", "balance")]:
+        assert {"seed", "workers", "max_pixels"} <= flags(*path), path
+    assert "seed" not in flags("curate", "count") and "max_pixels" not in flags("curate", "count")
+    assert "seed" in flags("train") and "workers" in flags("train")  # train's: data loaders
