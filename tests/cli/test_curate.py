@@ -121,6 +121,32 @@ def test_keep_all_writes_every_record_marked(pool):
     )
 
 
+def test_keep_matched_writes_the_matched_pool_with_p_and_draws_nothing(pool):
+    meta = ("--metadata", pool / "meta.json", "--t", "300")
+    stats = pool / "stats.json"
+    matched = run_vecap(
+        "curate", pool / "pool.jsonl", *meta, "--keep-matched", "--stats", stats, "-q"
+    )
+    assert matched.code == 0, matched.err
+    marked = {r["key"]: r["curate"] for r in run_vecap(
+        "curate", pool / "pool.jsonl", *meta, "--keep-all", "-q").records()}  # fmt: skip
+    out = matched.records()
+    assert len(out) == sum(1 for c in marked.values() if c["entries"])  # every matched one
+    for record in out:
+        mark = marked[record["key"]]
+        assert record["curate"] == {"entries": mark["entries"], "p": mark["p"]}  # no draw
+    counts = orjson.loads(stats.read_bytes())
+    assert set(counts["dropped"]) == {"no-match"} and counts["balanced"]
+    assert counts["expected_kept"] == pytest.approx(sum(r["curate"]["p"] for r in out), abs=0.01)
+    # the sharded passes write the same pool
+    run_vecap("curate", "count", pool / "pool.jsonl", *meta[:2], "-o", pool / "c.json", "-q")
+    balanced = run_vecap(
+        "curate", "balance", pool / "pool.jsonl", *meta, "--counts", pool / "c.json",
+        "--keep-matched", "-q",
+    )  # fmt: skip
+    assert balanced.records() == out
+
+
 def test_help_shows_the_default_and_the_commands():
     group = run_vecap("curate", "--help")
     assert group.code == 0
@@ -152,6 +178,7 @@ def test_balance_refuses_counts_of_another_metadata(pool):
         (["--dedup", "key"], "--dedup"),
         (["count"], "--metadata"),
         (["count", "--merge"], "--merge"),
+        (["--keep-all", "--keep-matched"], "--keep-matched"),
     ],
 )
 def test_bad_flags_exit_2_naming_the_flag(pool, args, flag):

@@ -95,14 +95,30 @@ KeepAll = Annotated[
 ]
 
 
-def _config(field, html, text_filter, dedup, t, seed, keep_all):
+KeepMatched = Annotated[
+    bool,
+    typer.Option(
+        "--keep-matched",
+        help="Write every matched record with its keep probability curate.p and draw "
+        "nothing (no curate.keep; `no-match` still dropped): the pool that "
+        "`vecap train --online-curation` and `vecap mix --online-curation` draw from "
+        "anew each epoch (MetaCLIP 1.2/2's online curation).",
+        rich_help_panel=_BALANCE,
+    ),
+]
+
+
+def _config(field, html, text_filter, dedup, t, seed, keep_all, keep_matched=False):
     from vecap_cli.steps.curate import CurateConfig
 
     kinds = tuple(k.strip() for k in dedup.split(",")) if dedup else ()
     try:
-        return CurateConfig(field, html, text_filter, kinds, t, seed, keep_all)
+        return CurateConfig(
+            field, html, text_filter, kinds, t, seed, keep_all, keep_matched=keep_matched
+        )
     except ValueError as err:
-        raise typer.BadParameter(str(err), param_hint="--dedup") from None
+        hint = "--keep-matched" if keep_all and keep_matched else "--dedup"
+        raise typer.BadParameter(str(err), param_hint=hint) from None
 
 
 @curate_app.command("run")
@@ -115,6 +131,7 @@ def run(
     dedup: Dedup = None,
     t: T = 20_000,
     keep_all: KeepAll = False,
+    keep_matched: KeepMatched = False,
     save_counts: Annotated[
         str | None,
         typer.Option(
@@ -146,7 +163,7 @@ def run(
     """
     from vecap_cli.steps.curate import passes
 
-    config = _config(field, html, text_filter, dedup, t, opts.seed, keep_all)
+    config = _config(field, html, text_filter, dedup, t, opts.seed, keep_all, keep_matched)
     report(passes.curate(opts, config, metadata, save_counts), opts)
 
 
@@ -236,6 +253,7 @@ def balance_records(
     dedup: Dedup = None,
     t: T = 20_000,
     keep_all: KeepAll = False,
+    keep_matched: KeepMatched = False,
     *,
     opts: StreamOptions,
 ) -> None:
@@ -247,7 +265,7 @@ def balance_records(
     """
     from vecap_cli.steps.curate import passes
 
-    config = _config(field, html, text_filter, dedup, t, opts.seed, keep_all)
+    config = _config(field, html, text_filter, dedup, t, opts.seed, keep_all, keep_matched)
     report(passes.balance(opts, config, metadata, counts), opts)
 
 

@@ -25,6 +25,13 @@ class Balancer:
         self.probs = probs
         self.seed = seed
 
+    def probability(self, ids: Sequence[int]) -> float:
+        """1 - prod(1 - p_e) over the matched entries, without a draw."""
+        miss = 1.0
+        for e in ids:
+            miss *= 1.0 - self.probs[e]
+        return 1.0 - miss if ids else 0.0
+
     def __call__(self, key: str | int, ids: Sequence[int]) -> tuple[float, bool]:
         probs = self.probs
         miss = 1.0
