@@ -147,6 +147,34 @@ def test_keep_matched_writes_the_matched_pool_with_p_and_draws_nothing(pool):
     assert balanced.records() == out
 
 
+def test_balance_reads_metaclips_count_files_as_its_own(pool):
+    import numpy as np
+
+    meta = ("--metadata", pool / "meta.json")
+    run_vecap("curate", "count", pool / "pool.jsonl", *meta, "-o", pool / "c.json", "-q")
+    counts = orjson.loads((pool / "c.json").read_bytes())
+    dense = [0] * len(METADATA)
+    for i, c in zip(counts["ids"], counts["counts"], strict=True):
+        dense[i] = c
+    np.save(pool / "entry_count.npy", np.array(dense, dtype=np.uint64))
+    (pool / "entry_counts.json").write_bytes(orjson.dumps(dict(zip(METADATA, dense))))
+    args = ("curate", "balance", pool / "pool.jsonl", *meta, "--t", "300", "-q", "--counts")
+    ours = run_vecap(*args, pool / "c.json")
+    for name in ("entry_count.npy", "entry_counts.json"):
+        theirs = run_vecap(*args, pool / name)
+        assert theirs.code == 0, theirs.err
+        assert theirs.records() == ours.records()
+    report = run_vecap("curate", "report", pool / "entry_count.npy", "--t", "300", "--no-plot")
+    assert report.code == 0 and "not in the file (MetaCLIP's counts)" in report.out.decode()
+    (pool / "short.json").write_bytes(orjson.dumps(dense[:-1]))
+    short = run_vecap(*args, pool / "short.json")
+    assert (short.code, short.err.strip()) == (
+        1,
+        f"vecap curate: error: '{pool}/short.json' holds {len(METADATA) - 1} counts "
+        f"for the {len(METADATA)} entries of '{pool}/meta.json': counts of another metadata list",
+    )
+
+
 def test_help_shows_the_default_and_the_commands():
     group = run_vecap("curate", "--help")
     assert group.code == 0

@@ -241,8 +241,10 @@ def balance_records(
     counts: Annotated[
         str,
         typer.Option(
-            metavar="FILE.json",
-            help="Entry counts over the whole pool (`vecap curate count`, merged).",
+            metavar="FILE",
+            help="Entry counts over the whole pool: `vecap curate count` (merged), or "
+            "MetaCLIP's: entry_count.npy or a JSON list (one count per --metadata entry, "
+            "in order), or a JSON object entry -> count (entry_counts_400m.json).",
             rich_help_panel=_BALANCE,
             show_default=False,
         ),
@@ -272,7 +274,12 @@ def balance_records(
 @curate_app.command("report")
 def report_counts(
     counts: Annotated[
-        str, typer.Argument(metavar="COUNTS", help="A counts file (`vecap curate count`).")
+        str,
+        typer.Argument(
+            metavar="COUNTS",
+            help="A counts file (`vecap curate count`), or MetaCLIP's (as balance --counts "
+            "reads them; an entry -> count object needs --metadata).",
+        ),
     ],
     t: T = 20_000,
     metadata: Annotated[

@@ -21,9 +21,13 @@ def describe(counts: EntryCounts, t: float, entries: list[str] | None = None, to
     """The report as text: totals, head/tail at t, counts by decade, the top entries."""
     split = head_tail(counts.counts, t)
     head, tail, total = split["head"], split["tail"], split["matches"]
+    records = (
+        f"{counts.records:,}, matched {counts.matched:,} ({_pct(counts.matched, counts.records)})"
+        if counts.records or not any(counts.counts)
+        else "not in the file (MetaCLIP's counts)"
+    )
     lines = [
-        f"records counted   {counts.records:,}, matched {counts.matched:,} "
-        f"({_pct(counts.matched, counts.records)})",
+        f"records counted   {records}",
         f"entries matched   {split['entries_matched']:,} of {counts.n_entries:,}",
         f"matches           {total:,} ({total / max(counts.matched, 1):.2f} per matched record)",
         f"head (count >= t) {head['entries']:,} entries, {head['matches']:,} matches "
