@@ -263,6 +263,15 @@ def test_metadata_command_builds_a_list_curate_reads(tmp_path):
     assert curated.records()[0]["curate"]["entries"] == expected
 
 
+def test_metadata_titles_take_metaclips_pageview_rule_and_its_flags(tmp_path):
+    dump = tmp_path / "pageviews-20180419-000000"
+    dump.write_text("en Paris 80 0\nen Talk:Paris 90 0\nen Rome 60 0\nen Oslo 40 0\n")
+    base = ("curate", "metadata", "--no-wordnet", "--titles", dump, "-q")
+    assert run_vecap(*base).records()[0][100:] == ["Paris"]
+    loose = run_vecap(*base, "--min-views", "40", "--min-line-views", "0", "--colon-titles")
+    assert loose.records()[0][100:] == ["Talk:Paris", "Paris", "Rome", "Oslo"]
+
+
 def test_metadata_command_without_wordnet_says_how_to_get_it(tmp_path):
     result = run_vecap("curate", "metadata", "--wordnet", tmp_path / "none")
     assert result.code == 1

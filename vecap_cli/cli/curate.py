@@ -21,6 +21,7 @@ from vecap_cli.stream.runner import StreamOptions, output_problem
 SUMMARY = "MetaCLIP curation: metadata substring matching, then balancing."
 _MATCH = "Matching"
 _BALANCE = "Balancing"
+_TITLES = "Titles"
 
 
 curate_app = typer.Typer(
@@ -93,8 +94,6 @@ KeepAll = Annotated[
         rich_help_panel=_BALANCE,
     ),
 ]
-
-
 KeepMatched = Annotated[
     bool,
     typer.Option(
@@ -349,13 +348,50 @@ def build_metadata(
         typer.Option(min=1, help="Ignore bigrams seen fewer times (PMI favours rare pairs)."),
     ] = 1,
     titles: Annotated[
-        str | None,
+        list[str] | None,
         typer.Option(
             metavar="FILE",
-            help="Titles to add, one per line ('_' read as a space).",
+            help="Titles to add (repeatable; '_' read as a space; .gz read too): Wikimedia "
+            "pageview dumps (files named pageviews-*, as MetaCLIP used), a JSON object "
+            "title -> views (MetaCLIP's title_counts.json), or one title per line. Titles "
+            "with views are kept from --min-views, most viewed first.",
+            rich_help_panel=_TITLES,
             show_default=False,
         ),
     ] = None,
+    min_views: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="Keep a title viewed at least this often over all --titles files (MetaCLIP: 70).",
+            rich_help_panel=_TITLES,
+        ),
+    ] = 70,
+    min_line_views: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="Count a pageview line (one title's views in one hour) from this many views "
+            "(MetaCLIP: 50).",
+            rich_help_panel=_TITLES,
+        ),
+    ] = 50,
+    wiki_project: Annotated[
+        str,
+        typer.Option(
+            help="The pageview lines read: their domain code (en: English Wikipedia, desktop).",
+            rich_help_panel=_TITLES,
+        ),
+    ] = "en",
+    colon_titles: Annotated[
+        bool,
+        typer.Option(
+            "--colon-titles",
+            help="Keep titles holding ':'. MetaCLIP drops them: namespaced pages (Talk:, "
+            "File:, Category:, ...) and titles such as 'Star Wars: Episode IV' alike.",
+            rich_help_panel=_TITLES,
+        ),
+    ] = False,
     max_entries: Annotated[int, typer.Option(min=1, help="Stop at this many entries.")] = 500_000,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No summary on stderr.")] = False,
 ) -> None:
@@ -364,11 +400,12 @@ def build_metadata(
     In order, until --max-entries: "0".."99"; WordNet synset names (the first
     lemma, lowercased, cut at its first '.', '_' -> ' ', all parts of speech);
     corpus unigrams (count >= --min-count) by frequency; corpus bigrams
-    (PMI >= --min-pmi) by PMI; titles. Duplicates, empty and single-punctuation
-    entries are skipped.
+    (PMI >= --min-pmi) by PMI; titles (MetaCLIP's rule: pageview lines of at
+    least --min-line-views, titles with ':' dropped, views summed, kept from
+    --min-views). Duplicates, empty and single-punctuation entries are skipped.
     """
     from vecap_cli.steps.curate import passes
-    from vecap_cli.steps.curate.metadata import Recipe
+    from vecap_cli.steps.curate.metadata import Recipe, TitleRule
 
     recipe = Recipe(
         wordnet=None if no_wordnet else wordnet,
@@ -376,7 +413,8 @@ def build_metadata(
         min_count=min_count,
         min_pmi=min_pmi,
         min_bigram_count=min_bigram_count,
-        titles=titles,
+        titles=tuple(titles or ()),
+        title_rule=TitleRule(min_views, min_line_views, wiki_project, colon_titles),
         max_entries=max_entries,
     )
     passes.build_metadata(recipe, output, log(quiet, "curate metadata"))
