@@ -157,7 +157,7 @@ def test_balance_reads_metaclips_count_files_as_its_own(pool):
     for i, c in zip(counts["ids"], counts["counts"], strict=True):
         dense[i] = c
     np.save(pool / "entry_count.npy", np.array(dense, dtype=np.uint64))
-    (pool / "entry_counts.json").write_bytes(orjson.dumps(dict(zip(METADATA, dense))))
+    (pool / "entry_counts.json").write_bytes(orjson.dumps(dict(zip(METADATA, dense, strict=True))))
     args = ("curate", "balance", pool / "pool.jsonl", *meta, "--t", "300", "-q", "--counts")
     ours = run_vecap(*args, pool / "c.json")
     for name in ("entry_count.npy", "entry_counts.json"):

@@ -100,7 +100,9 @@ def metaclip_files(tmp_path, counts):
     np.save(tmp_path / "entry_count.npy", np.array(counts, dtype=np.uint64))
     (tmp_path / "counts_list.json").write_bytes(orjson.dumps(counts))
     # the released entry_counts_400m.json: entry -> count
-    (tmp_path / "entry_counts.json").write_bytes(orjson.dumps(dict(zip(ENTRIES, counts))))
+    (tmp_path / "entry_counts.json").write_bytes(
+        orjson.dumps(dict(zip(ENTRIES, counts, strict=True)))
+    )
     return ["entry_count.npy", "counts_list.json", "entry_counts.json"]
 
 

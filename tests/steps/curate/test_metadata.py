@@ -8,9 +8,9 @@ import pytest
 
 from vecap_cli.errors import VecapError
 from vecap_cli.steps.curate.metadata import (
+    TitleRule,
     build,
     corpus_ngrams,
-    TitleRule,
     metadata_bytes,
     pageviews,
     read_metadata,
@@ -131,7 +131,9 @@ def test_titles_keep_metaclips_rule_most_viewed_first(tmp_path):
 
 def test_a_title_views_file_that_is_no_object_is_one_line(tmp_path):
     (tmp_path / "t.json").write_bytes(b'["Paris"]')
-    with pytest.raises(VecapError, match="titles '.*t.json' must be a JSON object: title -> views"):
+    with pytest.raises(
+        VecapError, match=r"titles '.*t\.json' must be a JSON object: title -> views"
+    ):
         wiki_titles([str(tmp_path / "t.json")], TitleRule())
 
 
