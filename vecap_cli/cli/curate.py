@@ -30,7 +30,8 @@ curate_app = typer.Typer(
     help=f"{SUMMARY}\n\n"
     "`vecap curate INPUT... --metadata M` runs `vecap curate run`: it counts how many "
     "records match each metadata entry, then keeps a record when any matched entry "
-    "passes its draw with p_e = min(1, t / count_e). For a pool spread over many "
+    "passes its draw with p_e = min(1, t / count_e): an entry's own draws keep about t "
+    "of its records, and records kept through other entries add more. For a pool spread over many "
     "workers, run `count` per shard, `count --merge` the counts, then `balance` each "
     "shard: the same records are kept.\n\n"
     "See `vecap curate COMMAND --help` for each command's flags.",
@@ -80,8 +81,10 @@ T = Annotated[
     typer.Option(
         "--t",
         min=1,
-        help="Balancing threshold: entries matched by more than t records are "
-        "sub-sampled to t (MetaCLIP: 20k for 400M, 170k for 2.5B).",
+        help="Balancing threshold: an entry matched by more than t records draws each of "
+        "them with p = t / count, so about t are kept through it; records kept through "
+        "their other entries add more (a head entry keeps a median 1.4-2.1x t on 10k LAION "
+        "texts). MetaCLIP: 20k for 400M, 170k for 2.5B.",
         rich_help_panel=_BALANCE,
     ),
 ]
@@ -148,7 +151,12 @@ def run(
     Writes `curate: {entries, p, keep}` on each record: the sorted ids of the
     matched entries, the keep probability 1 - prod(1 - p_e), and the draw.
     Records matching nothing are dropped under `no-match`, records the draws
-    reject under `balance` (--keep-all writes them with keep: false).
+    reject under `balance` (--keep-all writes them with keep: false;
+    --keep-matched writes every matched record with p and draws nothing, for
+    online curation in `vecap mix` / `vecap train`).
+
+    t is no cap on an entry: its own draws keep about t of its records, and
+    records kept through their other entries count for it too.
 
     The inputs are read once: the records that match (with --keep-all, all)
     are held in memory until every record is counted, about 1.2 kB each for
