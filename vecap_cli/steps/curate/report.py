@@ -14,7 +14,7 @@ _BINS = (1, 10, 100, 1_000, 10_000, 100_000, 1_000_000)
 
 # Measured by benchmarks/measure_head_kept.py: the expected kept count
 # of a head entry, sum of P(keep) over the records that match it, over t.
-HEAD_KEPT = "a median 1.4-2.1x t on 10k LAION texts with a WordNet list, t = 20-100"
+HEAD_KEPT = "a median 1.4-2.1x t on 10k LAION texts, t = 20-100"
 
 
 def _pct(part: float, whole: float) -> str:
@@ -40,9 +40,10 @@ def describe(counts: EntryCounts, t: float, entries: list[str] | None = None, to
         f"({_pct(tail['matches'], total)})",
         f"sum min(count, t) {split['matches_capped_at_t']:,} matches "
         f"({_pct(split['matches_capped_at_t'], total)} of them): a floor, not what "
-        "balancing keeps",
-        f"                  (a head entry keeps about t through its own draws, plus the "
-        f"records kept through their other entries: {HEAD_KEPT})",
+        "balancing keeps:",
+        "                  a head entry keeps about t through its own draws, plus the",
+        "                  records kept through their other entries",
+        f"                  ({HEAD_KEPT})",
         "",
         "count          entries    matches",
     ]
