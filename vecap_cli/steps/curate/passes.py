@@ -278,14 +278,14 @@ def count(opts: StreamOptions, config: CurateConfig, metadata: str) -> Tally:
 def balance(opts: StreamOptions, config: CurateConfig, metadata: str, counts: str) -> Tally:
     """Balances this rank's share by the counts file `counts` (made by `count`, merged)."""
     opts = _workers_for(opts, config)
-    entry_counts = read_counts(counts)
     meta, matcher = load(metadata, opts.log)
+    entry_counts = read_counts(counts, meta)  # MetaCLIP's files are read against `meta`
     if entry_counts.metadata_sha != meta.sha256 or entry_counts.n_entries != len(meta.entries):
         raise VecapError(
             f"'{counts}' was counted with another metadata list than '{metadata}' "
             f"({entry_counts.n_entries:,} entries, sha256 {entry_counts.metadata_sha[:12]}...)"
         )
-    if entry_counts.matching != config.matching():
+    if entry_counts.matching and entry_counts.matching != config.matching():  # {}: MetaCLIP's
         opts.log(
             f"warning: '{counts}' was counted with other matching settings: "
             f"{entry_counts.matching} (now {config.matching()})"
@@ -332,10 +332,10 @@ def report(
     from vecap_cli.steps.curate.report import describe
     from vecap_cli.steps.curate.report import plot as draw
 
-    entry_counts = read_counts(counts)
+    meta = read_metadata(metadata) if metadata is not None else None
+    entry_counts = read_counts(counts, meta)
     entries = None
-    if metadata is not None:
-        meta = read_metadata(metadata)
+    if meta is not None:
         if meta.sha256 != entry_counts.metadata_sha:
             raise VecapError(f"'{counts}' was counted with another metadata list than '{metadata}'")
         entries = meta.entries

@@ -37,10 +37,13 @@ class CurateConfig:
     t: int = 20_000
     seed: int = 0
     keep_all: bool = False  # mark records with keep: false instead of dropping them
+    keep_matched: bool = False  # every matched record with its p, no draw: online curation's pool
 
     def __post_init__(self):
         if self.t <= 0:
             raise ValueError("--t must be positive")
+        if self.keep_all and self.keep_matched:
+            raise ValueError("--keep-all and --keep-matched: choose one")
         Dedup(self.dedup)  # validates the kinds
 
     def matching(self) -> dict:
@@ -170,7 +173,12 @@ def balance(
     config: CurateConfig,
     balancer: Balancer,
 ) -> Iterator[Sample]:
-    """Adds `curate: {entries, p, keep}`; drops `no-match` and `balance` unless keep_all."""
+    """Adds `curate: {entries, p, keep}`; drops `no-match` and `balance` unless keep_all.
+    With keep_matched, adds `curate: {entries, p}` to every matched record and draws
+    nothing: online curation draws per epoch."""
+    if config.keep_matched:
+        yield from _pool(pairs, tally, balancer)
+        return
     keep_all = config.keep_all
     tally.declare("kept", "expected_kept")
     tracking, count = tally.tracking, tally.count
@@ -199,6 +207,31 @@ def balance(
     finally:
         if not tracking:
             count("kept", None, kept)
+            count("expected_kept", None, expected)
+
+
+def _pool(
+    pairs: Iterable[tuple[Sample, list[int]]], tally: Tally, balancer: Balancer
+) -> Iterator[Sample]:
+    """Every matched record with its keep probability; `expected_kept` sums them
+    (the expected size of each epoch online curation draws)."""
+    tally.declare("expected_kept")
+    tracking, count = tally.tracking, tally.count
+    expected = 0.0
+    try:
+        for sample, ids in pairs:
+            if not ids:
+                tally.drop("no-match", sample)
+                continue
+            p = balancer.probability(ids)
+            if tracking:
+                count("expected_kept", sample, p)
+            else:
+                expected += p
+            sample.record["curate"] = {"entries": ids, "p": p}
+            yield sample
+    finally:
+        if not tracking:
             count("expected_kept", None, expected)
 
 
