@@ -4,11 +4,13 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 import orjson
 import pytest
 
-from tests.conftest import REPO, run_vecap
+from tests.conftest import REPO, make_records, run_vecap, write_jsonl
+from vecap_cli.launch.engine import Run
 from vecap_cli.launch.progress import Watch, read_report
 from vecap_cli.launch.state import Launch, State
 from vecap_cli.launch.step import Step
@@ -124,3 +126,33 @@ def test_ctrl_c_ends_a_watch_with_130(launched):
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == 130, err.decode()
     assert "Traceback" not in err.decode()
+
+
+def test_a_driver_runs_tasks_with_their_environment_and_waits_on_a_watch(tmp_path):
+    """The shape of an engine that runs tasks from Python (Ray): each task gets
+    `run.environment(task)`, and the driver's wait loop ticks a Watch."""
+    write_jsonl(tmp_path / "in.jsonl", make_records(30))
+    step = Step(("mix",), ("in.jsonl", "-o", "out/%d.jsonl"), "out/%d.jsonl")
+    launch = Launch(step, 2, str(tmp_path))
+    state = State(str(tmp_path / "state"))
+    state.begin(launch, resume=False)
+    run = Run(launch, state, (0, 1), resume=False, dry_run=False, log=lambda line: None)
+    procs = {
+        task: subprocess.Popen(
+            [*run.argv(), "--rank", str(task), "--world-size", "2", "-q"],
+            cwd=tmp_path,
+            env={**os.environ, "PYTHONPATH": str(REPO), **run.environment(task)},
+        )
+        for task in run.tasks
+    }
+    with Watch(state, launch) as watch:
+        while not watch.update().finished:
+            for task, proc in list(procs.items()):
+                if proc.poll() == 0:
+                    mark_done(state, task)
+                    del procs[task]
+                assert proc.returncode in (None, 0)
+            time.sleep(0.05)
+    snapshot = watch.read()
+    assert (snapshot.n_in, snapshot.n_out, snapshot.work) == (30, 30, 2)
+    assert all(report.done and report.shares_records for report in watch.reports.values())
