@@ -11,7 +11,7 @@ import pytest
 
 from tests.conftest import REPO, make_records, run_vecap, write_jsonl
 from vecap_cli.launch.engine import Run
-from vecap_cli.launch.progress import Watch, read_report
+from vecap_cli.launch.progress import Report, Watch, read_report
 from vecap_cli.launch.state import Launch, State
 from vecap_cli.launch.step import Step
 
@@ -156,3 +156,21 @@ def test_a_driver_runs_tasks_with_their_environment_and_waits_on_a_watch(tmp_pat
     snapshot = watch.read()
     assert (snapshot.n_in, snapshot.n_out, snapshot.work) == (30, 30, 2)
     assert all(report.done and report.shares_records for report in watch.reports.values())
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_counting_task_reports_its_progress_too(tmp_path, workers):
+    from tests.cli.test_curate import METADATA, make_pool
+
+    write_jsonl(tmp_path / "pool.jsonl", make_pool(300))
+    (tmp_path / "meta.json").write_bytes(orjson.dumps(METADATA))
+    path = tmp_path / "progress.json"
+    counted = run_vecap(
+        "curate", "count", "pool.jsonl", "--metadata", "meta.json", "-o", "c.json",
+        "--rank", 1, "--world-size", 2, "--workers", workers,
+        cwd=tmp_path, env={"VECAP_LAUNCH_PROGRESS": str(path)},
+    )  # fmt: skip
+    assert counted.code == 0, counted.err
+    size = (tmp_path / "pool.jsonl").stat().st_size
+    written = read_report(str(path))
+    assert written == Report(150, written.n_out, size, size, True, True)
