@@ -138,11 +138,11 @@ def launch(
     and every --stats and --rejects become FILE.rankI.json per task.
 
     A task that exits 0 is marked done in the state folder: --resume runs the
-    others, each continuing its own shards. With --stats, a last job (or
-    `vecap launch --merge STATE`) adds the tasks' stats up into STEP's --stats
-    file, checking in = out + dropped + rejected, and joins their --rejects
-    into STEP's --rejects file. `vecap launch --watch STATE` shows the launch
-    as a whole while it runs.
+    others, each continuing its own shards. With --stats or --rejects, a last
+    job (or `vecap launch --merge STATE`) adds the tasks' stats up into STEP's
+    --stats file, checking in = out + dropped + rejected, and joins their
+    rejects into STEP's --rejects file. `vecap launch --watch STATE` shows the
+    launch as a whole while it runs.
     """
     say = log(quiet, "launch")
     if merge is not None:
