@@ -234,6 +234,7 @@ def count_entries(
         quiet=opts.quiet,
         log=opts.log,
         workers=opts.workers,
+        progress=opts.progress,
     )
     problem = output_problem(stream)
     if problem:

@@ -58,7 +58,7 @@ from vecap_cli.steps.curate.metadata import (
 )
 from vecap_cli.steps.curate.stages import CurateConfig, MatchCache
 from vecap_cli.stream.parallel import Gathering, each_batch
-from vecap_cli.stream.progress import measure, progress, showing, shown
+from vecap_cli.stream.progress import Report, measure, progress, showing, shown
 from vecap_cli.stream.runner import (
     StreamOptions,
     per_rank,
@@ -257,8 +257,9 @@ def count(opts: StreamOptions, config: CurateConfig, metadata: str) -> Tally:
     if opts.rejects:
         rejects = open_rejects(per_rank(opts.rejects, opts.rank, opts.world_size))
     tally = Tally("curate count", rejects=rejects, strict=opts.strict)
+    report = [] if opts.progress else None  # _count puts this run's Report in it
     try:
-        counts = _count(opts, tally, config, meta, matcher)
+        counts = _count(opts, tally, config, meta, matcher, report=report)
     finally:
         if rejects is not None:
             rejects.close()
@@ -272,6 +273,8 @@ def count(opts: StreamOptions, config: CurateConfig, metadata: str) -> Tally:
             "matches": split["matches"],
         }
         write_stats(per_rank(opts.stats, opts.rank, opts.world_size), tally)
+    if report:
+        report[0].write(tally.n_in, tally.n_out, done=True)
     return tally
 
 
@@ -367,14 +370,20 @@ def _count(
     matcher: Matcher,
     cache: MatchCache | None = None,
     stdin: BinaryIO | None = None,
+    report: list[Report] | None = None,
 ) -> EntryCounts:
-    """Reads this rank's share of `opts.inputs` once; `cache` records the decisions."""
+    """Reads this rank's share of `opts.inputs` once; `cache` records the decisions.
+    With `report` (a list), this pass writes its progress to opts.progress, and
+    puts the Report in it (for the caller's last word)."""
     accumulator = Accumulator(len(meta.entries))
     count = _count_in_workers if opts.workers > 1 else _count_here
     inputs = rank_inputs(opts.inputs, opts.rank, opts.world_size, opts.log, stdin)
-    if shown(not opts.quiet):
+    if shown(not opts.quiet) or report is not None:
         inputs.meter = measure(inputs.names)
-    with progress(f"{tally.command} (counting)", not opts.quiet, inputs.meter) as update:
+    if report is not None and opts.progress:
+        report.append(Report(opts.progress, inputs.meter, inputs.pick.world > 1))
+    label = f"{tally.command} (counting)"
+    with progress(label, not opts.quiet, inputs.meter, report[0] if report else None) as update:
         records, matched = count(opts, tally, config, matcher, accumulator, cache, inputs, update)
     return accumulator.result(meta.sha256, config.matching(), records, matched)
 
