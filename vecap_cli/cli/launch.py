@@ -14,7 +14,15 @@ from vecap_cli.launch.state import default_folder
 from vecap_cli.launch.step import Step, StepError, parse_step
 
 _RESOURCES = "Resources per task"
-_ENGINE_OPTIONS = ("partition", "gpus_per_task", "cpus_per_task", "time", "mem", "sbatch")
+_ENGINE_OPTIONS = (
+    "address",
+    "partition",
+    "gpus_per_task",
+    "cpus_per_task",
+    "time",
+    "mem",
+    "sbatch",
+)
 T = TypeVar("T")
 
 
@@ -37,6 +45,16 @@ def launch(
             help="Where the tasks run: "
             + "; ".join(f"{name}: {cls.help}" for name, cls in ENGINES.items())
             + ".",
+            show_default=False,
+        ),
+    ] = None,
+    address: Annotated[
+        str | None,
+        typer.Option(
+            metavar="ADDR",
+            help="The Ray cluster the tasks run on (ray): HOST:PORT of its head, "
+            "ray://HOST:PORT or auto (the one running here); default: a Ray started "
+            "on this machine for this launch.",
             show_default=False,
         ),
     ] = None,
@@ -69,8 +87,8 @@ def launch(
         bool,
         typer.Option(
             "--dry-run",
-            help="Write the state folder and job scripts; print the commands that would "
-            "submit them, and submit nothing.",
+            help="Write the state folder (and job scripts); print the commands that would "
+            "submit or run the tasks, and start nothing.",
         ),
     ] = False,
     merge: Annotated[
@@ -127,9 +145,14 @@ def launch(
     and every --stats and --rejects become FILE.rankI.json per task.
 
     A task that exits 0 is marked done in the state folder: --resume runs the
-    others, each continuing its own shards. With --stats, a last job (or
-    `vecap launch --merge STATE`) adds the tasks' stats up into STEP's --stats
-    file, checking in = out + dropped + rejected.
+    others, each continuing its own shards. With --stats, a last job (slurm),
+    the launch once every task is done (ray), or `vecap launch --merge STATE`
+    adds the tasks' stats up into STEP's --stats file, checking in = out +
+    dropped + rejected.
+
+    The ray engine runs the tasks from here, on a pool of actors that each run
+    task after task in one process and keep the model loaded: it waits for
+    them, then names the failed tasks (exit 1) or merges the stats.
     """
     say = log(quiet, "launch")
     if merge is not None:

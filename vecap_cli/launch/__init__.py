@@ -15,7 +15,7 @@ same under every engine, so --resume and --merge do not depend on it.
 
 from __future__ import annotations
 
-from vecap_cli.launch import slurm  # noqa: F401  (registers the engine)
+from vecap_cli.launch import ray_engine, slurm  # noqa: F401  (register the engines)
 from vecap_cli.launch.engine import Engine, Log, Run
 from vecap_cli.launch.state import Launch, State
 

@@ -1,0 +1,339 @@
+"""The ray engine: a launch's tasks on a Ray cluster, this process its driver.
+
+The tasks run on a pool of Ray actors, each holding --cpus-per-task cores and
+--gpus-per-task GPUs, as many as the cluster holds at once (at most one a
+task). An actor runs its tasks one after the other in its own process: it runs
+the task's command line there (as `python -m vecap_cli` would, fd 1 and 2 sent
+to the task's log) and keeps the model a task built for the next
+(generate.load.keep_models), so a GPU step loads its model once per actor, not
+once per task. A task whose step exits 0 marks itself done as a Slurm task does.
+
+An actor that dies (killed, out of memory) fails the task it was running, and
+only that one: a new actor takes the next task. When every task has ended, the
+failed ones are named in one line (exit 1; `vecap launch --resume` reruns them),
+or, with --stats, the tasks' stats are merged. Ctrl-C ends the tasks (exit 130).
+
+Ray is an optional dependency, imported when a launch runs on it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import runpy
+import shlex
+import socket
+import sys
+import traceback
+from collections import deque
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from types import ModuleType
+
+from vecap_cli.errors import VecapError, first_line
+from vecap_cli.launch.engine import Engine, Run, engine
+from vecap_cli.launch.merge import merge
+from vecap_cli.launch.state import State, task_ranges
+
+TICK_SECONDS = 1.0  # how often the driver looks up from its wait (see Progress)
+CONNECT_SECONDS = 10.0  # for the head of --address to accept a connection
+# A Ray started for one launch passes command lines and exit codes, nothing large:
+# its object store needs little of the shared memory Ray would take by default.
+LOCAL_OBJECT_STORE = 128 << 20
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Where a launch stands, as the driver sees it at each tick."""
+
+    tasks: int  # the launch's task count
+    pending: tuple[int, ...]  # what this run was asked to run
+    done: tuple[int, ...]
+    failed: tuple[int, ...]
+    running: tuple[int, ...]
+
+
+Tick = Callable[[Progress], None]
+
+
+def _no_progress(progress: Progress) -> None:
+    """The place a progress display hooks in (vecap_cli/launch/progress.py)."""
+
+
+@engine(
+    "ray",
+    help="a Ray cluster (--address; default: a Ray started for this launch), "
+    "a pool of actors that load the model once",
+)
+@dataclass(frozen=True)
+class RayEngine(Engine):
+    address: str | None = None  # ray.init's: HOST:PORT, ray://HOST:PORT or auto
+    gpus_per_task: int | None = None
+    cpus_per_task: int | None = None
+
+    @property
+    def cpus(self) -> int:
+        return self.cpus_per_task or 1
+
+    @property
+    def gpus(self) -> int:
+        return self.gpus_per_task or 0
+
+    def start(self, run: Run, on_tick: Tick = _no_progress) -> None:
+        ray = _import_ray()
+        if run.dry_run:
+            print("\n".join(_commands(run)))
+            run.log(f"would run {self._what(run)}; started nothing (--dry-run)")
+            return
+        _connect(ray, self.address)
+        try:
+            pool = _Pool(ray, run, self._actors(ray, len(run.tasks)))
+            run.log(f"running {self._what(run, len(pool.actors))}; logs in {run.state.logs_dir}")
+            pool.run(on_tick)
+        except KeyboardInterrupt:
+            run.log("interrupted: the running tasks are stopped, not marked done")
+            raise
+        finally:
+            ray.shutdown()  # ends this job's actors, and a Ray started for it
+        _report(run)
+
+    def _what(self, run: Run, actors: int | None = None) -> str:
+        launch = run.launch
+        where = f"Ray at {self.address}" if self.address else "a Ray started for this launch"
+        each = f"{self.cpus} CPU" + (f", {self.gpus} GPU" if self.gpus else "")
+        pool = "actors" if actors is None else f"{actors} actor{'s' * (actors != 1)}"
+        return (
+            f"tasks {task_ranges(run.tasks)} of {launch.tasks} ({launch.step.name}) "
+            f"on {where}: {pool} of {each} each"
+        )
+
+    def _actors(self, ray: ModuleType, tasks: int):
+        """The actor class with its resources, and how many of them the pool holds:
+        as many as the cluster holds at once, at most one a task."""
+        total = ray.cluster_resources()
+        fit = int(total.get("CPU", 0) // self.cpus)
+        if self.gpus:
+            fit = min(fit, int(total.get("GPU", 0) // self.gpus))
+        if fit < 1:
+            raise VecapError(
+                f"the Ray cluster holds {total.get('CPU', 0):g} CPUs and "
+                f"{total.get('GPU', 0):g} GPUs: not one task's --cpus-per-task {self.cpus}"
+                + (f" and --gpus-per-task {self.gpus}" if self.gpus else "")
+            )
+        actor = ray.remote(TaskRunner).options(num_cpus=self.cpus, num_gpus=self.gpus)
+        return actor, min(tasks, fit)
+
+
+def _import_ray() -> ModuleType:
+    try:
+        import ray
+    except ImportError:
+        raise VecapError("the ray engine needs Ray: pip install 'vecap[ray]'") from None
+    return ray
+
+
+def _connect(ray: ModuleType, address: str | None) -> None:
+    """This process as a driver of the cluster at `address`, or of a Ray of its own.
+    Ray's own lines stay in its logs (/tmp/ray/session_latest/logs): a task's
+    output is in the task's log."""
+    quiet = {"logging_level": logging.ERROR, "log_to_driver": False}
+    try:
+        if address:
+            _reachable(address)
+            ray.init(address=address, **quiet)
+        else:  # "local": a new Ray even when one runs here (--address auto joins it)
+            ray.init(
+                address="local",
+                include_dashboard=False,
+                object_store_memory=LOCAL_OBJECT_STORE,
+                **quiet,
+            )
+    except (ConnectionError, RuntimeError, ValueError) as err:
+        what = f"join the Ray cluster at {address}" if address else "start a local Ray"
+        raise VecapError(f"cannot {what}: {first_line(err)}") from None
+
+
+def _reachable(address: str) -> None:
+    """One line unless the head at `address` (HOST:PORT) answers within CONNECT_SECONDS:
+    Ray would retry a dead address for minutes. ray:// and auto go as they are."""
+    host, _, port = address.rpartition(":")
+    if "://" in address or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), CONNECT_SECONDS).close()
+    except OSError as err:
+        raise VecapError(
+            f"--address {address}: no Ray cluster answers there ({err.strerror or err})"
+        ) from None
+
+
+class _Pool:
+    """The driver's loop: tasks to idle actors, a new actor for a dead one."""
+
+    def __init__(self, ray: ModuleType, run: Run, actors: tuple[object, int]):
+        self.ray, self.run_ = ray, run
+        self._actor, size = actors
+        self.actors = [self._actor.remote() for _ in range(size)]  # type: ignore[attr-defined]
+        self.queue = deque(run.tasks)
+        self.running: dict[object, tuple[int, object]] = {}  # ObjectRef -> (task, actor)
+        self.done: list[int] = []
+        self.failed: list[int] = []
+
+    def run(self, on_tick: Tick) -> None:
+        for actor in self.actors:
+            self._next(actor)
+        while self.running:
+            ready, _ = self.ray.wait(list(self.running), num_returns=1, timeout=TICK_SECONDS)
+            for ref in ready:
+                task, actor = self.running.pop(ref)
+                ended = self._ended(task, ref)
+                (self.done if ended == "done" else self.failed).append(task)
+                self._next(self._replace(actor) if ended == "died" else actor)
+            on_tick(self.progress())
+
+    def progress(self) -> Progress:
+        return Progress(
+            self.run_.launch.tasks,
+            self.run_.tasks,
+            tuple(self.done),
+            tuple(self.failed),
+            tuple(task for task, _ in self.running.values()),
+        )
+
+    def _next(self, actor: object) -> None:
+        if not self.queue:
+            return
+        task, run = self.queue.popleft(), self.run_
+        argv = [*run.argv(), "--rank", str(task), "--world-size", str(run.launch.tasks)]
+        ref = actor.run.remote(task, argv, run.launch.cwd, run.state.folder)  # type: ignore[attr-defined]
+        self.running[ref] = (task, actor)
+
+    def _ended(self, task: int, ref: object) -> str:
+        """How `task` ended: "done", "failed", or "died" with its actor; a failure is
+        one line on stderr."""
+        state, ray = self.run_.state, self.ray
+        ended = "failed"
+        try:
+            code = ray.get(ref)
+        except ray.exceptions.RayActorError as err:
+            ended, why = "died", f"its Ray actor died ({first_line(err)})"
+            _append(state.task_log(task), f"vecap launch: {why}\n")
+        except ray.exceptions.RayError as err:
+            why = f"Ray could not run it ({first_line(err)})"
+        else:
+            if code == 0:
+                return "done"
+            why = f"exit {code}"
+        self.run_.log(f"task {task} failed: {why}; its log: {state.task_log(task)}")
+        return ended
+
+    def _replace(self, dead: object) -> object:
+        self.actors.remove(dead)
+        actor = self._actor.remote()  # type: ignore[attr-defined]
+        self.actors.append(actor)
+        return actor
+
+
+def _report(run: Run) -> None:
+    """One line on what the run left: the failed tasks (exit 1), or the merged stats."""
+    launch, state = run.launch, run.state
+    failed = [task for task in state.pending(launch.tasks) if task in run.tasks]
+    if failed:
+        raise VecapError(
+            f"tasks {task_ranges(failed)} of {launch.tasks} failed (logs in {state.logs_dir}): "
+            "vecap launch --resume reruns them"
+        )
+    run.log(f"tasks {task_ranges(run.tasks)} of {launch.tasks} done")
+    if launch.step.stats:
+        merge(state, run.log)
+
+
+def _commands(run: Run) -> Iterator[str]:
+    """What each task runs, as a shell would run it (what --dry-run prints)."""
+    launch, state = run.launch, run.state
+    for task in run.tasks:
+        argv = [*run.argv(), "--rank", str(task), "--world-size", str(launch.tasks)]
+        yield (
+            f"cd {shlex.quote(launch.cwd)} && {shlex.join(argv)} "
+            f">> {shlex.quote(state.task_log(task))} 2>&1"
+        )
+
+
+def _append(path: str, line: str) -> None:
+    try:
+        with open(path, "a") as f:
+            f.write(line)
+    except OSError:
+        pass  # the line is on the driver's stderr too
+
+
+class TaskRunner:
+    """A Ray actor: runs tasks one after the other, each in this process, and keeps
+    the model one built for the next (a GPU step loads its model once)."""
+
+    def __init__(self) -> None:
+        from vecap_cli.generate.load import keep_models
+
+        keep_models()
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def run(self, task: int, argv: list[str], cwd: str, folder: str) -> int:
+        """Task `task`: `argv` run in `cwd`, its output appended to its log; marked
+        done in the state `folder` when it exits 0. Its exit status."""
+        state = State(folder)
+        with open(state.task_log(task), "ab") as log, _output_to(log.fileno()):
+            code = _run_in_process(argv, cwd)
+        if code == 0:
+            state.mark_done(task, f"ray actor {os.getpid()} on {socket.gethostname()}")
+        return code
+
+
+def _run_in_process(argv: list[str], cwd: str) -> int:
+    """`argv` (PYTHON -m MODULE ARGS...) run here as that Python would run it: its
+    exit status; an exception is a traceback in the output and status 1."""
+    _, flag, module, *args = argv
+    assert flag == "-m", argv
+    saved_argv, saved_cwd = sys.argv, os.getcwd()
+    sys.argv = [module, *args]
+    try:
+        os.chdir(cwd)
+        runpy.run_module(module, run_name="__main__", alter_sys=False)
+    except SystemExit as stop:
+        return _status(stop.code)
+    except Exception:
+        traceback.print_exc()
+        return 1
+    finally:
+        sys.argv = saved_argv
+        os.chdir(saved_cwd)
+    return 0
+
+
+def _status(code: object) -> int:
+    """sys.exit's argument as the status a process would exit with."""
+    if code is None:
+        return 0
+    if isinstance(code, int):
+        return code
+    print(code, file=sys.stderr)
+    return 1
+
+
+@contextmanager
+def _output_to(fd: int) -> Iterator[None]:
+    """fd 1 and 2 (and so sys.stdout, sys.stderr and any child) write to `fd`."""
+    saved = []
+    for stream, target in ((sys.stdout, 1), (sys.stderr, 2)):
+        stream.flush()
+        saved.append(os.dup(target))
+        os.dup2(fd, target)
+    try:
+        yield
+    finally:
+        for stream, target, old in ((sys.stdout, 1, saved[0]), (sys.stderr, 2, saved[1])):
+            stream.flush()
+            os.dup2(old, target)
+            os.close(old)
