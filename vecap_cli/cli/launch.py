@@ -103,7 +103,9 @@ def launch(
     partition: Annotated[
         str | None,
         typer.Option(
-            metavar="NAME", help="The partition the tasks run in.", rich_help_panel=_RESOURCES
+            metavar="NAME",
+            help="The partition the tasks run in (slurm).",
+            rich_help_panel=_RESOURCES,
         ),
     ] = None,
     gpus_per_task: Annotated[
@@ -118,19 +120,21 @@ def launch(
         str | None,
         typer.Option(
             metavar="TIME",
-            help="Time limit per task: 4:00:00, 1-00:00:00.",
+            help="Time limit per task (slurm): 4:00:00, 1-00:00:00.",
             rich_help_panel=_RESOURCES,
         ),
     ] = None,
     mem: Annotated[
         str | None,
-        typer.Option(metavar="SIZE", help="Memory per task: 32G.", rich_help_panel=_RESOURCES),
+        typer.Option(
+            metavar="SIZE", help="Memory per task (slurm): 32G.", rich_help_panel=_RESOURCES
+        ),
     ] = None,
     sbatch: Annotated[
         list[str] | None,
         typer.Option(
             metavar="LINE",
-            help="One more #SBATCH line, e.g. --sbatch=--account=proj (repeatable).",
+            help="One more #SBATCH line (slurm), e.g. --sbatch=--account=proj (repeatable).",
             rich_help_panel=_RESOURCES,
             show_default=False,
         ),
@@ -139,8 +143,9 @@ def launch(
 ) -> None:
     """Run one record command across a cluster: the N tasks of an engine's job.
 
-    Task I runs `vecap STEP ARGS --rank I --world-size N` with the Python running
-    this launch, so the tasks split the input as ranks do. STEP's -o must be a
+    Task I runs `vecap STEP ARGS --rank I --world-size N` (slurm: with the
+    Python running this launch; ray: in an actor, with the cluster's), so the
+    tasks split the input as ranks do. STEP's -o must be a
     shard pattern (task I numbers its shards I, I+N, ...); curate count's -o
     and every --stats and --rejects become FILE.rankI.json per task.
 
