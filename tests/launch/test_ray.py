@@ -252,3 +252,70 @@ def test_an_address_where_no_ray_answers_is_one_line(tmp_path, capsys, monkeypat
     err = capsys.readouterr().err
     assert err.startswith(f"vecap launch: error: --address {address}: no Ray cluster answers")
     assert len(err.splitlines()) == 1
+
+
+class FakeRay:
+    """What the driver's loop uses of Ray: each wait returns the oldest task running."""
+
+    class exceptions:
+        class RayError(Exception):
+            pass
+
+        class RayActorError(RayError):
+            pass
+
+    def wait(self, refs, num_returns, timeout):
+        return refs[:1], refs[1:]
+
+    def get(self, ref):
+        if ref == "died":
+            raise self.exceptions.RayActorError("The actor died unexpectedly.\nmore")
+        return ref
+
+
+ENDINGS = {1: "died", 2: 3, 3: "died"}  # the others exit 0
+
+
+class FakeActor:
+    """An actor whose task ends as ENDINGS says (an exit status, or its death)."""
+
+    made = 0
+
+    def __init__(self):
+        FakeActor.made += 1
+        self.run = self
+
+    @classmethod
+    def remote(cls, *args):
+        if not args:
+            return cls()
+        task = args[0]
+        return ENDINGS.get(task, 0)
+
+
+def test_the_driver_replaces_a_dead_actor_while_tasks_wait_and_ticks(tmp_path):
+    from vecap_cli.launch.engine import Run
+    from vecap_cli.launch.ray_engine import _Pool
+    from vecap_cli.launch.state import Launch, State
+    from vecap_cli.launch.step import Step
+
+    state = State(tmp_path / "state")
+    os.makedirs(state.logs_dir)
+    launch = Launch(Step(("mix",), ("in.jsonl", "-o", "o/%d.jsonl"), "o/%d.jsonl"), 4, "/")
+    lines, ticks = [], []
+    FakeActor.made = 0
+    pool = _Pool(
+        FakeRay(), Run(launch, state, (0, 1, 2, 3), False, False, lines.append), FakeActor, 2
+    )
+    pool.drive(ticks.append)
+    # task 1's actor died while task 3 waited: a third actor ran it; task 3's, at the
+    # end, left no task for a new one
+    assert FakeActor.made == 3 and len(pool.actors) == 1
+    assert (ticks[-1].done, ticks[-1].failed, ticks[-1].running) == ((0,), (1, 2, 3), ())
+    assert [tick.running for tick in ticks] == [(1, 2), (2, 3), (3,), ()]
+    assert lines == [
+        f"task 1 failed: its Ray actor died (The actor died unexpectedly.); its log: {state.logs_dir}/task-1.log",
+        f"task 2 failed: exit 3; its log: {state.logs_dir}/task-2.log",
+        f"task 3 failed: its Ray actor died (The actor died unexpectedly.); its log: {state.logs_dir}/task-3.log",
+    ]
+    assert "its Ray actor died" in (tmp_path / "state" / "logs" / "task-3.log").read_text()

@@ -88,9 +88,9 @@ class RayEngine(Engine):
             return
         _connect(ray, self.address)
         try:
-            pool = _Pool(ray, run, self._actors(ray, len(run.tasks)))
+            pool = _Pool(ray, run, self._actor(ray), self._pool_size(ray, len(run.tasks)))
             run.log(f"running {self._what(run, len(pool.actors))}; logs in {run.state.logs_dir}")
-            pool.run(on_tick)
+            pool.drive(on_tick)
         except KeyboardInterrupt:
             run.log("interrupted: the running tasks are stopped, not marked done")
             raise
@@ -108,9 +108,12 @@ class RayEngine(Engine):
             f"on {where}: {pool} of {each} each"
         )
 
-    def _actors(self, ray: ModuleType, tasks: int):
-        """The actor class with its resources, and how many of them the pool holds:
-        as many as the cluster holds at once, at most one a task."""
+    def _actor(self, ray: ModuleType):
+        """The actor class, with the resources of one task."""
+        return ray.remote(TaskRunner).options(num_cpus=self.cpus, num_gpus=self.gpus)
+
+    def _pool_size(self, ray: ModuleType, tasks: int) -> int:
+        """As many actors as the cluster holds at once, at most one a task."""
         total = ray.cluster_resources()
         fit = int(total.get("CPU", 0) // self.cpus)
         if self.gpus:
@@ -121,8 +124,7 @@ class RayEngine(Engine):
                 f"{total.get('GPU', 0):g} GPUs: not one task's --cpus-per-task {self.cpus}"
                 + (f" and --gpus-per-task {self.gpus}" if self.gpus else "")
             )
-        actor = ray.remote(TaskRunner).options(num_cpus=self.cpus, num_gpus=self.gpus)
-        return actor, min(tasks, fit)
+        return min(tasks, fit)
 
 
 def _import_ray() -> ModuleType:
@@ -169,18 +171,18 @@ def _reachable(address: str) -> None:
 
 
 class _Pool:
-    """The driver's loop: tasks to idle actors, a new actor for a dead one."""
+    """The driver's loop: a task to each idle actor, a new actor for a dead one."""
 
-    def __init__(self, ray: ModuleType, run: Run, actors: tuple[object, int]):
-        self.ray, self.run_ = ray, run
-        self._actor, size = actors
-        self.actors = [self._actor.remote() for _ in range(size)]  # type: ignore[attr-defined]
+    def __init__(self, ray: ModuleType, run: Run, actor_class, size: int):
+        self.ray, self.run, self.actor_class = ray, run, actor_class
+        self.actors = [actor_class.remote() for _ in range(size)]
         self.queue = deque(run.tasks)
         self.running: dict[object, tuple[int, object]] = {}  # ObjectRef -> (task, actor)
         self.done: list[int] = []
         self.failed: list[int] = []
 
-    def run(self, on_tick: Tick) -> None:
+    def drive(self, on_tick: Tick) -> None:
+        """Runs every task; `on_tick` is called after each wait, TICK_SECONDS at most."""
         for actor in self.actors:
             self._next(actor)
         while self.running:
@@ -189,50 +191,52 @@ class _Pool:
                 task, actor = self.running.pop(ref)
                 ended = self._ended(task, ref)
                 (self.done if ended == "done" else self.failed).append(task)
-                self._next(self._replace(actor) if ended == "died" else actor)
+                if ended == "died":
+                    self.actors.remove(actor)
+                    actor = self._new_actor() if self.queue else None
+                self._next(actor)
             on_tick(self.progress())
 
     def progress(self) -> Progress:
         return Progress(
-            self.run_.launch.tasks,
-            self.run_.tasks,
+            self.run.launch.tasks,
+            self.run.tasks,
             tuple(self.done),
             tuple(self.failed),
             tuple(task for task, _ in self.running.values()),
         )
 
-    def _next(self, actor: object) -> None:
-        if not self.queue:
+    def _new_actor(self):
+        actor = self.actor_class.remote()
+        self.actors.append(actor)
+        return actor
+
+    def _next(self, actor) -> None:
+        if not (self.queue and actor):
             return
-        task, run = self.queue.popleft(), self.run_
-        argv = [*run.argv(), "--rank", str(task), "--world-size", str(run.launch.tasks)]
-        ref = actor.run.remote(task, argv, run.launch.cwd, run.state.folder)  # type: ignore[attr-defined]
+        task, launch = self.queue.popleft(), self.run.launch
+        argv = [*self.run.argv(), "--rank", str(task), "--world-size", str(launch.tasks)]
+        ref = actor.run.remote(task, argv, launch.cwd, self.run.state.folder)
         self.running[ref] = (task, actor)
 
     def _ended(self, task: int, ref: object) -> str:
         """How `task` ended: "done", "failed", or "died" with its actor; a failure is
         one line on stderr."""
-        state, ray = self.run_.state, self.ray
+        state, errors = self.run.state, self.ray.exceptions
         ended = "failed"
         try:
-            code = ray.get(ref)
-        except ray.exceptions.RayActorError as err:
+            code = self.ray.get(ref)
+        except errors.RayActorError as err:
             ended, why = "died", f"its Ray actor died ({first_line(err)})"
             _append(state.task_log(task), f"vecap launch: {why}\n")
-        except ray.exceptions.RayError as err:
-            why = f"Ray could not run it ({first_line(err)})"
+        except errors.RayError as err:  # the actor's method raised: the log or marker
+            why = first_line(getattr(err, "cause", None) or err)
         else:
             if code == 0:
                 return "done"
             why = f"exit {code}"
-        self.run_.log(f"task {task} failed: {why}; its log: {state.task_log(task)}")
+        self.run.log(f"task {task} failed: {why}; its log: {state.task_log(task)}")
         return ended
-
-    def _replace(self, dead: object) -> object:
-        self.actors.remove(dead)
-        actor = self._actor.remote()  # type: ignore[attr-defined]
-        self.actors.append(actor)
-        return actor
 
 
 def _report(run: Run) -> None:
