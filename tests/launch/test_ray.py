@@ -270,7 +270,7 @@ class FakeRay:
     def get(self, ref):
         if ref == "died":
             raise self.exceptions.RayActorError("The actor died unexpectedly.\nmore")
-        return ref
+        return ref, "here"  # (exit status, where it ran)
 
 
 ENDINGS = {1: "died", 2: 3, 3: "died"}  # the others exit 0
@@ -289,8 +289,8 @@ class FakeActor:
     def remote(cls, *args):
         if not args:
             return cls()
-        task = args[0]
-        return ENDINGS.get(task, 0)
+        argv = args[0]
+        return ENDINGS.get(int(argv[argv.index("--rank") + 1]), 0)
 
 
 def test_the_driver_replaces_a_dead_actor_while_tasks_wait_and_ticks(tmp_path):
@@ -301,6 +301,7 @@ def test_the_driver_replaces_a_dead_actor_while_tasks_wait_and_ticks(tmp_path):
 
     state = State(tmp_path / "state")
     os.makedirs(state.logs_dir)
+    os.makedirs(state.done_dir)
     launch = Launch(Step(("mix",), ("in.jsonl", "-o", "o/%d.jsonl"), "o/%d.jsonl"), 4, "/")
     lines, ticks = [], []
     FakeActor.made = 0
@@ -319,3 +320,4 @@ def test_the_driver_replaces_a_dead_actor_while_tasks_wait_and_ticks(tmp_path):
         f"task 3 failed: its Ray actor died (The actor died unexpectedly.); its log: {state.logs_dir}/task-3.log",
     ]
     assert "its Ray actor died" in (tmp_path / "state" / "logs" / "task-3.log").read_text()
+    assert state.pending(4) == [1, 2, 3]  # marked by the driver, once it saw exit 0

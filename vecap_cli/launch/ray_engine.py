@@ -6,7 +6,8 @@ task). An actor runs its tasks one after the other in its own process: it runs
 the task's command line there (as `python -m vecap_cli` would, fd 1 and 2 sent
 to the task's log) and keeps the model a task built for the next
 (generate.load.keep_models), so a GPU step loads its model once per actor, not
-once per task. A task whose step exits 0 marks itself done as a Slurm task does.
+once per task. The driver marks a task done (STATE/done/I, by a rename) once its
+step exited 0.
 
 An actor that dies (killed, out of memory) fails the task it was running, and
 only that one: a new actor takes the next task. When every task has ended, the
@@ -34,7 +35,7 @@ from types import ModuleType
 from vecap_cli.errors import VecapError, first_line
 from vecap_cli.launch.engine import Engine, Run, engine
 from vecap_cli.launch.merge import merge
-from vecap_cli.launch.state import State, task_ranges
+from vecap_cli.launch.state import task_ranges
 
 TICK_SECONDS = 1.0  # how often the driver looks up from its wait (see Progress)
 CONNECT_SECONDS = 10.0  # for the head of --address to accept a connection
@@ -96,7 +97,7 @@ class RayEngine(Engine):
             raise
         finally:
             ray.shutdown()  # ends this job's actors, and a Ray started for it
-        _report(run)
+        _report(run, pool.failed)
 
     def _what(self, run: Run, actors: int | None = None) -> str:
         launch = run.launch
@@ -216,7 +217,7 @@ class _Pool:
             return
         task, launch = self.queue.popleft(), self.run.launch
         argv = [*self.run.argv(), "--rank", str(task), "--world-size", str(launch.tasks)]
-        ref = actor.run.remote(task, argv, launch.cwd, self.run.state.folder)
+        ref = actor.run.remote(argv, launch.cwd, self.run.state.task_log(task))
         self.running[ref] = (task, actor)
 
     def _ended(self, task: int, ref: object) -> str:
@@ -225,7 +226,7 @@ class _Pool:
         state, errors = self.run.state, self.ray.exceptions
         ended = "failed"
         try:
-            code = self.ray.get(ref)
+            code, where = self.ray.get(ref)
         except errors.RayActorError as err:
             ended, why = "died", f"its Ray actor died ({first_line(err)})"
             _append(state.task_log(task), f"vecap launch: {why}\n")
@@ -233,16 +234,19 @@ class _Pool:
             why = first_line(getattr(err, "cause", None) or err)
         else:
             if code == 0:
+                # Marked here, not in the actor: the driver's own write is what its
+                # report, the merge and --resume then read, whatever a network file
+                # system shows of other nodes' writes.
+                state.mark_done(task, f"ray actor {where}")
                 return "done"
             why = f"exit {code}"
         self.run.log(f"task {task} failed: {why}; its log: {state.task_log(task)}")
         return ended
 
 
-def _report(run: Run) -> None:
+def _report(run: Run, failed: list[int]) -> None:
     """One line on what the run left: the failed tasks (exit 1), or the merged stats."""
     launch, state = run.launch, run.state
-    failed = [task for task in state.pending(launch.tasks) if task in run.tasks]
     if failed:
         raise VecapError(
             f"tasks {task_ranges(failed)} of {launch.tasks} failed (logs in {state.logs_dir}): "
@@ -284,15 +288,12 @@ class TaskRunner:
     def pid(self) -> int:
         return os.getpid()
 
-    def run(self, task: int, argv: list[str], cwd: str, folder: str) -> int:
-        """Task `task`: `argv` run in `cwd`, its output appended to its log; marked
-        done in the state `folder` when it exits 0. Its exit status."""
-        state = State(folder)
-        with open(state.task_log(task), "ab") as log, _output_to(log.fileno()):
+    def run(self, argv: list[str], cwd: str, log: str) -> tuple[int, str]:
+        """`argv` run in `cwd`, its output appended to `log`: its exit status, and
+        where it ran."""
+        with open(log, "ab") as out, _output_to(out.fileno()):
             code = _run_in_process(argv, cwd)
-        if code == 0:
-            state.mark_done(task, f"ray actor {os.getpid()} on {socket.gethostname()}")
-        return code
+        return code, f"{os.getpid()} on {socket.gethostname()}"
 
 
 def _run_in_process(argv: list[str], cwd: str) -> int:
