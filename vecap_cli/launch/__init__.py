@@ -10,6 +10,7 @@ same under every engine, so --resume and --merge do not depend on it.
     state.py   the state folder
     engine.py  what an engine does, and the registry `vecap launch --engine` reads
     slurm.py   the slurm engine: a job array
+    ray_engine.py  the ray engine: actors that run task after task, keeping the model
     merge.py   the tasks' --stats added up into one
 """
 

@@ -27,7 +27,7 @@ class Run:
     `resume` those not done), or with `dry_run` write down how they would run.
 
     Task I runs `argv()` with `--rank I --world-size launch.tasks` in `launch.cwd`
-    and, only when that exits 0, writes its marker `state.done_dir`/I. When the
+    and, only when that exits 0, gets its marker `state.done_dir`/I. When the
     step writes --stats, `vecap launch --merge STATE` runs once every task has.
     """
 
