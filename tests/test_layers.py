@@ -32,7 +32,9 @@ MAY_IMPORT: dict[str, frozenset[str]] = {
     "steps": LEAVES | {"loading", "stream", "generate"},
     "eval": LEAVES | {"loading", "placement", "process_group", "stream"},
     "train": LEAVES | {"core", "loading", "placement", "process_group", "stream", "steps", "eval"},
-    "launch": LEAVES | {"stream"},  # runs record commands as tasks of an engine's job
+    # runs record commands as tasks of an engine's job; generate: a Ray actor keeps
+    # the model its tasks load (generate.load.keep_models)
+    "launch": LEAVES | {"stream", "generate"},
     "cli": LEAVES
     | {"core", "loading", "placement", "stream", "generate", "steps", "eval", "train", "launch"},
     "__main__": frozenset({"cli"}),

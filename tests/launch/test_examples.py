@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import orjson
+import pytest
 
 from tests.cli.test_curate import METADATA, make_pool
 from tests.conftest import REPO, run_vecap, write_jsonl
@@ -60,3 +61,18 @@ def test_the_caption_launch_writes_its_array(tmp_path):
     assert "#SBATCH --array=0-7\n#SBATCH --ntasks=1\n" in script
     assert "#SBATCH --gpus-per-task=1\n" in script
     assert " caption 'pool/{0..9}.tar' --model ./llava -o vec/%06d.tar " in script
+
+
+def test_the_ray_caption_launch_prints_its_tasks(tmp_path):
+    pytest.importorskip("ray")
+    done = run_example(
+        tmp_path, "launch_caption_ray.sh", "pool/{0..9}.tar", "vec", "./llava", TASKS="8"
+    )
+    assert done.returncode == 0, done.stderr
+    tasks = done.stdout.splitlines()
+    assert len(tasks) == 8
+    assert " caption 'pool/{0..9}.tar' --model ./llava -o vec/%06d.tar " in tasks[7]
+    assert tasks[7].endswith(
+        f" --resume --rank 7 --world-size 8 >> {tmp_path}/vec/.vecap-launch/logs/task-7.log 2>&1"
+    )
+    assert "on a Ray started for this launch: actors of 8 CPU, 1 GPU each" in done.stderr

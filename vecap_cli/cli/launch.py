@@ -15,7 +15,15 @@ from vecap_cli.launch.state import default_folder
 from vecap_cli.launch.step import Step, StepError, parse_step
 
 _RESOURCES = "Resources per task"
-_ENGINE_OPTIONS = ("partition", "gpus_per_task", "cpus_per_task", "time", "mem", "sbatch")
+_ENGINE_OPTIONS = (
+    "address",
+    "partition",
+    "gpus_per_task",
+    "cpus_per_task",
+    "time",
+    "mem",
+    "sbatch",
+)
 T = TypeVar("T")
 
 
@@ -38,6 +46,16 @@ def launch(
             help="Where the tasks run: "
             + "; ".join(f"{name}: {cls.help}" for name, cls in ENGINES.items())
             + ".",
+            show_default=False,
+        ),
+    ] = None,
+    address: Annotated[
+        str | None,
+        typer.Option(
+            metavar="ADDR",
+            help="The Ray cluster the tasks run on (ray): HOST:PORT of its head, "
+            "ray://HOST:PORT or auto (the one running here); default: a Ray started "
+            "on this machine for this launch.",
             show_default=False,
         ),
     ] = None,
@@ -70,8 +88,8 @@ def launch(
         bool,
         typer.Option(
             "--dry-run",
-            help="Write the state folder and job scripts; print the commands that would "
-            "submit them, and submit nothing.",
+            help="Write the state folder (and job scripts); print the commands that would "
+            "submit or run the tasks, and start nothing.",
         ),
     ] = False,
     merge: Annotated[
@@ -96,7 +114,9 @@ def launch(
     partition: Annotated[
         str | None,
         typer.Option(
-            metavar="NAME", help="The partition the tasks run in.", rich_help_panel=_RESOURCES
+            metavar="NAME",
+            help="The partition the tasks run in (slurm).",
+            rich_help_panel=_RESOURCES,
         ),
     ] = None,
     gpus_per_task: Annotated[
@@ -111,19 +131,21 @@ def launch(
         str | None,
         typer.Option(
             metavar="TIME",
-            help="Time limit per task: 4:00:00, 1-00:00:00.",
+            help="Time limit per task (slurm): 4:00:00, 1-00:00:00.",
             rich_help_panel=_RESOURCES,
         ),
     ] = None,
     mem: Annotated[
         str | None,
-        typer.Option(metavar="SIZE", help="Memory per task: 32G.", rich_help_panel=_RESOURCES),
+        typer.Option(
+            metavar="SIZE", help="Memory per task (slurm): 32G.", rich_help_panel=_RESOURCES
+        ),
     ] = None,
     sbatch: Annotated[
         list[str] | None,
         typer.Option(
             metavar="LINE",
-            help="One more #SBATCH line, e.g. --sbatch=--account=proj (repeatable).",
+            help="One more #SBATCH line (slurm), e.g. --sbatch=--account=proj (repeatable).",
             rich_help_panel=_RESOURCES,
             show_default=False,
         ),
@@ -132,17 +154,23 @@ def launch(
 ) -> None:
     """Run one record command across a cluster: the N tasks of an engine's job.
 
-    Task I runs `vecap STEP ARGS --rank I --world-size N` with the Python running
-    this launch, so the tasks split the input as ranks do. STEP's -o must be a
+    Task I runs `vecap STEP ARGS --rank I --world-size N` (slurm: with the
+    Python running this launch; ray: in an actor, with the cluster's), so the
+    tasks split the input as ranks do. STEP's -o must be a
     shard pattern (task I numbers its shards I, I+N, ...); curate count's -o
     and every --stats and --rejects become FILE.rankI.json per task.
 
     A task that exits 0 is marked done in the state folder: --resume runs the
     others, each continuing its own shards. With --stats or --rejects, a last
-    job (or `vecap launch --merge STATE`) adds the tasks' stats up into STEP's
-    --stats file, checking in = out + dropped + rejected, and joins their
-    rejects into STEP's --rejects file. `vecap launch --watch STATE` shows the
-    launch as a whole while it runs.
+    job (slurm), the launch once every task is done (ray), or `vecap launch
+    --merge STATE` adds the tasks' stats up into STEP's --stats file, checking
+    in = out + dropped + rejected, and joins their rejects into STEP's
+    --rejects file. `vecap launch --watch STATE` shows the launch as a whole
+    while it runs (the ray engine shows it itself).
+
+    The ray engine runs the tasks from here, on a pool of actors that each run
+    task after task in one process and keep the model loaded: it waits for
+    them, then names the failed tasks (exit 1) or merges.
     """
     say = log(quiet, "launch")
     if merge is not None:
@@ -166,6 +194,7 @@ def launch(
         resume=resume,
         dry_run=dry_run,
         log=say,
+        quiet=quiet,
     )
 
 

@@ -133,7 +133,11 @@ def _check_openclip(request: Request) -> None:
 
 
 _HF = {"model_help": "a transformers model dir (or hub id)", "check": _check_hf, "batch_size": 8}
-_SERVER = {"model_help": "the served model name", "check": check_server}  # batch: 2 x concurrency
+_SERVER = {  # batch: 2 x concurrency; the client is built anew each run (reads the API key)
+    "model_help": "the served model name",
+    "check": check_server,
+    "reuse": False,
+}
 
 register(
     Backend(

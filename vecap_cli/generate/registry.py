@@ -72,6 +72,9 @@ class Backend:
     # captioners: image bytes -> model input, within the limits, in the decode workers
     prepare: Callable[[bytes, ImageLimits], object] = decode_rgb
     needs_model: bool = True
+    # a built model stays in the process for the next run asking for the same
+    # (generate/load.kept); False for a client of a server, which is cheap to build
+    reuse: bool = True
 
     def default_batch_size(self, concurrency: int) -> int:
         """What one forward pass holds (local models), or enough requests to keep

@@ -6,24 +6,32 @@ and --rejects of its own. An engine decides where the tasks run; what they leave
 behind (the state folder: the launch, a marker per task done, the logs) is the
 same under every engine, so --resume, --merge and --watch do not depend on it.
 
-    step.py      the command every task runs, checked before any starts
-    state.py     the state folder
-    engine.py    what an engine does, and the registry `vecap launch --engine` reads
-    slurm.py     the slurm engine: a job array
-    merge.py     the tasks' --stats added up into one
-    rejects.py   the tasks' --rejects joined into one
-    progress.py  the tasks' progress added up: `vecap launch --watch`, a driver's wait
+    step.py        the command every task runs, checked before any starts
+    state.py       the state folder
+    engine.py      what an engine does, and the registry `vecap launch --engine` reads
+    slurm.py       the slurm engine: a job array
+    ray_engine.py  the ray engine: actors that run task after task, keeping the model
+    merge.py       the tasks' --stats added up into one
+    rejects.py     the tasks' --rejects joined into one
+    progress.py    the tasks' progress added up: `vecap launch --watch`, a driver's wait
 """
 
 from __future__ import annotations
 
-from vecap_cli.launch import slurm  # noqa: F401  (registers the engine)
+from vecap_cli.launch import ray_engine, slurm  # noqa: F401  (register the engines)
 from vecap_cli.launch.engine import Engine, Log, Run
 from vecap_cli.launch.state import Launch, State
 
 
 def start(
-    launch: Launch, engine: Engine, state: State, *, resume: bool, dry_run: bool, log: Log
+    launch: Launch,
+    engine: Engine,
+    state: State,
+    *,
+    resume: bool,
+    dry_run: bool,
+    log: Log,
+    quiet: bool = False,
 ) -> None:
     """Record `launch` in `state`, then have `engine` run its tasks: all of them, or
     with `resume` those not done."""
@@ -33,4 +41,4 @@ def start(
         merge = f" (to merge: vecap launch --merge {state.folder})" if launch.step.merged else ""
         log(f"all {launch.tasks} tasks are done: nothing to run{merge}")
         return
-    engine.start(Run(launch, state, tuple(pending), resume, dry_run, log))
+    engine.start(Run(launch, state, tuple(pending), resume, dry_run, log, quiet))

@@ -32,7 +32,8 @@ class Run:
     with `environment(I)` added to its environment, and, only when that exits 0,
     writes its marker `state.done_dir`/I. When the step writes --stats or
     --rejects (`launch.step.merged`), `vecap launch --merge STATE` runs once
-    every task has.
+    every task has. An engine that waits for its tasks (a driver) shows their
+    progress as `vecap launch --watch` would, unless `quiet`.
     """
 
     launch: Launch
@@ -41,6 +42,7 @@ class Run:
     resume: bool
     dry_run: bool
     log: Log
+    quiet: bool = False
 
     def argv(self) -> list[str]:
         """A task's command line, less its --rank and --world-size."""

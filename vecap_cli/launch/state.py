@@ -100,6 +100,13 @@ class State:
         """Where task `task`'s run writes its progress (the engine tells it so)."""
         return os.path.join(self.progress_dir, f"{task}.json")
 
+    def task_log(self, task: int) -> str:
+        return os.path.join(self.logs_dir, f"task-{task}.log")
+
+    def mark_done(self, task: int, note: str) -> None:
+        """Task `task`'s marker, whole or not at all (a rename); `note` says who wrote it."""
+        write_atomically(os.path.join(self.done_dir, str(task)), f"{note}\n".encode())
+
     def pending(self, tasks: int) -> list[int]:
         """The tasks below `tasks` that have no marker."""
         try:
