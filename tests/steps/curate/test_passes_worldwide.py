@@ -100,6 +100,11 @@ def test_shards_counted_merged_and_balanced_keep_what_the_one_pass_keeps(pool, c
         assert one.dropped["no-metadata-for-lang"] > 0
         languages = one.extra["curate"]["languages"]
         assert set(languages) == {"en", "fr", "ja", "th"} and languages["en"]["t"] == 20
+        summary = one.extra["curate"]  # the languages, each at its own t, added up
+        for key in ("matches", "entries_matched", "matches_capped_at_t"):
+            assert summary[key] == sum(lang[key] for lang in languages.values()) > 0
+        assert summary["head"]["entries"] == sum(x["head"]["entries"] for x in languages.values())
+        assert summary["tail"]["matches"] + summary["head"]["matches"] == summary["matches"]
         langs = {t["lang"] for r in alone for t in r["curate"]["texts"]}
         assert {"en", "fr", "ja", "th"} <= langs
 

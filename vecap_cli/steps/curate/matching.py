@@ -81,6 +81,8 @@ _UNSPACED_RANGES = (
 def unspaced(char: str) -> bool:
     """Whether MetaCLIP 2 leaves an entry bounded by `char` unpadded on that side."""
     code = ord(char)
+    if code < 0x0E00:  # below Thai: only ASCII punctuation (the hot case, Latin entries)
+        return char in _UNSPACED_PUNCTUATION
     return char in _UNSPACED_PUNCTUATION or any(lo <= code <= hi for lo, hi in _UNSPACED_RANGES)
 
 

@@ -469,8 +469,33 @@ def _probabilities(config: CurateConfig, meta, counts: EntryCounts) -> tuple[lis
         if lang in ts:
             split = head_tail(counts.counts[start:end], ts[lang])
             languages[lang] = {"entries": end - start, "t": ts[lang], **split}
-    summary = {**_summary(meta, counts, config.t), "languages": languages}
+    summary = {
+        **_identity(meta),
+        "t": config.t,
+        **_added(languages.values()),
+        "languages": languages,
+    }
     return probabilities(counts.counts, meta, ts), summary
+
+
+def _added(splits) -> dict:
+    """`head_tail`s of the languages (each at its own t) added up."""
+    total = {"entries_matched": 0, "matches": 0, "matches_capped_at_t": 0}
+    head = {"entries": 0, "matches": 0}
+    for split in splits:
+        for key in total:
+            total[key] += split[key]
+        for key in head:
+            head[key] += split["head"][key]
+    share = head["matches"] / total["matches"] if total["matches"] else 0.0
+    tail = {key: total["entries_matched" if key == "entries" else key] - head[key] for key in head}
+    return {
+        "entries_matched": total["entries_matched"],
+        "matches": total["matches"],
+        "head": {**head, "share": round(share, 6)},
+        "tail": {**tail, "share": round(1 - share, 6) if total["matches"] else 0.0},
+        "matches_capped_at_t": total["matches_capped_at_t"],
+    }
 
 
 @contextmanager
