@@ -121,6 +121,60 @@ def test_keep_all_writes_every_record_marked(pool):
     )
 
 
+def test_keep_matched_writes_the_matched_pool_with_p_and_draws_nothing(pool):
+    meta = ("--metadata", pool / "meta.json", "--t", "300")
+    stats = pool / "stats.json"
+    matched = run_vecap(
+        "curate", pool / "pool.jsonl", *meta, "--keep-matched", "--stats", stats, "-q"
+    )
+    assert matched.code == 0, matched.err
+    marked = {r["key"]: r["curate"] for r in run_vecap(
+        "curate", pool / "pool.jsonl", *meta, "--keep-all", "-q").records()}  # fmt: skip
+    out = matched.records()
+    assert len(out) == sum(1 for c in marked.values() if c["entries"])  # every matched one
+    for record in out:
+        mark = marked[record["key"]]
+        assert record["curate"] == {"entries": mark["entries"], "p": mark["p"]}  # no draw
+    counts = orjson.loads(stats.read_bytes())
+    assert set(counts["dropped"]) == {"no-match"} and counts["balanced"]
+    assert counts["expected_kept"] == pytest.approx(sum(r["curate"]["p"] for r in out), abs=0.01)
+    # the sharded passes write the same pool
+    run_vecap("curate", "count", pool / "pool.jsonl", *meta[:2], "-o", pool / "c.json", "-q")
+    balanced = run_vecap(
+        "curate", "balance", pool / "pool.jsonl", *meta, "--counts", pool / "c.json",
+        "--keep-matched", "-q",
+    )  # fmt: skip
+    assert balanced.records() == out
+
+
+def test_balance_reads_metaclips_count_files_as_its_own(pool):
+    import numpy as np
+
+    meta = ("--metadata", pool / "meta.json")
+    run_vecap("curate", "count", pool / "pool.jsonl", *meta, "-o", pool / "c.json", "-q")
+    counts = orjson.loads((pool / "c.json").read_bytes())
+    dense = [0] * len(METADATA)
+    for i, c in zip(counts["ids"], counts["counts"], strict=True):
+        dense[i] = c
+    np.save(pool / "entry_count.npy", np.array(dense, dtype=np.uint64))
+    (pool / "entry_counts.json").write_bytes(orjson.dumps(dict(zip(METADATA, dense, strict=True))))
+    args = ("curate", "balance", pool / "pool.jsonl", *meta, "--t", "300", "-q", "--counts")
+    ours = run_vecap(*args, pool / "c.json")
+    for name in ("entry_count.npy", "entry_counts.json"):
+        theirs = run_vecap(*args, pool / name)
+        assert theirs.code == 0, theirs.err
+        assert theirs.records() == ours.records()
+    report = run_vecap("curate", "report", pool / "entry_count.npy", "--t", "300", "--no-plot")
+    assert report.code == 0 and "not in the file (MetaCLIP's counts)" in report.out.decode()
+    (pool / "short.json").write_bytes(orjson.dumps(dense[:-1]))
+    short = run_vecap(*args, pool / "short.json")
+    assert (short.code, short.err.strip()) == (
+        1,
+        f"vecap curate: error: '{pool}/short.json' holds {len(METADATA) - 1} counts "
+        f"for the {len(METADATA)} entries of '{pool}/meta.json': counts of another metadata list",
+    )
+
+
 def test_help_shows_the_default_and_the_commands():
     group = run_vecap("curate", "--help")
     assert group.code == 0
@@ -152,6 +206,7 @@ def test_balance_refuses_counts_of_another_metadata(pool):
         (["--dedup", "key"], "--dedup"),
         (["count"], "--metadata"),
         (["count", "--merge"], "--merge"),
+        (["--keep-all", "--keep-matched"], "--keep-matched"),
     ],
 )
 def test_bad_flags_exit_2_naming_the_flag(pool, args, flag):
@@ -206,6 +261,15 @@ def test_metadata_command_builds_a_list_curate_reads(tmp_path):
     curated = run_vecap("curate", tmp_path / "p.jsonl", "--metadata", tmp_path / "m.txt", "-q")
     expected = sorted(entries.index(e) for e in ("a", "dog", "New York"))
     assert curated.records()[0]["curate"]["entries"] == expected
+
+
+def test_metadata_titles_take_metaclips_pageview_rule_and_its_flags(tmp_path):
+    dump = tmp_path / "pageviews-20180419-000000"
+    dump.write_text("en Paris 80 0\nen Talk:Paris 90 0\nen Rome 60 0\nen Oslo 40 0\n")
+    base = ("curate", "metadata", "--no-wordnet", "--titles", dump, "-q")
+    assert run_vecap(*base).records()[0][100:] == ["Paris"]
+    loose = run_vecap(*base, "--min-views", "40", "--min-line-views", "0", "--colon-titles")
+    assert loose.records()[0][100:] == ["Talk:Paris", "Paris", "Rome", "Oslo"]
 
 
 def test_metadata_command_without_wordnet_says_how_to_get_it(tmp_path):

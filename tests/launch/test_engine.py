@@ -34,6 +34,10 @@ class Inline(Engine):
 
 @pytest.fixture
 def inline():
+    # The launch command is loaded when first named: load it before registering, or
+    # its help (and so its man page, for every later test) would list "inline".
+    import vecap_cli.cli.launch  # noqa: F401
+
     engine("inline", help="one task after the other, here")(Inline)
     yield
     del ENGINES["inline"]

@@ -179,13 +179,28 @@ def test_submits_the_array_then_the_merge_after_it(small):
         repr(["--parsable", f"{state}/tasks.sbatch"]),
         repr(["--parsable", "--dependency=afterok:4242", f"{state}/merge.sbatch"]),
     ]
-    assert result.err.splitlines()[0].startswith("vecap launch: submitted job 4242: tasks 0-3")
+    said = result.err.splitlines()
+    assert said[0].startswith("vecap launch: submitted job 4242: tasks 0-3")
+    assert said[1] == f"vecap launch: to watch it: vecap launch --watch {state}"
+    assert said[2] == "vecap launch: submitted job 4243: merges --stats once every task is done"
     script = (state / "tasks.sbatch").read_text()
     for line in ("--partition=gpu", "--gpus-per-task=1", "--time=4:00:00", "--qos=low"):
         assert f"\n#SBATCH {line}\n" in script
     merge = (state / "merge.sbatch").read_text()
     assert "#SBATCH --kill-on-invalid-dep=yes\n" in merge
     assert merge.endswith(f"-m vecap_cli launch --merge {state}\n")
+
+
+def test_a_step_with_rejects_alone_gets_a_merge_job_and_tasks_report_progress(small):
+    result = run_vecap(
+        "launch", "--engine", "slurm", "--tasks", 2, "--dry-run", *MIX, "--rejects", "r.jsonl",
+        cwd=small,
+    )  # fmt: skip
+    assert result.code == 0, result.err
+    state = small / "out" / ".vecap-launch"
+    assert "merges the tasks' --rejects once" in (state / "merge.sbatch").read_text()
+    script = (state / "tasks.sbatch").read_text()
+    assert f'\nexport VECAP_LAUNCH_PROGRESS={state}/progress/"$task".json\n' in script
 
 
 def test_a_refusing_or_missing_sbatch_is_one_line(small):

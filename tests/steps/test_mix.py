@@ -8,8 +8,10 @@ from vecap_cli.steps.mix import (
     POLICIES,
     CaptionDraw,
     MixConfig,
+    OnlineDraw,
     available,
     choose_each,
+    curate_p,
     mix,
     policy,
 )
@@ -133,3 +135,117 @@ def test_a_policy_is_one_function_and_its_registration(tmp_path):
     ]  # fmt: skip
     counts = orjson.loads(stats.read_bytes())
     assert counts["dropped"] == {"no-caption": 1} and counts["chosen"] == {"vecap": 2, "alt": 1}
+
+
+# -- online curation -----------------------------------------------------------------
+
+
+def curated_pool(n: int) -> list[dict]:
+    """A matched pool as `vecap curate --keep-matched` writes it: p spread over (0, 1]."""
+    return [
+        {"key": f"r{i}", "alt": f"text {i}", "curate": {"entries": [i % 7], "p": (i % 20 + 1) / 20}}
+        for i in range(n)
+    ]
+
+
+def drawn_keys(records, epoch, seed=0, **config):
+    out, tally = run(records, keys=("alt",), online_curation=True, epoch=epoch, seed=seed, **config)
+    return {r["key"] for r in out}, tally
+
+
+@pytest.mark.parametrize("seed", [0, 7])
+def test_each_epoch_keeps_the_expected_balanced_size(seed):
+    records = curated_pool(4000)
+    probs = [r["curate"]["p"] for r in records]
+    mean = sum(probs)  # the balanced pool's expected size
+    sd = sum(p * (1 - p) for p in probs) ** 0.5
+    sizes = []
+    for epoch in range(4):
+        kept, tally = drawn_keys(records, epoch, seed)
+        sizes.append(len(kept))
+        assert abs(len(kept) - mean) < 4 * sd, (epoch, len(kept), mean, sd)
+        assert tally.dropped["online-curation"] == 4000 - len(kept)
+        assert tally.extra["expected_kept"] == pytest.approx(mean)
+    assert len(set(sizes)) > 1  # each epoch a draw of its own
+
+
+def test_epochs_are_drawn_independently():
+    records = curated_pool(4000)
+    probs = [r["curate"]["p"] for r in records]
+    first, _ = drawn_keys(records, 0)
+    second, _ = drawn_keys(records, 1)
+    # independent draws: a record is in both with p^2
+    both = sum(p * p for p in probs)
+    sd = sum(p * p * (1 - p * p) for p in probs) ** 0.5
+    assert abs(len(first & second) - both) < 4 * sd
+    always = {r["key"] for r in records if r["curate"]["p"] == 1.0}
+    assert always <= first & second  # p = 1: in every epoch
+
+
+def test_the_draw_is_a_function_of_seed_key_and_epoch():
+    records = curated_pool(1000)
+    kept, _ = drawn_keys(records, 3, seed=5)
+    assert kept == drawn_keys(records[::-1], 3, seed=5)[0]  # order does not matter
+    parts = drawn_keys(records[:400], 3, seed=5)[0] | drawn_keys(records[400:], 3, seed=5)[0]
+    assert kept == parts  # nor how the pool is split
+    assert kept != drawn_keys(records, 3, seed=6)[0]
+    assert kept != drawn_keys(records, 4, seed=5)[0]
+    assert OnlineDraw(5)("r1", 3, 0.5) == OnlineDraw(5)("r1", 3, 0.5)
+
+
+def test_the_inclusion_draw_does_not_bias_the_caption_draw():
+    """Both draws per (seed, key, epoch): were they the same number, the records kept
+    with a small p would all train on the first key."""
+    records = [
+        {"key": f"r{i}", "alt": "a", "vecap": "v", "curate": {"p": 0.2}} for i in range(4000)
+    ]
+    out, _ = run(records, keys=("alt", "vecap"), online_curation=True, seed=1)
+    chosen = Counter(r["text"] for r in out)
+    assert abs(chosen["a"] - chosen["v"]) < 4 * (len(out) ** 0.5)
+
+
+@pytest.mark.parametrize(
+    ("curate", "detail"),
+    [
+        (None, "no numeric curate.p"),
+        ({"entries": [1]}, "no numeric curate.p"),
+        ({"p": "0.5"}, "no numeric curate.p"),
+        ({"p": True}, "no numeric curate.p"),
+        ({"p": 1.5}, "not a probability"),
+        ({"p": float("nan")}, "not a probability"),
+    ],
+)
+def test_a_record_without_a_usable_p_is_a_counted_rejection(curate, detail):
+    assert isinstance(curate_p({"curate": curate} if curate else {}), str)
+    records = [*curated_pool(50), {"key": "bad", "alt": "x", "curate": curate}]
+    out, tally = run(records, keys=("alt",), online_curation=True)
+    assert tally.rejected == {"no-curate-p": 1}
+    assert detail in curate_p(records[-1])
+    assert len(out) + sum(tally.dropped.values()) + 1 == len(records)
+
+
+def test_mix_epoch_online_curation_accounts_for_every_record(tmp_path):
+    records = curated_pool(600)
+    records[5] = {"key": "never-curated", "alt": "x"}
+    path = tmp_path / "pool.jsonl"
+    path.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in records))
+    rejects, stats = tmp_path / "rejects.jsonl", tmp_path / "stats.json"
+    args = ["mix", str(path), "--online-curation", "--keys", "alt", "--seed", "3"]
+    epochs = []
+    for epoch in (0, 1):
+        with pytest.raises(SystemExit) as done:
+            main(
+                [*args, "--epoch", str(epoch), "-o", str(tmp_path / f"e{epoch}.jsonl"),
+                 "--stats", str(stats), "--rejects", str(rejects)]
+            )  # fmt: skip
+        assert done.value.code == 0
+        counts = orjson.loads(stats.read_bytes())
+        assert counts["balanced"] and counts["in"] == 600
+        assert counts["rejected"] == {"no-curate-p": 1}
+        assert counts["out"] + counts["dropped"]["online-curation"] + 1 == 600
+        epochs.append(
+            [orjson.loads(line)["key"] for line in (tmp_path / f"e{epoch}.jsonl").open("rb")]
+        )
+        assert orjson.loads(rejects.read_bytes())["record"]["key"] == "never-curated"
+    assert epochs[0] != epochs[1]
+    assert set(epochs[0]) == drawn_keys(records, 0, seed=3)[0]

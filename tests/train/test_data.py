@@ -172,3 +172,32 @@ def test_a_copy_of_the_shards_elsewhere_trains_the_same(tmp_path):
         data.start_epoch(0, 4, 0, [(0, 0)])
         runs.append(list(loader(data, 0)))
     assert all(same(a, b) for a, b in zip(*runs, strict=True))
+
+
+def test_online_curation_trains_what_mix_draws_for_the_epoch(tmp_path):
+    records = shapes_records(tmp_path, 48, seed=4)
+    for i, record in enumerate(records):
+        record["curate"] = {"entries": [i % 3], "p": (i % 4 + 1) / 4}  # 1 in 4: p = 1
+    del records[5]["curate"]  # never curated: rejected, not trained
+    path = write_jsonl(tmp_path / "pool.jsonl", records)
+    skipped = []
+    for epoch in (0, 1):
+        tally = Tally("train")
+        got = batches(path, 2, epoch=epoch, seed=2, online_curation=True, shuffle_buffer=48)
+        for batch in got:
+            replay(batch.events, tally)
+            tally.n_in += batch.n_in
+            tally.n_out += len(batch.images)
+        assert tally.balanced and tally.n_out == 16
+        assert tally.rejected["no-curate-p"] <= 1
+        not_drawn = {s.key for kind, (rule, s, _), _ in _drops(got) if rule == "online-curation"}
+        mixed = Tally("mix")
+        config = MixConfig(keys=("alt",), seed=2, epoch=epoch, online_curation=True)
+        kept = {s.key for s in mix(iter_samples([str(path)], mixed), mixed, config)}
+        assert not_drawn and not not_drawn & kept  # left out by the very draw mix makes
+        skipped.append(not_drawn)
+    assert skipped[0] != skipped[1]
+
+
+def _drops(got):
+    return [event for batch in got for event in batch.events if event[0] == "drop"]

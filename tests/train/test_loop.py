@@ -206,3 +206,35 @@ def test_a_fresh_coca_starts_with_an_initialized_caption_head():
     std = proj.shape[0] ** -0.5
     assert torch.isfinite(proj).all()
     assert 0.8 * std < proj.std().item() < 1.2 * std
+
+
+def test_online_curation_trains_the_expected_epoch_and_logs_what_it_kept(tmp_path, capsys):
+    records = shapes_records(tmp_path, 40, seed=6)
+    for i, record in enumerate(records):
+        record["curate"] = {"entries": [i % 5], "p": 0.5 if i % 2 else 0.3}  # sum: 16
+    pool = write_jsonl(tmp_path / "p.jsonl", records)
+    stats = tmp_path / "stats.json"
+    code, err = vecap_in_process(
+        capsys, "train", pool, "-o", tmp_path / "o", "--batch-size", "8", "--workers", "0",
+        "--epochs", "2", "--online-curation", "--seed", "3", "--stats", stats,
+    )  # fmt: skip
+    assert code == 0, err
+    assert "16 samples per epoch (online curation: the sum of curate.p over 40 records" in err
+    counts = orjson.loads(stats.read_bytes())
+    assert counts["balanced"] and counts["out"] == 32  # 2 epochs of 2 batches of 8
+    epochs = counts["online_curation"]
+    assert [e["epoch"] for e in epochs] == [0, 1]
+    assert sum(e["kept"] for e in epochs) == 32  # every sample kept was trained
+    assert sum(e["read"] - e["kept"] for e in epochs) == counts["dropped"]["online-curation"]
+    for e in epochs:
+        assert f"epoch {e['epoch']}: online curation kept {e['kept']:,} of {e['read']:,}" in err
+
+
+def test_online_curation_without_any_p_is_one_clear_error(tmp_path, capsys):
+    pool = write_jsonl(tmp_path / "p.jsonl", shapes_records(tmp_path, 8, seed=6))
+    code, err = vecap_in_process(
+        capsys, "train", pool, "-o", tmp_path / "o", "--workers", "0", "--online-curation"
+    )
+    assert code == 1
+    assert "--online-curation: no record of the 8 in the inputs has a curate.p" in err
+    assert "Traceback" not in err

@@ -30,6 +30,7 @@ from vecap_cli.stream.runner import StreamOptions, output_problem
 SUMMARY = "MetaCLIP curation: metadata substring matching, then balancing."
 _MATCH = "Matching"
 _BALANCE = "Balancing"
+_TITLES = "Titles"
 
 
 curate_app = typer.Typer(
@@ -38,7 +39,8 @@ curate_app = typer.Typer(
     help=f"{SUMMARY}\n\n"
     "`vecap curate INPUT... --metadata M` runs `vecap curate run`: it counts how many "
     "records match each metadata entry, then keeps a record when any matched entry "
-    "passes its draw with p_e = min(1, t / count_e). For a pool spread over many "
+    "passes its draw with p_e = min(1, t / count_e): an entry's own draws keep about t "
+    "of its records, and records kept through other entries add more. For a pool spread over many "
     "workers, run `count` per shard, `count --merge` the counts, then `balance` each "
     "shard: the same records are kept.\n\n"
     "See `vecap curate COMMAND --help` for each command's flags.",
@@ -124,8 +126,10 @@ T = Annotated[
     typer.Option(
         "--t",
         min=1,
-        help="Balancing threshold: entries matched by more than t records are "
-        "sub-sampled to t (MetaCLIP: 20k for 400M, 170k for 2.5B).",
+        help="Balancing threshold: an entry matched by more than t records draws each of "
+        "them with p = t / count, so about t are kept through it; records kept through "
+        "their other entries add more (a head entry keeps a median 1.4-2.1x t on 10k LAION "
+        "texts). MetaCLIP: 20k for 400M, 170k for 2.5B.",
         rich_help_panel=_BALANCE,
     ),
 ]
@@ -138,9 +142,31 @@ KeepAll = Annotated[
         rich_help_panel=_BALANCE,
     ),
 ]
+KeepMatched = Annotated[
+    bool,
+    typer.Option(
+        "--keep-matched",
+        help="Write every matched record with its keep probability curate.p and draw "
+        "nothing (no curate.keep; `no-match` still dropped): the pool that "
+        "`vecap train --online-curation` and `vecap mix --online-curation` draw from "
+        "anew each epoch (MetaCLIP 1.2/2's online curation).",
+        rich_help_panel=_BALANCE,
+    ),
+]
 
 
-def _config(field, html, text_filter, dedup, t, seed, keep_all, rule="v1", t_per_lang=None):
+def _config(
+    field,
+    html,
+    text_filter,
+    dedup,
+    t,
+    seed,
+    keep_all,
+    keep_matched=False,
+    rule="v1",
+    t_per_lang=None,
+):
     from vecap_cli.steps.curate import CurateConfig
 
     kinds = tuple(k.strip() for k in dedup.split(",")) if dedup else ()
@@ -152,9 +178,23 @@ def _config(field, html, text_filter, dedup, t, seed, keep_all, rule="v1", t_per
 
         fixed = tuple(sorted(read_t_per_lang(t_per_lang).items()))
     try:
-        return CurateConfig(field, html, text_filter, kinds, t, seed, keep_all, rule, fixed)
+        return CurateConfig(
+            field,
+            html,
+            text_filter,
+            kinds,
+            t,
+            seed,
+            keep_all,
+            keep_matched=keep_matched,
+            rule=rule,
+            t_per_lang=fixed,
+        )
     except ValueError as err:
-        hint = "--field" if "field" in str(err) else "--dedup"
+        if keep_all and keep_matched:
+            hint = "--keep-matched"
+        else:
+            hint = "--field" if "field" in str(err) else "--dedup"
         raise typer.BadParameter(str(err), param_hint=hint) from None
 
 
@@ -168,6 +208,7 @@ def run(
     dedup: Dedup = None,
     t: T = 20_000,
     keep_all: KeepAll = False,
+    keep_matched: KeepMatched = False,
     rule: Rule = "v1",
     t_per_lang: TPerLang = None,
     save_counts: Annotated[
@@ -187,7 +228,12 @@ def run(
     Writes `curate: {entries, p, keep}` on each record: the sorted ids of the
     matched entries, the keep probability 1 - prod(1 - p_e), and the draw.
     Records matching nothing are dropped under `no-match`, records the draws
-    reject under `balance` (--keep-all writes them with keep: false).
+    reject under `balance` (--keep-all writes them with keep: false;
+    --keep-matched writes every matched record with p and draws nothing, for
+    online curation in `vecap mix` / `vecap train`).
+
+    t is no cap on an entry: its own draws keep about t of its records, and
+    records kept through their other entries count for it too.
 
     The inputs are read once: the records that match (with --keep-all, all)
     are held in memory until every record is counted, about 1.2 kB each for
@@ -201,7 +247,9 @@ def run(
     """
     from vecap_cli.steps.curate import passes
 
-    config = _config(field, html, text_filter, dedup, t, opts.seed, keep_all, rule, t_per_lang)
+    config = _config(
+        field, html, text_filter, dedup, t, opts.seed, keep_all, keep_matched, rule, t_per_lang
+    )
     report(passes.curate(opts, config, metadata, save_counts), opts)
 
 
@@ -254,7 +302,7 @@ def count_entries(
         return
     if metadata is None:
         raise typer.BadParameter("is required (or --merge)", param_hint="--metadata")
-    config = _config(field, html, text_filter, dedup, 1, 0, False, rule)
+    config = _config(field, html, text_filter, dedup, 1, 0, False, rule=rule)
     stream = StreamOptions(
         inputs=tuple(inputs or ["-"]),
         output=output,
@@ -266,6 +314,7 @@ def count_entries(
         quiet=opts.quiet,
         log=opts.log,
         workers=opts.workers,
+        progress=opts.progress,
     )
     problem = output_problem(stream)
     if problem:
@@ -280,8 +329,10 @@ def balance_records(
     counts: Annotated[
         str,
         typer.Option(
-            metavar="FILE.json",
-            help="Entry counts over the whole pool (`vecap curate count`, merged).",
+            metavar="FILE",
+            help="Entry counts over the whole pool: `vecap curate count` (merged), or "
+            "MetaCLIP's: entry_count.npy or a JSON list (one count per --metadata entry, "
+            "in order), or a JSON object entry -> count (entry_counts_400m.json).",
             rich_help_panel=_BALANCE,
             show_default=False,
         ),
@@ -292,6 +343,7 @@ def balance_records(
     dedup: Dedup = None,
     t: T = 20_000,
     keep_all: KeepAll = False,
+    keep_matched: KeepMatched = False,
     rule: Rule = "v1",
     t_per_lang: TPerLang = None,
     *,
@@ -305,14 +357,21 @@ def balance_records(
     """
     from vecap_cli.steps.curate import passes
 
-    config = _config(field, html, text_filter, dedup, t, opts.seed, keep_all, rule, t_per_lang)
+    config = _config(
+        field, html, text_filter, dedup, t, opts.seed, keep_all, keep_matched, rule, t_per_lang
+    )
     report(passes.balance(opts, config, metadata, counts), opts)
 
 
 @curate_app.command("report")
 def report_counts(
     counts: Annotated[
-        str, typer.Argument(metavar="COUNTS", help="A counts file (`vecap curate count`).")
+        str,
+        typer.Argument(
+            metavar="COUNTS",
+            help="A counts file (`vecap curate count`), or MetaCLIP's (as balance --counts "
+            "reads them; an entry -> count object needs --metadata).",
+        ),
     ],
     t: T = 20_000,
     metadata: Annotated[
@@ -382,13 +441,50 @@ def build_metadata(
         typer.Option(min=1, help="Ignore bigrams seen fewer times (PMI favours rare pairs)."),
     ] = 1,
     titles: Annotated[
-        str | None,
+        list[str] | None,
         typer.Option(
             metavar="FILE",
-            help="Titles to add, one per line ('_' read as a space).",
+            help="Titles to add (repeatable; '_' read as a space; .gz read too): Wikimedia "
+            "pageview dumps (files named pageviews-*, as MetaCLIP used), a JSON object "
+            "title -> views (MetaCLIP's title_counts.json), or one title per line. Titles "
+            "with views are kept from --min-views, most viewed first.",
+            rich_help_panel=_TITLES,
             show_default=False,
         ),
     ] = None,
+    min_views: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="Keep a title viewed at least this often over all --titles files (MetaCLIP: 70).",
+            rich_help_panel=_TITLES,
+        ),
+    ] = 70,
+    min_line_views: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="Count a pageview line (one title's views in one hour) from this many views "
+            "(MetaCLIP: 50).",
+            rich_help_panel=_TITLES,
+        ),
+    ] = 50,
+    wiki_project: Annotated[
+        str,
+        typer.Option(
+            help="The pageview lines read: their domain code (en: English Wikipedia, desktop).",
+            rich_help_panel=_TITLES,
+        ),
+    ] = "en",
+    colon_titles: Annotated[
+        bool,
+        typer.Option(
+            "--colon-titles",
+            help="Keep titles holding ':'. MetaCLIP drops them: namespaced pages (Talk:, "
+            "File:, Category:, ...) and titles such as 'Star Wars: Episode IV' alike.",
+            rich_help_panel=_TITLES,
+        ),
+    ] = False,
     max_entries: Annotated[int, typer.Option(min=1, help="Stop at this many entries.")] = 500_000,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No summary on stderr.")] = False,
 ) -> None:
@@ -397,11 +493,12 @@ def build_metadata(
     In order, until --max-entries: "0".."99"; WordNet synset names (the first
     lemma, lowercased, cut at its first '.', '_' -> ' ', all parts of speech);
     corpus unigrams (count >= --min-count) by frequency; corpus bigrams
-    (PMI >= --min-pmi) by PMI; titles. Duplicates, empty and single-punctuation
-    entries are skipped.
+    (PMI >= --min-pmi) by PMI; titles (MetaCLIP's rule: pageview lines of at
+    least --min-line-views, titles with ':' dropped, views summed, kept from
+    --min-views). Duplicates, empty and single-punctuation entries are skipped.
     """
     from vecap_cli.steps.curate import passes
-    from vecap_cli.steps.curate.metadata import Recipe
+    from vecap_cli.steps.curate.metadata import Recipe, TitleRule
 
     recipe = Recipe(
         wordnet=None if no_wordnet else wordnet,
@@ -409,7 +506,8 @@ def build_metadata(
         min_count=min_count,
         min_pmi=min_pmi,
         min_bigram_count=min_bigram_count,
-        titles=titles,
+        titles=tuple(titles or ()),
+        title_rule=TitleRule(min_views, min_line_views, wiki_project, colon_titles),
         max_entries=max_entries,
     )
     passes.build_metadata(recipe, output, log(quiet, "curate metadata"))

@@ -7,6 +7,7 @@ import typer
 from typer.core import TyperGroup
 
 from vecap_cli.cli.options import log, one_of
+from vecap_cli.errors import VecapError
 from vecap_cli.launch import Launch, State, start
 from vecap_cli.launch.engine import ENGINES, EngineError, build
 from vecap_cli.launch.merge import merge as merge_stats
@@ -77,8 +78,18 @@ def launch(
         str | None,
         typer.Option(
             metavar="STATE",
-            help="Only add up the tasks' --stats of the launch in STATE into STEP's "
-            "--stats file, once every task is done.",
+            help="Only merge the tasks' --stats and --rejects of the launch in STATE into "
+            "STEP's --stats and --rejects files, once every task is done.",
+            show_default=False,
+        ),
+    ] = None,
+    watch: Annotated[
+        str | None,
+        typer.Option(
+            metavar="STATE",
+            help="Only show how far the launch in STATE has got (tasks done, records, bytes "
+            "read, time left), until every task is done: one bar on a terminal, else a line "
+            "a minute and one at the end.",
             show_default=False,
         ),
     ] = None,
@@ -127,14 +138,20 @@ def launch(
     and every --stats and --rejects become FILE.rankI.json per task.
 
     A task that exits 0 is marked done in the state folder: --resume runs the
-    others, each continuing its own shards. With --stats, a last job (or
-    `vecap launch --merge STATE`) adds the tasks' stats up into STEP's --stats
-    file, checking in = out + dropped + rejected.
+    others, each continuing its own shards. With --stats or --rejects, a last
+    job (or `vecap launch --merge STATE`) adds the tasks' stats up into STEP's
+    --stats file, checking in = out + dropped + rejected, and joins their
+    rejects into STEP's --rejects file. `vecap launch --watch STATE` shows the
+    launch as a whole while it runs.
     """
     say = log(quiet, "launch")
     if merge is not None:
         _alone(ctx, "merge")
         merge_stats(State(merge), say)
+        return
+    if watch is not None:
+        _alone(ctx, "watch")
+        _watch(State(watch), quiet, say)
         return
     launched = _parse_step(ctx, _required(step, "STEP"))
     options = {name: ctx.params[name] for name in _ENGINE_OPTIONS}
@@ -152,9 +169,21 @@ def launch(
     )
 
 
+def _watch(state: State, quiet: bool, say) -> None:
+    from vecap_cli.launch.progress import watch
+    from vecap_cli.stream.progress import shown
+
+    launched = state.read()
+    if launched is None:
+        raise VecapError(f"'{state.folder}' holds no launch")
+    watch(state, launched, bar=shown(not quiet), log=say)
+
+
 def _required(value: T | None, hint: str) -> T:
     if not value:
-        raise typer.BadParameter("is required (or --merge STATE)", param_hint=hint)
+        raise typer.BadParameter(
+            "is required (or --merge STATE, or --watch STATE)", param_hint=hint
+        )
     return value
 
 

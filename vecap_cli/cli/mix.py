@@ -36,6 +36,17 @@ def mix(
         int, typer.Option(min=0, help="Epoch of the draw: each epoch draws anew.")
     ] = 0,
     sep: Annotated[str, typer.Option(help="Separator for --policy concat.")] = " ",
+    online_curation: Annotated[
+        bool,
+        typer.Option(
+            "--online-curation",
+            help="Keep a record in --epoch with probability curate.p, drawn from "
+            "hash(seed, key, epoch), as `vecap train --online-curation` does (MetaCLIP 1.2/2): "
+            "each epoch a fresh balanced sample of a pool `vecap curate --keep-matched` wrote. "
+            "Records not drawn are dropped under `online-curation`; records without "
+            "curate.p are rejected under `no-curate-p`.",
+        ),
+    ] = False,
     *,
     opts: StreamOptions,
 ) -> None:
@@ -53,6 +64,7 @@ def mix(
             seed=opts.seed,
             epoch=epoch,
             sep=sep,
+            online_curation=online_curation,
         )
     except ValueError as err:
         raise typer.BadParameter(str(err)) from None

@@ -19,6 +19,7 @@ import typer
 
 from vecap_cli import placement
 from vecap_cli.stream.images import DEFAULT_LIMITS, ImageLimits
+from vecap_cli.stream.progress import PROGRESS_ENV
 from vecap_cli.stream.runner import RunOptions, StreamOptions, output_problem
 
 _RUN = "Run"
@@ -248,6 +249,7 @@ def _run_options(
         log=log(quiet, command),
         image_limits=_limits(max_image_bytes, max_pixels),
         workers=resolve_workers(workers),
+        progress=os.environ.get(PROGRESS_ENV) or None,
         **values,
     )
 
@@ -273,6 +275,7 @@ def _stream_options(
         log=log(quiet, command),
         image_limits=_limits(max_image_bytes, max_pixels),
         workers=resolve_workers(workers),
+        progress=os.environ.get(PROGRESS_ENV) or None,
         **values,
     )
     problem = output_problem(opts)

@@ -109,6 +109,18 @@ def train(
     resample: Annotated[
         bool, _opt("Draw shards with replacement instead of splitting them.", _DATA)
     ] = _DEFAULT.resample,
+    online_curation: Annotated[
+        bool,
+        _opt(
+            "Keep each record in an epoch with probability curate.p, drawn from "
+            "hash(seed, key, epoch) (MetaCLIP 1.2/2's online curation): each epoch trains on "
+            "a fresh balanced sample of the matched pool `vecap curate --keep-matched` "
+            "writes; an epoch defaults to the sum of curate.p samples, and the log says "
+            "how many each epoch kept. Records without curate.p are rejected (no-curate-p).",
+            _DATA,
+            "--online-curation",
+        ),
+    ] = _DEFAULT.online_curation,
     batch_size: Annotated[int, _opt("Samples per step on each rank.", _OPT)] = _DEFAULT.batch_size,
     epochs: Annotated[int, _opt("Epochs of --train-num-samples each.", _OPT)] = _DEFAULT.epochs,
     lr: Annotated[float, _num("Peak learning rate (AdamW).", _OPT)] = _DEFAULT.lr,

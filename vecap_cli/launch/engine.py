@@ -15,6 +15,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
+from vecap_cli.stream.progress import PROGRESS_ENV
+
 if TYPE_CHECKING:
     from vecap_cli.launch.state import Launch, State
 
@@ -26,9 +28,11 @@ class Run:
     """What a launch asks of an engine: run `tasks` of `launch` (all of them, or with
     `resume` those not done), or with `dry_run` write down how they would run.
 
-    Task I runs `argv()` with `--rank I --world-size launch.tasks` in `launch.cwd`
-    and, only when that exits 0, writes its marker `state.done_dir`/I. When the
-    step writes --stats, `vecap launch --merge STATE` runs once every task has.
+    Task I runs `argv()` with `--rank I --world-size launch.tasks` in `launch.cwd`,
+    with `environment(I)` added to its environment, and, only when that exits 0,
+    writes its marker `state.done_dir`/I. When the step writes --stats or
+    --rejects (`launch.step.merged`), `vecap launch --merge STATE` runs once
+    every task has.
     """
 
     launch: Launch
@@ -41,6 +45,11 @@ class Run:
     def argv(self) -> list[str]:
         """A task's command line, less its --rank and --world-size."""
         return self.launch.step.argv(self.resume)
+
+    def environment(self, task: int) -> dict[str, str]:
+        """What task `task` adds to its environment: where its run writes its progress
+        (`vecap launch --watch` reads it)."""
+        return {PROGRESS_ENV: self.state.progress_file(task)}
 
 
 class Engine(ABC):

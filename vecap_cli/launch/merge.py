@@ -1,4 +1,5 @@
-"""The tasks' --stats as one file, in the layout of one process's --stats.
+"""The tasks' --stats as one file, in the layout of one process's --stats; and
+their --rejects as one file (rejects.py).
 
 in, out and the dropped, rejected and added counts add up, and so do a step's
 own counts (a number, or a dict of numbers such as mix's `chosen`). Any other
@@ -16,7 +17,8 @@ from collections.abc import Callable, Sequence
 import orjson
 
 from vecap_cli.errors import VecapError
-from vecap_cli.launch.state import State, task_ranges
+from vecap_cli.launch.rejects import join_rejects
+from vecap_cli.launch.state import Launch, State, task_ranges
 from vecap_cli.launch.step import VECAP
 from vecap_cli.stream.runner import per_rank, write_stats
 from vecap_cli.stream.tally import Tally
@@ -32,9 +34,10 @@ def merge_argv(state: State) -> list[str]:
     return [*VECAP, "launch", "--merge", state.folder]
 
 
-def merge(state: State, log: Log) -> Tally:
+def merge(state: State, log: Log) -> Tally | None:
     """Adds up the tasks' --stats of the launch in `state` into the step's --stats
-    name (`{rank}` in it reads `all`); refuses while a task is not done."""
+    name (`{rank}` in it reads `all`), and joins their --rejects into the step's
+    --rejects name alike; refuses while a task is not done. The merged stats, if any."""
     launch = state.read()
     if launch is None:
         raise VecapError(f"'{state.folder}' holds no launch")
@@ -44,9 +47,17 @@ def merge(state: State, log: Log) -> Tally:
             f"tasks {task_ranges(pending)} of {launch.tasks} are not done "
             "(vecap launch --resume runs them)"
         )
-    stats = launch.step.stats
-    if stats is None:
-        raise VecapError(f"nothing to merge: the launch in '{state.folder}' wrote no --stats")
+    if not launch.step.merged:
+        raise VecapError(
+            f"nothing to merge: the launch in '{state.folder}' wrote no --stats or --rejects"
+        )
+    tally = _merge_stats(launch, launch.step.stats, log) if launch.step.stats else None
+    if launch.step.rejects:
+        join_rejects(state, launch, launch.step.rejects, log)
+    return tally
+
+
+def _merge_stats(launch: Launch, stats: str, log: Log) -> Tally:
     paths = [per_rank(stats, rank, launch.tasks) for rank in range(launch.tasks)]
     tally = add_up([_read(path) for path in paths], paths, log)
     merged = stats.format(rank="all") if "{rank}" in stats else stats

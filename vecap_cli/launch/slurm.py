@@ -1,9 +1,10 @@
 """The slurm engine: a launch's tasks as one Slurm job array, submitted with sbatch.
 
 Nothing of ours schedules. `STATE/tasks.sbatch` is an ordinary array script (read
-it, or submit it by hand) whose task I runs the step as rank I, then marks
-itself done; with --stats, `STATE/merge.sbatch` runs `vecap launch --merge` after
-the array (--dependency=afterok), and is cancelled when a task fails. Every
+it, or submit it by hand) whose task I runs the step as rank I, writing its
+progress to STATE/progress/I.json, then marks itself done; with --stats or
+--rejects, `STATE/merge.sbatch` runs `vecap launch --merge` after the array
+(--dependency=afterok), and is cancelled when a task fails. Every
 argument enters the scripts through shlex.quote; every value of an #SBATCH line
 is checked to be one word, as sbatch reads those lines without a shell.
 """
@@ -20,6 +21,7 @@ from vecap_cli.errors import VecapError
 from vecap_cli.launch.engine import Engine, EngineError, Run, engine
 from vecap_cli.launch.merge import merge_argv
 from vecap_cli.launch.state import Launch, State, task_ranges
+from vecap_cli.stream.progress import PROGRESS_ENV
 from vecap_cli.stream.sinks import write_atomically
 
 SBATCH_TIMEOUT = 60  # seconds: a busy controller answers slowly, a dead one never
@@ -62,7 +64,7 @@ class Slurm(Engine):
         launch, state = run.launch, run.state
         script = state.path("tasks.sbatch")
         write_atomically(script, self._tasks_script(run).encode())
-        merge = state.path("merge.sbatch") if launch.step.stats else None
+        merge = state.path("merge.sbatch") if launch.step.merged else None
         if merge:
             write_atomically(merge, self._merge_script(launch, state).encode())
         what = f"tasks {task_ranges(run.tasks)} of {launch.tasks} ({launch.step.name})"
@@ -72,6 +74,7 @@ class Slurm(Engine):
             return
         job = _submit([script])
         run.log(f"submitted job {job}: {what}; logs in {state.logs_dir}")
+        run.log(f"to watch it: vecap launch --watch {shlex.quote(state.folder)}")
         if merge:
             try:
                 merging = _submit([f"--dependency=afterok:{job}", merge])
@@ -80,7 +83,7 @@ class Slurm(Engine):
                     f"{err} (the merge job); the tasks run as job {job}: "
                     f"run vecap launch --merge {shlex.quote(state.folder)} when they are done"
                 ) from None
-            run.log(f"submitted job {merging}: merges the stats once every task is done")
+            run.log(f"submitted job {merging}: merges {_merged(launch)} once every task is done")
 
     def _tasks_script(self, run: Run) -> str:
         launch, state, step = run.launch, run.state, run.launch.step
@@ -96,10 +99,12 @@ class Slurm(Engine):
             ],
         )
         command = f'{shlex.join(run.argv())} --rank "$task" --world-size {launch.tasks}'
+        progress = f'{shlex.quote(state.progress_dir)}/"$task".json'  # run.environment(task)
         return f"""{header}
 set -euo pipefail
 task=${{SLURM_ARRAY_TASK_ID:?not a Slurm array task}}
 cd {shlex.quote(launch.cwd)}
+export {PROGRESS_ENV}={progress}
 {command}
 # Marked done only now, and whole (a rename): a task killed before has no marker.
 marker={shlex.quote(state.done_dir)}/$task
@@ -110,7 +115,7 @@ mv -f "$marker.tmp" "$marker"
     def _merge_script(self, launch: Launch, state: State) -> str:
         partition = [f"--partition={self.partition}"] if self.partition else []
         header = _header(
-            "vecap launch: adds up the tasks' --stats once every task exited 0.",
+            f"vecap launch: merges the tasks' {_merged(launch)} once every task exited 0.",
             [
                 f"--job-name=vecap-{'-'.join(launch.step.command)}-merge",
                 "--ntasks=1",
@@ -121,6 +126,13 @@ mv -f "$marker.tmp" "$marker"
             ],
         )
         return f"{header}\nset -euo pipefail\nexec {shlex.join(merge_argv(state))}\n"
+
+
+def _merged(launch: Launch) -> str:
+    step = launch.step
+    return " and ".join(
+        name for name, path in (("--stats", step.stats), ("--rejects", step.rejects)) if path
+    )
 
 
 def _header(what: str, directives: Iterable[str]) -> str:

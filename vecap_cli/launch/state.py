@@ -4,6 +4,8 @@
     STATE/done/I        task I's step exited 0; written last, by a rename, so a
                         task killed at any point before it has none
     STATE/logs/         the tasks' output
+    STATE/progress/I.json  task I's progress, written by its run (stream/progress.py's
+                        Report) for `vecap launch --watch` to read (launch/progress.py)
     STATE/...           the engine's own files (slurm: tasks.sbatch, merge.sbatch)
 
 It lives on the filesystem the tasks write their output to (by default beside
@@ -50,6 +52,7 @@ class State:
         self.folder = os.path.abspath(folder)
         self.done_dir = os.path.join(self.folder, "done")
         self.logs_dir = os.path.join(self.folder, "logs")
+        self.progress_dir = os.path.join(self.folder, "progress")
         self._launch_file = os.path.join(self.folder, "launch.json")
 
     def path(self, name: str) -> str:
@@ -86,11 +89,16 @@ class State:
             )
         if not resume:
             shutil.rmtree(self.done_dir, ignore_errors=True)
-        os.makedirs(self.done_dir, exist_ok=True)
-        os.makedirs(self.logs_dir, exist_ok=True)
+            shutil.rmtree(self.progress_dir, ignore_errors=True)
+        for folder in (self.done_dir, self.logs_dir, self.progress_dir):
+            os.makedirs(folder, exist_ok=True)
         write_atomically(
             self._launch_file, orjson.dumps(asdict(launch), option=orjson.OPT_INDENT_2)
         )
+
+    def progress_file(self, task: int) -> str:
+        """Where task `task`'s run writes its progress (the engine tells it so)."""
+        return os.path.join(self.progress_dir, f"{task}.json")
 
     def pending(self, tasks: int) -> list[int]:
         """The tasks below `tasks` that have no marker."""

@@ -43,6 +43,12 @@ class Step:
     args: tuple[str, ...]  # the user's ARGS, as given
     output: str  # -o
     stats: str | None = None  # --stats, absolute: `vecap launch --merge` adds the tasks' up
+    rejects: str | None = None  # --rejects, absolute: `vecap launch --merge` joins the tasks'
+
+    @property
+    def merged(self) -> bool:
+        """Whether `vecap launch --merge` has anything to merge once every task is done."""
+        return bool(self.stats or self.rejects)
 
     @property
     def name(self) -> str:
@@ -81,5 +87,11 @@ def parse_step(command: Sequence[str], args: Sequence[str], params: Mapping[str,
         raise StepError(
             "-o: every task writes a file of its own: -o counts.json (counts.rankR.json)"
         )
-    stats = params.get("stats")
-    return Step(tuple(command), tuple(args), output, os.path.abspath(stats) if stats else None)
+    stats, rejects = (params.get(flag) for flag in ("stats", "rejects"))
+    return Step(
+        tuple(command),
+        tuple(args),
+        output,
+        os.path.abspath(stats) if stats else None,
+        os.path.abspath(rejects) if rejects else None,
+    )

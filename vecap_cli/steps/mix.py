@@ -6,6 +6,11 @@ offline and mixing in the loader give the same captions.
 
 A policy is a stage registered with `@policy(name, help)`; `vecap mix --policy`
 offers what POLICIES holds, so a new policy is one function and its decorator.
+
+Online curation (MetaCLIP 1.2 / 2) draws the balancing per epoch instead of
+once: a record of the matched pool (`vecap curate --keep-matched`) is in an
+epoch when `uniform(seed, "curate", key, epoch) < curate.p`. `OnlineDraw` is
+that draw, shared with `vecap train --online-curation` like `CaptionDraw`.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ class MixConfig:
     seed: int = 0
     epoch: int = 0
     sep: str = " "
+    online_curation: bool = False  # draw each record's inclusion from curate.p for `epoch`
 
     def __post_init__(self):
         if self.policy not in POLICIES:
@@ -85,6 +91,59 @@ class CaptionDraw:
         return found[-1]  # float rounding at the top edge
 
 
+NOT_DRAWN = "online-curation"  # the drop rule of a record this epoch's draw leaves out
+NO_P = "no-curate-p"  # the rejection of a record without a usable curate.p
+
+
+def curate_p(record: dict) -> float | str:
+    """The record's keep probability curate.p, or why it has none (a message)."""
+    curate = record.get("curate")
+    p = curate.get("p") if isinstance(curate, dict) else None
+    if isinstance(p, bool) or not isinstance(p, int | float):
+        return "record has no numeric curate.p (curate with `vecap curate --keep-matched`)"
+    if not 0.0 <= p <= 1.0:  # NaN fails this too
+        return f"curate.p is {p!r}, not a probability"
+    return float(p)
+
+
+class OnlineDraw:
+    """Whether a record is in an epoch: `uniform(seed, "curate", key, epoch) < p`.
+
+    "curate" keeps this draw apart from `CaptionDraw`'s uniform(seed, key, epoch):
+    with the same number, the records kept would lean to the first caption. Each
+    epoch draws anew, independently of the others, so a record of probability p
+    is in a fraction p of the epochs and the expected epoch is the balanced pool
+    (the sum of p), as the one-time draw of `vecap curate` expects it.
+    """
+
+    def __init__(self, seed: int):
+        self.seed = seed
+
+    def __call__(self, key: str, epoch: int, p: float) -> bool:
+        return p >= 1.0 or uniform(self.seed, "curate", key, epoch) < p
+
+
+def online_curation(
+    samples: Iterable[Sample], tally: Tally, seed: int, epoch: int
+) -> Iterator[Sample]:
+    """The records drawn into `epoch`; the others dropped under `online-curation`,
+    records without curate.p rejected under `no-curate-p` (a record that was never
+    curated, or curated into another field, is a per-record problem: --strict
+    makes it fatal). Counts `expected_kept`, the sum of p over the records read."""
+    draw, count = OnlineDraw(seed), tally.count
+    tally.declare("expected_kept")
+    for sample in samples:
+        p = curate_p(sample.record)
+        if isinstance(p, str):
+            tally.reject(NO_P, p, sample)
+            continue
+        count("expected_kept", sample, p)
+        if draw(sample.key, epoch, p):
+            yield sample
+        else:
+            tally.drop(NOT_DRAWN, sample)
+
+
 Stage = Callable[[Iterable[Sample], Tally, MixConfig], Iterator[Sample]]
 
 
@@ -109,8 +168,11 @@ def policy(name: str, help: str) -> Callable[[Stage], Stage]:
 
 
 def mix(samples: Iterable[Sample], tally: Tally, config: MixConfig) -> Iterator[Sample]:
-    """Runs `config.policy`; counts the field each output's `text` came from in `chosen`."""
+    """Runs `config.policy` (on the records drawn into `config.epoch`, with
+    online curation); counts the field each output's `text` came from in `chosen`."""
     tally.declare("chosen", keyed=True)
+    if config.online_curation:
+        samples = online_curation(samples, tally, config.seed, config.epoch)
     return POLICIES[config.policy].stage(samples, tally, config)
 
 

@@ -3,6 +3,10 @@
 When the size of the input is known up front (regular files: not stdin, `pipe:`
 or a URL), the bar also shows how far the reading is, done/total in bytes of the
 files as stored (a .gz by its compressed position), and the time left.
+
+A run that is a task of `vecap launch` is told (PROGRESS_ENV, read at the CLI
+edge) where to write its progress for the launch to read (`Report`): the same
+counts and bytes, in a small JSON file, whatever stderr is.
 """
 
 from __future__ import annotations
@@ -12,10 +16,18 @@ import stat
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import BinaryIO
 
+import orjson
+
+from vecap_cli.errors import VecapError
+from vecap_cli.stream.sinks import write_atomically
+
 _STREAMS = ("-", "pipe:", "http://", "https://")
+
+# Set by a launch's engine for each task: the file its run writes its progress to.
+PROGRESS_ENV = "VECAP_LAUNCH_PROGRESS"
 
 
 class Meter:
@@ -75,15 +87,60 @@ def shown(enabled: bool) -> bool:
     return enabled and sys.stderr.isatty()
 
 
+class Report:
+    """This run's progress, written whole (a rename) to `path` at most once every
+    INTERVAL seconds and at the end, for a launch to read (launch/progress.py):
+
+        {"in": records read, "out": records written,
+         "bytes_done": bytes read, "bytes_total": bytes to read (both null when
+           the input's size is not known up front),
+         "shares_records": whether this rank reads all the input and keeps every
+           world_size-th record (else it reads whole inputs of its own),
+         "done": the run ended well, "time": when written (seconds since the epoch)}
+
+    The bytes are what this run reads: a rank that shares its inputs with the
+    others reads them all, so its total is the whole input's size. A failed write
+    is left for the next one: the file informs, the run's output is what counts.
+    """
+
+    INTERVAL = 1.0
+
+    def __init__(self, path: str, meter: Meter | None, shares_records: bool):
+        self.path, self.meter, self.shares_records = path, meter, shares_records
+        self._last = float("-inf")
+
+    def __call__(self, n_in: int, n_out: int) -> None:
+        now = time.monotonic()
+        if now - self._last >= self.INTERVAL:
+            self._last = now
+            self.write(n_in, n_out, done=False)
+
+    def write(self, n_in: int, n_out: int, done: bool) -> None:
+
+        meter = self.meter
+        data = {
+            "in": n_in,
+            "out": n_out,
+            "bytes_done": None if meter is None else meter.done(),
+            "bytes_total": None if meter is None else meter.total,
+            "shares_records": self.shares_records,
+            "done": done,
+            "time": round(time.time(), 3),
+        }
+        with suppress(VecapError):
+            write_atomically(self.path, orjson.dumps(data))
+
+
 @contextmanager
 def progress(
-    label: str, enabled: bool, meter: Meter | None = None
+    label: str, enabled: bool, meter: Meter | None = None, report: Report | None = None
 ) -> Iterator[Callable[[int, int], None] | None]:
-    """Yields `update(n_in, n_out)`, or None unless enabled and stderr is a TTY
-    (so a hot loop can skip the calls). With a `meter`, the bar shows bytes
-    done/total and the time left; without, a spinner, the count and its speed."""
+    """Yields `update(n_in, n_out)`, or None unless enabled and stderr is a TTY,
+    or a `report` is written (so a hot loop can skip the calls). With a `meter`,
+    the bar shows bytes done/total and the time left; without, a spinner, the
+    count and its speed."""
     if not shown(enabled):
-        yield None
+        yield report
         return
     from rich.console import Console
     from rich.progress import (
@@ -125,6 +182,8 @@ def progress(
 
     def update(n_in: int, n_out: int) -> None:
         latest[:] = n_in, n_out
+        if report is not None:
+            report(n_in, n_out)
         now = time.monotonic()
         if now - last[0] > 0.1:  # rich's bookkeeping is not free: at most 10 updates/s
             last[0] = now

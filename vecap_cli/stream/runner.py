@@ -24,7 +24,7 @@ from vecap_cli.stream.images import DEFAULT_LIMITS, ImageLimits
 from vecap_cli.stream.jsonl import read_jsonl
 from vecap_cli.stream.parallel import Stage, write_stage
 from vecap_cli.stream.picker import Picker
-from vecap_cli.stream.progress import measure, progress, showing, shown
+from vecap_cli.stream.progress import Report, measure, progress, showing, shown
 from vecap_cli.stream.sample import Sample
 from vecap_cli.stream.sinks import (
     NamedStream,
@@ -56,6 +56,7 @@ class RunOptions(Placement):
     log: Callable[[str], None] = field(default=lambda line: None, compare=False)
     image_limits: ImageLimits = DEFAULT_LIMITS  # --max-image-bytes, --max-pixels
     workers: int = 1  # --workers: processes running the step (1: this one alone)
+    progress: str | None = None  # where a launch reads this task's progress (PROGRESS_ENV)
 
 
 @dataclass(frozen=True)
@@ -170,15 +171,17 @@ def run_stream(
         image_limits=opts.image_limits,
     )
     sink: Sink = open_sink(spec, tally, lambda: carriers[0] if carriers else "jsonl")
-    ok = False
+    ok, report = False, None
     try:
         skip = getattr(sink, "skip", 0)
         rejects = _open_rejects(opts, skip, tally.sealed_rejects_bytes)
         tally.rejects = rejects
         mine = _mine(names, opts.rank, opts.world_size, opts.log, stdin, carriers, skip)
-        if shown(not opts.quiet):
+        if shown(not opts.quiet) or opts.progress:
             mine.meter = measure(mine.names)
-        with progress(command, not opts.quiet, mine.meter) as update, sink.failing_writes():
+        if opts.progress:
+            report = Report(opts.progress, mine.meter, shares_records=mine.pick.world > 1)
+        with progress(command, not opts.quiet, mine.meter, report) as update, sink.failing_writes():
             if opts.workers > 1:
                 write_stage(stage, mine, tally, sink, opts.workers, opts.image_limits, update)
             elif update is None:
@@ -194,6 +197,8 @@ def run_stream(
         _close(sink, tally, ok)
     if opts.stats:
         write_stats(per_rank(opts.stats, opts.rank, opts.world_size), tally)
+    if report is not None:
+        report.write(tally.n_in, tally.n_out, done=True)
     return tally
 
 

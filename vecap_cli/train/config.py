@@ -28,6 +28,7 @@ class TrainConfig:
     shuffle_buffer: int = 1000
     workers: int = 2
     resample: bool = False
+    online_curation: bool = False  # draw each record per epoch from curate.p (MetaCLIP 1.2/2)
     # model
     model: str = "vecap-tiny"
     pretrained: str | None = None
@@ -100,6 +101,7 @@ class TrainConfig:
         "workers",
         "shuffle_buffer",
         "resample",
+        "online_curation",
         "text_keys",
         "text_probs",
         "seed",

@@ -16,10 +16,14 @@ resumed run starts each worker there, skipping the taken samples unread by the
 decoder, and rotates the workers so that the next batch is the one the
 interrupted run would have trained next.
 
+With `online_curation`, a sample is in epoch e when its draw
+uniform(seed, "curate", key, e) < curate.p (`OnlineDraw`, shared with `vecap
+mix --online-curation`): each epoch a fresh balanced sample of the matched pool.
+
 Accounting: a sample is `in` when it leaves the shuffle buffer (or when the
-reader rejects its record), then is trained (`out`), dropped (`no-caption`) or
-rejected (`image-missing`, `bad-image`, `image-too-large`, ...: see
-`stream/images.py`). A batch carries the events of its
+reader rejects its record), then is trained (`out`), dropped (`online-curation`,
+`no-caption`) or rejected (`no-curate-p`, `image-missing`, `bad-image`,
+`image-too-large`, ...: see `stream/images.py`). A batch carries the events of its
 window and the main process replays them on its Tally, so the counts, the
 --rejects file and --strict cover exactly the batches trained.
 """
@@ -35,7 +39,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from vecap_cli.rand import uniform
-from vecap_cli.steps.mix import CaptionDraw, available
+from vecap_cli.steps.mix import NO_P, NOT_DRAWN, CaptionDraw, OnlineDraw, available, curate_p
 from vecap_cli.stream.images import DEFAULT_LIMITS, ImageLimits, ImageRejected, decode
 from vecap_cli.stream.runner import iter_samples
 from vecap_cli.stream.sample import Sample
@@ -60,6 +64,7 @@ class DataPlan:
     resample: bool = False
     text_keys: tuple[str, ...] | None = None
     text_probs: tuple[float, ...] | None = None
+    online_curation: bool = False  # keep a sample in an epoch with probability curate.p
     image_limits: ImageLimits = DEFAULT_LIMITS  # --max-image-bytes, --max-pixels
 
 
@@ -234,6 +239,7 @@ class TrainData(IterableDataset):
         self.transform = transform
         self.tokenizer = tokenizer
         self.caption = caption_picker(plan)
+        self.online = OnlineDraw(plan.seed) if plan.online_curation else None
         self.epoch, self.steps, self.first = 0, 0, 0
         self.positions: list[Position] = [(0, 0)] * plan.workers
 
@@ -290,6 +296,8 @@ class TrainData(IterableDataset):
         while len(images) < self.plan.batch_size:
             sample = share.next()
             n_in += 1
+            if self.online is not None and not self._drawn(sample, recorder):
+                continue
             caption = self.caption(sample, self.epoch)
             if caption is None:
                 recorder.drop("no-caption", sample)
@@ -304,6 +312,17 @@ class TrainData(IterableDataset):
             captions.append(caption)
             share.good += 1
         return images, captions, n_in
+
+    def _drawn(self, sample: Sample, recorder: _Recorder) -> bool:
+        """Online curation: whether the sample is in this epoch's draw (else counted)."""
+        p = curate_p(sample.record)
+        if isinstance(p, str):
+            recorder.reject(NO_P, p, sample)
+            return False
+        if not self.online(sample.key, self.epoch, p):
+            recorder.drop(NOT_DRAWN, sample)
+            return False
+        return True
 
 
 def _no_data(plan: DataPlan, slot: int) -> str:
@@ -323,6 +342,20 @@ def loader(dataset: TrainData, workers: int) -> DataLoader:
         prefetch_factor=2 if workers else None,
         persistent_workers=False,
     )
+
+
+def expected_samples(inputs: Iterable[str]) -> tuple[float, int]:
+    """(the sum of curate.p, records read) over the inputs, in one read: online
+    curation's expected epoch, the size of the balanced pool. Records without a
+    usable curate.p add nothing (training rejects them)."""
+    tally = Tally("count")
+    total, n = 0.0, 0
+    for sample in iter_samples([_literal(name) for name in inputs], tally):
+        n += 1
+        p = curate_p(sample.record)
+        if not isinstance(p, str):
+            total += p
+    return total, n
 
 
 def count_samples(inputs: Iterable[str]) -> int:

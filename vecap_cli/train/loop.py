@@ -19,13 +19,23 @@ from torch import nn
 
 from vecap_cli.errors import VecapError
 from vecap_cli.process_group import leave
+from vecap_cli.steps.mix import NO_P, NOT_DRAWN
 from vecap_cli.stream.runner import per_rank, write_stats
 from vecap_cli.stream.sources import expand
 from vecap_cli.stream.tally import Tally
 from vecap_cli.train import checkpoint
 from vecap_cli.train import distributed as D
 from vecap_cli.train.config import TrainConfig
-from vecap_cli.train.data import Batch, DataPlan, Position, TrainData, count_samples, loader, replay
+from vecap_cli.train.data import (
+    Batch,
+    DataPlan,
+    Position,
+    TrainData,
+    count_samples,
+    expected_samples,
+    loader,
+    replay,
+)
 from vecap_cli.train.losses import TrainLoss, make_loss
 from vecap_cli.train.metrics import MetricsLog, Rate, progress
 from vecap_cli.train.models import Bundle, build, clamp_logit_scale, set_attention
@@ -175,9 +185,11 @@ class Trainer:
     def _steps_per_epoch(self) -> int:
         cfg, ctx = self.cfg, self.ctx
         n = cfg.train_num_samples
-        counted = n is None
+        counted = n is None and not cfg.online_curation
         if counted:
             n = count_samples(self.inputs)
+        elif n is None:
+            n = self._expected_epoch()
         global_batch = cfg.batch_size * ctx.world_size
         if n < global_batch:
             raise VecapError(
@@ -187,6 +199,21 @@ class Trainer:
         if counted and ctx.main:
             self.opts.log(f"{n:,} samples per epoch (counted; --train-num-samples skips this)")
         return n // global_batch
+
+    def _expected_epoch(self) -> int:
+        """Online curation's epoch: the expected size of a draw, the sum of curate.p."""
+        expected, records = expected_samples(self.inputs)
+        if not expected:
+            raise VecapError(
+                f"--online-curation: no record of the {records:,} in the inputs has a curate.p "
+                "above 0 (write the pool with `vecap curate --keep-matched`)"
+            )
+        if self.ctx.main:
+            self.opts.log(
+                f"{round(expected):,} samples per epoch (online curation: the sum of curate.p "
+                f"over {records:,} records; --train-num-samples skips this)"
+            )
+        return round(expected)
 
     def _plan(self) -> DataPlan:
         cfg, ctx = self.cfg, self.ctx
@@ -201,6 +228,7 @@ class Trainer:
             resample=cfg.resample,
             text_keys=cfg.text_keys,
             text_probs=cfg.text_probs,
+            online_curation=cfg.online_curation,
             image_limits=self.opts.image_limits,
         )
 
@@ -236,8 +264,10 @@ class Trainer:
     def _check_compatible(self, payload: dict, path) -> None:
         before = payload.get("config", {})
         now = self.cfg.as_dict()
+        fields = TrainConfig.__dataclass_fields__
         for key in TrainConfig.RESUME_KEYS:
-            if before.get(key) != now[key]:
+            # a key newer than the checkpoint: it was trained with that key's default
+            if before.get(key, fields[key].default) != now[key]:
                 flag = "--" + key.replace("_", "-")
                 raise VecapError(
                     f"--resume: {path} was trained with {flag} {before.get(key)!r}, not {now[key]!r}"
@@ -274,6 +304,7 @@ class Trainer:
 
     def _epoch(self) -> None:
         state, steps = self.state, self.steps_per_epoch
+        epoch, before = state.epoch, self._drawn_so_far()
         self.data.start_epoch(state.epoch, steps, state.epoch_step, state.positions)
         rate = Rate()
         for batch in islice(loader(self.data, self.cfg.workers), steps - state.epoch_step):
@@ -285,6 +316,27 @@ class Trainer:
             )
             self._advance(batch, metrics["loss"])
             self._after_step(metrics)
+        if self.cfg.online_curation:
+            self._report_draw(epoch, before)
+
+    def _drawn_so_far(self) -> tuple[int, int]:
+        """(records read, records online curation kept) on this rank so far."""
+        t = self.tally
+        return t.n_in, t.n_in - t.dropped[NOT_DRAWN] - t.rejected[NO_P]
+
+    def _report_draw(self, epoch: int, before: tuple[int, int]) -> None:
+        """Logs (and keeps for --stats) how many records the epoch's draw kept, over
+        all ranks: the epoch trains on a fixed number of batches, so this is what
+        the draw kept of the records read to fill them."""
+        now = self._drawn_so_far()
+        mine = (now[0] - before[0], now[1] - before[1])
+        read, kept = (sum(x) for x in zip(*D.gather(mine, self.ctx), strict=True))
+        self.tally.extra.setdefault("online_curation", []).append(
+            {"epoch": epoch, "read": read, "kept": kept}
+        )
+        if self.ctx.main:
+            share = f" ({kept / read:.1%})" if read else ""
+            self.opts.log(f"epoch {epoch}: online curation kept {kept:,} of {read:,} read{share}")
 
     def _account(self, batch: Batch) -> None:
         if batch.error:

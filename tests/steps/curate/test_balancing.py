@@ -3,7 +3,14 @@
 import math
 import random
 
-from vecap_cli.steps.curate.balancing import Balancer, entry_probabilities, head_tail
+import pytest
+
+from vecap_cli.steps.curate.balancing import (
+    Balancer,
+    entry_probabilities,
+    expected_kept,
+    head_tail,
+)
 
 
 def test_entry_probabilities_are_metaclips():
@@ -63,3 +70,33 @@ def test_draws_are_rand_uniform_of_seed_key_and_entry():
         key = f"k{i}" if i % 2 else i  # an integer key draws as its string
         expected = any(uniform(7, str(key), e) < probs[e] for e in (0, 1, 2))
         assert balancer(key, [0, 1, 2])[1] == expected
+
+
+def test_a_head_entry_keeps_more_than_t_through_other_entries():
+    """What --t's help says: not capped at t. Entry 0 is in every record (count 2000,
+    p = 0.05: its own draws keep 100 = t); the records also match one of 40 tail
+    entries (p = 1), which keep them all."""
+    matched = [[0, 1 + i % 40] for i in range(2000)]
+    counts = [2000] + [50] * 40
+    kept = expected_kept(matched, entry_probabilities(counts, t=100))
+    assert kept[0] == pytest.approx(2000)  # 20x t: every record is kept through its tail entry
+    alone = expected_kept([[0]] * 2000, entry_probabilities([2000], t=100))
+    assert alone[0] == pytest.approx(100)  # t, when nothing else keeps its records
+
+
+def test_curate_help_and_report_say_what_t_does_not_cap():
+    import typer
+
+    from vecap_cli.cli.curate import curate_app
+    from vecap_cli.steps.curate.counts import EntryCounts
+    from vecap_cli.steps.curate.report import describe
+
+    report = describe(EntryCounts("s", 3, {}, 100, 90, [80, 30, 5]), 20)
+    assert "capped at t" not in report and "a floor, not what balancing keeps" in report
+    group = typer.main.get_command(curate_app)
+    for name in ("run", "balance", "report"):
+        command = group.commands[name]
+        (t,) = [p for p in command.params if p.name == "t"]
+        assert "sub-sampled to t" not in t.help and "capped" not in t.help
+        assert "records kept through their other entries add more" in t.help
+    assert "capped at t" not in group.help

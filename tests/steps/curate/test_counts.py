@@ -64,7 +64,7 @@ def test_merge_refuses_another_metadata_or_other_settings(tmp_path):
 @pytest.mark.parametrize(
     ("data", "message"),
     [
-        (b"not json", "is not a counts file \\(not JSON\\)"),
+        (b"not json", "is not a counts file \\(not JSON, not .npy\\)"),
         (b'{"format": "other"}', "is not a counts file written by"),
         (b'{"format": "vecap-curate-counts", "version": 9}', "version 9, not 1"),
         (
@@ -85,3 +85,72 @@ def test_ids_added_at_once_count_as_recorded_ones():
     accumulator = Accumulator(6)
     accumulator.add_all(array("i", chain.from_iterable(batches)))
     assert accumulator.result("s1", MATCHING, 4, 3) == counted(batches)
+
+
+# -- MetaCLIP's count files ------------------------------------------------------------
+
+ENTRIES = ["dog", "cat", "red cube", "sky"]
+
+
+def metaclip_files(tmp_path, counts):
+    """The same counts in each of MetaCLIP's layouts, as its scripts write them."""
+    import numpy as np
+
+    # substr_indexing / balancing: np.save of an array indexed by entry id
+    np.save(tmp_path / "entry_count.npy", np.array(counts, dtype=np.uint64))
+    (tmp_path / "counts_list.json").write_bytes(orjson.dumps(counts))
+    # the released entry_counts_400m.json: entry -> count
+    (tmp_path / "entry_counts.json").write_bytes(
+        orjson.dumps(dict(zip(ENTRIES, counts, strict=True)))
+    )
+    return ["entry_count.npy", "counts_list.json", "entry_counts.json"]
+
+
+@pytest.mark.parametrize("name", ["entry_count.npy", "counts_list.json", "entry_counts.json"])
+def test_metaclip_count_files_read_against_their_metadata(tmp_path, name):
+    from vecap_cli.steps.curate.metadata import Metadata, metadata_sha
+
+    metaclip_files(tmp_path, [40_511, 0, 3, 2**40])
+    meta = Metadata(ENTRIES, metadata_sha(ENTRIES), "m.json")
+    counts = read_counts(str(tmp_path / name), meta)
+    assert counts.counts == [40_511, 0, 3, 2**40]
+    assert (counts.metadata_sha, counts.n_entries, counts.matching) == (meta.sha256, 4, {})
+
+
+def test_an_entry_object_may_leave_out_entries_it_never_counted(tmp_path):
+    from vecap_cli.steps.curate.metadata import Metadata
+
+    (tmp_path / "c.json").write_bytes(orjson.dumps({"sky": 7}))
+    assert read_counts(str(tmp_path / "c.json"), Metadata(ENTRIES, "s")).counts == [0, 0, 0, 7]
+
+
+@pytest.mark.parametrize(
+    ("write", "message"),
+    [
+        (lambda p, np: np.save(p, np.zeros((2, 2))), "of shape \\(2, 2\\): MetaCLIP's entry_count"),
+        (lambda p, np: np.save(p, np.array(["a", "b"])), "holds a <U1 array"),
+        (lambda p, np: np.save(p, np.ones(3)), "3 counts for the 4 entries"),
+        (lambda p, np: np.save(p, np.array([1.0, 2.5, 0, 0])), "count 1 is 2.5"),
+        (lambda p, np: p.write_bytes(b"\x93NUMPY garbage"), "is a damaged .npy file"),
+        (lambda p, np: p.write_bytes(b"[1, 2, -3, 4]"), "count 2 is -3"),
+        (lambda p, np: p.write_bytes(b'[1, "2", 3, 4]'), "count 1 is '2'"),
+        (lambda p, np: p.write_bytes(b'{"dog": 1, "wolf": 2}'), "1 entries that 'm.json' lacks"),
+        (lambda p, np: p.write_bytes(b"\x00\x01binary"), "not JSON, not .npy"),
+    ],
+)
+def test_a_count_file_of_no_known_layout_is_one_line_naming_it(tmp_path, write, message):
+    import numpy as np
+
+    from vecap_cli.steps.curate.metadata import Metadata
+
+    path = tmp_path / "counts.npy"  # np.save adds .npy to a name without it
+    write(path, np)
+    with pytest.raises(VecapError, match=message) as err:
+        read_counts(str(path), Metadata(ENTRIES, "s", "m.json"))
+    assert str(path) in str(err.value) and "\n" not in str(err.value)
+
+
+def test_metaclip_counts_are_not_merged(tmp_path):
+    metaclip_files(tmp_path, [1, 2, 3, 4])
+    with pytest.raises(VecapError, match="MetaCLIP's count file: --merge adds vecap"):
+        merge([str(tmp_path / "counts_list.json")])

@@ -8,11 +8,14 @@ import pytest
 
 from vecap_cli.errors import VecapError
 from vecap_cli.steps.curate.metadata import (
+    TitleRule,
     build,
     corpus_ngrams,
     metadata_bytes,
+    pageviews,
     read_metadata,
     titles,
+    wiki_titles,
     wordnet_names,
 )
 
@@ -78,6 +81,60 @@ def test_corpus_unigrams_by_count_and_bigrams_by_pmi():
 
 def test_titles_read_underscores_as_spaces():
     assert list(titles(["New_York_City\n", "  \n", "Paris \n"])) == ["New York City", "Paris"]
+
+
+# Wikimedia's hourly pageview dumps: domain code, title, views, response size (0)
+HOUR_1 = [
+    "en Main_Page 500 0",
+    "en Talk:Main_Page 90 0",  # a namespace: dropped
+    "en File:Cat.jpg 80 0",
+    "en Star_Wars:_Episode_IV 70 0",  # a colon: MetaCLIP drops these too
+    "en Quiet_Village 49 0",  # below 50 in this hour: not counted
+    "en Hot_dog 40 0",
+    "en.m Hot_dog 900 0",  # the mobile site: another domain code
+    "de Hund 300 0",  # another language
+    "en broken line",  # another shape: skipped
+    "en Odd_count many 0",
+]
+HOUR_2 = ["en Hot_dog 60 0", "en Quiet_Village 49 0", "en Rare_Page 50 0", "en Main_Page 20 0"]
+
+
+def test_pageview_lines_count_from_50_views_in_the_project_without_colons():
+    views = pageviews([*HOUR_1, *HOUR_2], TitleRule())
+    assert views == {
+        "Main Page": 500,  # the 20 of hour 2 is below 50
+        "Talk:Main Page": 90,
+        "File:Cat.jpg": 80,
+        "Star Wars: Episode IV": 70,
+        "Hot dog": 60,
+        "Rare Page": 50,
+    }  # colons are dropped by wiki_titles, after the views are summed
+
+
+def test_titles_keep_metaclips_rule_most_viewed_first(tmp_path):
+    (tmp_path / "pageviews-20220829-000000.gz").write_bytes(
+        gzip.compress("\n".join(HOUR_1).encode())
+    )
+    (tmp_path / "pageviews-20220829-010000").write_text("\n".join(HOUR_2) + "\n")
+    (tmp_path / "title_counts.json").write_bytes(orjson.dumps({"Rare_Page": 30, "Paris": 75}))
+    (tmp_path / "extra.txt").write_text("Tokyo\nUser:Someone\n")
+    paths = [str(tmp_path / n) for n in sorted(os.listdir(tmp_path))]  # extra, pageviews, title
+    assert wiki_titles(paths, TitleRule()) == ["Main Page", "Rare Page", "Paris", "Tokyo"]
+    # Rare Page: 50 + 30 views; Hot dog: 60 < 70; plain lists come last, colon rule too
+    assert wiki_titles(paths, TitleRule(min_views=60, colons=True)) == [
+        "Main Page", "Talk:Main Page", "File:Cat.jpg", "Rare Page", "Paris",
+        "Star Wars: Episode IV", "Hot dog", "Tokyo", "User:Someone",
+    ]  # fmt: skip
+    mobile = TitleRule(project="en.m", min_views=0)
+    assert wiki_titles(paths[1:3], mobile) == ["Hot dog"]
+
+
+def test_a_title_views_file_that_is_no_object_is_one_line(tmp_path):
+    (tmp_path / "t.json").write_bytes(b'["Paris"]')
+    with pytest.raises(
+        VecapError, match=r"titles '.*t\.json' must be a JSON object: title -> views"
+    ):
+        wiki_titles([str(tmp_path / "t.json")], TitleRule())
 
 
 def test_json_and_line_files_give_the_same_metadata(tmp_path):

@@ -152,3 +152,15 @@ def test_workers_curate_what_one_process_curates(pool, monkeypatch, name):
             passes.curate(o, config, meta)
         runs.append(_written(folder))
     assert runs[1] == runs[0]
+
+
+def test_keep_matched_writes_every_matched_record_with_its_p_and_no_draw(pool):
+    config = CurateConfig(**{**WORLD.__dict__, "keep_matched": True})
+    tally = passes.curate(opts(pool), config, str(pool / "meta"))
+    out = records(pool / "out.jsonl")
+    assert len(out) == tally.n_out and "balance" not in tally.dropped
+    for record in out:
+        curate = record["curate"]
+        assert "keep" not in curate and 0 <= curate["p"] <= 1
+        assert curate["chosen"] is not None and curate["text"]
+    assert tally.extra["expected_kept"] == pytest.approx(sum(r["curate"]["p"] for r in out))

@@ -8,7 +8,7 @@ ordered, or spread over workers.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 from vecap_cli.rand import unit
 
@@ -25,6 +25,13 @@ class Balancer:
         self.probs = probs
         self.seed = seed
 
+    def probability(self, ids: Sequence[int]) -> float:
+        """1 - prod(1 - p_e) over the matched entries, without a draw."""
+        miss = 1.0
+        for e in ids:
+            miss *= 1.0 - self.probs[e]
+        return 1.0 - miss if ids else 0.0
+
     def __call__(self, key: str | int, ids: Sequence[int]) -> tuple[float, bool]:
         probs = self.probs
         miss = 1.0
@@ -38,6 +45,20 @@ class Balancer:
         prefix = f"{self.seed}\x1f{key}\x1f"  # uniform(seed, key, e), its prefix built once
         keep = any(unit(f"{prefix}{e}") < probs[e] for e in ids)
         return 1.0 - miss, keep
+
+
+def expected_kept(matched: Iterable[Sequence[int]], probs: Sequence[float]) -> list[float]:
+    """Per entry, the expected number of kept records that match it: the sum of
+    P(keep) = 1 - prod(1 - p_e) over its records. For a head entry this is t (its
+    own draws) plus the records kept through their other entries: more than t."""
+    kept = [0.0] * len(probs)
+    for ids in matched:
+        miss = 1.0
+        for e in ids:
+            miss *= 1.0 - probs[e]
+        for e in ids:
+            kept[e] += 1.0 - miss
+    return kept
 
 
 def head_tail(counts: Sequence[int], t: float) -> dict:

@@ -9,10 +9,17 @@ per entry it matches, as in MetaCLIP). A small JSON file that merges by addition
 
 `ids`/`counts` list the entries counted at least once, ids ascending. The metadata
 hash ties the file to one entry list: balancing with another list is refused.
+
+MetaCLIP's own count files are read too, against the metadata they count
+(`read_counts(path, metadata)`): its `entry_count.npy` (numpy.save of one count
+per entry, in the metadata's order), a JSON list of counts in that order, and
+its released `entry_counts_400m.json` (an object: entry -> count). They hold no
+hash: only the number of entries (or the entries' names) ties them to a list.
 """
 
 from __future__ import annotations
 
+import math
 from array import array
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -21,6 +28,7 @@ from itertools import chain
 import orjson
 
 from vecap_cli.errors import VecapError
+from vecap_cli.steps.curate.metadata import Metadata
 from vecap_cli.stream.sinks import write_file
 from vecap_cli.stream.sources import read_small_file
 
@@ -123,14 +131,33 @@ class Accumulator:
         return EntryCounts(metadata_sha, self._n, matching, records, matched, counts)
 
 
-def read_counts(path: str) -> EntryCounts:
+_NPY_MAGIC = b"\x93NUMPY"
+_FORMATS = (
+    "vecap's counts, MetaCLIP's entry_count.npy, a JSON list of counts "
+    "or a JSON object entry -> count"
+)
+
+
+def read_counts(path: str, metadata: Metadata | None = None) -> EntryCounts:
+    """The counts at `path`: vecap's format, or one of MetaCLIP's, which need the
+    `metadata` they count (its entries, in order) to be read."""
     data = read_small_file(path)
+    if data.startswith(_NPY_MAGIC):
+        return _foreign(path, _npy_counts(path, data), metadata)
     try:
         doc = orjson.loads(data)
     except orjson.JSONDecodeError:
-        raise VecapError(f"'{path}' is not a counts file (not JSON)") from None
+        raise VecapError(
+            f"'{path}' is not a counts file (not JSON, not .npy): {_FORMATS}"
+        ) from None
+    if isinstance(doc, list):
+        return _foreign(path, doc, metadata)
+    if isinstance(doc, dict) and "format" not in doc and doc:
+        return _foreign(path, _named_counts(path, doc, metadata), metadata)
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
-        raise VecapError(f"'{path}' is not a counts file written by `vecap curate count`")
+        raise VecapError(
+            f"'{path}' is not a counts file written by `vecap curate count` (it reads {_FORMATS})"
+        )
     if doc.get("version") != VERSION:
         raise VecapError(
             f"'{path}' is a counts file of version {doc.get('version')}, not {VERSION}"
@@ -154,10 +181,73 @@ def read_counts(path: str) -> EntryCounts:
         raise VecapError(f"'{path}' is a damaged counts file") from None
 
 
+def _npy_counts(path: str, data: bytes) -> list:
+    import io
+
+    import numpy as np
+
+    try:
+        array_ = np.load(io.BytesIO(data), allow_pickle=False)
+    except (ValueError, OSError, EOFError) as err:
+        raise VecapError(f"'{path}' is a damaged .npy file ({err})") from None
+    if array_.ndim != 1 or array_.dtype.kind not in "iuf":
+        raise VecapError(
+            f"'{path}' holds a {array_.dtype} array of shape {array_.shape}: MetaCLIP's "
+            "entry_count.npy is one number per entry"
+        )
+    return array_.tolist()
+
+
+def _named_counts(path: str, doc: dict, metadata: Metadata | None) -> list:
+    """An object entry -> count as a list in the metadata's order (entries it does
+    not name: 0); a name the metadata lacks means counts of another list."""
+    if metadata is None:
+        raise VecapError(f"'{path}' names its entries: reading it needs --metadata")
+    index = {entry: i for i, entry in enumerate(metadata.entries)}
+    unknown = [name for name in doc if name not in index]
+    if unknown:
+        raise VecapError(
+            f"'{path}' counts {len(unknown):,} entries that '{metadata.path}' lacks "
+            f"(such as {unknown[0]!r}): counts of another metadata list"
+        )
+    counts: list = [0] * len(metadata.entries)
+    for name, c in doc.items():
+        counts[index[name]] = c
+    return counts
+
+
+def _foreign(path: str, values: list, metadata: Metadata | None) -> EntryCounts:
+    """MetaCLIP's counts, one per entry in the metadata's order, as EntryCounts of
+    that metadata; `records`/`matched` are unknown (0) and so are the matching
+    settings ({}: nothing to compare)."""
+    for i, c in enumerate(values):
+        if not _whole(c):
+            raise VecapError(f"'{path}': count {i} is {c!r}, not a whole number of records")
+    counts = [int(c) for c in values]
+    if metadata is None:
+        return EntryCounts("", len(counts), {}, 0, 0, counts)
+    if len(counts) != len(metadata.entries):
+        raise VecapError(
+            f"'{path}' holds {len(counts):,} counts for the {len(metadata.entries):,} entries "
+            f"of '{metadata.path}': counts of another metadata list"
+        )
+    return EntryCounts(metadata.sha256, len(counts), {}, 0, 0, counts)
+
+
+def _whole(c: object) -> bool:
+    """A count: a non-negative whole number (numpy's uint64 counts load as int,
+    float counts as float)."""
+    if isinstance(c, bool) or not isinstance(c, int | float):
+        return False
+    return math.isfinite(c) and c >= 0 and c == int(c)
+
+
 def merge(paths: Iterable[str]) -> EntryCounts:
     total: EntryCounts | None = None
     for path in paths:
         counts = read_counts(path)
+        if not counts.metadata_sha:
+            raise VecapError(f"'{path}' is MetaCLIP's count file: --merge adds vecap counts files")
         if total is None:
             total = counts
         else:

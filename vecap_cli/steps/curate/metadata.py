@@ -5,6 +5,12 @@ one entry per line (any other name). The builder follows MetaCLIP's
 `build_metadata.py`: "0".."99", WordNet synset names, frequent unigrams and
 high-PMI bigrams of a corpus, then titles; deduplicated; empty and
 single-punctuation entries skipped; capped.
+
+Titles follow MetaCLIP's `wiki_title`: from Wikimedia's hourly pageview dumps
+(`pageviews-YYYYMMDD-HH0000.gz`, lines `en Title_Name VIEWS 0`), a line of the
+project counts when it holds at least 50 views, titles holding ':' are dropped
+(namespaces: `Talk:`, `File:`, `Category:`, ...; MetaCLIP drops every title
+with a colon), and a title is kept when its views add up to at least 70.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ import string
 import sys
 from collections import Counter
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import pairwise
 
 import orjson
@@ -115,8 +121,19 @@ class Recipe:
     min_count: int = 100  # corpus unigrams counted at least this often
     min_pmi: float = 30.0  # corpus bigrams with at least this PMI (log2)
     min_bigram_count: int = 1
-    titles: str | None = None  # one title a line
+    titles: tuple[str, ...] = ()  # pageview dumps, {title: views} JSON, or one title a line
+    title_rule: TitleRule = field(default_factory=lambda: TitleRule())
     max_entries: int = 500_000
+
+
+@dataclass(frozen=True)
+class TitleRule:
+    """Which titles MetaCLIP keeps (its `build_metadata.py:wiki_title` defaults)."""
+
+    min_views: int = 70  # views summed over the dumps ("view_thres")
+    min_line_views: int = 50  # a dump line (a title's views in one hour) counts from this many
+    project: str = "en"  # the dumps' domain code read: "en" is English Wikipedia, desktop
+    colons: bool = False  # keep titles holding ':' (MetaCLIP drops them)
 
 
 def gather(recipe: Recipe) -> tuple[list[str], dict]:
@@ -130,7 +147,7 @@ def gather(recipe: Recipe) -> tuple[list[str], dict]:
         )
         sources += [("unigrams", unigrams), ("bigrams", bigrams)]
     if recipe.titles:
-        sources.append(("titles", titles(read_lines([recipe.titles]))))
+        sources.append(("titles", wiki_titles(recipe.titles, recipe.title_rule)))
     return build(sources, recipe.max_entries)
 
 
@@ -229,6 +246,63 @@ def titles(lines: Iterable[str]) -> Iterator[str]:
         title = line.strip().replace("_", " ").strip()
         if title:
             yield title
+
+
+def wiki_titles(paths: Iterable[str], rule: TitleRule) -> list[str]:
+    """The titles of `paths` that `rule` keeps: those with views (pageview dumps,
+    `{title: views}` JSON as MetaCLIP's title_counts.json) by views summed over
+    all files, most viewed first, then those of plain lists (one a line), in order."""
+    views: Counter[str] = Counter()
+    listed: list[str] = []
+    for path in paths:
+        name = os.path.basename(path)
+        if name.startswith("pageviews-"):
+            views.update(pageviews(read_lines([path]), rule))
+        elif _is_json(path):
+            views.update(_title_views(path))
+        else:
+            listed.extend(titles(read_lines([path])))
+    viewed = [title for title, n in views.most_common() if n >= rule.min_views]
+    return [title for title in viewed + listed if rule.colons or ":" not in title]
+
+
+def pageviews(lines: Iterable[str], rule: TitleRule) -> Counter[str]:
+    """Views per title over Wikimedia pageview lines (`project title views bytes`):
+    the project's lines of at least `rule.min_line_views` views; '_' -> ' '.
+    Lines of another shape are skipped, as MetaCLIP skips them."""
+    prefix = rule.project + " "
+    counts: Counter[str] = Counter()
+    for line in lines:
+        if not line.startswith(prefix):
+            continue
+        fields = line.strip().split(" ")
+        if len(fields) != 4:
+            continue
+        try:
+            n = int(fields[2])
+        except ValueError:
+            continue
+        title = fields[1].strip().replace("_", " ")
+        if n >= rule.min_line_views and title:
+            counts[title] += n
+    return counts
+
+
+def _title_views(path: str) -> Counter[str]:
+    try:
+        doc = orjson.loads(read_small_file(path, "titles "))
+    except orjson.JSONDecodeError as err:
+        raise VecapError(f"titles '{path}' is not JSON ({err})") from None
+    if not isinstance(doc, dict) or not all(
+        isinstance(n, int) and not isinstance(n, bool) for n in doc.values()
+    ):
+        raise VecapError(f"titles '{path}' must be a JSON object: title -> views")
+    views: Counter[str] = Counter()
+    for title, n in doc.items():
+        title = title.strip().replace("_", " ")
+        if title:
+            views[title] += n
+    return views
 
 
 def build(sources: Iterable[tuple[str, Iterable[str]]], max_entries: int) -> tuple[list[str], dict]:

@@ -59,7 +59,7 @@ from vecap_cli.steps.curate.metadata import (
 from vecap_cli.steps.curate.stages import CurateConfig, MatchCache
 from vecap_cli.steps.curate.texts import TextMatcher
 from vecap_cli.stream.parallel import Gathering, each_batch
-from vecap_cli.stream.progress import measure, progress, showing, shown
+from vecap_cli.stream.progress import Report, measure, progress, showing, shown
 from vecap_cli.stream.runner import (
     StreamOptions,
     per_rank,
@@ -270,8 +270,9 @@ def count(opts: StreamOptions, config: CurateConfig, metadata: str) -> Tally:
     if opts.rejects:
         rejects = open_rejects(per_rank(opts.rejects, opts.rank, opts.world_size))
     tally = Tally("curate count", rejects=rejects, strict=opts.strict)
+    report = [] if opts.progress else None  # _count puts this run's Report in it
     try:
-        counts = _count(opts, tally, config, meta, matcher)
+        counts = _count(opts, tally, config, meta, matcher, report=report)
     finally:
         if rejects is not None:
             rejects.close()
@@ -285,20 +286,22 @@ def count(opts: StreamOptions, config: CurateConfig, metadata: str) -> Tally:
             "matches": split["matches"],
         }
         write_stats(per_rank(opts.stats, opts.rank, opts.world_size), tally)
+    if report:
+        report[0].write(tally.n_in, tally.n_out, done=True)
     return tally
 
 
 def balance(opts: StreamOptions, config: CurateConfig, metadata: str, counts: str) -> Tally:
     """Balances this rank's share by the counts file `counts` (made by `count`, merged)."""
     opts = _workers_for(opts, config)
-    entry_counts = read_counts(counts)
     meta, matcher = load(metadata, opts.log, config)
+    entry_counts = read_counts(counts, meta)  # MetaCLIP's files are read against `meta`
     if entry_counts.metadata_sha != meta.sha256 or entry_counts.n_entries != len(meta.entries):
         raise VecapError(
             f"'{counts}' was counted with another metadata list than '{metadata}' "
             f"({entry_counts.n_entries:,} entries, sha256 {entry_counts.metadata_sha[:12]}...)"
         )
-    if entry_counts.matching != config.matching():
+    if entry_counts.matching and entry_counts.matching != config.matching():  # {}: MetaCLIP's
         opts.log(
             f"warning: '{counts}' was counted with other matching settings: "
             f"{entry_counts.matching} (now {config.matching()})"
@@ -345,10 +348,10 @@ def report(
     from vecap_cli.steps.curate.report import describe
     from vecap_cli.steps.curate.report import plot as draw
 
-    entry_counts = read_counts(counts)
+    meta = read_metadata(metadata) if metadata is not None else None
+    entry_counts = read_counts(counts, meta)
     entries = None
-    if metadata is not None:
-        meta = read_metadata(metadata)
+    if meta is not None:
         if meta.sha256 != entry_counts.metadata_sha:
             raise VecapError(f"'{counts}' was counted with another metadata list than '{metadata}'")
         entries = meta.entries
@@ -380,14 +383,20 @@ def _count(
     matcher: Matcher,
     cache: MatchCache | None = None,
     stdin: BinaryIO | None = None,
+    report: list[Report] | None = None,
 ) -> EntryCounts:
-    """Reads this rank's share of `opts.inputs` once; `cache` records the decisions."""
+    """Reads this rank's share of `opts.inputs` once; `cache` records the decisions.
+    With `report` (a list), this pass writes its progress to opts.progress, and
+    puts the Report in it (for the caller's last word)."""
     accumulator = Accumulator(len(meta.entries))
     count = _count_in_workers if opts.workers > 1 else _count_here
     inputs = rank_inputs(opts.inputs, opts.rank, opts.world_size, opts.log, stdin)
-    if shown(not opts.quiet):
+    if shown(not opts.quiet) or report is not None:
         inputs.meter = measure(inputs.names)
-    with progress(f"{tally.command} (counting)", not opts.quiet, inputs.meter) as update:
+    if report is not None and opts.progress:
+        report.append(Report(opts.progress, inputs.meter, inputs.pick.world > 1))
+    label = f"{tally.command} (counting)"
+    with progress(label, not opts.quiet, inputs.meter, report[0] if report else None) as update:
         records, matched = count(opts, tally, config, matcher, accumulator, cache, inputs, update)
     return accumulator.result(meta.sha256, config.matching(), records, matched)
 

@@ -45,12 +45,15 @@ class CurateConfig:
     t: int = 20_000
     seed: int = 0
     keep_all: bool = False  # mark records with keep: false instead of dropping them
+    keep_matched: bool = False  # every matched record with its p, no draw: online curation's pool
     rule: str = "v1"  # a name in MATCH_RULES
     t_per_lang: tuple[tuple[str, int], ...] = ()  # metaclip2: t for these languages
 
     def __post_init__(self):
         if self.t <= 0:
             raise ValueError("--t must be positive")
+        if self.keep_all and self.keep_matched:
+            raise ValueError("--keep-all and --keep-matched: choose one")
         Dedup(self.dedup)  # validates the kinds
         if self.rule not in MATCH_RULES:
             raise ValueError(f"unknown rule {self.rule!r} (choose {', '.join(MATCH_RULES)})")
@@ -310,7 +313,12 @@ def balance(
     balancer: Balancer,
 ) -> Iterator[Sample]:
     """Adds `curate: {entries, p, keep}` (`texts.describe` for `Matches`); drops
-    `no-match` and `balance` unless keep_all."""
+    `no-match` and `balance` unless keep_all. With keep_matched, adds `curate:
+    {entries, p}` to every matched record and draws nothing: online curation
+    draws per epoch."""
+    if config.keep_matched:
+        yield from _pool(pairs, tally, config, balancer)
+        return
     keep_all = config.keep_all
     one_field = config.fields[0] if len(config.fields) == 1 else None
     tally.declare("kept", "expected_kept")
@@ -346,6 +354,40 @@ def balance(
     finally:
         if not tracking:
             count("kept", None, kept)
+            count("expected_kept", None, expected)
+
+
+def _pool(
+    pairs: Iterable[tuple[Sample, list[int]]],
+    tally: Tally,
+    config: CurateConfig,
+    balancer: Balancer,
+) -> Iterator[Sample]:
+    """Every matched record with its keep probability; `expected_kept` sums them
+    (the expected size of each epoch online curation draws)."""
+    tally.declare("expected_kept")
+    tracking, count = tally.tracking, tally.count
+    expected = 0.0
+    try:
+        for sample, ids in pairs:
+            if not ids:
+                tally.drop("no-match", sample)
+                continue
+            drawn = ids if type(ids) is list else ids.union()
+            p = balancer.probability(drawn)
+            if tracking:
+                count("expected_kept", sample, p)
+            else:
+                expected += p
+            if drawn is ids:
+                sample.record["curate"] = {"entries": ids, "p": p}
+            else:
+                several = len(ids.texts) != 1 or ids.texts[0][0] != config.field
+                key = sample.record["key"]
+                sample.record["curate"] = describe(ids, several, config.seed, key, p, None)
+            yield sample
+    finally:
+        if not tracking:
             count("expected_kept", None, expected)
 
 

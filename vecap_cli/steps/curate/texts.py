@@ -92,14 +92,16 @@ def chosen(matches: Matches, seed: int, key) -> int | None:
     return matched[int(uniform(seed, key, "text") * len(matched))]
 
 
-def describe(matches: Matches, several: bool, seed: int, key, p: float, keep: bool) -> dict:
-    """The record's `curate` object: one text's fields at the top, or `texts` for several."""
+def describe(matches: Matches, several: bool, seed: int, key, p: float, keep: bool | None) -> dict:
+    """The record's `curate` object: one text's fields at the top, or `texts` for
+    several; without `keep` when None (online curation's pool draws later)."""
+    drawn = {"p": p} if keep is None else {"p": p, "keep": keep}
     if not several:
         _, _, found = matches.texts[0]
         curate = {"entries": found.local or []}
         if found.lang is not None:
             curate["lang"], curate["lang_conf"] = found.lang, found.conf
-        return {**curate, "p": p, "keep": keep}
+        return {**curate, **drawn}
     texts = []
     for label, _, found in matches.texts:
         text = {"field": label, "entries": found.local or []}
@@ -108,7 +110,7 @@ def describe(matches: Matches, several: bool, seed: int, key, p: float, keep: bo
         texts.append(text)
     pick = chosen(matches, seed, key)
     text = matches.texts[pick][1] if pick is not None else None
-    return {"texts": texts, "chosen": pick, "text": text, "p": p, "keep": keep}
+    return {"texts": texts, "chosen": pick, "text": text, **drawn}
 
 
 class TextMatcher:
