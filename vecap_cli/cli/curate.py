@@ -15,7 +15,16 @@ from typing import Annotated
 import typer
 
 from vecap_cli.cli.groups import DefaultCommandGroup
-from vecap_cli.cli.options import Inputs, finite, log, record_command, report, run_command
+from vecap_cli.cli.options import (
+    Inputs,
+    finite,
+    log,
+    one_of,
+    record_command,
+    report,
+    run_command,
+)
+from vecap_cli.steps.curate.matching import MATCH_RULES
 from vecap_cli.stream.runner import StreamOptions, output_problem
 
 SUMMARY = "MetaCLIP curation: metadata substring matching, then balancing."
@@ -47,7 +56,43 @@ Metadata = Annotated[
         show_default=False,
     ),
 ]
-Field = Annotated[str, typer.Option(help="The record field matched.", rich_help_panel=_MATCH)]
+Field = Annotated[
+    str,
+    typer.Option(
+        "--field",
+        "--text-keys",
+        help="The record field matched; several, comma-separated (alt,title), or a field "
+        "holding a list of strings, give a record several texts: each is matched and "
+        "counted, the record is kept through any of them, and one that matched is drawn "
+        "(from seed and key) to train on: curate.texts, curate.chosen, curate.text.",
+        rich_help_panel=_MATCH,
+    ),
+]
+Rule = Annotated[
+    str,
+    typer.Option(
+        "--rule",
+        parser=one_of(MATCH_RULES),
+        metavar=f"<{'|'.join(MATCH_RULES)}>",
+        help="; ".join(f"{name}: {r.help}" for name, r in MATCH_RULES.items())
+        + " With metaclip2, --metadata is a folder of LANG.json lists (MetaCLIP 2's "
+        "data/metadata), curate.lang and curate.lang_conf are written, and texts in a "
+        "language without a list are dropped under `no-metadata-for-lang`.",
+        rich_help_panel=_MATCH,
+    ),
+]
+TPerLang = Annotated[
+    str | None,
+    typer.Option(
+        "--t-per-lang",
+        metavar="FILE.json",
+        help="With --rule metaclip2: t for the languages named in a JSON object "
+        '({"ja": 12000}); other languages get the t at which their tail holds the '
+        "share of matches English's holds below --t (MetaCLIP 2's p_to_t).",
+        rich_help_panel=_BALANCE,
+        show_default=False,
+    ),
+]
 Html = Annotated[
     bool,
     typer.Option(
@@ -110,16 +155,46 @@ KeepMatched = Annotated[
 ]
 
 
-def _config(field, html, text_filter, dedup, t, seed, keep_all, keep_matched=False):
+def _config(
+    field,
+    html,
+    text_filter,
+    dedup,
+    t,
+    seed,
+    keep_all,
+    keep_matched=False,
+    rule="v1",
+    t_per_lang=None,
+):
     from vecap_cli.steps.curate import CurateConfig
 
     kinds = tuple(k.strip() for k in dedup.split(",")) if dedup else ()
+    fixed = ()
+    if t_per_lang is not None:
+        if rule == "v1":
+            raise typer.BadParameter("goes with --rule metaclip2", param_hint="--t-per-lang")
+        from vecap_cli.steps.curate.worldwide import read_t_per_lang
+
+        fixed = tuple(sorted(read_t_per_lang(t_per_lang).items()))
     try:
         return CurateConfig(
-            field, html, text_filter, kinds, t, seed, keep_all, keep_matched=keep_matched
+            field,
+            html,
+            text_filter,
+            kinds,
+            t,
+            seed,
+            keep_all,
+            keep_matched=keep_matched,
+            rule=rule,
+            t_per_lang=fixed,
         )
     except ValueError as err:
-        hint = "--keep-matched" if keep_all and keep_matched else "--dedup"
+        if keep_all and keep_matched:
+            hint = "--keep-matched"
+        else:
+            hint = "--field" if "field" in str(err) else "--dedup"
         raise typer.BadParameter(str(err), param_hint=hint) from None
 
 
@@ -134,6 +209,8 @@ def run(
     t: T = 20_000,
     keep_all: KeepAll = False,
     keep_matched: KeepMatched = False,
+    rule: Rule = "v1",
+    t_per_lang: TPerLang = None,
     save_counts: Annotated[
         str | None,
         typer.Option(
@@ -170,7 +247,9 @@ def run(
     """
     from vecap_cli.steps.curate import passes
 
-    config = _config(field, html, text_filter, dedup, t, opts.seed, keep_all, keep_matched)
+    config = _config(
+        field, html, text_filter, dedup, t, opts.seed, keep_all, keep_matched, rule, t_per_lang
+    )
     report(passes.curate(opts, config, metadata, save_counts), opts)
 
 
@@ -200,6 +279,7 @@ def count_entries(
     html: Html = False,
     text_filter: TextFilter = False,
     dedup: Dedup = None,
+    rule: Rule = "v1",
     merge: Annotated[
         bool,
         typer.Option("--merge", help="Add up the counts files given as inputs instead."),
@@ -222,7 +302,7 @@ def count_entries(
         return
     if metadata is None:
         raise typer.BadParameter("is required (or --merge)", param_hint="--metadata")
-    config = _config(field, html, text_filter, dedup, 1, 0, False)
+    config = _config(field, html, text_filter, dedup, 1, 0, False, rule=rule)
     stream = StreamOptions(
         inputs=tuple(inputs or ["-"]),
         output=output,
@@ -264,6 +344,8 @@ def balance_records(
     t: T = 20_000,
     keep_all: KeepAll = False,
     keep_matched: KeepMatched = False,
+    rule: Rule = "v1",
+    t_per_lang: TPerLang = None,
     *,
     opts: StreamOptions,
 ) -> None:
@@ -275,7 +357,9 @@ def balance_records(
     """
     from vecap_cli.steps.curate import passes
 
-    config = _config(field, html, text_filter, dedup, t, opts.seed, keep_all, keep_matched)
+    config = _config(
+        field, html, text_filter, dedup, t, opts.seed, keep_all, keep_matched, rule, t_per_lang
+    )
     report(passes.balance(opts, config, metadata, counts), opts)
 
 

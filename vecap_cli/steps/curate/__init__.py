@@ -4,6 +4,8 @@ Match each text against metadata entries (matching.py), count the records per
 entry (counts.py), then keep a record when any matched entry passes its draw with
 p_e = min(1, t / count_e) (balancing.py). stages.py chains these as stream
 stages; metadata.py reads and builds entry lists; report.py describes counts.
+MetaCLIP 2 (`--rule metaclip2`): language identification (langid.py), lists and
+a t per language (worldwide.py); several texts per record (texts.py).
 """
 
 from vecap_cli.steps.curate.balancing import Balancer, entry_probabilities, head_tail

@@ -1,5 +1,15 @@
-"""MetaCLIP v1 substring matching: entry e matches a text when " e " is a substring
-of the text spaced as MetaCLIP spaces it (`metaclip/substr_matching.py`).
+"""MetaCLIP substring matching: entry e matches a text when e, padded by its rule, is
+a substring of the text spaced as MetaCLIP spaces it (`metaclip/substr_matching.py`).
+
+Two rules (`MATCH_RULES`), differing only in how an entry is padded:
+
+- v1: " e " (MetaCLIP v1).
+- metaclip2: a space before e unless its first character is CJK-or-similar, a
+  space after unless its last is (MetaCLIP 2, `metaclip/curation/substr_matching.py`,
+  `get_spaced_metadata`): CJK ideographs, Thai, Lao, Burmese, Khmer, Tibetan, and
+  punctuation (ASCII's and 23 CJK marks) are written without spaces around words,
+  so "写真" matches "ストック写真" and "商品" matches "[入荷予約商品]". Kana and Hangul
+  are not in MetaCLIP 2's ranges: such entries are padded, as there.
 
 Spacing wraps the text in spaces, surrounds each of , . ; : ? ! and ` with spaces,
 and turns tab, newline and CR into spaces; matching is case-sensitive. Entries are
@@ -13,7 +23,9 @@ The automaton is pyahocorasick's, one per process, holding " e " for every entry
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+import string
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 PUNCTUATION = ",.;:?!`"  # wrapped in spaces
 WHITESPACE = "\t\n\r"  # replaced by a space
@@ -48,6 +60,65 @@ def can_match(entry: str) -> bool:
     return f" {entry} " in spacing(_NEAR_PUNCT.sub(r"\1", entry))
 
 
+def pad_v1(entry: str) -> str:
+    return f" {entry} "
+
+
+# MetaCLIP 2's `additional_punctuation`, beside string.punctuation
+_CJK_PUNCTUATION = "，。、；：？！“”‘’（）【】《》〈〉「」『』～—"
+_UNSPACED_PUNCTUATION = frozenset(string.punctuation + _CJK_PUNCTUATION)
+# MetaCLIP 2's `is_cjk_or_similar` ranges, inclusive: CJK ideographs (unified,
+# extensions A-F, compatibility, radicals, Kangxi, description characters), then
+# Thai, Lao, Burmese, Khmer, Tibetan.
+_UNSPACED_RANGES = (
+    (0x4E00, 0x9FFF), (0x3400, 0x4DBF), (0x20000, 0x2A6DF), (0x2A700, 0x2B73F),
+    (0x2B740, 0x2B81F), (0x2B820, 0x2CEAF), (0x2CEB0, 0x2EBEF), (0xF900, 0xFAFF),
+    (0x2E80, 0x2EFF), (0x2F00, 0x2FDF), (0x2FF0, 0x2FFF),
+    (0x0E00, 0x0E7F), (0x0E80, 0x0EFF), (0x1000, 0x109F), (0x1780, 0x17FF), (0x0F00, 0x0FFF),
+)  # fmt: skip
+
+
+def unspaced(char: str) -> bool:
+    """Whether MetaCLIP 2 leaves an entry bounded by `char` unpadded on that side."""
+    code = ord(char)
+    if code < 0x0E00:  # below Thai: only ASCII punctuation (the hot case, Latin entries)
+        return char in _UNSPACED_PUNCTUATION
+    return char in _UNSPACED_PUNCTUATION or any(lo <= code <= hi for lo, hi in _UNSPACED_RANGES)
+
+
+def pad_metaclip2(entry: str) -> str:
+    """MetaCLIP 2's padding; an empty entry (MetaCLIP 2 fails on it) is padded as in v1."""
+    if not entry:
+        return "  "
+    head = "" if unspaced(entry[0]) else " "
+    tail = "" if unspaced(entry[-1]) else " "
+    return f"{head}{entry}{tail}"
+
+
+@dataclass(frozen=True)
+class MatchRule:
+    name: str
+    help: str
+    pad: Callable[[str], str]  # entry -> the automaton's word
+    per_language: bool  # texts are language-identified and matched against their language's list
+
+
+MATCH_RULES = {
+    rule.name: rule
+    for rule in (
+        MatchRule("v1", "MetaCLIP v1: one entry list, ' e ' in the spaced text.", pad_v1, False),
+        MatchRule(
+            "metaclip2",
+            "MetaCLIP 2 (worldwide): language identification, one entry list per "
+            "language, entries bounded by CJK, Thai, Lao, Burmese, Khmer, Tibetan or "
+            "punctuation not padded, a t per language.",
+            pad_metaclip2,
+            True,
+        ),
+    )
+}
+
+
 # Joins the texts of a batch, so that one automaton pass matches them all: the
 # spaced batch is the spaced texts joined by it, and no entry holding it is batched.
 SEP = "\x00"
@@ -71,18 +142,19 @@ class Matcher:
     other ids are kept beside the automaton).
     """
 
-    def __init__(self, entries: Sequence[str]):
+    def __init__(self, entries: Sequence[str], pad: Callable[[str], str] = pad_v1):
         import ahocorasick  # C extension; loads only when matching runs
 
         automaton = ahocorasick.Automaton(ahocorasick.STORE_INTS)
         first: dict[str, int] = {}
         also: dict[int, list[int]] = {}  # first id -> the ids of its repeats
         for idx, entry in enumerate(entries):
-            if entry in first:
-                also.setdefault(first[entry], []).append(idx)
+            word = pad(entry)
+            if word in first:
+                also.setdefault(first[word], []).append(idx)
                 continue
-            first[entry] = idx
-            automaton.add_word(f" {entry} ", idx)
+            first[word] = idx
+            automaton.add_word(word, idx)
         self.n_entries = len(entries)
         if not first:  # an automaton with no words cannot search
             self.find = lambda text: []

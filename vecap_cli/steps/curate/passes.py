@@ -48,7 +48,7 @@ from vecap_cli.steps.curate.counts import (
     write_counts,
 )
 from vecap_cli.steps.curate.counts import merge as merge_files
-from vecap_cli.steps.curate.matching import Matcher, can_match
+from vecap_cli.steps.curate.matching import MATCH_RULES, Matcher, can_match
 from vecap_cli.steps.curate.metadata import (
     Metadata,
     Recipe,
@@ -57,6 +57,7 @@ from vecap_cli.steps.curate.metadata import (
     write_metadata,
 )
 from vecap_cli.steps.curate.stages import CurateConfig, MatchCache
+from vecap_cli.steps.curate.texts import TextMatcher
 from vecap_cli.stream.parallel import Gathering, each_batch
 from vecap_cli.stream.progress import Report, measure, progress, showing, shown
 from vecap_cli.stream.runner import (
@@ -75,12 +76,24 @@ from vecap_cli.stream.tally import Tally
 Log = Callable[[str], None]
 
 
-def load(path: str, log: Log) -> tuple[Metadata, Matcher]:
-    """The metadata at `path` and its matcher (a warning when it holds no entry)."""
+def load(path: str, log: Log, config: CurateConfig = CurateConfig()) -> tuple[Metadata, Matcher]:
+    """The metadata at `path` and its matcher (a warning when it holds no entry):
+    a `Matcher`, or for `config.per_text` one whose `find_many` gives a `Found` per
+    text (per language under metaclip2: a `Languages` folder, a `WorldMatcher`)."""
+    rule = MATCH_RULES[config.rule]
+    if rule.per_language:
+        from vecap_cli.steps.curate.langid import LanguageId
+        from vecap_cli.steps.curate.worldwide import WorldMatcher, read_languages
+
+        languages = read_languages(path)
+        if not languages.entries:
+            log(f"warning: '{path}' has no entries: nothing can match")
+        return languages, WorldMatcher(languages, rule.pad, LanguageId())
     metadata = read_metadata(path)
     if not metadata.entries:
         log(f"warning: '{path}' has no entries: nothing can match")
-    return metadata, Matcher(metadata.entries)
+    matcher = Matcher(metadata.entries, rule.pad)
+    return metadata, (TextMatcher(matcher) if config.per_text else matcher)
 
 
 # Memory the one-pass holds per byte of JSONL input, when every record matches:
@@ -95,7 +108,7 @@ def curate(
     """The one-pass: counts the entries over the whole input, then balances this
     rank's share into the output. `save_counts`: also write the counts there."""
     opts = _workers_for(opts, config)
-    meta, matcher = load(metadata, opts.log)
+    meta, matcher = load(metadata, opts.log, config)
     if reads_once(opts, log=opts.log):
         stage = _CountThenBalance(config, meta, matcher, save_counts)
         return run_stream("curate", opts, stage, (config, meta.sha256))
@@ -184,8 +197,8 @@ class _CountThenBalance(Gathering):
         counts = accumulator.result(self.meta.sha256, self.config.matching(), records, matched)
         if self.save_counts:
             write_counts(self.save_counts, counts)
-        tally.extra["curate"] = _summary(self.meta, counts, self.config.t)
-        return Balancer(entry_probabilities(counts.counts, self.config.t), self.config.seed)
+        probs, tally.extra["curate"] = _probabilities(self.config, self.meta, counts)
+        return Balancer(probs, self.config.seed)
 
     def release(self, held: list, balancer: Balancer, tally: Tally) -> Iterator[Sample]:
         yield from stages.balance(held, tally, self.config, balancer)
@@ -229,7 +242,7 @@ def _curate_twice(
         cleaned = first.extra.get("html_cleaned")  # over the whole input
 
         def decide(samples, tally):
-            if cache is None:
+            if cache is None or not cache.replayable:  # several texts: matched again
                 return stages.prepare(samples, tally, config, matcher.find_many)
             if cleaned is not None:
                 tally.extra["html_cleaned"] = cleaned
@@ -252,7 +265,7 @@ def count(opts: StreamOptions, config: CurateConfig, metadata: str) -> Tally:
     """Writes the entry counts of this rank's share to `opts.output` (FILE.rankR.json
     for several ranks; '-' for stdout), and --stats; returns the tally."""
     opts = _workers_for(opts, config)
-    meta, matcher = load(metadata, opts.log)
+    meta, matcher = load(metadata, opts.log, config)
     rejects = None
     if opts.rejects:
         rejects = open_rejects(per_rank(opts.rejects, opts.rank, opts.world_size))
@@ -281,7 +294,7 @@ def count(opts: StreamOptions, config: CurateConfig, metadata: str) -> Tally:
 def balance(opts: StreamOptions, config: CurateConfig, metadata: str, counts: str) -> Tally:
     """Balances this rank's share by the counts file `counts` (made by `count`, merged)."""
     opts = _workers_for(opts, config)
-    meta, matcher = load(metadata, opts.log)
+    meta, matcher = load(metadata, opts.log, config)
     entry_counts = read_counts(counts, meta)  # MetaCLIP's files are read against `meta`
     if entry_counts.metadata_sha != meta.sha256 or entry_counts.n_entries != len(meta.entries):
         raise VecapError(
@@ -438,8 +451,8 @@ def _balancing(config: CurateConfig, meta: Metadata, counts: EntryCounts, decide
 
     `decide(samples, tally)` filters and matches: `prepare`, or a cache's replay.
     """
-    balancer = Balancer(entry_probabilities(counts.counts, config.t), config.seed)
-    summary = _summary(meta, counts, config.t)
+    probs, summary = _probabilities(config, meta, counts)
+    balancer = Balancer(probs, config.seed)
 
     def stage(samples, tally):
         tally.extra["curate"] = summary
@@ -450,6 +463,48 @@ def _balancing(config: CurateConfig, meta: Metadata, counts: EntryCounts, decide
 
 def _summary(meta: Metadata, counts: EntryCounts, t: int) -> dict:
     return {**_identity(meta), "t": t, **head_tail(counts.counts, t)}
+
+
+def _probabilities(config: CurateConfig, meta, counts: EntryCounts) -> tuple[list[float], dict]:
+    """p_e per (global) entry id, and the summary for --stats: under metaclip2, a t
+    per language (`worldwide.language_ts`) and each language's head and tail."""
+    if not MATCH_RULES[config.rule].per_language:
+        return entry_probabilities(counts.counts, config.t), _summary(meta, counts, config.t)
+    from vecap_cli.steps.curate.worldwide import language_ts, probabilities
+
+    ts = language_ts(counts.counts, meta, config.t, dict(config.t_per_lang))
+    languages = {}
+    for lang, start, end in meta.slices():
+        if lang in ts:
+            split = head_tail(counts.counts[start:end], ts[lang])
+            languages[lang] = {"entries": end - start, "t": ts[lang], **split}
+    summary = {
+        **_identity(meta),
+        "t": config.t,
+        **_added(languages.values()),
+        "languages": languages,
+    }
+    return probabilities(counts.counts, meta, ts), summary
+
+
+def _added(splits) -> dict:
+    """`head_tail`s of the languages (each at its own t) added up."""
+    total = {"entries_matched": 0, "matches": 0, "matches_capped_at_t": 0}
+    head = {"entries": 0, "matches": 0}
+    for split in splits:
+        for key in total:
+            total[key] += split[key]
+        for key in head:
+            head[key] += split["head"][key]
+    share = head["matches"] / total["matches"] if total["matches"] else 0.0
+    tail = {key: total["entries_matched" if key == "entries" else key] - head[key] for key in head}
+    return {
+        "entries_matched": total["entries_matched"],
+        "matches": total["matches"],
+        "head": {**head, "share": round(share, 6)},
+        "tail": {**tail, "share": round(1 - share, 6) if total["matches"] else 0.0},
+        "matches_capped_at_t": total["matches_capped_at_t"],
+    }
 
 
 @contextmanager

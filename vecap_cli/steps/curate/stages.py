@@ -5,6 +5,10 @@
     hold(pairs)       -> [(sample, ids)]       consumes into memory, for the one-pass
     balance(pairs)    -> samples + `curate`    keeps by the draws (or marks, keep_all)
 
+`prepare` matches one text per record (`--field F`, the hot path). Several texts
+(`--field alt,title`, a field holding a list) or `--rule metaclip2` make each
+record's ids a `texts.Matches`: every text matched, its language identified.
+
 The one-pass matches once. Reading once, it `hold`s the matched records until
 all are counted, then balances them. Reading twice, `prepare` records what it
 decided for each input in a `MatchCache` while counting, and
@@ -19,18 +23,22 @@ from dataclasses import dataclass
 
 from vecap_cli.errors import VecapError
 from vecap_cli.steps.curate.balancing import Balancer
-from vecap_cli.steps.curate.filters import Dedup, Screen
+from vecap_cli.steps.curate.filters import Dedup, Screen, basic_text_filter, strip_html
+from vecap_cli.steps.curate.matching import MATCH_RULES
+from vecap_cli.steps.curate.texts import Found, Matches, describe, plain, texts_of
 from vecap_cli.stream.sample import Sample
 from vecap_cli.stream.tally import Tally
 
 Pairs = Iterator[tuple[Sample, list[int]]]
 NO_TEXT = "no-text"  # a rejection: the record lacks the text field
-RULES = ("", NO_TEXT, "text-filter", "duplicate-url", "duplicate-text")  # cache codes
+NO_METADATA = "no-metadata-for-lang"  # a drop: no text's language has an entry list
+# cache codes (new ones go at the end)
+RULES = ("", NO_TEXT, "text-filter", "duplicate-url", "duplicate-text", NO_METADATA)
 
 
 @dataclass(frozen=True)
 class CurateConfig:
-    field: str = "alt"  # the record field matched against the metadata
+    field: str = "alt"  # the record field(s) matched against the metadata: "alt", "alt,title"
     html: bool = False  # strip tags and unescape entities before matching
     text_filter: bool = False  # DataComp's basic caption filter
     dedup: tuple[str, ...] = ()  # "url", "text"
@@ -38,6 +46,8 @@ class CurateConfig:
     seed: int = 0
     keep_all: bool = False  # mark records with keep: false instead of dropping them
     keep_matched: bool = False  # every matched record with its p, no draw: online curation's pool
+    rule: str = "v1"  # a name in MATCH_RULES
+    t_per_lang: tuple[tuple[str, int], ...] = ()  # metaclip2: t for these languages
 
     def __post_init__(self):
         if self.t <= 0:
@@ -45,6 +55,19 @@ class CurateConfig:
         if self.keep_all and self.keep_matched:
             raise ValueError("--keep-all and --keep-matched: choose one")
         Dedup(self.dedup)  # validates the kinds
+        if self.rule not in MATCH_RULES:
+            raise ValueError(f"unknown rule {self.rule!r} (choose {', '.join(MATCH_RULES)})")
+        if not all(self.fields):
+            raise ValueError(f"empty field name in {self.field!r}")
+
+    @property
+    def fields(self) -> tuple[str, ...]:
+        return tuple(f.strip() for f in self.field.split(","))
+
+    @property
+    def per_text(self) -> bool:
+        """Whether records are matched text by text (`prepare_texts`), not one text each."""
+        return len(self.fields) > 1 or MATCH_RULES[self.rule].per_language
 
     def matching(self) -> dict:
         """The settings that decide what is counted: a counts file records them."""
@@ -53,6 +76,7 @@ class CurateConfig:
             "html": self.html,
             "text_filter": self.text_filter,
             "dedup": sorted(self.dedup),
+            **({"rule": self.rule} if self.rule != "v1" else {}),  # v1's files stay as they were
         }
 
 
@@ -63,7 +87,7 @@ def prepare(
     samples: Iterable[Sample],
     tally: Tally,
     config: CurateConfig,
-    match_many: Callable[[list[str]], list[list[int]]],
+    match_many: Callable[[list[str]], list],
     cache: MatchCache | None = None,
 ) -> Pairs:
     """(sample, sorted matched ids) for every record the filters let through,
@@ -72,19 +96,33 @@ def prepare(
     Removals are counted as records arrive, so rejections reach --rejects in input
     order. With a cache, every decision (ids, or the rule that removed the record)
     is recorded by input ordinal for `MatchCache.replaying`.
+
+    A record whose field holds a list of strings is matched text by text, at
+    once, and paired with its `Matches`. With `config.per_text`, every record is
+    (`prepare_texts`; `match_many` then gives a `Found` per text).
     """
+    if config.per_text:
+        yield from prepare_texts(samples, tally, config, match_many, cache)
+        return
     field = config.field
     screen = Screen(config) if config.html or config.text_filter or config.dedup else None
     chunk: list[Sample] = []
     rules: list[str] = []  # per sample in the chunk: "" or the rule that removed it
     texts: list[str] = []  # of the samples not removed
+    several: dict[int, Matches] = {}  # chunk position -> the matches of a list-valued field
     tracking = tally.tracking  # html_cleaned per record, to seal with the shards; else in bulk
     if screen is not None and config.html:
         tally.declare("html_cleaned")
     try:
         for sample in samples:
             text = sample.record.get(field)
-            if not isinstance(text, str):
+            if isinstance(text, list):
+                labelled = texts_of(sample.record, (field,))
+                rule = _removed(labelled, sample, tally, screen, field)
+                if not rule:
+                    found = plain(match_many)([t for _, t in labelled])
+                    several[len(chunk)] = _matches(labelled, found)
+            elif not isinstance(text, str):
                 rule = NO_TEXT
                 tally.reject(NO_TEXT, f"record has no string '{field}'", sample)
             elif screen is not None:
@@ -98,22 +136,123 @@ def prepare(
                 rule = ""
             chunk.append(sample)
             rules.append(rule)
-            if not rule:
+            if not rule and len(chunk) - 1 not in several:
                 texts.append(text)
             if len(chunk) == BATCH:
-                yield from _paired(chunk, rules, match_many(texts), cache)
-                chunk, rules, texts = [], [], []
+                yield from _paired(chunk, rules, match_many(texts), cache, several)
+                chunk, rules, texts, several = [], [], [], {}
         if chunk:
-            yield from _paired(chunk, rules, match_many(texts), cache)
+            yield from _paired(chunk, rules, match_many(texts), cache, several)
     finally:
         if screen is not None and config.html and not tracking:
             tally.count("html_cleaned", None, screen.cleaned)
 
 
+def _removed(
+    labelled: list[tuple[str, str]], sample: Sample, tally: Tally, screen: Screen | None, field
+) -> str:
+    """Screens a record's texts in place: the rule that removes the record, or ""."""
+    if not labelled:
+        tally.reject(NO_TEXT, f"record has no string '{field}'", sample)
+        return NO_TEXT
+    if screen is None:
+        return ""
+    cleaned = screen.cleaned
+    rule = _screen_texts(screen, sample.record, labelled)
+    if tally.tracking and screen.cleaned != cleaned:
+        tally.count("html_cleaned", sample, screen.cleaned - cleaned)
+    if rule:
+        tally.drop(rule, sample)
+    return rule
+
+
+def _screen_texts(screen: Screen, record: dict, labelled: list[tuple[str, str]]) -> str:
+    """Screen's filters over several texts: HTML cleanup of each, the text filter
+    setting aside the texts it fails (the record goes when none is left), dedup on
+    the record's url and on its texts together."""
+    kept = []
+    for label, text in labelled:
+        if screen.html:
+            clean = strip_html(text)
+            screen.cleaned += clean != text
+            text = clean
+        if not screen.text_filter or basic_text_filter(text):
+            kept.append((label, text))
+    labelled[:] = kept
+    if not kept:
+        return "text-filter"
+    if screen.dedup is not None:
+        return screen.dedup.rule(record, "\x1f".join(text for _, text in kept)) or ""
+    return ""
+
+
+def _matches(labelled: list[tuple[str, str]], found: list[Found]) -> Matches:
+    return Matches([(label, text, f) for (label, text), f in zip(labelled, found, strict=True)])
+
+
+def prepare_texts(
+    samples: Iterable[Sample],
+    tally: Tally,
+    config: CurateConfig,
+    find_many: Callable[[list[str]], list[Found]],
+    cache: MatchCache | None = None,
+) -> Pairs:
+    """`prepare` for several texts per record, or per-language matching: (sample,
+    `Matches`) for every record the filters let through. A record none of whose
+    texts is in a language with metadata is dropped under `no-metadata-for-lang`."""
+    fields = config.fields
+    screen = Screen(config) if config.html or config.text_filter or config.dedup else None
+    chunk: list[Sample] = []
+    labels: list[list[tuple[str, str]] | str] = []  # per sample: its texts, or the rule removing it
+    if screen is not None and config.html:
+        tally.declare("html_cleaned")
+    try:
+        for sample in samples:
+            labelled = texts_of(sample.record, fields)
+            rule = _removed(labelled, sample, tally, screen, config.field)
+            chunk.append(sample)
+            labels.append(rule or labelled)
+            if len(chunk) == BATCH:
+                yield from _grouped(chunk, labels, find_many, tally, cache)
+                chunk, labels = [], []
+        if chunk:
+            yield from _grouped(chunk, labels, find_many, tally, cache)
+    finally:
+        if screen is not None and config.html and not tally.tracking:
+            tally.count("html_cleaned", None, screen.cleaned)
+
+
+def _grouped(chunk, labels, find_many, tally: Tally, cache: MatchCache | None) -> Pairs:
+    """Matches the chunk's texts in one call, then gives each record its own."""
+    texts = [text for labelled in labels if not isinstance(labelled, str) for _, text in labelled]
+    found = iter(find_many(texts))
+    for sample, labelled in zip(chunk, labels, strict=True):
+        if isinstance(labelled, str):  # removed, and counted, as it arrived
+            if cache is not None:
+                cache.note(sample.idx, labelled)
+            continue
+        matches = _matches(labelled, [next(found) for _ in labelled])
+        if not matches.has_metadata():
+            tally.drop(NO_METADATA, sample)
+            if cache is not None:
+                cache.note(sample.idx, NO_METADATA)
+            continue
+        yield sample, cache.matched(sample.idx, matches) if cache is not None else matches
+
+
 def _paired(
-    chunk: list[Sample], rules: list[str], found: list[list[int]], cache: MatchCache | None
+    chunk: list[Sample],
+    rules: list[str],
+    found: list[list[int]],
+    cache: MatchCache | None,
+    several: dict[int, Matches] | None = None,
 ) -> Iterable[tuple[Sample, list[int]]]:
     """The chunk's samples that were not removed, with their ids (in the cache too)."""
+    if several:
+        found = iter(found)
+        found = [
+            several[i] if i in several else next(found) for i, rule in enumerate(rules) if not rule
+        ]
     if cache is None:
         if len(found) == len(chunk):  # the hot path: nothing removed
             return zip(chunk, found, strict=True)
@@ -173,21 +312,24 @@ def balance(
     config: CurateConfig,
     balancer: Balancer,
 ) -> Iterator[Sample]:
-    """Adds `curate: {entries, p, keep}`; drops `no-match` and `balance` unless keep_all.
-    With keep_matched, adds `curate: {entries, p}` to every matched record and draws
-    nothing: online curation draws per epoch."""
+    """Adds `curate: {entries, p, keep}` (`texts.describe` for `Matches`); drops
+    `no-match` and `balance` unless keep_all. With keep_matched, adds `curate:
+    {entries, p}` to every matched record and draws nothing: online curation
+    draws per epoch."""
     if config.keep_matched:
-        yield from _pool(pairs, tally, balancer)
+        yield from _pool(pairs, tally, config, balancer)
         return
     keep_all = config.keep_all
+    one_field = config.fields[0] if len(config.fields) == 1 else None
     tally.declare("kept", "expected_kept")
     tracking, count = tally.tracking, tally.count
     kept = 0  # counted in bulk at the end when no shard seals them (the hot path)
     expected = 0.0
     try:
         for sample, ids in pairs:
-            if ids:
-                p, keep = balancer(sample.record["key"], ids)  # an int key draws as its str
+            drawn = ids if type(ids) is list else ids.union()
+            if drawn:
+                p, keep = balancer(sample.record["key"], drawn)  # an int key draws as its str
             elif keep_all:
                 p, keep = 0.0, False
             else:
@@ -200,7 +342,12 @@ def balance(
                 kept += keep
                 expected += p
             if keep or keep_all:
-                sample.record["curate"] = {"entries": ids, "p": p, "keep": keep}
+                if drawn is ids:
+                    sample.record["curate"] = {"entries": ids, "p": p, "keep": keep}
+                else:
+                    several = len(ids.texts) != 1 or ids.texts[0][0] != one_field
+                    key = sample.record["key"]
+                    sample.record["curate"] = describe(ids, several, config.seed, key, p, keep)
                 yield sample
             else:
                 tally.drop("balance", sample)
@@ -211,7 +358,10 @@ def balance(
 
 
 def _pool(
-    pairs: Iterable[tuple[Sample, list[int]]], tally: Tally, balancer: Balancer
+    pairs: Iterable[tuple[Sample, list[int]]],
+    tally: Tally,
+    config: CurateConfig,
+    balancer: Balancer,
 ) -> Iterator[Sample]:
     """Every matched record with its keep probability; `expected_kept` sums them
     (the expected size of each epoch online curation draws)."""
@@ -223,12 +373,18 @@ def _pool(
             if not ids:
                 tally.drop("no-match", sample)
                 continue
-            p = balancer.probability(ids)
+            drawn = ids if type(ids) is list else ids.union()
+            p = balancer.probability(drawn)
             if tracking:
                 count("expected_kept", sample, p)
             else:
                 expected += p
-            sample.record["curate"] = {"entries": ids, "p": p}
+            if drawn is ids:
+                sample.record["curate"] = {"entries": ids, "p": p}
+            else:
+                several = len(ids.texts) != 1 or ids.texts[0][0] != config.field
+                key = sample.record["key"]
+                sample.record["curate"] = describe(ids, several, config.seed, key, p, None)
             yield sample
     finally:
         if not tracking:
@@ -243,6 +399,9 @@ class MatchCache:
 
     def __init__(self, first: int = 0):
         self.first = first
+        # False once a record's ids were `Matches` (several texts): the ids counted
+        # are kept, but not which text matched what, so the decisions cannot be replayed
+        self.replayable = True
         self.codes = array("b")  # codes[idx - first]: index into RULES; -1: never reached prepare
         self.starts = array("q")  # starts[idx - first]: where idx's ids begin in `ids`
         self.ids = array("i")
@@ -257,6 +416,7 @@ class MatchCache:
     def extend(self, later: MatchCache) -> None:
         """Add the decisions cached for the inputs that follow (a worker's batch)."""
         self.note_gap(later.first)
+        self.replayable = self.replayable and later.replayable
         base = len(self.ids)
         self.codes.extend(later.codes)
         self.starts.extend(array("q", (start + base for start in later.starts)))
@@ -264,6 +424,8 @@ class MatchCache:
 
     def matched(self, idx: int, ids: list[int]) -> list[int]:
         """A record that reached matching, with the ids it matched (returned)."""
+        if type(ids) is not list:
+            self.replayable = False
         if idx != self.first + len(self.codes):
             self.note_gap(idx)
         self.codes.append(0)
@@ -280,7 +442,8 @@ class MatchCache:
 
     def replaying(self, samples: Iterable[Sample], tally: Tally, config: CurateConfig) -> Pairs:
         """`prepare`'s output again, from the cache (of the whole input, `first` 0):
-        the same drops, the same ids."""
+        the same drops, the same ids. Only when `replayable`."""
+        assert self.replayable
         codes, ids = self.codes, self.ids
         starts = self.starts + array("q", [len(ids)])  # with the end of the last one's ids
         n = len(codes)

@@ -1,0 +1,64 @@
+"""`vecap curate --rule metaclip2` and `--text-keys` as users run them."""
+
+import orjson
+import pytest
+
+from tests.conftest import run_vecap, write_jsonl
+
+RECORDS = [
+    {"key": "a", "alt": "Oklahoma on map of usa — ストック写真"},
+    {"key": "b", "alt": "[入荷予約商品] 送料無料 ポイント10倍"},
+    {"key": "c", "alt": "a photo of a dog on the beach", "title": "dog photo"},
+    {"key": "d", "alt": "Привет мир, это фотография собаки"},  # Russian: no list
+    {"key": "e", "alt": ["une photo de mon chien", "a dog in the sky"]},
+]
+
+
+@pytest.fixture
+def pool(tmp_path):
+    write_jsonl(tmp_path / "pool.jsonl", RECORDS)
+    meta = tmp_path / "meta"
+    meta.mkdir()
+    (meta / "en.json").write_bytes(orjson.dumps(["dog", "photo", "usa", "sky"]))
+    (meta / "ja.json").write_bytes(orjson.dumps(["写真", "商品", "ストック"]))
+    (meta / "fr.json").write_bytes(orjson.dumps(["chien", "photo"]))
+    return tmp_path
+
+
+def test_metaclip2_writes_languages_and_drops_languages_without_a_list(pool):
+    stats = pool / "stats.json"
+    result = run_vecap(
+        "curate", pool / "pool.jsonl", "--metadata", pool / "meta", "--rule", "metaclip2",
+        "--text-keys", "alt,title", "--keep-all", "--stats", stats,
+    )  # fmt: skip
+    assert result.code == 0, result.err
+    out = {r["key"]: r["curate"] for r in result.records()}
+    assert set(out) == {"a", "b", "c", "e"}
+    (a,) = out["a"]["texts"]
+    assert (a["lang"], a["entries"]) == ("ja", [0])  # 写真, not ストック (kana are padded)
+    assert out["b"]["texts"][0]["entries"] == [1]
+    assert out["c"]["text"] in ("a photo of a dog on the beach", "dog photo")
+    assert [t["lang"] for t in out["e"]["texts"]] == ["fr", "en"]
+    counts = orjson.loads(stats.read_bytes())
+    assert counts["dropped"] == {"no-metadata-for-lang": 1}
+    assert counts["curate"]["languages"]["en"]["t"] == 20_000
+    assert "no-metadata-for-lang 1" in result.err
+
+
+def test_t_per_lang_and_its_mistakes(pool):
+    (pool / "t.json").write_bytes(orjson.dumps({"ja": 1}))
+    common = ("curate", pool / "pool.jsonl", "--metadata", pool / "meta")
+    ok = run_vecap(*common, "--rule", "metaclip2", "--t-per-lang", pool / "t.json", "--keep-all")
+    assert ok.code == 0, ok.err
+    assert {r["key"]: r["curate"]["p"] for r in ok.records()}["b"] == 1.0  # ja 商品: 1 <= t
+    v1 = run_vecap(
+        *common[:2], "--metadata", pool / "meta" / "en.json", "--t-per-lang", pool / "t.json"
+    )
+    assert v1.code == 2 and "--rule metaclip2" in v1.err
+    (pool / "bad.json").write_bytes(b'{"ja": 0}')
+    bad = run_vecap(*common, "--rule", "metaclip2", "--t-per-lang", pool / "bad.json")
+    assert bad.code == 1 and "positive integers" in bad.err
+    file = run_vecap(*common[:2], "--metadata", pool / "meta" / "en.json", "--rule", "metaclip2")
+    assert file.code == 1 and "must be a folder" in file.err
+    unknown = run_vecap(*common, "--rule", "v3")
+    assert unknown.code == 2 and "'v3' is not one of" in unknown.err

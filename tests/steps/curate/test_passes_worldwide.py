@@ -1,0 +1,166 @@
+"""--rule metaclip2 and several texts through the passes: the one-pass, count +
+merge + balance over shards, reading twice and --workers all keep the same records."""
+
+import random
+
+import orjson
+import pytest
+
+from tests.steps.curate.test_passes import _written, counts_of, records, shards
+from vecap_cli.steps.curate import passes
+from vecap_cli.steps.curate.counts import read_counts
+from vecap_cli.steps.curate.stages import CurateConfig
+from vecap_cli.stream import batches
+from vecap_cli.stream.runner import StreamOptions
+
+WORDS = {
+    "en": ["dog", "cat", "red", "cube", "photo", "of", "a", "the", "in", "Paris", "sky", "house"],
+    "fr": ["chien", "chat", "photo", "rouge", "ciel", "de", "la", "le", "maison", "une"],
+    "ja": ["写真", "犬", "猫", "東京", "の", "赤い", "空", "です", "ストック", "商品"],
+    "th": ["แมว", "สุนัข", "ภาพถ่าย", "บ้าน", "ท้องฟ้า"],
+    "ru": ["собака", "кошка", "фото", "дом", "небо", "красный"],  # no list: no-metadata-for-lang
+}
+METADATA = {
+    "en": ["dog", "cat", "red cube", "photo", "Paris", "sky", "house", "a"],
+    "fr": ["chien", "chat", "photo", "maison", "ciel rouge"],
+    "ja": ["写真", "犬", "猫", "東京", "ストック"],
+    "th": ["แมว", "ภาพถ่าย"],
+}
+SEP = {"ja": "", "th": ""}  # written without spaces
+
+
+def text(rng, lang):
+    return SEP.get(lang, " ").join(rng.choices(WORDS[lang], k=rng.randint(3, 8)))
+
+
+def pool_lines(n=500):
+    rng = random.Random(0)
+    langs = ["en", "en", "en", "fr", "ja", "th", "ru"]
+    lines = []
+    for i in range(n):
+        record = {"key": f"k{i:04d}", "alt": text(rng, rng.choice(langs))}
+        if i % 3 == 0:
+            record["title"] = text(rng, rng.choice(langs))
+        if i % 7 == 0:
+            record["alt"] = [text(rng, rng.choice(langs)) for _ in range(rng.randint(0, 3))]
+        lines.append(orjson.dumps(record))
+    return b"\n".join(lines) + b"\n"
+
+
+@pytest.fixture
+def pool(tmp_path):
+    (tmp_path / "pool.jsonl").write_bytes(pool_lines())
+    (tmp_path / "meta").mkdir()
+    for lang, entries in METADATA.items():
+        (tmp_path / "meta" / f"{lang}.json").write_bytes(orjson.dumps(entries))
+    (tmp_path / "en.json").write_bytes(orjson.dumps(METADATA["en"] + METADATA["fr"]))
+    return tmp_path
+
+
+def opts(pool, *inputs, **kw):
+    kw.setdefault("output", str(pool / "out.jsonl"))
+    return StreamOptions(inputs=inputs or (str(pool / "pool.jsonl"),), **kw)
+
+
+WORLD = CurateConfig(field="alt,title", rule="metaclip2", t=20, seed=4)
+SEVERAL = CurateConfig(field="alt,title", t=20, seed=4)
+
+
+def meta_of(pool, config):
+    return str(pool / "meta") if config.rule == "metaclip2" else str(pool / "en.json")
+
+
+def by_key(rows):
+    return sorted(rows, key=lambda r: r["key"])
+
+
+@pytest.mark.parametrize("config", [WORLD, SEVERAL], ids=["metaclip2", "several-v1"])
+def test_shards_counted_merged_and_balanced_keep_what_the_one_pass_keeps(pool, config):
+    meta = meta_of(pool, config)
+    one = passes.curate(opts(pool), config, meta, save_counts=str(pool / "saved.json"))
+    ranks = 3
+    for rank in range(ranks):
+        passes.count(
+            opts(pool, output=str(pool / "c.json"), rank=rank, world_size=ranks), config, meta
+        )
+    parts = [str(pool / f"c.rank{r}.json") for r in range(ranks)]
+    passes.merge(parts, str(pool / "merged.json"), lambda line: None)
+    assert read_counts(str(pool / "merged.json")) == read_counts(str(pool / "saved.json"))
+    kept = []
+    for rank in range(ranks):
+        out = pool / f"b{rank}.jsonl"
+        ranked = opts(pool, output=str(out), rank=rank, world_size=ranks)
+        passes.balance(ranked, config, meta, str(pool / "merged.json"))
+        kept += records(out)
+    alone = records(pool / "out.jsonl")
+    assert by_key(kept) == by_key(alone)
+    assert 0 < len(alone) < one.n_in
+    assert one.dropped["balance"] > 0
+    if config.rule == "metaclip2":
+        assert one.dropped["no-metadata-for-lang"] > 0
+        languages = one.extra["curate"]["languages"]
+        assert set(languages) == {"en", "fr", "ja", "th"} and languages["en"]["t"] == 20
+        summary = one.extra["curate"]  # the languages, each at its own t, added up
+        for key in ("matches", "entries_matched", "matches_capped_at_t"):
+            assert summary[key] == sum(lang[key] for lang in languages.values()) > 0
+        assert summary["head"]["entries"] == sum(x["head"]["entries"] for x in languages.values())
+        assert summary["tail"]["matches"] + summary["head"]["matches"] == summary["matches"]
+        langs = {t["lang"] for r in alone for t in r["curate"]["texts"]}
+        assert {"en", "fr", "ja", "th"} <= langs
+
+
+@pytest.mark.parametrize("config", [WORLD, SEVERAL], ids=["metaclip2", "several-v1"])
+def test_reading_twice_matches_again_and_writes_the_same(pool, config):
+    meta = meta_of(pool, config)
+    once = passes.curate(opts(pool, output=str(pool / "o/%03d.jsonl"), shard_size=60), config, meta)
+    twice_opts = opts(pool, output=str(pool / "t/%03d.jsonl"), resume=True, shard_size=60)
+    assert not passes.reads_once(twice_opts)
+    twice = passes.curate(twice_opts, config, meta)
+    assert shards(pool / "o") == shards(pool / "t")
+    assert counts_of(once) == counts_of(twice) and once.extra == twice.extra
+
+
+def test_a_list_field_under_v1_reads_twice_as_it_reads_once(pool, monkeypatch):
+    """A list-valued field in a one-field run: the counting pass cannot be replayed,
+    so the record pass matches again."""
+    meta = str(pool / "en.json")
+    config = CurateConfig(t=20, seed=4)
+    passes.curate(opts(pool), config, meta)
+    monkeypatch.setattr(passes, "_free_memory", lambda: 1000)  # too little to hold: read twice
+    passes.curate(opts(pool, output=str(pool / "t.jsonl")), config, meta)
+    assert records(pool / "t.jsonl") == records(pool / "out.jsonl")
+    assert any("texts" in r["curate"] for r in records(pool / "out.jsonl"))
+
+
+@pytest.mark.parametrize("name", ["one-pass", "count", "keep-all"])
+def test_workers_curate_what_one_process_curates(pool, monkeypatch, name):
+    monkeypatch.setattr(batches, "BATCH_BYTES", 3000)  # many batches
+    meta = str(pool / "meta")
+    runs = []
+    for workers in (1, 2):
+        folder = pool / f"w{workers}"
+        where = {
+            "output": str(folder / ("c.json" if name == "count" else "out.jsonl")),
+            "rejects": str(folder / "rejects.jsonl"),
+            "stats": str(folder / "stats.json"),
+        }
+        o = opts(pool, workers=workers, **where)
+        if name == "count":
+            passes.count(o, WORLD, meta)
+        else:
+            config = CurateConfig(**{**WORLD.__dict__, "keep_all": name == "keep-all"})
+            passes.curate(o, config, meta)
+        runs.append(_written(folder))
+    assert runs[1] == runs[0]
+
+
+def test_keep_matched_writes_every_matched_record_with_its_p_and_no_draw(pool):
+    config = CurateConfig(**{**WORLD.__dict__, "keep_matched": True})
+    tally = passes.curate(opts(pool), config, str(pool / "meta"))
+    out = records(pool / "out.jsonl")
+    assert len(out) == tally.n_out and "balance" not in tally.dropped
+    for record in out:
+        curate = record["curate"]
+        assert "keep" not in curate and 0 <= curate["p"] <= 1
+        assert curate["chosen"] is not None and curate["text"]
+    assert tally.extra["expected_kept"] == pytest.approx(sum(r["curate"]["p"] for r in out))

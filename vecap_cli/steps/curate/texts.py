@@ -1,0 +1,120 @@
+"""Several texts per record (alt, title, a field holding a list), and the matches of each.
+
+MetaCLIP 2 matches and counts every text of an image, keeps the image through any
+of them, and trains on one drawn at random among those that matched. Here:
+
+- `texts_of(record, fields)`: the texts, labelled by where they came from
+  ("alt", "title", "alt[2]"); strings only, in field order.
+- `Found`: what one text matched (its language, under `--rule metaclip2`).
+- `Matches`: a record's texts and what each matched. Iterating it gives the global
+  ids counted: every text's, so an entry two texts of one record match counts
+  twice (MetaCLIP 2 counts per text). `union()` is the set the keep draw uses:
+  P(keep) = 1 - prod(1 - p_e) over the entries any text matched.
+- `chosen(matches, seed, key)`: the text to train on, drawn from (seed, key).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+
+from vecap_cli.rand import uniform
+
+
+class Found:
+    """One text's matches: `ids` global (None: its language has no metadata),
+    `local` the ids within its language's list; `lang`, `conf` under metaclip2."""
+
+    __slots__ = ("conf", "ids", "lang", "local")
+
+    def __init__(self, ids: list[int] | None, local: list[int] | None = None, lang=None, conf=None):
+        self.ids = ids
+        self.local = ids if local is None else local
+        self.lang = lang
+        self.conf = conf
+
+    def __iter__(self) -> Iterator[int]:  # what a counter adds up (Accumulator.recording)
+        return iter(self.ids or ())
+
+
+class Matches:
+    """A record's texts as (label, text, Found)."""
+
+    __slots__ = ("counted", "texts")
+
+    def __init__(self, texts: list[tuple[str, str, Found]]):
+        self.texts = texts
+        self.counted = [e for _, _, found in texts for e in found]
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.counted)
+
+    def __len__(self) -> int:
+        return len(self.counted)
+
+    def __bool__(self) -> bool:
+        return bool(self.counted)
+
+    def union(self) -> list[int]:
+        return sorted(set(self.counted)) if len(self.texts) > 1 else self.counted
+
+    def has_metadata(self) -> bool:
+        return any(found.ids is not None for _, _, found in self.texts)
+
+
+def texts_of(record: dict, fields: Sequence[str]) -> list[tuple[str, str]]:
+    """(label, text) for every string in `fields`, a list field giving one per item."""
+    texts = []
+    for field in fields:
+        value = record.get(field)
+        if isinstance(value, str):
+            texts.append((field, value))
+        elif isinstance(value, list):
+            texts.extend((f"{field}[{i}]", v) for i, v in enumerate(value) if isinstance(v, str))
+    return texts
+
+
+def plain(match_many: Callable[[list[str]], list[list[int]]]):
+    """`match_many` (one list) as one giving a `Found` per text."""
+
+    def find(texts: list[str]) -> list[Found]:
+        return [Found(ids) for ids in match_many(texts)]
+
+    return find
+
+
+def chosen(matches: Matches, seed: int, key) -> int | None:
+    """The index (in `matches.texts`) of the text to train on, among those that matched."""
+    matched = [i for i, (_, _, found) in enumerate(matches.texts) if found.ids]
+    if not matched:
+        return None
+    if len(matched) == 1:
+        return matched[0]
+    return matched[int(uniform(seed, key, "text") * len(matched))]
+
+
+def describe(matches: Matches, several: bool, seed: int, key, p: float, keep: bool | None) -> dict:
+    """The record's `curate` object: one text's fields at the top, or `texts` for
+    several; without `keep` when None (online curation's pool draws later)."""
+    drawn = {"p": p} if keep is None else {"p": p, "keep": keep}
+    if not several:
+        _, _, found = matches.texts[0]
+        curate = {"entries": found.local or []}
+        if found.lang is not None:
+            curate["lang"], curate["lang_conf"] = found.lang, found.conf
+        return {**curate, **drawn}
+    texts = []
+    for label, _, found in matches.texts:
+        text = {"field": label, "entries": found.local or []}
+        if found.lang is not None:
+            text["lang"], text["lang_conf"] = found.lang, found.conf
+        texts.append(text)
+    pick = chosen(matches, seed, key)
+    text = matches.texts[pick][1] if pick is not None else None
+    return {"texts": texts, "chosen": pick, "text": text, **drawn}
+
+
+class TextMatcher:
+    """A `Matcher` whose `find_many` gives a `Found` per text (several texts, v1)."""
+
+    def __init__(self, matcher):
+        self.find_many = plain(matcher.find_many)
