@@ -114,6 +114,9 @@ def test_bad_configs_say_what_is_wrong(config, message):
 def test_a_policy_is_one_function_and_its_registration(tmp_path):
     """`longest`, registered here, runs through `vecap mix --policy longest` as a
     built-in one does: choices, accounting and output."""
+    # The mix command is loaded when first named: load it before registering, or its
+    # help (and man page, for every later test) would list "longest".
+    import vecap_cli.cli.mix  # noqa: F401
 
     @policy("longest", "the longest caption")
     def longest(samples, tally, config):
