@@ -180,8 +180,8 @@ def score(
         device=device,
         image_limits=opts.image_limits,
     )
-    scorer = ClipScorer(config, opts, opts.seed, opts.log)
-    stage = partial(score_stage, config=config, scorer=scorer)
+    load = partial(ClipScorer, config, opts, opts.seed, opts.log)
+    stage = partial(score_stage, config=config, load=load)
     tally = _run("filter", opts, stage, config.identity(), partial(_histogram, histogram, config))
     report(tally, opts)
 

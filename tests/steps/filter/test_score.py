@@ -49,7 +49,7 @@ def run(samples, **fields):
     config = ScoreConfig(**model, threads=0, device="cpu", **fields)
     tally = Tally("filter")
     with one_torch_thread():
-        out = list(score(samples, tally, config, ClipScorer(config, Placement())))
+        out = list(score(samples, tally, config, lambda: ClipScorer(config, Placement())))
     tally.n_in = len(samples)
     tally.n_out = len(out)
     return out, tally

@@ -17,8 +17,9 @@ hold its records and a resumed run carries it on.
 from __future__ import annotations
 
 import io
+import itertools
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -76,9 +77,18 @@ class _Out(Exception):
 
 
 def score(
-    samples: Iterable[Sample], tally: Tally, config: ScoreConfig, scorer: Scorer
+    samples: Iterable[Sample], tally: Tally, config: ScoreConfig, load: Callable[[], Scorer]
 ) -> Iterator[Sample]:
+    """`load` builds the scorer when the first record has been read: an input that
+    cannot be opened fails before a model loads (and says what it loaded), and an
+    empty input loads none."""
     tally.declare(HISTOGRAM, keyed=True)
+    samples = iter(samples)
+    first = next(samples, None)
+    if first is None:
+        return
+    samples = itertools.chain([first], samples)
+    scorer = load()
     key, rules, limits = config.text_key, config.rules, config.image_limits
 
     def prepare(sample: Sample) -> tuple[str, object]:
