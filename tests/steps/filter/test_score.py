@@ -131,3 +131,16 @@ def test_a_missing_model_is_one_line():
 
     with pytest.raises(VecapError, match="not an open_clip architecture"):
         ClipScorer(ScoreConfig(model="no-such-model", device="cpu"), Placement())
+
+
+def test_the_rules_see_the_image_s_own_size_not_a_reduced_decode():
+    from vecap_cli.steps.filter.score import _image
+    from vecap_cli.stream.images import ImageLimits
+
+    buf = io.BytesIO()
+    Image.new("RGB", (800, 200), (10, 200, 30)).save(buf, "JPEG")
+    # 160,000 pixels over a 40,000 cap: decoded at 1/2 scale (400x100), yet 800x200
+    image, size = _image(buf.getvalue(), ImageLimits(max_pixels=40_000))
+    assert image.size == (400, 100) and size == (800, 200)
+    assert BasicRules(max_aspect=3.0).image(*size)[0] == "aspect-ratio"
+    assert BasicRules(min_side=100).image(*size) is None
