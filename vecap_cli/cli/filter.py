@@ -277,4 +277,5 @@ def select(
 
 
 def register(app: typer.Typer) -> None:
+    # the group's other commands (dedup) register into filter_app here, before it is added
     app.add_typer(filter_app, name="filter", short_help=SUMMARY)
