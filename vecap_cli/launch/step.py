@@ -20,6 +20,8 @@ STEPS = {
     "curate run": True,
     "curate balance": True,
     "curate count": False,
+    "filter score": True,  # --histogram, like --stats, is one file per rank
+    "filter select": True,
     "caption": True,
     "rewrite": True,
     "mix": True,
