@@ -62,3 +62,13 @@ def test_t_per_lang_and_its_mistakes(pool):
     assert file.code == 1 and "must be a folder" in file.err
     unknown = run_vecap(*common, "--rule", "v3")
     assert unknown.code == 2 and "'v3' is not one of" in unknown.err
+
+
+def test_texts_one_and_its_mistake(pool):
+    common = ("curate", pool / "pool.jsonl", "--metadata", pool / "meta", "--rule", "metaclip2")
+    one = run_vecap(*common, "--text-keys", "alt,title", "--texts", "one", "--keep-all")
+    assert one.code == 0, one.err
+    c = {r["key"]: r["curate"] for r in one.records()}["c"]
+    assert c["text"] in ("a photo of a dog on the beach", "dog photo") and 0 < c["p"] <= 1
+    bad = run_vecap(*common, "--texts", "all")
+    assert bad.code == 2 and "'all' is not one of" in bad.err

@@ -25,6 +25,7 @@ from vecap_cli.cli.options import (
     run_command,
 )
 from vecap_cli.steps.curate.matching import MATCH_RULES
+from vecap_cli.steps.curate.texts import TEXTS
 from vecap_cli.stream.runner import StreamOptions, output_problem
 
 SUMMARY = "MetaCLIP curation: metadata substring matching, then balancing."
@@ -91,6 +92,19 @@ TPerLang = Annotated[
         "share of matches English's holds below --t (MetaCLIP 2's p_to_t).",
         rich_help_panel=_BALANCE,
         show_default=False,
+    ),
+]
+Texts = Annotated[
+    str,
+    typer.Option(
+        "--texts",
+        parser=one_of(dict.fromkeys(TEXTS)),
+        metavar=f"<{'|'.join(TEXTS)}>",
+        help="With several texts per record: any keeps a record with P = 1 - prod(1 - p_e) "
+        "over every text's matched entries (MetaCLIP 2's paper); one first draws the text "
+        "to train on (from seed and key) among those that matched and keeps the record by "
+        "that text's entries alone (MetaCLIP 2's released curate.py).",
+        rich_help_panel=_BALANCE,
     ),
 ]
 Html = Annotated[
@@ -166,6 +180,7 @@ def _config(
     keep_matched=False,
     rule="v1",
     t_per_lang=None,
+    texts="any",
 ):
     from vecap_cli.steps.curate import CurateConfig
 
@@ -189,6 +204,7 @@ def _config(
             keep_matched=keep_matched,
             rule=rule,
             t_per_lang=fixed,
+            texts=texts,
         )
     except ValueError as err:
         if keep_all and keep_matched:
@@ -211,6 +227,7 @@ def run(
     keep_matched: KeepMatched = False,
     rule: Rule = "v1",
     t_per_lang: TPerLang = None,
+    texts: Texts = "any",
     save_counts: Annotated[
         str | None,
         typer.Option(
@@ -248,7 +265,17 @@ def run(
     from vecap_cli.steps.curate import passes
 
     config = _config(
-        field, html, text_filter, dedup, t, opts.seed, keep_all, keep_matched, rule, t_per_lang
+        field,
+        html,
+        text_filter,
+        dedup,
+        t,
+        opts.seed,
+        keep_all,
+        keep_matched,
+        rule,
+        t_per_lang,
+        texts,
     )
     report(passes.curate(opts, config, metadata, save_counts), opts)
 
@@ -346,6 +373,7 @@ def balance_records(
     keep_matched: KeepMatched = False,
     rule: Rule = "v1",
     t_per_lang: TPerLang = None,
+    texts: Texts = "any",
     *,
     opts: StreamOptions,
 ) -> None:
@@ -358,7 +386,17 @@ def balance_records(
     from vecap_cli.steps.curate import passes
 
     config = _config(
-        field, html, text_filter, dedup, t, opts.seed, keep_all, keep_matched, rule, t_per_lang
+        field,
+        html,
+        text_filter,
+        dedup,
+        t,
+        opts.seed,
+        keep_all,
+        keep_matched,
+        rule,
+        t_per_lang,
+        texts,
     )
     report(passes.balance(opts, config, metadata, counts), opts)
 

@@ -11,6 +11,10 @@ of them, and trains on one drawn at random among those that matched. Here:
   twice (MetaCLIP 2 counts per text). `union()` is the set the keep draw uses:
   P(keep) = 1 - prod(1 - p_e) over the entries any text matched.
 - `chosen(matches, seed, key)`: the text to train on, drawn from (seed, key).
+- `drawn(matches, texts, seed, key)`: the ids the keep draw uses, by `--texts`:
+  "any" (the issue's rule, MetaCLIP 2's paper) every text's; "one" (MetaCLIP 2's
+  released curate.py, which first picks one matched text at random and keeps the
+  image by that text's entries alone) only the chosen text's.
 """
 
 from __future__ import annotations
@@ -90,6 +94,17 @@ def chosen(matches: Matches, seed: int, key) -> int | None:
     if len(matched) == 1:
         return matched[0]
     return matched[int(uniform(seed, key, "text") * len(matched))]
+
+
+TEXTS = ("any", "one")  # --texts: which texts' entries the keep draw uses
+
+
+def drawn(matches: Matches, texts: str, seed: int, key) -> list[int]:
+    """The global ids the keep draw of a record uses (see the module's docstring)."""
+    if texts == "any":
+        return matches.union()
+    pick = chosen(matches, seed, key)
+    return matches.texts[pick][2].ids if pick is not None else []
 
 
 def describe(matches: Matches, several: bool, seed: int, key, p: float, keep: bool | None) -> dict:
