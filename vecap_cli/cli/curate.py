@@ -359,7 +359,8 @@ def balance_records(
             metavar="FILE",
             help="Entry counts over the whole pool: `vecap curate count` (merged), or "
             "MetaCLIP's: entry_count.npy or a JSON list (one count per --metadata entry, "
-            "in order), or a JSON object entry -> count (entry_counts_400m.json).",
+            "in order), or a JSON object entry -> count (entry_counts_400m.json); with "
+            "--rule metaclip2, MetaCLIP 2's .npz of counts per language.",
             rich_help_panel=_BALANCE,
             show_default=False,
         ),

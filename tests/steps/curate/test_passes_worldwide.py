@@ -164,3 +164,27 @@ def test_keep_matched_writes_every_matched_record_with_its_p_and_no_draw(pool):
         assert "keep" not in curate and 0 <= curate["p"] <= 1
         assert curate["chosen"] is not None and curate["text"]
     assert tally.extra["expected_kept"] == pytest.approx(sum(r["curate"]["p"] for r in out))
+
+
+@pytest.mark.parametrize("texts", ["any", "one"])
+def test_balancing_by_metaclip2s_npz_keeps_what_the_one_pass_keeps(pool, texts):
+    """vecap's counts written as MetaCLIP 2's count_per_shard writes them (an .npz of
+    uint64 counts per language, unmatched languages absent) balance the same."""
+    import numpy as np
+
+    from vecap_cli.steps.curate.worldwide import read_languages
+
+    config = CurateConfig(**{**WORLD.__dict__, "texts": texts})
+    meta = str(pool / "meta")
+    passes.curate(opts(pool), config, meta, save_counts=str(pool / "saved.json"))
+    counts = read_counts(str(pool / "saved.json")).counts
+    arrays = {
+        lang: np.array(counts[start:end], dtype=np.uint64)
+        for lang, start, end in read_languages(meta).slices()
+        if any(counts[start:end])
+    }
+    np.savez(pool / "metaclip2.npz", **arrays)
+    passes.balance(
+        opts(pool, output=str(pool / "b.jsonl")), config, meta, str(pool / "metaclip2.npz")
+    )
+    assert records(pool / "b.jsonl") == records(pool / "out.jsonl")
