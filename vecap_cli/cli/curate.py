@@ -416,9 +416,13 @@ def report_counts(
     metadata: Annotated[
         str | None,
         typer.Option(
-            metavar="FILE", help="The metadata, to name the top entries.", show_default=False
+            metavar="FILE",
+            help="The metadata, to name the top entries; a folder of lists per language "
+            "(--rule metaclip2) reports each language at its own t.",
+            show_default=False,
         ),
     ] = None,
+    t_per_lang: TPerLang = None,
     plot: Annotated[
         str | None,
         typer.Option(
@@ -430,11 +434,19 @@ def report_counts(
     no_plot: Annotated[bool, typer.Option("--no-plot", help="Print only.")] = False,
     top: Annotated[int, typer.Option(min=0, help="How many top entries to list.")] = 20,
 ) -> None:
-    """Print the distribution of entry counts and draw it (log-log, t marked)."""
+    """Print the distribution of entry counts and draw it (log-log, t marked).
+
+    With --metadata a folder of lists per language (--rule metaclip2), per language:
+    entries, matches, its t and its head and tail at that t."""
     from vecap_cli.steps.curate import passes
 
+    fixed = ()
+    if t_per_lang is not None:
+        from vecap_cli.steps.curate.worldwide import read_t_per_lang
+
+        fixed = tuple(sorted(read_t_per_lang(t_per_lang).items()))
     path = None if no_plot else plot or passes.png_beside(counts)
-    passes.report(counts, t, metadata, top, path)
+    passes.report(counts, t, metadata, top, path, t_per_lang=fixed)
     if path is not None:
         print(f"\nplot: {path}")
 
