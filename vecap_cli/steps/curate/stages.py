@@ -234,7 +234,11 @@ def _grouped(chunk, labels, find_many, tally: Tally, cache: MatchCache | None) -
             if cache is not None:
                 cache.note(sample.idx, labelled)
             continue
-        matches = _matches(labelled, [next(found) for _ in labelled])
+        if len(labelled) == 1:
+            ((label, text),) = labelled
+            matches = Matches([(label, text, next(found))])
+        else:
+            matches = _matches(labelled, [next(found) for _ in labelled])
         if not matches.has_metadata():
             tally.drop(NO_METADATA, sample)
             if cache is not None:

@@ -25,16 +25,23 @@ from vecap_cli.rand import uniform
 
 
 class Found:
-    """One text's matches: `ids` global (None: its language has no metadata),
-    `local` the ids within its language's list; `lang`, `conf` under metaclip2."""
+    """One text's matches: `ids` global (None: its language has no metadata), its
+    language's list starting at global id `offset`; `lang`, `conf` under metaclip2."""
 
-    __slots__ = ("conf", "ids", "lang", "local")
+    __slots__ = ("conf", "ids", "lang", "offset")
 
-    def __init__(self, ids: list[int] | None, local: list[int] | None = None, lang=None, conf=None):
+    def __init__(self, ids: list[int] | None, offset: int = 0, lang=None, conf=None):
         self.ids = ids
-        self.local = ids if local is None else local
+        self.offset = offset
         self.lang = lang
         self.conf = conf
+
+    @property
+    def local(self) -> list[int] | None:
+        """The ids within its language's list (what `curate.entries` holds): worked out
+        only for the records written."""
+        offset = self.offset
+        return [e - offset for e in self.ids] if offset and self.ids else self.ids
 
     def __iter__(self) -> Iterator[int]:  # what a counter adds up (Accumulator.recording)
         return iter(self.ids or ())
@@ -47,7 +54,10 @@ class Matches:
 
     def __init__(self, texts: list[tuple[str, str, Found]]):
         self.texts = texts
-        self.counted = [e for _, _, found in texts for e in found]
+        if len(texts) == 1:  # the common case, without a comprehension
+            self.counted = texts[0][2].ids or []
+        else:
+            self.counted = [e for _, _, found in texts if found.ids for e in found.ids]
 
     def __iter__(self) -> Iterator[int]:
         return iter(self.counted)
@@ -62,6 +72,8 @@ class Matches:
         return sorted(set(self.counted)) if len(self.texts) > 1 else self.counted
 
     def has_metadata(self) -> bool:
+        if len(self.texts) == 1:
+            return self.texts[0][2].ids is not None
         return any(found.ids is not None for _, _, found in self.texts)
 
 
