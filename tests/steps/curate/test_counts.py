@@ -210,7 +210,7 @@ def test_an_npz_needs_the_language_folder_and_names_need_one_language(tmp_path):
 
     meta = languages(tmp_path)
     np.savez(tmp_path / "c.npz", en=np.array([1, 2, 3]))
-    with pytest.raises(VecapError, match="needs --rule metaclip2"):
+    with pytest.raises(VecapError, match=r"needs the --metadata folder .* \(--rule metaclip2\)"):
         read_counts(str(tmp_path / "c.npz"), Metadata(ENTRIES, "s", "m.json"))
     (tmp_path / "c.json").write_bytes(b"PK\x03\x04 torn")
     with pytest.raises(VecapError, match=r"damaged \.npz"):

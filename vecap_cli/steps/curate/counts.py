@@ -225,7 +225,7 @@ def _npz_counts(path: str, data: bytes, metadata) -> list:
     if spans is None:
         raise VecapError(
             f"'{path}' holds counts per language (MetaCLIP 2's .npz): reading it needs "
-            "--rule metaclip2 and the --metadata folder of the lists it counts"
+            "the --metadata folder of the lists it counts (--rule metaclip2)"
         )
     counts: list = [0] * len(metadata.entries)
     try:
