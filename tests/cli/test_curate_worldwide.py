@@ -62,3 +62,26 @@ def test_t_per_lang_and_its_mistakes(pool):
     assert file.code == 1 and "must be a folder" in file.err
     unknown = run_vecap(*common, "--rule", "v3")
     assert unknown.code == 2 and "'v3' is not one of" in unknown.err
+
+
+def test_texts_one_and_its_mistake(pool):
+    common = ("curate", pool / "pool.jsonl", "--metadata", pool / "meta", "--rule", "metaclip2")
+    one = run_vecap(*common, "--text-keys", "alt,title", "--texts", "one", "--keep-all")
+    assert one.code == 0, one.err
+    c = {r["key"]: r["curate"] for r in one.records()}["c"]
+    assert c["text"] in ("a photo of a dog on the beach", "dog photo") and 0 < c["p"] <= 1
+    bad = run_vecap(*common, "--texts", "all")
+    assert bad.code == 2 and "'all' is not one of" in bad.err
+
+
+def test_report_reads_a_language_folder(pool):
+    common = ("--metadata", pool / "meta", "--rule", "metaclip2")
+    counted = run_vecap("curate", "count", pool / "pool.jsonl", *common, "-o", pool / "c.json")
+    assert counted.code == 0, counted.err
+    result = run_vecap("curate", "report", pool / "c.json", "--metadata", pool / "meta")
+    assert result.code == 0, result.err
+    text = result.out.decode()
+    assert "3 matched, of the 3 with a list" in text and "\nja " in text
+    assert (pool / "c.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    other = run_vecap("curate", "report", pool / "c.json", "--metadata", pool / "meta" / "en.json")
+    assert other.code == 1 and "another metadata list" in other.err

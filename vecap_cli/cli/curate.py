@@ -25,6 +25,7 @@ from vecap_cli.cli.options import (
     run_command,
 )
 from vecap_cli.steps.curate.matching import MATCH_RULES
+from vecap_cli.steps.curate.texts import TEXTS
 from vecap_cli.stream.runner import StreamOptions, output_problem
 
 SUMMARY = "MetaCLIP curation: metadata substring matching, then balancing."
@@ -91,6 +92,19 @@ TPerLang = Annotated[
         "share of matches English's holds below --t (MetaCLIP 2's p_to_t).",
         rich_help_panel=_BALANCE,
         show_default=False,
+    ),
+]
+Texts = Annotated[
+    str,
+    typer.Option(
+        "--texts",
+        parser=one_of(dict.fromkeys(TEXTS)),
+        metavar=f"<{'|'.join(TEXTS)}>",
+        help="With several texts per record: any keeps a record with P = 1 - prod(1 - p_e) "
+        "over every text's matched entries (MetaCLIP 2's paper); one first draws the text "
+        "to train on (from seed and key) among those that matched and keeps the record by "
+        "that text's entries alone (MetaCLIP 2's released curate.py).",
+        rich_help_panel=_BALANCE,
     ),
 ]
 Html = Annotated[
@@ -166,6 +180,7 @@ def _config(
     keep_matched=False,
     rule="v1",
     t_per_lang=None,
+    texts="any",
 ):
     from vecap_cli.steps.curate import CurateConfig
 
@@ -189,6 +204,7 @@ def _config(
             keep_matched=keep_matched,
             rule=rule,
             t_per_lang=fixed,
+            texts=texts,
         )
     except ValueError as err:
         if keep_all and keep_matched:
@@ -211,6 +227,7 @@ def run(
     keep_matched: KeepMatched = False,
     rule: Rule = "v1",
     t_per_lang: TPerLang = None,
+    texts: Texts = "any",
     save_counts: Annotated[
         str | None,
         typer.Option(
@@ -248,7 +265,17 @@ def run(
     from vecap_cli.steps.curate import passes
 
     config = _config(
-        field, html, text_filter, dedup, t, opts.seed, keep_all, keep_matched, rule, t_per_lang
+        field,
+        html,
+        text_filter,
+        dedup,
+        t,
+        opts.seed,
+        keep_all,
+        keep_matched,
+        rule,
+        t_per_lang,
+        texts,
     )
     report(passes.curate(opts, config, metadata, save_counts), opts)
 
@@ -332,7 +359,8 @@ def balance_records(
             metavar="FILE",
             help="Entry counts over the whole pool: `vecap curate count` (merged), or "
             "MetaCLIP's: entry_count.npy or a JSON list (one count per --metadata entry, "
-            "in order), or a JSON object entry -> count (entry_counts_400m.json).",
+            "in order), or a JSON object entry -> count (entry_counts_400m.json); with "
+            "--rule metaclip2, MetaCLIP 2's .npz of counts per language.",
             rich_help_panel=_BALANCE,
             show_default=False,
         ),
@@ -346,6 +374,7 @@ def balance_records(
     keep_matched: KeepMatched = False,
     rule: Rule = "v1",
     t_per_lang: TPerLang = None,
+    texts: Texts = "any",
     *,
     opts: StreamOptions,
 ) -> None:
@@ -358,7 +387,17 @@ def balance_records(
     from vecap_cli.steps.curate import passes
 
     config = _config(
-        field, html, text_filter, dedup, t, opts.seed, keep_all, keep_matched, rule, t_per_lang
+        field,
+        html,
+        text_filter,
+        dedup,
+        t,
+        opts.seed,
+        keep_all,
+        keep_matched,
+        rule,
+        t_per_lang,
+        texts,
     )
     report(passes.balance(opts, config, metadata, counts), opts)
 
@@ -377,9 +416,13 @@ def report_counts(
     metadata: Annotated[
         str | None,
         typer.Option(
-            metavar="FILE", help="The metadata, to name the top entries.", show_default=False
+            metavar="FILE",
+            help="The metadata, to name the top entries; a folder of lists per language "
+            "(--rule metaclip2) reports each language at its own t.",
+            show_default=False,
         ),
     ] = None,
+    t_per_lang: TPerLang = None,
     plot: Annotated[
         str | None,
         typer.Option(
@@ -391,11 +434,19 @@ def report_counts(
     no_plot: Annotated[bool, typer.Option("--no-plot", help="Print only.")] = False,
     top: Annotated[int, typer.Option(min=0, help="How many top entries to list.")] = 20,
 ) -> None:
-    """Print the distribution of entry counts and draw it (log-log, t marked)."""
+    """Print the distribution of entry counts and draw it (log-log, t marked).
+
+    With --metadata a folder of lists per language (--rule metaclip2), per language:
+    entries, matches, its t and its head and tail at that t."""
     from vecap_cli.steps.curate import passes
 
+    fixed = ()
+    if t_per_lang is not None:
+        from vecap_cli.steps.curate.worldwide import read_t_per_lang
+
+        fixed = tuple(sorted(read_t_per_lang(t_per_lang).items()))
     path = None if no_plot else plot or passes.png_beside(counts)
-    passes.report(counts, t, metadata, top, path)
+    passes.report(counts, t, metadata, top, path, t_per_lang=fixed)
     if path is not None:
         print(f"\nplot: {path}")
 

@@ -154,3 +154,67 @@ def test_metaclip_counts_are_not_merged(tmp_path):
     metaclip_files(tmp_path, [1, 2, 3, 4])
     with pytest.raises(VecapError, match="MetaCLIP's count file: --merge adds vecap"):
         merge([str(tmp_path / "counts_list.json")])
+
+
+# -- MetaCLIP 2's counts per language ----------------------------------------------------
+
+
+def languages(tmp_path):
+    from vecap_cli.steps.curate.worldwide import read_languages
+
+    (tmp_path / "meta").mkdir()
+    (tmp_path / "meta" / "en.json").write_bytes(orjson.dumps(["dog", "photo", "sky"]))
+    (tmp_path / "meta" / "fr.json").write_bytes(orjson.dumps(["chien", "photo"]))
+    (tmp_path / "meta" / "ja.json").write_bytes(orjson.dumps(["写真"]))
+    return read_languages(str(tmp_path / "meta"))
+
+
+def test_metaclip2_npz_counts_land_on_each_languages_ids(tmp_path):
+    import numpy as np
+
+    meta = languages(tmp_path)  # en 0-2, fr 3-4, ja 5
+    # as count_per_shard writes it: uint64 per language; ja never matched, so absent
+    np.savez(
+        tmp_path / "0.npz",
+        en=np.array([7, 0, 2**40], dtype=np.uint64),
+        fr=np.array([1, 3], dtype=np.uint64),
+    )
+    counts = read_counts(str(tmp_path / "0.npz"), meta)
+    assert counts.counts == [7, 0, 2**40, 1, 3, 0]
+    assert (counts.metadata_sha, counts.n_entries) == (meta.sha256, 6)
+
+
+@pytest.mark.parametrize(
+    ("arrays", "message"),
+    [
+        ({"de": [1]}, "counts language 'de', for which '.*meta' has no list"),
+        ({"en": [1, 2]}, "2 counts for the 3 entries of 'en'"),
+        ({"fr": [[1, 2]]}, "language 'fr' must be one number per entry"),
+        ({"fr": [1, -2]}, "count 4 is -2"),
+    ],
+)
+def test_a_wrong_npz_is_one_line_naming_it(tmp_path, arrays, message):
+    import numpy as np
+
+    meta = languages(tmp_path)
+    np.savez(tmp_path / "c.npz", **{k: np.array(v) for k, v in arrays.items()})
+    with pytest.raises(VecapError, match=message) as err:
+        read_counts(str(tmp_path / "c.npz"), meta)
+    assert "c.npz" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_an_npz_needs_the_language_folder_and_names_need_one_language(tmp_path):
+    import numpy as np
+
+    from vecap_cli.steps.curate.metadata import Metadata
+
+    meta = languages(tmp_path)
+    np.savez(tmp_path / "c.npz", en=np.array([1, 2, 3]))
+    with pytest.raises(VecapError, match=r"needs the --metadata folder .* \(--rule metaclip2\)"):
+        read_counts(str(tmp_path / "c.npz"), Metadata(ENTRIES, "s", "m.json"))
+    (tmp_path / "c.json").write_bytes(b"PK\x03\x04 torn")
+    with pytest.raises(VecapError, match=r"damaged \.npz"):
+        read_counts(str(tmp_path / "c.json"), meta)
+    (tmp_path / "named.json").write_bytes(orjson.dumps({"photo": 3}))  # en's or fr's?
+    with pytest.raises(VecapError, match="several languages"):
+        read_counts(str(tmp_path / "named.json"), meta)

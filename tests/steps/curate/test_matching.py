@@ -95,6 +95,16 @@ def test_an_entry_listed_twice_matches_under_both_ids():
     assert Matcher(["cat", "dog", "cat"])("a cat") == [0, 2]
 
 
+def test_a_base_shifts_every_id_and_nothing_else():
+    """A language's automaton under metaclip2 holds global ids: base + its own."""
+    texts = [*EDGE_TEXTS, "a\x00dog"]  # the separator in a text: matched one by one
+    entries = [*EDGE_ENTRIES, "cat", "cat"]
+    shifted = Matcher(entries, base=100)
+    expected = [[100 + e for e in naive(t, entries)] for t in texts]
+    assert shifted.find_many(texts) == expected
+    assert [shifted(t) for t in texts] == expected
+
+
 def test_no_entries_match_nothing():
     assert Matcher([])("anything") == []
 

@@ -164,3 +164,52 @@ def test_keep_matched_writes_every_matched_record_with_its_p_and_no_draw(pool):
         assert "keep" not in curate and 0 <= curate["p"] <= 1
         assert curate["chosen"] is not None and curate["text"]
     assert tally.extra["expected_kept"] == pytest.approx(sum(r["curate"]["p"] for r in out))
+
+
+@pytest.mark.parametrize("texts", ["any", "one"])
+def test_balancing_by_metaclip2s_npz_keeps_what_the_one_pass_keeps(pool, texts):
+    """vecap's counts written as MetaCLIP 2's count_per_shard writes them (an .npz of
+    uint64 counts per language, unmatched languages absent) balance the same."""
+    import numpy as np
+
+    from vecap_cli.steps.curate.worldwide import read_languages
+
+    config = CurateConfig(**{**WORLD.__dict__, "texts": texts})
+    meta = str(pool / "meta")
+    passes.curate(opts(pool), config, meta, save_counts=str(pool / "saved.json"))
+    counts = read_counts(str(pool / "saved.json")).counts
+    arrays = {
+        lang: np.array(counts[start:end], dtype=np.uint64)
+        for lang, start, end in read_languages(meta).slices()
+        if any(counts[start:end])
+    }
+    np.savez(pool / "metaclip2.npz", **arrays)
+    passes.balance(
+        opts(pool, output=str(pool / "b.jsonl")), config, meta, str(pool / "metaclip2.npz")
+    )
+    assert records(pool / "b.jsonl") == records(pool / "out.jsonl")
+
+
+def test_report_of_a_language_folder_shows_each_language_at_its_t(pool):
+    from vecap_cli.steps.curate.worldwide import read_languages
+
+    meta = str(pool / "meta")
+    passes.count(opts(pool, output=str(pool / "c.json")), WORLD, meta)
+    counts = read_counts(str(pool / "c.json")).counts
+    lines = []
+    passes.report(str(pool / "c.json"), 20, meta, 5, None, lines.append, (("fr", 3),))
+    text = lines[0]
+    assert "4 matched, of the 4 with a list" in text
+    rows = {line.split()[0]: line.split() for line in text.splitlines()[6:11]}
+    assert set(rows) == {"en", "fr", "ja", "th", "all"}
+    for lang, start, end in read_languages(meta).slices():
+        own = counts[start:end]
+        _, n, matched, matches, t, head, _ = rows[lang]
+        assert int(n) == end - start and int(matched.replace(",", "")) == sum(c > 0 for c in own)
+        assert int(matches.replace(",", "")) == sum(own)
+        t = int(t.replace(",", ""))
+        assert t == {"en": 20, "fr": 3}.get(lang, t)
+        assert int(head) == sum(c >= t for c in own if c)
+    assert rows["all"][3].replace(",", "") == str(sum(counts))
+    top = text.splitlines()[-5:]  # the top entries, with their language
+    assert top[0].split()[3] in ("en", "fr", "ja", "th") and "'" in top[0]

@@ -131,3 +131,61 @@ def test_filters_screen_each_text():
     assert [s.record["key"] for s, _ in pairs] == ["a"]
     assert [label for label, _, _ in pairs[0][1].texts] == ["title"]
     assert tally.dropped == Counter({"text-filter": 1, "duplicate-text": 1})
+
+
+def metaclip2_curate(records, probs, seed, choice):
+    """MetaCLIP 2's released `curate` (metaclip/curation/curate.py), one record at a
+    time: of the texts that matched, `choice` picks one; the record is kept with
+    P = 1 - prod(1 - p_e) over that text's entries alone, and trains on it."""
+    out = {}
+    for record in records:
+        matched = [(field, ids) for field, ids in record["matched"] if ids]
+        if not matched:
+            continue
+        pick = choice(record["key"], len(matched))
+        field, ids = matched[pick]
+        miss = 1.0
+        for e in ids:
+            miss *= 1 - probs[e]
+        keep = any(uniform(seed, record["key"], e) < probs[e] for e in ids)
+        out[record["key"]] = (record[field], 1 - miss, keep)
+    return out
+
+
+def test_texts_one_keeps_by_the_chosen_text_alone_as_metaclip2s_curate():
+    counts = [5_000, 9, 400, 120, 7_000, 33]  # dog and sky: head; cat: tail
+    t = 40
+    probs = [t / c if c > t else 1.0 for c in counts]
+    config = CurateConfig(field="alt,title", t=t, seed=3, keep_all=True, texts="one")
+    pairs = ("a dog", "a cat"), ("sky", "nothing"), ("hot dog", "sky photo"), ("x", "y")
+    records = [
+        {"key": f"k{i}", "alt": alt, "title": title} for i, (alt, title) in enumerate(pairs * 60)
+    ]
+    prepared_pairs, _ = prepared(records, config)
+    out = list(stages.balance(prepared_pairs, Tally("t"), config, Balancer(probs, 3)))
+    ours = {s.record["key"]: s.record["curate"] for s in out}
+
+    matcher = Matcher(ENTRIES)
+    for record in records:
+        record["matched"] = [(f, matcher(record[f])) for f in ("alt", "title")]
+    # our draw of the text, as MetaCLIP 2's random.choice
+    choice = lambda key, n: int(uniform(3, key, "text") * n)  # noqa: E731
+    reference = metaclip2_curate(records, probs, 3, choice)
+    for key, (text, p, keep) in reference.items():
+        assert (ours[key]["text"], ours[key]["keep"]) == (text, keep)
+        assert ours[key]["p"] == pytest.approx(p, abs=1e-15)
+    assert {k for k, c in ours.items() if c["p"] > 0} == set(reference)
+    # a record of "a dog" / "a cat" is kept whenever "cat" (p = 1) is chosen, and with
+    # "dog" chosen only by dog's own draw: not always, as under --texts any
+    dog_cat = [ours[f"k{i}"] for i in range(0, len(records), len(pairs))]
+    assert {c["text"] for c in dog_cat} == {"a dog", "a cat"}
+    assert not all(c["keep"] for c in dog_cat)
+    assert all(c["keep"] for c in dog_cat if c["text"] == "a cat")
+    anyway = CurateConfig(field="alt,title", t=t, seed=3, keep_all=True)
+    again = stages.balance(prepared(records, anyway)[0], Tally("t"), anyway, Balancer(probs, 3))
+    assert all(s.record["curate"]["keep"] for s in again if s.record["alt"] == "a dog")
+
+
+def test_texts_takes_any_or_one():
+    with pytest.raises(ValueError, match="--texts"):
+        CurateConfig(texts="all")

@@ -15,6 +15,14 @@ MetaCLIP's own count files are read too, against the metadata they count
 per entry, in the metadata's order), a JSON list of counts in that order, and
 its released `entry_counts_400m.json` (an object: entry -> count). They hold no
 hash: only the number of entries (or the entries' names) ties them to a list.
+
+MetaCLIP 2 counts per language (`metaclip/curation/curate.py`, `count_per_shard`):
+an .npz of one array per metadata language code (`np.savez(**entry_counts_ml)`),
+each one count per entry of that language's list, written per group of shards and
+added up by its `global_count`. Read against a `--rule metaclip2` folder, each
+array lands on its language's global ids; languages absent from the file were
+never matched (0). One count per global id (a .npy or JSON list over the lists
+laid end to end) reads too.
 """
 
 from __future__ import annotations
@@ -132,9 +140,10 @@ class Accumulator:
 
 
 _NPY_MAGIC = b"\x93NUMPY"
+_ZIP_MAGIC = b"PK\x03\x04"  # an .npz
 _FORMATS = (
-    "vecap's counts, MetaCLIP's entry_count.npy, a JSON list of counts "
-    "or a JSON object entry -> count"
+    "vecap's counts, MetaCLIP's entry_count.npy, a JSON list of counts, "
+    "a JSON object entry -> count, or MetaCLIP 2's .npz of counts per language"
 )
 
 
@@ -144,6 +153,8 @@ def read_counts(path: str, metadata: Metadata | None = None) -> EntryCounts:
     data = read_small_file(path)
     if data.startswith(_NPY_MAGIC):
         return _foreign(path, _npy_counts(path, data), metadata)
+    if data.startswith(_ZIP_MAGIC):
+        return _foreign(path, _npz_counts(path, data, metadata), metadata)
     try:
         doc = orjson.loads(data)
     except orjson.JSONDecodeError:
@@ -190,12 +201,52 @@ def _npy_counts(path: str, data: bytes) -> list:
         array_ = np.load(io.BytesIO(data), allow_pickle=False)
     except (ValueError, OSError, EOFError) as err:
         raise VecapError(f"'{path}' is a damaged .npy file ({err})") from None
+    return _count_array(path, array_)
+
+
+def _count_array(path: str, array_, what: str = "MetaCLIP's entry_count.npy is"):
     if array_.ndim != 1 or array_.dtype.kind not in "iuf":
         raise VecapError(
-            f"'{path}' holds a {array_.dtype} array of shape {array_.shape}: MetaCLIP's "
-            "entry_count.npy is one number per entry"
+            f"'{path}' holds a {array_.dtype} array of shape {array_.shape}: "
+            f"{what} one number per entry"
         )
     return array_.tolist()
+
+
+def _npz_counts(path: str, data: bytes, metadata) -> list:
+    """MetaCLIP 2's counts per language, laid on the global ids of `metadata` (a
+    `worldwide.Languages`)."""
+    import io
+    import zipfile
+
+    import numpy as np
+
+    spans = getattr(metadata, "spans", None)
+    if spans is None:
+        raise VecapError(
+            f"'{path}' holds counts per language (MetaCLIP 2's .npz): reading it needs "
+            "the --metadata folder of the lists it counts (--rule metaclip2)"
+        )
+    counts: list = [0] * len(metadata.entries)
+    try:
+        with np.load(io.BytesIO(data), allow_pickle=False) as arrays:
+            for lang in arrays.files:
+                if lang not in spans:
+                    raise VecapError(
+                        f"'{path}' counts language '{lang}', for which '{metadata.path}' "
+                        "has no list: counts of other metadata"
+                    )
+                own = _count_array(path, arrays[lang], f"language '{lang}' must be")
+                start, n = spans[lang]
+                if len(own) != n:
+                    raise VecapError(
+                        f"'{path}' holds {len(own):,} counts for the {n:,} entries of "
+                        f"'{lang}' in '{metadata.path}': counts of another list"
+                    )
+                counts[start : start + n] = own
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as err:
+        raise VecapError(f"'{path}' is a damaged .npz file ({err})") from None
+    return counts
 
 
 def _named_counts(path: str, doc: dict, metadata: Metadata | None) -> list:
@@ -204,6 +255,12 @@ def _named_counts(path: str, doc: dict, metadata: Metadata | None) -> list:
     if metadata is None:
         raise VecapError(f"'{path}' names its entries: reading it needs --metadata")
     index = {entry: i for i, entry in enumerate(metadata.entries)}
+    if getattr(metadata, "spans", None) is not None and len(index) < len(metadata.entries):
+        raise VecapError(
+            f"'{path}' names its entries, and '{metadata.path}' lists some of them in "
+            "several languages: which one a name counts is unknown (MetaCLIP 2 counts "
+            "per language, in an .npz)"
+        )
     unknown = [name for name in doc if name not in index]
     if unknown:
         raise VecapError(

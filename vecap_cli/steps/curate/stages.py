@@ -25,7 +25,7 @@ from vecap_cli.errors import VecapError
 from vecap_cli.steps.curate.balancing import Balancer
 from vecap_cli.steps.curate.filters import Dedup, Screen, basic_text_filter, strip_html
 from vecap_cli.steps.curate.matching import MATCH_RULES
-from vecap_cli.steps.curate.texts import Found, Matches, describe, plain, texts_of
+from vecap_cli.steps.curate.texts import TEXTS, Found, Matches, describe, drawn, plain, texts_of
 from vecap_cli.stream.sample import Sample
 from vecap_cli.stream.tally import Tally
 
@@ -48,6 +48,7 @@ class CurateConfig:
     keep_matched: bool = False  # every matched record with its p, no draw: online curation's pool
     rule: str = "v1"  # a name in MATCH_RULES
     t_per_lang: tuple[tuple[str, int], ...] = ()  # metaclip2: t for these languages
+    texts: str = "any"  # several texts: keep through any text's entries, or the chosen one's
 
     def __post_init__(self):
         if self.t <= 0:
@@ -59,6 +60,8 @@ class CurateConfig:
             raise ValueError(f"unknown rule {self.rule!r} (choose {', '.join(MATCH_RULES)})")
         if not all(self.fields):
             raise ValueError(f"empty field name in {self.field!r}")
+        if self.texts not in TEXTS:
+            raise ValueError(f"unknown --texts {self.texts!r} (choose {', '.join(TEXTS)})")
 
     @property
     def fields(self) -> tuple[str, ...]:
@@ -231,7 +234,11 @@ def _grouped(chunk, labels, find_many, tally: Tally, cache: MatchCache | None) -
             if cache is not None:
                 cache.note(sample.idx, labelled)
             continue
-        matches = _matches(labelled, [next(found) for _ in labelled])
+        if len(labelled) == 1:
+            ((label, text),) = labelled
+            matches = Matches([(label, text, next(found))])
+        else:
+            matches = _matches(labelled, [next(found) for _ in labelled])
         if not matches.has_metadata():
             tally.drop(NO_METADATA, sample)
             if cache is not None:
@@ -321,15 +328,16 @@ def balance(
         return
     keep_all = config.keep_all
     one_field = config.fields[0] if len(config.fields) == 1 else None
+    texts, seed = config.texts, config.seed
     tally.declare("kept", "expected_kept")
     tracking, count = tally.tracking, tally.count
     kept = 0  # counted in bulk at the end when no shard seals them (the hot path)
     expected = 0.0
     try:
         for sample, ids in pairs:
-            drawn = ids if type(ids) is list else ids.union()
-            if drawn:
-                p, keep = balancer(sample.record["key"], drawn)  # an int key draws as its str
+            by = ids if type(ids) is list else drawn(ids, texts, seed, sample.record["key"])
+            if by:
+                p, keep = balancer(sample.record["key"], by)  # an int key draws as its str
             elif keep_all:
                 p, keep = 0.0, False
             else:
@@ -342,7 +350,7 @@ def balance(
                 kept += keep
                 expected += p
             if keep or keep_all:
-                if drawn is ids:
+                if by is ids:
                     sample.record["curate"] = {"entries": ids, "p": p, "keep": keep}
                 else:
                     several = len(ids.texts) != 1 or ids.texts[0][0] != one_field
@@ -373,17 +381,17 @@ def _pool(
             if not ids:
                 tally.drop("no-match", sample)
                 continue
-            drawn = ids if type(ids) is list else ids.union()
-            p = balancer.probability(drawn)
+            key = sample.record["key"]
+            by = ids if type(ids) is list else drawn(ids, config.texts, config.seed, key)
+            p = balancer.probability(by)
             if tracking:
                 count("expected_kept", sample, p)
             else:
                 expected += p
-            if drawn is ids:
+            if by is ids:
                 sample.record["curate"] = {"entries": ids, "p": p}
             else:
                 several = len(ids.texts) != 1 or ids.texts[0][0] != config.field
-                key = sample.record["key"]
                 sample.record["curate"] = describe(ids, several, config.seed, key, p, None)
             yield sample
     finally:

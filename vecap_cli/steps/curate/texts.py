@@ -11,6 +11,10 @@ of them, and trains on one drawn at random among those that matched. Here:
   twice (MetaCLIP 2 counts per text). `union()` is the set the keep draw uses:
   P(keep) = 1 - prod(1 - p_e) over the entries any text matched.
 - `chosen(matches, seed, key)`: the text to train on, drawn from (seed, key).
+- `drawn(matches, texts, seed, key)`: the ids the keep draw uses, by `--texts`:
+  "any" (the issue's rule, MetaCLIP 2's paper) every text's; "one" (MetaCLIP 2's
+  released curate.py, which first picks one matched text at random and keeps the
+  image by that text's entries alone) only the chosen text's.
 """
 
 from __future__ import annotations
@@ -21,16 +25,23 @@ from vecap_cli.rand import uniform
 
 
 class Found:
-    """One text's matches: `ids` global (None: its language has no metadata),
-    `local` the ids within its language's list; `lang`, `conf` under metaclip2."""
+    """One text's matches: `ids` global (None: its language has no metadata), its
+    language's list starting at global id `offset`; `lang`, `conf` under metaclip2."""
 
-    __slots__ = ("conf", "ids", "lang", "local")
+    __slots__ = ("conf", "ids", "lang", "offset")
 
-    def __init__(self, ids: list[int] | None, local: list[int] | None = None, lang=None, conf=None):
+    def __init__(self, ids: list[int] | None, offset: int = 0, lang=None, conf=None):
         self.ids = ids
-        self.local = ids if local is None else local
+        self.offset = offset
         self.lang = lang
         self.conf = conf
+
+    @property
+    def local(self) -> list[int] | None:
+        """The ids within its language's list (what `curate.entries` holds): worked out
+        only for the records written."""
+        offset = self.offset
+        return [e - offset for e in self.ids] if offset and self.ids else self.ids
 
     def __iter__(self) -> Iterator[int]:  # what a counter adds up (Accumulator.recording)
         return iter(self.ids or ())
@@ -43,7 +54,10 @@ class Matches:
 
     def __init__(self, texts: list[tuple[str, str, Found]]):
         self.texts = texts
-        self.counted = [e for _, _, found in texts for e in found]
+        if len(texts) == 1:  # the common case, without a comprehension
+            self.counted = texts[0][2].ids or []
+        else:
+            self.counted = [e for _, _, found in texts if found.ids for e in found.ids]
 
     def __iter__(self) -> Iterator[int]:
         return iter(self.counted)
@@ -58,6 +72,8 @@ class Matches:
         return sorted(set(self.counted)) if len(self.texts) > 1 else self.counted
 
     def has_metadata(self) -> bool:
+        if len(self.texts) == 1:
+            return self.texts[0][2].ids is not None
         return any(found.ids is not None for _, _, found in self.texts)
 
 
@@ -90,6 +106,17 @@ def chosen(matches: Matches, seed: int, key) -> int | None:
     if len(matched) == 1:
         return matched[0]
     return matched[int(uniform(seed, key, "text") * len(matched))]
+
+
+TEXTS = ("any", "one")  # --texts: which texts' entries the keep draw uses
+
+
+def drawn(matches: Matches, texts: str, seed: int, key) -> list[int]:
+    """The global ids the keep draw of a record uses (see the module's docstring)."""
+    if texts == "any":
+        return matches.union()
+    pick = chosen(matches, seed, key)
+    return matches.texts[pick][2].ids if pick is not None else []
 
 
 def describe(matches: Matches, several: bool, seed: int, key, p: float, keep: bool | None) -> dict:

@@ -85,8 +85,8 @@ class WorldMatcher:
 
     def __init__(self, languages: Languages, pad: Callable[[str], str], lid):
         self.lid = lid
-        self.matchers = {
-            lang: (start, Matcher(languages.entries[start:end], pad))
+        self.matchers = {  # each finds global ids: its automaton holds them
+            lang: (start, Matcher(languages.entries[start:end], pad, base=start))
             for lang, start, end in languages.slices()
         }
         self.n_entries = len(languages.entries)
@@ -97,15 +97,14 @@ class WorldMatcher:
         groups: dict[str, list[int]] = {}
         for i, text in enumerate(texts):
             lang, conf = lid(text)
-            found.append(Found(None, None, lang, conf))
+            found.append(Found(None, 0, lang, conf))
             if lang in matchers:
                 groups.setdefault(lang, []).append(i)
         for lang, where in groups.items():
             offset, matcher = matchers[lang]
-            for i, local in zip(where, matcher.find_many([texts[i] for i in where]), strict=True):
+            for i, ids in zip(where, matcher.find_many([texts[i] for i in where]), strict=True):
                 at = found[i]
-                at.local = local
-                at.ids = [offset + e for e in local] if offset else local
+                at.ids, at.offset = ids, offset
         return found
 
 
