@@ -29,7 +29,8 @@ MAY_IMPORT: dict[str, frozenset[str]] = {
     "process_group": LEAVES
     | {"placement"},  # a rank's device and group (torch), train's and eval's
     "generate": LEAVES | {"loading", "stream"},
-    "steps": LEAVES | {"loading", "stream", "generate"},
+    # filter's semantic dedup embeds with the model `vecap eval` loads (eval, on its device)
+    "steps": LEAVES | {"loading", "stream", "generate", "eval", "process_group"},
     "eval": LEAVES | {"loading", "placement", "process_group", "stream"},
     "train": LEAVES | {"core", "loading", "placement", "process_group", "stream", "steps", "eval"},
     # runs record commands as tasks of an engine's job; generate: a Ray actor keeps

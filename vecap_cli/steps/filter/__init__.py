@@ -1,0 +1,1 @@
+"""`vecap filter`: model-based filtering and deduplication of image records."""
