@@ -48,7 +48,7 @@ app = typer.Typer(
 
 # Each command module has `register(app)`, called when the command is named (see
 # _LazyCommands); its heavy imports wait until it runs.
-COMMANDS = ("curate", "caption", "rewrite", "mix", "train", "eval", "launch")
+COMMANDS = ("curate", "filter", "caption", "rewrite", "mix", "train", "eval", "launch")
 
 
 def _version(value: bool) -> None:
