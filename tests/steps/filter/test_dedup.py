@@ -8,7 +8,7 @@ import pytest
 from tests.steps.filter.images import encoded, flickr, generated, near_copies, write_pool
 from vecap_cli.steps.filter import hashes, semantic, survivors
 from vecap_cli.steps.filter.dedup import DedupConfig, dedup
-from vecap_cli.stream.runner import StreamOptions
+from vecap_cli.stream.runner import StreamOptions, per_rank
 
 D = 10  # the pHash distance the photo tests use: copies are 0-8 bits apart, photos 20+
 
@@ -175,3 +175,51 @@ def test_the_higher_score_survives_else_the_lower_key(tmp_path):
     path.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in unscored))
     _, kept = _run(tmp_path, path, DedupConfig(exact=True))
     assert [r["key"] for r in kept] == ["k"]
+
+
+def _shuffled_pool(tmp_path, n_files: int):
+    """A pool of distinct photos and near copies over `n_files` JSONL inputs, with a bad
+    line and a missing image, in an order where keepers and copies are far apart."""
+    images = generated(6, seed=1)
+    pool = {f"p{n}": encoded(image) for n, image in enumerate(images)}
+    pool |= {f"z{n}-{kind}": d for n in (0, 3) for kind, d in near_copies(images[n]).items()}
+    write_pool(tmp_path, pool)
+    lines = (tmp_path / "pool.jsonl").read_bytes().splitlines()
+    lines = lines[::2] + lines[1::2] + [b"{bad", b'{"key": "gone", "image": "gone.png"}']
+    paths = []
+    for f in range(n_files):
+        path = tmp_path / f"part{f}.jsonl"
+        path.write_bytes(b"\n".join(lines[f::n_files]) + b"\n")
+        paths.append(str(path))
+    return paths
+
+
+@pytest.mark.parametrize("n_files", [1, 3])  # ranks share records / take whole inputs
+def test_ranks_together_write_what_one_process_writes(tmp_path, n_files):
+    inputs = tuple(_shuffled_pool(tmp_path, n_files))
+    config = DedupConfig(exact=True, phash_distance=D)
+
+    def run(rank, world):
+        out, rejects = tmp_path / f"out{rank}{world}.jsonl", tmp_path / f"rej{rank}{world}.jsonl"
+        opts = StreamOptions(
+            inputs=inputs,
+            output=str(out),
+            rejects=str(rejects),
+            rank=rank,
+            world_size=world,
+            quiet=True,
+        )
+        tally = dedup(opts, config)
+        rejects = per_rank(str(rejects), rank, world)
+        lines = [orjson.loads(x) for x in open(rejects, "rb").read().splitlines()]
+        kept = [orjson.loads(x)["key"] for x in out.read_bytes().splitlines()]
+        return tally, kept, [(x["reason"], x.get("record", {}).get("key")) for x in lines]
+
+    one, kept, rejected = run(0, 1)
+    assert sorted(kept) == ["p0", "p1", "p2", "p3", "p4", "p5"]
+    assert one.dropped == {"duplicate-phash": 6} and one.rejected.total() == 2
+    shares = [run(rank, 2) for rank in (0, 1)]
+    assert all(tally.n_in for tally, _, _ in shares)  # both ranks wrote a share
+    assert sorted(k for _, share, _ in shares for k in share) == sorted(kept)
+    assert sorted(r for _, _, lines in shares for r in lines) == sorted(rejected)
+    assert sum(t.n_in for t, _, _ in shares) == one.n_in
