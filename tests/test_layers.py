@@ -29,9 +29,9 @@ MAY_IMPORT: dict[str, frozenset[str]] = {
     "process_group": LEAVES
     | {"placement"},  # a rank's device and group (torch), train's and eval's
     "generate": LEAVES | {"loading", "stream"},
-    # eval, placement: vecap filter scores with the model loader and encoder vecap eval
-    # uses, on this rank's device
-    "steps": LEAVES | {"loading", "placement", "stream", "generate", "eval"},
+    # eval, placement, process_group: vecap filter scores and embeds (semantic dedup)
+    # with the model loader and encoder vecap eval uses, on this rank's device
+    "steps": LEAVES | {"loading", "placement", "process_group", "stream", "generate", "eval"},
     "eval": LEAVES | {"loading", "placement", "process_group", "stream"},
     "train": LEAVES | {"core", "loading", "placement", "process_group", "stream", "steps", "eval"},
     # runs record commands as tasks of an engine's job; generate: a Ray actor keeps

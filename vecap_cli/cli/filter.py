@@ -1,7 +1,9 @@
-"""vecap filter: keep records by a model's score, in one pass or two that shard.
+"""vecap filter: keep records by a model's score (one pass, or two that shard); drop
+duplicate images.
 
     vecap filter [score] INPUT... --model M       filter.clip_score on every record
     vecap filter select INPUT... --keep-fraction F --histogram H[,H...]
+    vecap filter dedup INPUT... --exact --phash-distance D  (cli/filter_dedup.py)
 
 The group sends `vecap filter ARGS` to `score` unless ARGS starts with a command
 name (cli/groups.py).
@@ -11,11 +13,14 @@ from typing import Annotated
 
 import typer
 
+from vecap_cli.cli import filter_dedup
 from vecap_cli.cli.groups import DefaultCommandGroup
 from vecap_cli.cli.options import finite, record_command, report
 from vecap_cli.stream.runner import StreamOptions
 
-SUMMARY = "Filter by a CLIP model's image-text score, and by DataComp's basic rules."
+SUMMARY = (
+    "Filter by a CLIP model's image-text score and DataComp's basic rules; deduplicate images."
+)
 _MODEL = "Model"
 _RULES = "Rules"
 
@@ -34,7 +39,8 @@ filter_app = typer.Typer(
     "its own model), and drops records under --min-score and the basic rules. For the "
     "top fraction of a pool (DataComp's top 30%), `score --histogram H` on each shard "
     "or rank, then `select --keep-fraction F --histogram H...`: the same threshold "
-    "everywhere.\n\n"
+    "everywhere. `vecap filter dedup` drops exact, perceptual (pHash) and semantic "
+    "(SemDeDup) duplicate images, each drop naming the record it duplicates.\n\n"
     "See `vecap filter COMMAND --help` for each command's flags.",
 )
 
@@ -276,6 +282,8 @@ def select(
     report(tally, opts)
 
 
+filter_dedup.register(filter_app)  # after score and select: --help lists them in this order
+
+
 def register(app: typer.Typer) -> None:
-    # the group's other commands (dedup) register into filter_app here, before it is added
     app.add_typer(filter_app, name="filter", short_help=SUMMARY)

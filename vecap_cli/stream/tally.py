@@ -90,10 +90,20 @@ class Tally:
         return tally
 
     # -- events -------------------------------------------------------------
-    def drop(self, rule: str, sample: Sample, n: int = 1) -> None:
+    def drop(
+        self, rule: str, sample: Sample, n: int = 1, detail: str | None = None, **fields: Any
+    ) -> None:
+        """Count a drop under `rule`; with `detail`, also write it to --rejects as a
+        line with `"dropped": true` (and `fields`), for drops a user will want to
+        check (a duplicate names the record it duplicates)."""
         self.dropped[rule] += n
-        if self._pending is not None:
-            self._pending.append((sample.idx, "dropped", rule, n))
+        tracked = self._pending is not None
+        if tracked:
+            self._pending.append((sample.idx, "dropped", rule, n))  # type: ignore[union-attr]
+        if detail is not None and self.rejects is not None:
+            line = {"reason": rule, "detail": detail, "origin": sample.origin, "idx": sample.idx}
+            line.update(dropped=True, **fields, record=sample.record)
+            self._write(line, sample.idx, tracked)
 
     def add(self, rule: str, sample: Sample, n: int = 1) -> None:
         self.added[rule] += n
@@ -173,11 +183,15 @@ class Tally:
                 line["record"] = sample.record
             if raw is not None:
                 line["raw"] = raw
-            data = orjson.dumps(line, option=orjson.OPT_APPEND_NEWLINE)
-            if tracked:
-                self._pending_lines.append((idx, data))
-            else:
-                self.rejects.write(data)
+            self._write(line, idx, tracked)
+
+    def _write(self, line: dict, idx: int, tracked: bool) -> None:
+        """A --rejects line: now, or when tracking, at the seal of its input's shard."""
+        data = orjson.dumps(line, option=orjson.OPT_APPEND_NEWLINE)
+        if tracked:
+            self._pending_lines.append((idx, data))
+        else:
+            self.rejects.write(data)  # type: ignore[union-attr]
 
     # -- resume -------------------------------------------------------------
     def track(self) -> None:

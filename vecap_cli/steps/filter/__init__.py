@@ -5,5 +5,7 @@
   (rules.py) on the way;
 - histogram.py: the scores of a pool in fixed fine bins, one file per rank, that
   add up: the first pass of a top fraction that shards;
-- select.py: the second pass, the records at or above the global threshold.
+- select.py: the second pass, the records at or above the global threshold;
+- dedup.py, hashes.py: `vecap filter dedup`, exact, perceptual (pHash) and
+  semantic (SemDeDup) duplicates, each drop naming the record it duplicates.
 """

@@ -1,0 +1,140 @@
+"""vecap filter dedup: drop exact, perceptual and semantic image duplicates."""
+
+from typing import Annotated
+
+import typer
+
+from vecap_cli.cli.options import finite, record_command, report
+from vecap_cli.stream.runner import StreamOptions
+
+_RULES = "Rules"
+_MODEL = "Model (--semantic)"
+
+
+@record_command("filter dedup")
+def dedup(
+    exact: Annotated[
+        bool,
+        typer.Option(
+            "--exact",
+            help="Drop records whose decoded pixels equal a kept record's (a content hash "
+            "of the RGB pixels and size: a re-encoding, or other metadata, still matches), "
+            "under `duplicate-exact`.",
+            rich_help_panel=_RULES,
+        ),
+    ] = False,
+    phash_distance: Annotated[
+        int | None,
+        typer.Option(
+            min=0,
+            max=63,
+            metavar="D",
+            help="Drop records whose 64-bit pHash (imagehash) is at most D bits from a "
+            "kept record's, under `duplicate-phash`: resizes, re-encodings, small crops "
+            "(4-10 is usual).",
+            rich_help_panel=_RULES,
+            show_default=False,
+        ),
+    ] = None,
+    semantic: Annotated[
+        float | None,
+        typer.Option(
+            "--semantic",
+            metavar="EPS",
+            callback=finite,
+            help="SemDeDup with --model: k-means over the image embeddings, then drop a "
+            "record whose cosine to a kept record of its cluster is above 1 - EPS, under "
+            "`duplicate-semantic`.",
+            rich_help_panel=_RULES,
+            show_default=False,
+        ),
+    ] = None,
+    clusters: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            metavar="K",
+            help="k-means clusters for --semantic; default: sqrt(N) of the N images.",
+            rich_help_panel=_RULES,
+            show_default=False,
+        ),
+    ] = None,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            help="What `vecap eval --model` takes: an architecture (vecap-tiny, ViT-B-16, a "
+            "model-config .json) with --pretrained, a vecap train run, or a Hugging Face "
+            "CLIPModel directory.",
+            rich_help_panel=_MODEL,
+            show_default=False,
+        ),
+    ] = None,
+    pretrained: Annotated[
+        str | None,
+        typer.Option(
+            metavar="PATH",
+            help="open_clip/vecap checkpoint for --model ARCH.",
+            rich_help_panel=_MODEL,
+            show_default=False,
+        ),
+    ] = None,
+    tokenizer: Annotated[
+        str | None,
+        typer.Option(
+            help="Tokenizer for a Hugging Face model whose directory has none.",
+            rich_help_panel=_MODEL,
+            show_default=False,
+        ),
+    ] = None,
+    device: Annotated[
+        str | None,
+        typer.Option(
+            help="torch device; default: cuda when there is one, else cpu.",
+            rich_help_panel=_MODEL,
+            show_default=False,
+        ),
+    ] = None,
+    batch_size: Annotated[
+        int, typer.Option(min=1, help="Images per forward pass.", rich_help_panel=_MODEL)
+    ] = 64,
+    threads: Annotated[int, typer.Option(min=1, help="Image-decoding threads.")] = 4,
+    *,
+    opts: StreamOptions,
+) -> None:
+    """Drop duplicate images: exact, perceptual (pHash) and semantic (SemDeDup).
+
+    Reads the input twice: a survey decodes every image once and keeps its
+    hashes (8 bytes of pHash, 16 of pixel hash) and, for --semantic, its
+    embedding; the rules decide, in order (exact, pHash, semantic, each over the
+    records the rules before kept); then the records are read again and the
+    kept ones written. Of duplicates, the record with the higher
+    filter.clip_score survives (`vecap filter score` writes it; a scored record
+    beats an unscored one), else the one with the lower key. With --rejects,
+    each dropped duplicate is written there too, with `"dropped": true` and
+    `duplicate_of`, the kept record's key. With --world-size, every rank
+    surveys the whole input and writes its share: the shares together are one
+    process's output.
+    """
+    from vecap_cli.steps.filter.dedup import DedupConfig
+    from vecap_cli.steps.filter.dedup import dedup as run
+
+    try:
+        config = DedupConfig(exact, phash_distance, semantic, clusters, opts.seed, threads)
+    except ValueError as err:
+        raise typer.BadParameter(str(err)) from None
+    if (semantic is None) != (model is None):
+        flag = "--model" if semantic is None else "--semantic"
+        need = "--semantic" if semantic is None else "--model"
+        raise typer.BadParameter(f"goes with {need}", param_hint=flag)
+    embedder = None
+    if model is not None:
+        from vecap_cli.steps.filter.semantic import Embedder
+
+        embedder = Embedder(
+            model, pretrained, tokenizer, device, batch_size, opts, opts.seed, opts.log
+        )
+    report(run(opts, config, embedder), opts)
+
+
+def register(group: typer.Typer) -> None:
+    group.command("dedup")(dedup)
