@@ -3,7 +3,8 @@
 `POST /v1/chat/completions` answers with `answer(messages)`: a tiny local model
 (`model_answer`) or a deterministic stand-in. It can fail the first N requests
 with a status (503: a server warming up, then recovering; with `retry_after`,
-the header that says when to come back), or hold every
+the header that says when to come back), or those for which `fail_if(messages)`
+holds (a request that fails whenever it is sent), or hold every
 request after the first N until `release()` (so a test can kill its client
 mid-run). Hostile modes, for tests/hostile: `drip` sends every reply a byte
 at a time, that many seconds apart (status line and headers included);
@@ -38,8 +39,10 @@ class ChatServer:
         no_length: bool = False,
         echo_headers: bool = False,
         gzip: bool = False,
+        fail_if: Callable[[list[dict]], bool] | None = None,
     ):
         self.answer = answer
+        self.fail_if = fail_if
         self.fail_first, self.fail_status = fail_first, fail_status
         self.hold_after = hold_after
         self.retry_after = retry_after
@@ -94,7 +97,7 @@ class ChatServer:
                     server.clients.add(self.client_address)
                 if self.path != "/v1/chat/completions":
                     return self._send(404, {"error": {"message": "not found"}})
-                if n <= server.fail_first:
+                if n <= server.fail_first or (server.fail_if and server.fail_if(body["messages"])):
                     with server._lock:
                         server.failed += 1
                     extra = {"Retry-After": server.retry_after} if server.retry_after else {}
