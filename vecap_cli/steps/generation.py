@@ -5,7 +5,8 @@ Importing this module registers every built-in backend: the generation ones
 model-free `rules`, registered here, a floor above them, because its fusion is
 rewrite's own record logic (rewrite/rules.py). Light on purpose: the CLI reads
 --backend's choices and --prompt's default from here at start-up; the rules
-fusion loads when built.
+fusion loads when built. `staged` builds either command's stage for one
+process or for --workers of them.
 """
 
 from __future__ import annotations
