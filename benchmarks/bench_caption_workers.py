@@ -10,8 +10,9 @@ for W = 1 and 2, alternately (the machine may be shared), at the same
 --concurrency: with W processes, W x C requests are in flight. The table shows
 the median over --repeat rounds of images/s, two ways: over the run itself
 (--stats `seconds`: reading, captioning and writing, workers started) and over
-the whole command (process start and imports too). The outputs of 1 and 2
-workers are compared byte for byte.
+the whole command (process start and imports too), and the CPU time vecap
+spent per image (all its processes). The outputs of 1 and 2 workers are
+compared byte for byte.
 """
 
 import argparse
@@ -20,6 +21,7 @@ import multiprocessing
 import os
 import platform
 import random
+import resource
 import statistics
 import subprocess
 import sys
@@ -79,20 +81,26 @@ class Server:
             self._process.kill()
 
 
-def caption(pool: Path, out: Path, url: str, workers: int, concurrency: int) -> tuple[float, float]:
-    """(wall s of the command, s of the run as --stats counts them)."""
+def caption(
+    pool: Path, out: Path, url: str, workers: int, concurrency: int
+) -> tuple[float, float, float]:
+    """(wall s of the command, s of the run as --stats counts them, CPU s of the
+    command and its workers)."""
     stats = out.with_suffix(".stats.json")
     args = [
         sys.executable, "-m", "vecap_cli", "caption", str(pool), "--backend", "openai",
         "--model", "m", "--api-base", url, "--concurrency", str(concurrency),
         "--workers", str(workers), "-o", str(out), "--stats", str(stats), "-q",
     ]  # fmt: skip
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     subprocess.run(args, check=True, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
     wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
     counts = orjson.loads(stats.read_bytes())
     assert counts["out"] == counts["in"], counts  # every image captioned
-    return wall, counts["seconds"]
+    return wall, counts["seconds"], cpu
 
 
 def main() -> None:
@@ -115,7 +123,7 @@ def main() -> None:
     rows = []
     try:
         for concurrency in args.concurrency:
-            runs: dict[int, list[tuple[float, float]]] = {1: [], w: []}
+            runs: dict[int, list[tuple[float, float, float]]] = {1: [], w: []}
             for _ in range(args.repeat):
                 for workers in (1, w):
                     out = work / f"c{concurrency}-w{workers}.jsonl"
@@ -134,22 +142,28 @@ def main() -> None:
     )
     print(
         "| --concurrency | --workers | images/s (run) | ratio | images/s (command) | ratio "
-        "| goal | same bytes |"
+        "| goal | CPU ms/image | same bytes |"
     )
-    print("|---:|---:|---:|---:|---:|---:|---:|---|")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---|")
     for concurrency, runs, same in rows:
-        run_rate = {k: n / statistics.median(s for _, s in v) for k, v in runs.items()}
-        wall_rate = {k: n / statistics.median(t for t, _ in v) for k, v in runs.items()}
+        run_rate = {k: n / statistics.median(r[1] for r in v) for k, v in runs.items()}
+        wall_rate = {k: n / statistics.median(r[0] for r in v) for k, v in runs.items()}
+        cpu = {k: 1000 * statistics.median(r[2] for r in v) / n for k, v in runs.items()}
         for workers in (1, w):
             ratio = run_rate[workers] / run_rate[1]
             wall_ratio = wall_rate[workers] / wall_rate[1]
             print(
                 f"| {concurrency} | {workers} | {run_rate[workers]:.1f} | {ratio:.2f} "
                 f"| {wall_rate[workers]:.1f} | {wall_ratio:.2f} "
-                f"| {'>= 1.8' if workers > 1 else ''} | {'yes' if same else 'NO'} |"
+                f"| {'>= 1.8' if workers > 1 else ''} | {cpu[workers]:.2f} "
+                f"| {'yes' if same else 'NO'} |"
             )
     print(
-        f"\nLatency-bound, one process answers at most C / latency = "
+        f"load after: {os.getloadavg()[0]:.2f}. CPU: vecap and its workers, process start "
+        "included; the server's is not."
+    )
+    print(
+        f"Latency-bound, one process answers at most C / latency = "
         f"{', '.join(f'{c / args.latency:.0f}' for c in args.concurrency)} images/s "
         f"(C = {', '.join(map(str, args.concurrency))})."
     )
