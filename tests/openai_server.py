@@ -3,7 +3,9 @@
 `POST /v1/chat/completions` answers with `answer(messages)`: a tiny local model
 (`model_answer`) or a deterministic stand-in. It can fail the first N requests
 with a status (503: a server warming up, then recovering; with `retry_after`,
-the header that says when to come back), or hold every
+the header that says when to come back), or those for which `fail_if(messages)`
+holds (a request that fails whenever it is sent), answer each after a fixed
+`latency` in seconds (a model's time, for benchmarks), or hold every
 request after the first N until `release()` (so a test can kill its client
 mid-run). Hostile modes, for tests/hostile: `drip` sends every reply a byte
 at a time, that many seconds apart (status line and headers included);
@@ -22,6 +24,7 @@ import hashlib
 import io
 import json
 import threading
+import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -38,8 +41,12 @@ class ChatServer:
         no_length: bool = False,
         echo_headers: bool = False,
         gzip: bool = False,
+        fail_if: Callable[[list[dict]], bool] | None = None,
+        latency: float = 0.0,
     ):
         self.answer = answer
+        self.fail_if = fail_if
+        self.latency = latency
         self.fail_first, self.fail_status = fail_first, fail_status
         self.hold_after = hold_after
         self.retry_after = retry_after
@@ -80,6 +87,9 @@ class ChatServer:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"  # keep-alive, as real servers do
+            # TCP_NODELAY, as real servers set it: else the body, written after the
+            # headers, waits for the client's delayed ACK, 40 ms a request
+            disable_nagle_algorithm = True
 
             def log_message(self, *args):  # quiet
                 pass
@@ -94,7 +104,7 @@ class ChatServer:
                     server.clients.add(self.client_address)
                 if self.path != "/v1/chat/completions":
                     return self._send(404, {"error": {"message": "not found"}})
-                if n <= server.fail_first:
+                if n <= server.fail_first or (server.fail_if and server.fail_if(body["messages"])):
                     with server._lock:
                         server.failed += 1
                     extra = {"Retry-After": server.retry_after} if server.retry_after else {}
@@ -105,6 +115,8 @@ class ChatServer:
                     return self._send(server.fail_status, {"error": error}, extra)
                 if server.hold_after is not None and n > server.hold_after:
                     server._gate.wait()
+                if server.latency:
+                    time.sleep(server.latency)  # each request its own: not under the model's lock
                 with server._model_lock:
                     text = server.answer(body["messages"])
                 self._send(

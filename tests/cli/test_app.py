@@ -138,7 +138,7 @@ def test_a_command_offers_the_shared_flags_it_uses_and_no_other():
         return {param.name for param in command.params}
 
     assert "seed" not in flags("caption") and "seed" not in flags("rewrite")
-    assert "workers" in flags("caption") and "workers" not in flags("rewrite")  # decode threads
+    assert {"workers", "decode_threads"} <= flags("caption") and "workers" in flags("rewrite")
     for path in [("mix",), ("curate", "run"), ("curate", "balance")]:
         assert {"seed", "workers", "max_pixels"} <= flags(*path), path
     assert "seed" not in flags("curate", "count") and "max_pixels" not in flags("curate", "count")

@@ -220,7 +220,7 @@ def test_a_local_captioners_injected_answers_are_rejected_too():
     rng = random.Random(0)
     items = [Sample({"key": f"k{i}"}, {"png": tiny_image(rng)}, idx=i) for i in range(len(ANSWERS))]
     tally = Tally("caption")
-    config = CaptionConfig(workers=0, batch_size=3)
+    config = CaptionConfig(decode_threads=0, batch_size=3)
     out = list(caption(items, tally, config, LocalCaptioner([a for a, _ in ANSWERS])))
     assert [s.key for s in out] == ["k0"]
     reasons = [r for _, r in ANSWERS if r]

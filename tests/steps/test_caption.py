@@ -1,3 +1,4 @@
+import os
 import random
 
 import pytest
@@ -46,7 +47,7 @@ def samples(n, seed=0, with_vec=(), broken=(), missing=()):
 def run(items, captioner=None, **config):
     tally = Tally("caption")
     captioner = captioner or FakeCaptioner()
-    config = CaptionConfig(**{"workers": 2, "batch_size": 4, **config})
+    config = CaptionConfig(**{"decode_threads": 2, "batch_size": 4, **config})
     out = list(caption(items, tally, config, captioner))
     return out, tally, captioner
 
@@ -94,14 +95,16 @@ def test_a_request_that_failed_for_good_rejects_that_record_only():
 
 def test_a_long_run_of_records_to_pass_does_not_wait_for_a_batch():
     items = samples(1, with_vec={0}) + samples(1000, with_vec=set(range(1000)))
-    stream = caption(iter(items), Tally("caption"), CaptionConfig(workers=0), FakeCaptioner())
+    stream = caption(
+        iter(items), Tally("caption"), CaptionConfig(decode_threads=0), FakeCaptioner()
+    )
     assert next(stream).key == "k0"
 
 
-@pytest.mark.parametrize("workers", [0, 1, 3])
-def test_results_do_not_depend_on_workers_or_batch_size(workers):
-    base, _, _ = run(samples(30, seed=4), workers=0, batch_size=1)
-    out, _, _ = run(samples(30, seed=4), workers=workers, batch_size=7)
+@pytest.mark.parametrize("threads", [0, 1, 3])
+def test_results_do_not_depend_on_decode_threads_or_batch_size(threads):
+    base, _, _ = run(samples(30, seed=4), decode_threads=0, batch_size=1)
+    out, _, _ = run(samples(30, seed=4), decode_threads=threads, batch_size=7)
     assert [s.record for s in out] == [s.record for s in base]
 
 
@@ -113,6 +116,9 @@ def test_batch_and_decode_threads_default_by_backend():
     assert CaptionConfig.of("hf", None, None, 16).batch_size == 8
     assert CaptionConfig.of("openclip", None, None, 16).batch_size == 16
     server = CaptionConfig.of("openai", None, 0, 3)  # enough requests to keep 3 in flight
-    assert (server.batch_size, server.workers) == (6, 0)
+    assert (server.batch_size, server.decode_threads) == (6, 0)
     given = CaptionConfig.of("hf", 2, None, 16, model="m")
-    assert (given.batch_size, given.model) == (2, "m") and 1 <= given.workers <= 4
+    assert (given.batch_size, given.model) == (2, "m") and 1 <= given.decode_threads <= 4
+    cores = len(os.sched_getaffinity(0))
+    shared = CaptionConfig.of("hf", 2, None, 16, processes=2 * cores)  # --workers: fewer each
+    assert shared.decode_threads == 1

@@ -74,7 +74,9 @@ def pool(tmp_path):
     return tmp_path
 
 
-def run(pool, workers, stage=busy, inputs=("pool.jsonl",), output="out.jsonl", **kw):
+def run(
+    pool, workers, stage=busy, inputs=("pool.jsonl",), output="out.jsonl", batch_records=None, **kw
+):
     """Runs `stage` into pool/wN/OUTPUT; returns (tally, {name: bytes} of wN)."""
     folder = pool / f"w{workers}"
     opts = StreamOptions(
@@ -85,7 +87,7 @@ def run(pool, workers, stage=busy, inputs=("pool.jsonl",), output="out.jsonl", *
         workers=workers,
         **kw,
     )
-    tally = run_stream("t", opts, stage)
+    tally = run_stream("t", opts, stage, batch_records=batch_records)
     return tally, written(folder)
 
 
@@ -299,3 +301,24 @@ def test_an_input_that_fails_stops_the_run_where_one_process_stops(pool):
             run(pool, workers, inputs=inputs, output="%03d.jsonl", shard_size=17)
     assert written(pool / "w1") == written(pool / "w2")
     assert len([name for name in written(pool / "w1") if name.endswith(".jsonl")]) > 3
+
+
+@pytest.mark.parametrize("inputs", [("pool.jsonl",), ("pool.tar",)])
+def test_a_stage_may_ask_for_batches_of_a_few_records(pool, inputs):
+    """caption and rewrite: a model's answer per record, so a few records a batch,
+    for small inputs to reach every worker; the same output."""
+    from vecap_cli.stream.runner import rank_inputs
+    from vecap_cli.stream.tally import Tally
+
+    if inputs == ("pool.tar",):
+        run(pool, 1, output="pool.tar")
+        shutil.move(pool / "w1" / "pool.tar", pool / "pool.tar")
+    name = str(pool / inputs[0])
+    cut = list(batches.batches(rank_inputs([name]), Tally("t"), records=3))
+    sizes = [len(b.job.samples) if b.data is None else b.data.count(b"\n") for b in cut]
+    assert len(cut) > 50 and max(sizes) == 3
+    if b := b"".join(b.data for b in cut if b.data is not None):
+        assert b == (pool / "pool.jsonl").read_bytes()  # lines whole, none lost or doubled
+    output = "out.jsonl" if inputs == ("pool.jsonl",) else "out.tar"
+    _, one = run(pool, 1, inputs=inputs, output=output)
+    assert run(pool, 2, inputs=inputs, output=output, batch_records=3)[1] == one

@@ -98,3 +98,42 @@ def test_detach_leaves_a_tally_that_counts_from_zero():
     second = tally.detach()
     assert (first.n_in, second.n_in) == (5, 3)
     assert first.written.count(b"\n") == 1 and second.written.count(b"\n") == 1
+
+
+def _reasons(data: bytes) -> list[tuple[int, str]]:
+    import orjson
+
+    return [(line["idx"], line["reason"]) for line in map(orjson.loads, data.splitlines())]
+
+
+def test_held_rejections_are_written_in_input_order():
+    """A stage that reads ahead: the reader rejects input 5 before the stage rejects
+    2 and 4; held lines come out by input ordinal, whatever the order of the events."""
+    rejects = io.BytesIO()
+    tally = Tally("t", rejects=rejects)
+    tally.hold()
+    tally.reject("bad-json", idx=5, origin="in:6")
+    tally.reject("bad-image", "", _sample(4))
+    tally.reject("bad-image", "", _sample(2))
+    assert rejects.getvalue() == b""
+    tally.release(5)
+    assert _reasons(rejects.getvalue()) == [(2, "bad-image"), (4, "bad-image")]
+    tally.release()  # the rest, and no holding after it
+    tally.reject("late", idx=3, origin="in:4")
+    assert _reasons(rejects.getvalue())[2:] == [(5, "bad-json"), (3, "late")]
+    assert list(tally.as_dict()["rejected"]) == ["bad-image", "bad-json", "late"]  # by name
+
+
+def test_sealed_rejections_are_written_in_input_order(tmp_path):
+    rejects = open(tmp_path / "rejects.jsonl", "w+b")
+    tally = Tally("t", rejects=rejects)
+    tally.track()
+    tally.hold()  # a tracking tally holds its lines until the seal anyway
+    for idx in (3, 0, 2, 1):
+        tally.reject("r", idx=idx, origin="in")
+    tally.release(10)
+    assert rejects.tell() == 0
+    tally.seal(boundary=3, n_out=0)
+    data = (tmp_path / "rejects.jsonl").read_bytes()
+    assert [idx for idx, _ in _reasons(data)] == [0, 1, 2]
+    rejects.close()

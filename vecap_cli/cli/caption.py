@@ -27,10 +27,11 @@ def caption(
     ] = DEFAULT_PROMPT,
     max_new_tokens: g.MaxNewTokens = 40,
     batch_size: g.BatchSize = None,
-    workers: Annotated[
+    decode_threads: Annotated[
         int | None,
         g.model_flag(
-            "Threads decoding images ahead of the model (default: up to 4; 0: inline).",
+            "Threads decoding images ahead of the model, in each --workers process "
+            "(default: up to 4, the cores shared between the processes; 0: inline).",
             min=0,
             show_default=False,
         ),
@@ -43,8 +44,10 @@ def caption(
     """Caption every image with a vision-language model: the VeC, in `vec`.
 
     Images come from the tar members or the `image` paths of JSONL records and
-    are decoded in worker threads ahead of the model; generation is greedy, in
-    batches, bf16 on a GPU. Records that already have a `vec` pass through
+    are decoded in threads ahead of the model; generation is greedy, in
+    batches, bf16 on a GPU. --workers N runs N processes, each with its own
+    server client (--concurrency requests each), cache connection or CPU model;
+    one model on a GPU runs in one process (one task per GPU: vecap launch). Records that already have a `vec` pass through
     untouched unless --overwrite. An image that cannot be read or decoded is
     rejected (image-missing, image-not-file, image-too-large, image-too-many-pixels,
     bad-image); with --backend openai, a request that still fails after its
@@ -60,13 +63,21 @@ def caption(
 
     from vecap_cli.steps.caption import CaptionConfig, build_captioner
     from vecap_cli.steps.caption import caption as caption_stage
+    from vecap_cli.steps.generation import staged
     from vecap_cli.stream.runner import run_stream
 
     config = CaptionConfig.of(
-        concurrency=options.concurrency, image_limits=opts.image_limits, **flags
+        concurrency=options.concurrency,
+        processes=opts.workers,
+        image_limits=opts.image_limits,
+        **flags,
     )
-    stage = partial(caption_stage, config=config, captioner=build_captioner(config, options))
-    tally = run_stream("caption", opts, stage, config.identity())
+
+    def build():
+        return partial(caption_stage, config=config, captioner=build_captioner(config, options))
+
+    stage, records = staged(CAPTION, config, options, opts.workers, build)
+    tally = run_stream("caption", opts, stage, config.identity(), batch_records=records)
     report(tally, opts)
 
 

@@ -2,8 +2,8 @@
 
 `@generation_command` declares them once for both commands. It adds the device
 and server flags to the command's signature and hands their values over as one
-`ModelOptions`; it adds INPUT... and the stream flags (`record_command`) less
---seed, since neither command draws anything at random; and it reads
+`ModelOptions`; it adds INPUT... and the stream flags (`record_command`), --workers
+included, less --seed, since neither command draws anything at random; and it reads
 --backend's choices, and the help that names backends (--backend, --model,
 --batch-size), from the backend registry each time typer builds the command,
 so that a backend registered after import, by a plugin or a test, is offered
@@ -228,7 +228,7 @@ def generation_command(serves: str):
     """caption's and rewrite's `record_command`: see this module's docstring."""
 
     def decorate(fn):
-        command = record_command(serves, omit=("seed",))(_with_model_options(fn))
+        command = record_command(serves, omit=("seed",), workers=True)(_with_model_options(fn))
         return _LiveBackends(command, serves)
 
     return decorate

@@ -60,10 +60,14 @@ def rewrite(
     sizes, SKU codes) and appends the named things the VeC lacks. Records
     without `vec` pass through without `vecap`; records that already have one
     pass untouched unless --overwrite. Every case is counted in --stats.
+    --workers N runs N processes, each with its own server client (--concurrency
+    requests each), cache connection or CPU model; one model on a GPU runs in one
+    process (one task per GPU: vecap launch).
     """
     flags = g.config_fields(locals())
     from functools import partial
 
+    from vecap_cli.steps.generation import staged
     from vecap_cli.steps.rewrite import RewriteConfig
     from vecap_cli.steps.rewrite import rewrite as rewrite_stage
     from vecap_cli.steps.rewrite.build import build_rewriter
@@ -73,8 +77,12 @@ def rewrite(
         config = RewriteConfig.of(concurrency=options.concurrency, **flags)
     except ValueError as err:
         raise typer.BadParameter(str(err), param_hint="--model") from None
-    stage = partial(rewrite_stage, config=config, rewriter=build_rewriter(config, options))
-    tally = run_stream("rewrite", opts, stage, config.identity())
+
+    def build():
+        return partial(rewrite_stage, config=config, rewriter=build_rewriter(config, options))
+
+    stage, records = staged(REWRITE, config, options, opts.workers, build)
+    tally = run_stream("rewrite", opts, stage, config.identity(), batch_records=records)
     report(tally, opts)
 
 

@@ -132,7 +132,12 @@ def _check_openclip(request: Request) -> None:
     check_openclip(request.model, request.pretrained)
 
 
-_HF = {"model_help": "a transformers model dir (or hub id)", "check": _check_hf, "batch_size": 8}
+_HF = {
+    "model_help": "a transformers model dir (or hub id)",
+    "check": _check_hf,
+    "batch_size": 8,
+    "in_process": True,
+}
 _SERVER = {  # batch: 2 x concurrency; the client is built anew each run (reads the API key)
     "model_help": "the served model name",
     "check": check_server,
@@ -162,6 +167,7 @@ register(
         model_help="an open_clip model name, hf-hub:ORG/REPO or local-dir:PATH",
         check=_check_openclip,
         batch_size=16,
+        in_process=True,
     )
 )
 register(

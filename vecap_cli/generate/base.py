@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 from vecap_cli.errors import VecapError
@@ -25,6 +26,23 @@ def resolve_device(device: str) -> str:
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise VecapError(f"--device {device}: no CUDA device is visible")
     return device
+
+
+def on_gpu(device: str) -> bool:
+    """Whether a model on `device` runs on a GPU ('auto': when one is visible)."""
+    if device == "auto":
+        import torch
+
+        return torch.cuda.is_available()
+    return device.startswith("cuda")
+
+
+def share_cores(processes: int) -> None:
+    """torch's threads in one of `processes` worker processes: together, no more
+    than the cores this process may run on (more would wait on each other)."""
+    import torch
+
+    torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // processes))
 
 
 def default_dtype(device: str):

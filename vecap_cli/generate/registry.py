@@ -75,6 +75,20 @@ class Backend:
     # a built model stays in the process for the next run asking for the same
     # (generate/load.kept); False for a client of a server, which is cheap to build
     reuse: bool = True
+    # Runs its model in this process (torch): each --workers process loads a copy of
+    # its own; on a GPU, N copies on one device, which is refused (`workers_refusal`).
+    in_process: bool = False
+
+    def workers_refusal(self, workers: int, on_gpu: Callable[[], bool]) -> str | None:
+        """Why `--workers N` cannot run this backend, or None. `on_gpu()`: whether
+        the model would run on a GPU (--device as resolved); asked only when it matters."""
+        if workers < 2 or not self.in_process or not on_gpu():
+            return None
+        return (
+            f"--workers {workers}: --backend {self.name} would load its model in each of "
+            f"{workers} processes on one GPU; run one task per GPU instead (vecap launch "
+            f"--tasks N --gpus-per-task 1 -- {self.serves} ...), or --device cpu"
+        )
 
     def default_batch_size(self, concurrency: int) -> int:
         """What one forward pass holds (local models), or enough requests to keep

@@ -45,27 +45,34 @@ class CaptionConfig:
     prompt: str = DEFAULT_PROMPT
     max_new_tokens: int = 40
     batch_size: int = 8
-    workers: int = 4  # decode threads; 0 decodes inline
+    decode_threads: int = 4  # 0 decodes inline
     overwrite: bool = False
     field: str = "vec"
     image_limits: ImageLimits = DEFAULT_LIMITS  # --max-image-bytes, --max-pixels
 
     def identity(self) -> tuple:
-        """What decides the captions: a resumed run must agree on it (batching may differ)."""
+        """What decides the captions: a resumed run must agree on it (batching, threads
+        and processes may differ)."""
         return (self.backend, self.model, self.pretrained, self.prompt, self.max_new_tokens)
 
     @classmethod
     def of(
-        cls, backend: str, batch_size: int | None, workers: int | None, concurrency: int, **fields
+        cls,
+        backend: str,
+        batch_size: int | None,
+        decode_threads: int | None,
+        concurrency: int,
+        processes: int = 1,
+        **fields,
     ) -> CaptionConfig:
         """The config, with the defaults that depend on the backend (its batch,
-        `Backend.default_batch_size`) and the machine (decode threads: up to 4, one a core).
-        """
+        `Backend.default_batch_size`) and the machine (decode threads: up to 4, one a
+        core, the cores shared by `processes`, --workers)."""
         if batch_size is None:
             batch_size = get(CAPTION, backend).default_batch_size(concurrency)
-        if workers is None:
-            workers = max(1, min(4, os.cpu_count() or 1))
-        return cls(backend=backend, batch_size=batch_size, workers=workers, **fields)
+        if decode_threads is None:
+            decode_threads = max(1, min(4, len(os.sched_getaffinity(0)) // processes))
+        return cls(backend=backend, batch_size=batch_size, decode_threads=decode_threads, **fields)
 
 
 def build_captioner(config: CaptionConfig, options: ModelOptions) -> Captioner:
@@ -91,7 +98,7 @@ def caption(
 ) -> Iterator[Sample]:
     tally.declare("caption", keyed=True)
     field, overwrite = config.field, config.overwrite
-    prompt, limit = config.prompt, max_chars(config.max_new_tokens)
+    limit = max_chars(config.max_new_tokens)
 
     def prepare(sample: Sample):
         if not overwrite and has_text(sample.record, field):
@@ -99,37 +106,54 @@ def caption(
         return captioner.prepare(sample.image_bytes(config.image_limits))
 
     def prepared() -> Iterator[tuple[Sample, object]]:
-        ahead = max(2 * config.batch_size, 2 * config.workers, 8)
-        for sample, item in map_ahead(prepare, samples, config.workers, ahead):
+        threads = config.decode_threads
+        ahead = max(2 * config.batch_size, 2 * threads, 8)
+        for sample, item in map_ahead(prepare, samples, threads, ahead):
             if isinstance(item, BaseException):
                 _reject(tally, sample, item)
             else:
                 yield sample, item
 
-    for group in in_batches(prepared(), config.batch_size):
-        inputs = [item for _, item in group if item is not PASS]
-        texts = iter(captioner.generate(inputs) if inputs else ())
-        for sample, item in group:
-            if item is PASS:
-                tally.count("caption", sample, key="skipped-existing")
-                yield sample
-                continue
-            text, source = served(next(texts))
-            if source is not None:
-                tally.count("cache", sample, key=source)
-            if isinstance(text, Failed):
-                tally.reject(f"caption-{text.reason}", text.detail, sample)
-            elif (refused := refusal(text, prompt, limit)) is not None:
-                # A rejection, not a record without `vec`: rewrite and mix would quietly
-                # train on the AltText alone, while --rejects keeps it for a rerun.
-                reason, detail = refused
-                tally.reject(
-                    "empty-caption" if reason == "empty" else f"caption-{reason}", detail, sample
-                )
-            else:
-                sample.record[field] = text
-                tally.count("caption", sample, key="captioned")
-                yield sample
+    tally.hold()  # decoding and asking run ahead: --rejects in input order all the same
+    try:
+        for group in in_batches(prepared(), config.batch_size):
+            yield from _captioned(group, captioner, tally, config, limit)
+            tally.release(group[-1][0].idx + 1)
+    finally:
+        tally.release()
+
+
+def _captioned(
+    group: list[tuple[Sample, object]],
+    captioner: Captioner,
+    tally: Tally,
+    config: CaptionConfig,
+    limit: int,
+) -> Iterator[Sample]:
+    """One batch's samples, captioned (or passed, or rejected)."""
+    inputs = [item for _, item in group if item is not PASS]
+    texts = iter(captioner.generate(inputs) if inputs else ())
+    for sample, item in group:
+        if item is PASS:
+            tally.count("caption", sample, key="skipped-existing")
+            yield sample
+            continue
+        text, source = served(next(texts))
+        if source is not None:
+            tally.count("cache", sample, key=source)
+        if isinstance(text, Failed):
+            tally.reject(f"caption-{text.reason}", text.detail, sample)
+        elif (refused := refusal(text, config.prompt, limit)) is not None:
+            # A rejection, not a record without `vec`: rewrite and mix would quietly
+            # train on the AltText alone, while --rejects keeps it for a rerun.
+            reason, detail = refused
+            tally.reject(
+                "empty-caption" if reason == "empty" else f"caption-{reason}", detail, sample
+            )
+        else:
+            sample.record[config.field] = text
+            tally.count("caption", sample, key="captioned")
+            yield sample
 
 
 def _reject(tally: Tally, sample: Sample, err: BaseException) -> None:

@@ -4,6 +4,10 @@ JSONL is cut as its lines, whole, into runs of about BATCH_BYTES, parsed in the
 workers; a tar as its samples, read here (a tar stream has no line to cut at).
 Records are numbered here as one process numbers them: a batch of lines carries
 the ordinal of its first record, and the worker's reader goes on from there.
+
+A stage whose every record costs a model's answer (caption, rewrite) asks for
+batches of at most `records` records: a few hundred records are then work for
+every worker, not one batch for the first.
 """
 
 from __future__ import annotations
@@ -67,17 +71,19 @@ class Batch(NamedTuple):
     lead: Part | None  # what reading it here counted, merged before the worker's count
 
 
-def batches(inputs: Inputs, reading: Tally) -> Iterator[Batch]:
-    """The inputs cut into batches, in order (tar is read here, JSONL by the workers)."""
+def batches(inputs: Inputs, reading: Tally, records: int | None = None) -> Iterator[Batch]:
+    """The inputs cut into batches, in order (tar is read here, JSONL by the workers);
+    `records`: the most a batch holds (lines, for JSONL), beyond the size caps."""
     seq = count()
     with _stdin_apart(inputs) as stdin:
         for source, stream in open_each(
             inputs.names, inputs.carriers, inputs.log, stdin, inputs.meter
         ):
             if source.carrier == "jsonl":
-                cut = _lines(stream, source, inputs.pick)
+                cut = _lines(stream, source, inputs.pick, records)
             else:
-                cut = _samples(read_tar(stream, source, reading, inputs.pick), reading)
+                tar = read_tar(stream, source, reading, inputs.pick)
+                cut = _samples(tar, reading, min(records or BATCH_SAMPLES, BATCH_SAMPLES))
             for batch in cut:
                 batch.job.seq = next(seq)
                 yield batch
@@ -100,19 +106,34 @@ def _stdin_apart(inputs: Inputs) -> Iterator[BinaryIO | None]:
         yield own
 
 
-def _lines(stream: BinaryIO, source: Source, pick: Picker) -> Iterator[Batch]:
+def _lines(stream: BinaryIO, source: Source, pick: Picker, records: int | None) -> Iterator[Batch]:
     first_line = 1
-    for data in _whole_lines(stream):
-        first = pick.ordinal + 1
-        lines = data.split(b"\n")
-        if data.endswith(b"\n"):
-            lines.pop()  # the nothing after the last newline
-        blank = lines.count(b"") + sum(map(bytes.isspace, lines))  # no record: not numbered
-        pick.ordinal += len(lines) - blank
-        if pick.ordinal // pick.world >= pick.skip:  # else --resume skips all of them
-            job = Lines(source=source, first_line=first_line, first_ordinal=first)
-            yield Batch(job, data, None)
-        first_line += len(lines)
+    for whole in _whole_lines(stream):
+        for data in _cut(whole, records) if records else (whole,):
+            first = pick.ordinal + 1
+            lines = data.split(b"\n")
+            if data.endswith(b"\n"):
+                lines.pop()  # the nothing after the last newline
+            blank = lines.count(b"") + sum(map(bytes.isspace, lines))  # no record: not numbered
+            pick.ordinal += len(lines) - blank
+            if pick.ordinal // pick.world >= pick.skip:  # else --resume skips all of them
+                job = Lines(source=source, first_line=first_line, first_ordinal=first)
+                yield Batch(job, data, None)
+            first_line += len(lines)
+
+
+def _cut(data: bytes, records: int) -> Iterator[bytes]:
+    """`data` (whole lines) in runs of at most `records` lines, as slices of it."""
+    start, size = 0, len(data)
+    while start < size:
+        end = start
+        for _ in range(records):
+            newline = data.find(b"\n", end)
+            end = size if newline < 0 else newline + 1
+            if end == size:
+                break
+        yield data[start:end]
+        start = end
 
 
 def _whole_lines(stream: BinaryIO) -> Iterator[bytes]:
@@ -124,7 +145,7 @@ def _whole_lines(stream: BinaryIO) -> Iterator[bytes]:
         yield data
 
 
-def _samples(samples: Iterator[Sample], reading: Tally) -> Iterator[Batch]:
+def _samples(samples: Iterator[Sample], reading: Tally, most: int) -> Iterator[Batch]:
     """Batches of tar samples read here, each led by what reading counted since the
     batch before. A batch ends before a sample on whose way records were rejected,
     so that their lines are merged where one process writes them: between batches."""
@@ -132,7 +153,7 @@ def _samples(samples: Iterator[Sample], reading: Tally) -> Iterator[Batch]:
     size = 0
     lead = None
     for sample in samples:
-        if batch and (reading.rejected or size >= BATCH_BYTES or len(batch) >= BATCH_SAMPLES):
+        if batch and (reading.rejected or size >= BATCH_BYTES or len(batch) >= most):
             yield Batch(Samples(samples=batch), None, lead)
             batch, size = [], 0
         if not batch:

@@ -143,6 +143,10 @@ def open_checked(data: bytes, limits: ImageLimits):
         image = Image.open(io.BytesIO(data))
     except Image.DecompressionBombError as err:  # over twice PIL's cap: never opened
         raise ImageRejected(TOO_MANY_PIXELS, str(err)) from None
+    except Image.UnidentifiedImageError:  # its message names a buffer's address: a new one each run
+        raise ImageRejected(
+            UNDECODABLE, "UnidentifiedImageError: no image format PIL reads"
+        ) from None
     except Exception as err:  # PIL raises OSError, SyntaxError, ValueError... for junk
         raise ImageRejected(UNDECODABLE, f"{type(err).__name__}: {err}") from None
     width, height = image.size

@@ -197,14 +197,16 @@ def write_stage(
     workers: int,
     limits: ImageLimits,
     update: Update = None,
+    records: int | None = None,
 ) -> None:
-    """Runs `stage` over the inputs in `workers` processes, writing into `sink`."""
+    """Runs `stage` over the inputs in `workers` processes, writing into `sink`;
+    `records`: the most records a batch holds (see batches.py)."""
     if isinstance(stage, Gathering):
         _gather_then_write(stage, inputs, tally, sink, workers, limits, update)
         return
     fmt = _Format(sink)
     with _pool(workers, _Staging(stage, limits), tally, inputs.pick) as pool:
-        jobs = fmt.stamped(batches(inputs, tally.apart()))
+        jobs = fmt.stamped(batches(inputs, tally.apart(), records))
         for encoded, data in _merged(pool, jobs, tally, update):
             sink.write_encoded(encoded, data)
 

@@ -147,12 +147,15 @@ def run_stream(
     *,
     stdin: BinaryIO | None = None,
     started: float | None = None,
+    batch_records: int | None = None,
 ) -> Tally:
     """Runs `stage` over this rank's inputs into the output; returns the tally.
 
     `config` goes into the fingerprint that --resume checks; `stdin` is what '-'
     reads, when not sys.stdin (see `open_source`); `started`: when the run began,
-    if before this call (a pass before it).
+    if before this call (a pass before it); `batch_records`: with --workers, the
+    most records in one worker's batch (a stage whose records each cost a model's
+    answer: small batches, so that every worker has some).
     """
     names = expand(opts.inputs)
     tally = Tally(command, strict=opts.strict)
@@ -183,7 +186,9 @@ def run_stream(
             report = Report(opts.progress, mine.meter, shares_records=mine.pick.world > 1)
         with progress(command, not opts.quiet, mine.meter, report) as update, sink.failing_writes():
             if opts.workers > 1:
-                write_stage(stage, mine, tally, sink, opts.workers, opts.image_limits, update)
+                write_stage(
+                    stage, mine, tally, sink, opts.workers, opts.image_limits, update, batch_records
+                )
             elif update is None:
                 sink.write_all(stage(read_inputs(mine, tally), tally))
             else:

@@ -75,7 +75,8 @@ class Tally:
         # a step's own statistics, one record or more each (hot): per (name, key),
         # the idx and amount of each count, in idx order, so a seal takes a prefix
         self._tracks: dict[tuple[str, str | None], tuple[list[int], list[float]]] = {}
-        self._pending_lines: list[tuple[int, bytes]] = []  # rejects not yet sealed
+        self._pending_lines: list[tuple[int, bytes]] = []  # rejects not yet sealed (or held)
+        self._holding = False  # see `hold`
         self._sealed: dict = {kind: {} for kind in _KINDS}
 
     def apart(self) -> Tally:
@@ -186,12 +187,39 @@ class Tally:
             self._write(line, idx, tracked)
 
     def _write(self, line: dict, idx: int, tracked: bool) -> None:
-        """A --rejects line: now, or when tracking, at the seal of its input's shard."""
+        """A --rejects line: now; or when tracking, at the seal of its input's shard;
+        or while holding (`hold`), at `release`."""
         data = orjson.dumps(line, option=orjson.OPT_APPEND_NEWLINE)
-        if tracked:
+        if tracked or (self._holding and idx >= 0):
             self._pending_lines.append((idx, data))
         else:
             self.rejects.write(data)  # type: ignore[union-attr]
+
+    def hold(self) -> None:
+        """Keep rejected lines back until `release`: for a stage that reads ahead of
+        what it decides (caption decodes and asks ahead), so that the lines the reader
+        rejects do not overtake the stage's own on earlier records, and --rejects reads
+        in input order however the records were batched (--workers)."""
+        self._holding = True
+
+    def release(self, boundary: float = float("inf")) -> None:
+        """Write the held lines of inputs below `boundary` in input order; by default
+        all of them, holding no more. A tracking tally keeps them for their seal."""
+        if boundary == float("inf"):
+            self._holding = False
+        if self._pending is None and self.rejects is not None:
+            self._write_lines(boundary)
+
+    def _write_lines(self, boundary: float) -> None:
+        """The pending lines of inputs below `boundary`, in input order (a stable sort:
+        lines of one input keep theirs)."""
+        keep = []
+        for idx, data in sorted(self._pending_lines, key=_idx):
+            if idx < boundary:
+                self.rejects.write(data)  # type: ignore[union-attr]
+            else:
+                keep.append((idx, data))
+        self._pending_lines = keep
 
     # -- resume -------------------------------------------------------------
     def track(self) -> None:
@@ -224,7 +252,7 @@ class Tally:
         for name, value in counts.items():  # what --stats shows: the sealed counts
             self.extra[name] = Counter(value) if isinstance(value, dict) else value
         for kind in _KINDS:
-            out[kind] = dict(sealed[kind])
+            out[kind] = _by_rule(sealed[kind])
         out["counts"] = {k: dict(v) if isinstance(v, dict) else v for k, v in counts.items()}
         if self.rejects is not None:
             self.flush_rejects(boundary)
@@ -234,16 +262,11 @@ class Tally:
         return out
 
     def flush_rejects(self, boundary: float = float("inf")) -> None:
-        """Write the rejected lines of inputs below `boundary` (all by default) and sync."""
+        """Write the rejected lines of inputs below `boundary` (all by default), in input
+        order, and sync."""
         if self.rejects is None:
             return
-        keep = []
-        for idx, data in self._pending_lines:
-            if idx < boundary:
-                self.rejects.write(data)
-            else:
-                keep.append((idx, data))
-        self._pending_lines = keep
+        self._write_lines(boundary)
         self.rejects.flush()
         try:
             os.fsync(self.rejects.fileno())
@@ -332,9 +355,9 @@ class Tally:
             "command": self.command,
             "in": self.n_in,
             "out": self.n_out,
-            "dropped": dict(self.dropped),
-            "rejected": dict(self.rejected),
-            "added": dict(self.added),
+            "dropped": _by_rule(self.dropped),
+            "rejected": _by_rule(self.rejected),
+            "added": _by_rule(self.added),
             "balanced": self.balanced,
             "seconds": round(time.monotonic() - self.started, 3),
             **{k: _rounded(v) if k in self._counted else v for k, v in self.extra.items()},
@@ -379,6 +402,16 @@ def _extend(track: tuple[list[int], list[float]], more: tuple[list[int], list[fl
         at = bisect.bisect_right(idxs, idx)
         idxs.insert(at, idx)
         amounts.insert(at, n)
+
+
+def _by_rule(counts: Counter) -> dict:
+    """Counts by rule name: an order that does not depend on which rule was met first
+    (a stage reading ahead of its decisions, batches over --workers)."""
+    return dict(sorted(counts.items()))
+
+
+def _idx(line: tuple[int, bytes]) -> int:
+    return line[0]
 
 
 def _rounded(value: Any) -> Any:

@@ -142,17 +142,22 @@ def rewrite(
                 sample.record["vecap"] = _settle(one(alt, vec), alt, vec, validator, counts(sample))
             yield sample
         return
-    for group in in_batches(map(triage, samples), config.batch_size):
-        pairs = [pair for _, pair in group if pair is not PASS]
-        outputs = iter(fuse(pairs) if pairs else ())  # type: ignore[arg-type]
-        for sample, pair in group:
-            if pair is not PASS:
-                alt, vec = pair  # type: ignore[misc]
-                out, source = served(next(outputs))
-                if source is not None:
-                    count("cache", sample, key=source)
-                sample.record["vecap"] = _settle(out, alt, vec, validator, counts(sample))
-            yield sample
+    tally.hold()  # batches read ahead: --rejects (the reader's, a writer's) in input order
+    try:
+        for group in in_batches(map(triage, samples), config.batch_size):
+            pairs = [pair for _, pair in group if pair is not PASS]
+            outputs = iter(fuse(pairs) if pairs else ())  # type: ignore[arg-type]
+            for sample, pair in group:
+                if pair is not PASS:
+                    alt, vec = pair  # type: ignore[misc]
+                    out, source = served(next(outputs))
+                    if source is not None:
+                        count("cache", sample, key=source)
+                    sample.record["vecap"] = _settle(out, alt, vec, validator, counts(sample))
+                yield sample
+            tally.release(group[-1][0].idx + 1)
+    finally:
+        tally.release()
 
 
 def _settle(out: str | Failed, alt: str, vec: str, validator, count: Callable[[str], None]) -> str:
