@@ -86,6 +86,15 @@ def test_usage_errors_are_one_line(pool, flags, message):
     assert "Traceback" not in result.err
 
 
+def test_help_says_what_ranks_and_workers_do_not_do():
+    result = run_vecap("filter", "dedup", "--help", env={"COLUMNS": "200"})
+    assert result.code == 0, result.err
+    said = " ".join(result.out.decode().split())
+    assert "there is no --workers" in said
+    assert "every rank surveys the whole input" in said
+    assert "more ranks do not make the survey faster" in said
+
+
 @pytest.mark.slow  # torch, open_clip and scikit-learn start in a fresh process
 def test_semantic_with_a_tiny_model(tmp_path):
     """SemDeDup end to end with a tiny open_clip model built from a config: copies of

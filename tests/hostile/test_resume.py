@@ -44,6 +44,30 @@ def make_pool(tmp_path, n: int):
     return tmp_path
 
 
+def with_duplicates(pool) -> None:
+    """Every 6th record's image made a duplicate of an earlier one: the same file
+    (exact), or the same pixels re-encoded with other metadata (exact and pHash 0),
+    so that `filter dedup` drops some records in every shard."""
+    from PIL import Image
+
+    lines = (pool / "pool.jsonl").read_bytes().splitlines()
+    for n, line in enumerate(lines):
+        if n % 6 != 1 or n < 12 or line.startswith(b"{not"):
+            continue
+        record = orjson.loads(line)
+        source = pool / "img" / f"{n - 11}.png"
+        if not source.exists():  # that line is not JSON
+            continue
+        if n % 12 == 1:
+            record["image"] = str(source)
+        else:
+            copy = pool / "img" / f"{n}-copy.png"
+            Image.open(source).save(copy, format="PNG", optimize=True, pnginfo=None)
+            record["image"] = str(copy)
+        lines[n] = orjson.dumps(record)
+    (pool / "pool.jsonl").write_bytes(b"\n".join(lines) + b"\n")
+
+
 @pytest.fixture
 def pool(tmp_path):
     return make_pool(tmp_path, 300)
@@ -62,6 +86,8 @@ def command_args(command: str, pool, url: str) -> tuple[list, list, int]:
                            "--counts", pool / "counts.json", "--t", "80"], 1),
         "caption": (["caption"], ["--backend", "openai", "--model", "m", "--api-base", url,
                                   "--overwrite", "--concurrency", "2"], 1),
+        # dedup always reads twice: the survey, then the record pass, which stalls
+        "filter dedup": (["filter", "dedup"], ["--exact", "--phash-distance", "0"], 2),
     }[command]  # fmt: skip
 
 
@@ -99,14 +125,18 @@ def stats_of(folder) -> dict:
 
 @pytest.mark.timeout(180)
 @pytest.mark.parametrize(
-    "command", ["mix", "mix all", "mix first", "rewrite", "curate", "curate balance", "caption"]
-)
+    "command",
+    ["mix", "mix all", "mix first", "rewrite", "curate", "curate balance", "caption",
+     "filter dedup"],
+)  # fmt: skip
 def test_kill_9_then_resume_equals_an_uninterrupted_run(pool, command):
     if command == "curate balance":  # it matches 1,024 records at a time: more of them
         make_pool(pool, 1500)
         counted = run_vecap("curate", "count", pool / "pool.jsonl", "--metadata",
                             pool / "meta.json", "-o", pool / "counts.json", "-q")  # fmt: skip
         assert counted.code == 0, counted.err
+    if command == "filter dedup":
+        with_duplicates(pool)
     whole, cut = pool / "whole", pool / "cut"
     whole.mkdir()
     cut.mkdir()
@@ -140,14 +170,23 @@ def test_kill_9_then_resume_equals_an_uninterrupted_run(pool, command):
         assert proc.returncode == -signal.SIGKILL
         sealed = progress_shards(cut)
         assert 2 <= sealed < len(outputs(whole)), sealed
+        finished = {n: os.stat(cut / "out" / n) for n in sorted(outputs(cut))[:sealed]}
 
         (cut / "go").touch()
         resumed = run_in(cut, [*args, *resume])
     assert resumed.code == 0, resumed.err
     assert outputs(cut) == outputs(whole)
+    for name, before in finished.items():  # resumed, not redone: the sealed shards stand
+        after = os.stat(cut / "out" / name)
+        assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns), name
     assert (cut / "rejects.jsonl").read_bytes() == (whole / "rejects.jsonl").read_bytes()
     assert (whole / "rejects.jsonl").read_bytes().count(b"\n") >= 10
     assert stats_of(cut) == stats_of(whole)
+    counts = stats_of(whole)
+    added, dropped, rejected = (sum(counts[k].values()) for k in ("added", "dropped", "rejected"))
+    assert counts["in"] + added == counts["out"] + dropped + rejected and counts["balanced"]
+    if command == "filter dedup":  # duplicates dropped in the finished shards and the open one
+        assert counts["dropped"]["duplicate-exact"] >= 40, counts
     assert not [n for n in os.listdir(cut / "out") if n.endswith(".tmp")]
 
 

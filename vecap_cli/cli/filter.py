@@ -46,7 +46,7 @@ filter_app = typer.Typer(
 
 
 @filter_app.command("score")
-@record_command("filter")
+@record_command("filter score")
 def score(
     model: Annotated[
         str,
@@ -188,7 +188,9 @@ def score(
     )
     load = partial(ClipScorer, config, opts, opts.seed, opts.log)
     stage = partial(score_stage, config=config, load=load)
-    tally = _run("filter", opts, stage, config.identity(), partial(_histogram, histogram, config))
+    tally = _run(
+        "filter score", opts, stage, config.identity(), partial(_histogram, histogram, config)
+    )
     report(tally, opts)
 
 

@@ -111,9 +111,14 @@ def dedup(
     filter.clip_score survives (`vecap filter score` writes it; a scored record
     beats an unscored one), else the one with the lower key. With --rejects,
     each dropped duplicate is written there too, with `"dropped": true` and
-    `duplicate_of`, the kept record's key. With --world-size, every rank
-    surveys the whole input and writes its share: the shares together are one
-    process's output.
+    `duplicate_of`, the kept record's key.
+
+    Scale: there is no --workers; the survey decodes in --threads threads of
+    one process. With --world-size, every rank surveys the whole input (decodes
+    and hashes every image, and embeds it for --semantic: ranks exchange
+    nothing, so each reaches the same decisions) and then writes only its
+    share: the shares together are one process's output. Ranks split the
+    writing, not the survey: more ranks do not make the survey faster.
     """
     from vecap_cli.steps.filter.dedup import DedupConfig
     from vecap_cli.steps.filter.dedup import dedup as run
