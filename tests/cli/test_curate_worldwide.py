@@ -85,3 +85,19 @@ def test_report_reads_a_language_folder(pool):
     assert (pool / "c.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     other = run_vecap("curate", "report", pool / "c.json", "--metadata", pool / "meta" / "en.json")
     assert other.code == 1 and "another metadata list" in other.err
+
+
+def test_metaclip2_matches_languages_without_a_list_against_other(pool):
+    (pool / "meta" / "other.json").write_bytes(orjson.dumps(["собаки", "мир"]))
+    stats = pool / "stats.json"
+    result = run_vecap(
+        "curate", pool / "pool.jsonl", "--metadata", pool / "meta", "--rule", "metaclip2",
+        "--keep-all", "--stats", stats,
+    )  # fmt: skip
+    assert result.code == 0, result.err
+    out = {r["key"]: r["curate"] for r in result.records()}
+    assert (out["d"]["lang"], out["d"]["list"], out["d"]["entries"]) == ("ru", "other", [0, 1])
+    assert (out["a"]["lang"], out["a"]["list"]) == ("ja", "ja")
+    counts = orjson.loads(stats.read_bytes())
+    assert "no-metadata-for-lang" not in counts["dropped"]
+    assert counts["curate"]["languages"]["other"]["matches"] == 2

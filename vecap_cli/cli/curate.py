@@ -77,8 +77,10 @@ Rule = Annotated[
         metavar=f"<{'|'.join(MATCH_RULES)}>",
         help="; ".join(f"{name}: {r.help}" for name, r in MATCH_RULES.items())
         + " With metaclip2, --metadata is a folder of LANG.json lists (MetaCLIP 2's "
-        "data/metadata), curate.lang and curate.lang_conf are written, and texts in a "
-        "language without a list are dropped under `no-metadata-for-lang`.",
+        "data/metadata), curate.lang and curate.lang_conf (the language identified) and "
+        "curate.list (the list matched) are written; texts in a language without a list "
+        "(or none identified) are matched against other.json when the folder has one, "
+        "as in MetaCLIP 2, else dropped under `no-metadata-for-lang`.",
         rich_help_panel=_MATCH,
     ),
 ]

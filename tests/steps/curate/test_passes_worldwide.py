@@ -76,6 +76,22 @@ def by_key(rows):
 
 @pytest.mark.parametrize("config", [WORLD, SEVERAL], ids=["metaclip2", "several-v1"])
 def test_shards_counted_merged_and_balanced_keep_what_the_one_pass_keeps(pool, config):
+    one = sharded_equals_one_pass(pool, config)
+    if config.rule == "metaclip2":
+        assert one.dropped["no-metadata-for-lang"] > 0
+        languages = one.extra["curate"]["languages"]
+        assert set(languages) == {"en", "fr", "ja", "th"} and languages["en"]["t"] == 20
+        summary = one.extra["curate"]  # the languages, each at its own t, added up
+        for key in ("matches", "entries_matched", "matches_capped_at_t"):
+            assert summary[key] == sum(lang[key] for lang in languages.values()) > 0
+        assert summary["head"]["entries"] == sum(x["head"]["entries"] for x in languages.values())
+        assert summary["tail"]["matches"] + summary["head"]["matches"] == summary["matches"]
+        langs = {t["lang"] for r in records(pool / "out.jsonl") for t in r["curate"]["texts"]}
+        assert {"en", "fr", "ja", "th"} <= langs
+
+
+def sharded_equals_one_pass(pool, config):
+    """Counts of 3 ranks merged, then balanced by rank, keep what one pass keeps."""
     meta = meta_of(pool, config)
     one = passes.curate(opts(pool), config, meta, save_counts=str(pool / "saved.json"))
     ranks = 3
@@ -96,17 +112,7 @@ def test_shards_counted_merged_and_balanced_keep_what_the_one_pass_keeps(pool, c
     assert by_key(kept) == by_key(alone)
     assert 0 < len(alone) < one.n_in
     assert one.dropped["balance"] > 0
-    if config.rule == "metaclip2":
-        assert one.dropped["no-metadata-for-lang"] > 0
-        languages = one.extra["curate"]["languages"]
-        assert set(languages) == {"en", "fr", "ja", "th"} and languages["en"]["t"] == 20
-        summary = one.extra["curate"]  # the languages, each at its own t, added up
-        for key in ("matches", "entries_matched", "matches_capped_at_t"):
-            assert summary[key] == sum(lang[key] for lang in languages.values()) > 0
-        assert summary["head"]["entries"] == sum(x["head"]["entries"] for x in languages.values())
-        assert summary["tail"]["matches"] + summary["head"]["matches"] == summary["matches"]
-        langs = {t["lang"] for r in alone for t in r["curate"]["texts"]}
-        assert {"en", "fr", "ja", "th"} <= langs
+    return one
 
 
 @pytest.mark.parametrize("config", [WORLD, SEVERAL], ids=["metaclip2", "several-v1"])
@@ -213,3 +219,76 @@ def test_report_of_a_language_folder_shows_each_language_at_its_t(pool):
     assert rows["all"][3].replace(",", "") == str(sum(counts))
     top = text.splitlines()[-5:]  # the top entries, with their language
     assert top[0].split()[3] in ("en", "fr", "ja", "th") and "'" in top[0]
+
+
+OTHER = ["собака", "кошка", "фото дом", "photo", "chat"]  # other.json: the ru texts' list
+
+
+@pytest.fixture
+def other_pool(pool):
+    (pool / "meta" / "other.json").write_bytes(orjson.dumps(OTHER))
+    return pool
+
+
+def test_with_other_shards_counted_merged_and_balanced_keep_what_the_one_pass_keeps(other_pool):
+    one = sharded_equals_one_pass(other_pool, WORLD)
+    assert "no-metadata-for-lang" not in one.dropped
+    assert one.extra["curate"]["languages"]["other"]["matches"] > 0
+    lists = [t["list"] for r in records(other_pool / "out.jsonl") for t in r["curate"]["texts"]]
+    assert "other" in lists
+
+
+def ref_texts(record):
+    """The record's texts, alt (a string or a list's strings) then title."""
+    texts = []
+    for field in ("alt", "title"):
+        value = record.get(field)
+        texts += (
+            [value] if isinstance(value, str) else [v for v in value or [] if isinstance(v, str)]
+        )
+    return texts
+
+
+def test_other_against_a_reference(other_pool):
+    """MetaCLIP 2's curate.py as plain loops: each text to its language's list, else
+    'other'; counts per list; English's t, every other list's by p_to_t; p = 1 - prod
+    over the entries of all texts."""
+    from tests.steps.curate.test_worldwide import ref_match, ref_p_to_t, ref_t_to_p
+    from vecap_cli.steps.curate.langid import LanguageId
+
+    lid = LanguageId()
+    lists = {**METADATA, "other": OTHER}
+    routed, counts = {}, {name: [0] * len(entries) for name, entries in lists.items()}
+    for line in pool_lines().splitlines():
+        record = orjson.loads(line)
+        rows = []
+        for text in ref_texts(record):
+            lang, conf = lid(text)
+            listed = lang if lang in lists else "other"
+            local = ref_match(text, lists[listed])
+            for e in local:
+                counts[listed][e] += 1
+            rows.append((lang, conf, listed, local))
+        if rows:
+            routed[record["key"]] = rows
+    p = ref_t_to_p(counts["en"], 20)
+    ts = {
+        name: 20 if name == "en" else ref_p_to_t(own, p) for name, own in counts.items() if any(own)
+    }
+    assert "other" in ts and any(
+        r[2] == "other" and r[0] != "ru" for v in routed.values() for r in v
+    )
+
+    config = CurateConfig(**{**WORLD.__dict__, "keep_all": True})
+    tally = passes.curate(opts(other_pool), config, str(other_pool / "meta"))
+    out = {r["key"]: r["curate"] for r in records(other_pool / "out.jsonl")}
+    assert set(out) == set(routed) and "no-metadata-for-lang" not in tally.dropped
+    assert {lang: x["t"] for lang, x in tally.extra["curate"]["languages"].items()} == ts
+    for key, rows in routed.items():
+        written = [(t["lang"], t["lang_conf"], t["list"], t["entries"]) for t in out[key]["texts"]]
+        assert written == rows
+        miss = 1.0
+        for name, e in {(listed, e) for _, _, listed, local in rows for e in local}:
+            c, t = counts[name][e], ts[name]
+            miss *= 1.0 - (t / c if c > t else 1.0)
+        assert out[key]["p"] == pytest.approx(1.0 - miss, abs=1e-12)

@@ -274,3 +274,62 @@ def test_no_english_match_cannot_give_other_languages_a_t():
     with pytest.raises(VecapError, match="--t-per-lang"):
         language_ts([0, 5], languages, 10)
     assert language_ts([0, 5], languages, 10, {"ja": 3}) == {"ja": 3}
+
+
+def fake_lid(text):
+    """The language a test names: the text's first word ("ru: ..."), "" when none."""
+    lang, _, _ = text.partition(":")
+    return (lang, 0.5) if lang in ("en", "ja", "ru", "sw") else ("", 0.0)
+
+
+def test_texts_without_a_list_are_matched_against_other(tmp_path):
+    """MetaCLIP 2's lid_langcode_to_metadata_langcode: a language with no list, or
+    none identified (""), goes to 'other'; a language with a list keeps its own."""
+    per_lang = {"en": ["dog", "photo"], "ja": ["写真"], "other": ["собака", "dog", "mbwa"]}
+    languages = _languages(per_lang, str(tmp_path))
+    assert list(languages.spans) == ["en", "ja", "other"]
+    world = WorldMatcher(languages, pad_metaclip2, fake_lid)
+    texts = [
+        "en: a dog photo",  # its own list: "dog" of en, not of other
+        "ja: 犬の写真",
+        "ru: фото собака",  # no ru list: other
+        "sw: picha ya mbwa dog",  # no sw list: other, where "dog" is other's
+        "фото собака",  # no language identified: other
+        "ru: кошка",  # other, matching nothing
+    ]
+    found = world.find_many(texts)
+    rows = [(f.lang, f.listed, f.local) for f in found]
+    assert rows == [
+        ("en", "en", [0, 1]),
+        ("ja", "ja", [0]),
+        ("ru", "other", [0]),
+        ("sw", "other", [1, 2]),
+        ("", "other", [0]),
+        ("ru", "other", []),
+    ]
+    start = languages.spans["other"][0]
+    assert found[3].ids == [start + 1, start + 2]
+    for text, (_, listed, local) in zip(texts, rows, strict=True):
+        assert local == ref_match(text, per_lang[listed])
+
+
+def test_without_other_a_language_without_a_list_matches_nothing(tmp_path):
+    languages = _languages({"en": ["dog"], "ja": ["写真"]}, str(tmp_path))
+    world = WorldMatcher(languages, pad_metaclip2, fake_lid)
+    found = world.find_many(["ru: собака dog", "dog", "en: dog"])
+    assert [(f.lang, f.listed, f.ids) for f in found] == [
+        ("ru", None, None),
+        ("", None, None),
+        ("en", "en", [0]),
+    ]
+
+
+def test_other_takes_its_t_from_englishs_tail_share(tmp_path):
+    """MetaCLIP 2's global_count: every list but English's, 'other' too, gets
+    p_to_t(its counts, t_to_p(English's counts, t))."""
+    per_lang = {"en": [f"e{i}" for i in range(6)], "other": [f"o{i}" for i in range(5)]}
+    languages = _languages(per_lang, str(tmp_path))
+    en, other = [50, 30, 9, 4, 0, 1], [7, 3, 80, 0, 12]
+    ts = language_ts(en + other, languages, 10)
+    assert ts == {"en": 10, "other": ref_p_to_t(other, ref_t_to_p(en, 10))}
+    assert language_ts(en + other, languages, 10, {"other": 5})["other"] == 5

@@ -31,7 +31,7 @@ from vecap_cli.stream.tally import Tally
 
 Pairs = Iterator[tuple[Sample, list[int]]]
 NO_TEXT = "no-text"  # a rejection: the record lacks the text field
-NO_METADATA = "no-metadata-for-lang"  # a drop: no text's language has an entry list
+NO_METADATA = "no-metadata-for-lang"  # a drop: no list for any text's language, no `other`
 # cache codes (new ones go at the end)
 RULES = ("", NO_TEXT, "text-filter", "duplicate-url", "duplicate-text", NO_METADATA)
 
@@ -202,7 +202,8 @@ def prepare_texts(
 ) -> Pairs:
     """`prepare` for several texts per record, or per-language matching: (sample,
     `Matches`) for every record the filters let through. A record none of whose
-    texts is in a language with metadata is dropped under `no-metadata-for-lang`."""
+    texts has a list to match (its language's, or `other`) is dropped under
+    `no-metadata-for-lang`."""
     fields = config.fields
     screen = Screen(config) if config.html or config.text_filter or config.dedup else None
     chunk: list[Sample] = []

@@ -25,16 +25,18 @@ from vecap_cli.rand import uniform
 
 
 class Found:
-    """One text's matches: `ids` global (None: its language has no metadata), its
-    language's list starting at global id `offset`; `lang`, `conf` under metaclip2."""
+    """One text's matches: `ids` global (None: no list for its language), the list
+    matched starting at global id `offset`; under metaclip2 `lang`, `conf` (the
+    identified language) and `listed` (the list's name: `lang`, or "other")."""
 
-    __slots__ = ("conf", "ids", "lang", "offset")
+    __slots__ = ("conf", "ids", "lang", "listed", "offset")
 
-    def __init__(self, ids: list[int] | None, offset: int = 0, lang=None, conf=None):
+    def __init__(self, ids: list[int] | None, offset: int = 0, lang=None, conf=None, listed=None):
         self.ids = ids
         self.offset = offset
         self.lang = lang
         self.conf = conf
+        self.listed = listed
 
     @property
     def local(self) -> list[int] | None:
@@ -128,12 +130,14 @@ def describe(matches: Matches, several: bool, seed: int, key, p: float, keep: bo
         curate = {"entries": found.local or []}
         if found.lang is not None:
             curate["lang"], curate["lang_conf"] = found.lang, found.conf
+            curate["list"] = found.listed
         return {**curate, **drawn}
     texts = []
     for label, _, found in matches.texts:
         text = {"field": label, "entries": found.local or []}
         if found.lang is not None:
             text["lang"], text["lang_conf"] = found.lang, found.conf
+            text["list"] = found.listed
         texts.append(text)
     pick = chosen(matches, seed, key)
     text = matches.texts[pick][1] if pick is not None else None

@@ -9,6 +9,13 @@ The languages' lists are laid one after the other, in language order, so an
 (language, entry) pair has one global id: counts, counts files, merging and the
 keep draws (hash(seed, key, id)) work on global ids as v1 does on its one list.
 
+A text whose identified language has no list, or whose language cannot be
+identified (lid gives ""), is matched against the folder's `other` list when it
+has one (other.json: MetaCLIP 2's `lid_langcode_to_metadata_langcode` sends
+those texts to 'other', with no confidence threshold); without one it matches
+nothing and counts as having no metadata. `other` is a list like any other: its
+t is derived from English's as every non-English language's is.
+
 The English t gives every other language its t as MetaCLIP 2's `global_count`
 does: p = the share of English matches in entries counted below t (`t_to_p`),
 then per language the count at which the sorted cumulative share comes nearest
@@ -33,6 +40,7 @@ from vecap_cli.steps.curate.texts import Found
 
 _LANG_FILE = re.compile(r"^([A-Za-z][A-Za-z0-9_-]*)\.(json|json\.gz|txt)$")
 ENGLISH = "en"
+OTHER = "other"  # the list of the texts whose language has none (MetaCLIP 2's 'other')
 
 
 @dataclass(frozen=True)
@@ -78,10 +86,11 @@ def read_languages(path: str) -> Languages:
 
 
 class WorldMatcher:
-    """`find_many(texts)` -> a `Found` per text: its language (`lid`), and the global
-    ids of the entries of its language's list it matches, batched per language; ids
-    None when its language has no list. The automata are built here, once, before
-    any worker forks."""
+    """`find_many(texts)` -> a `Found` per text: its language (`lid`), the list it is
+    matched against (its language's, else `other` when the folder has one), and the
+    global ids of that list's entries it matches, batched per list; ids None when
+    there is no list for it. The automata are built here, once, before any worker
+    forks."""
 
     def __init__(self, languages: Languages, pad: Callable[[str], str], lid):
         self.lid = lid
@@ -93,15 +102,17 @@ class WorldMatcher:
 
     def find_many(self, texts: list[str]) -> list[Found]:
         lid, matchers = self.lid, self.matchers
+        fallback = OTHER if OTHER in matchers else None
         found = []
         groups: dict[str, list[int]] = {}
         for i, text in enumerate(texts):
             lang, conf = lid(text)
-            found.append(Found(None, 0, lang, conf))
-            if lang in matchers:
-                groups.setdefault(lang, []).append(i)
-        for lang, where in groups.items():
-            offset, matcher = matchers[lang]
+            listed = lang if lang in matchers else fallback
+            found.append(Found(None, 0, lang, conf, listed))
+            if listed is not None:
+                groups.setdefault(listed, []).append(i)
+        for listed, where in groups.items():
+            offset, matcher = matchers[listed]
             for i, ids in zip(where, matcher.find_many([texts[i] for i in where]), strict=True):
                 at = found[i]
                 at.ids, at.offset = ids, offset
