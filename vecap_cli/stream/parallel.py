@@ -136,6 +136,14 @@ def encode(
     dumps, newline = orjson.dumps, orjson.OPT_APPEND_NEWLINE
     tar, marked = job.fmt == "tar", job.marked
     n = end = 0
+    if not tar and not marked:  # the hot path: JSONL lines, one stream
+        for sample in samples:
+            if sample.members:
+                kept[n] = (end, sample)
+            else:
+                end += put(dumps(sample.record, option=newline))
+            n += 1
+        return Encoded(n, kept, idxs, ends), out.getvalue()
     for sample in samples:
         if tar:
             data = tar_blocks(sample, tally, limits)
