@@ -67,3 +67,17 @@ def test_writer_extracts_members_next_to_the_output(tmp_path):
     assert b'"members":{"npy":"imgs/k1.npy"}' in line
     assert (tmp_path / "imgs" / "k1.png").read_bytes() == b"PNG"
     assert (tmp_path / "imgs" / "k1.npy").read_bytes() == b"NPY"
+
+
+def test_the_picker_goes_on_from_the_last_record_read_when_reading_stops_early():
+    pick, tally = Picker(), Tally("t")
+    source = Source("f.jsonl", "jsonl", "")
+    reader = read_jsonl(
+        io.BytesIO(b'{"key":"a"}\n\n{"key":"b"}\n{"key":"c"}\n'), source, tally, pick
+    )
+    assert [next(reader).idx, next(reader).idx] == [0, 1]
+    reader.close()
+    assert pick.ordinal == 1
+    assert tally.n_in == 2
+    more = list(read_jsonl(io.BytesIO(b'{"key":"d"}\n'), source, tally, pick))
+    assert [s.idx for s in more] == [2]

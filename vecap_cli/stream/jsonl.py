@@ -55,30 +55,55 @@ def read_jsonl(
     This loop is every command's floor: the common record (an object with a
     string key, on a run that keeps every record) takes the short path.
     """
-    loads, plain = orjson.loads, pick.plain
+    if not pick.plain:
+        yield from _picked(stream, source, tally, pick, first_line)
+        return
+    loads = orjson.loads
+    idx = pick.ordinal  # counted here, and handed back to `pick` however the reading ends
+    try:
+        for lineno, line in enumerate(stream, first_line):
+            if line.isspace():
+                continue
+            idx += 1
+            tally.n_in += 1
+            try:
+                record = loads(line)
+            except orjson.JSONDecodeError as err:
+                problem: tuple[str, str] | None = _unparsable(line, err)
+            else:
+                if type(record) is dict:
+                    key = record.get("key")
+                    if type(key) is str and key:
+                        yield Sample(record, None, idx, source, lineno)
+                        continue
+                problem = _unusable(record)
+            if problem is None:  # an integer key
+                yield Sample(record, None, idx, source, lineno)
+                continue
+            raw = line.decode("utf-8", "backslashreplace").rstrip("\n")
+            tally.reject(*problem, idx=idx, origin=f"{source.name}:{lineno}", raw=raw)
+    finally:
+        pick.ordinal = idx
+
+
+def _picked(
+    stream: Iterable[bytes], source: Source, tally: Tally, pick: Picker, first_line: int
+) -> Iterator[Sample]:
+    """`read_jsonl` for a run that skips records (another rank's, or --resume's)."""
     for lineno, line in enumerate(stream, first_line):
         if line.isspace():
             continue
-        if plain:
-            pick.ordinal += 1
-            idx = pick.ordinal
-        else:
-            idx = pick()
-            if idx < 0:
-                continue
+        idx = pick()
+        if idx < 0:
+            continue
         tally.n_in += 1
         try:
-            record = loads(line)
+            record = orjson.loads(line)
         except orjson.JSONDecodeError as err:
             problem: tuple[str, str] | None = _unparsable(line, err)
         else:
-            if type(record) is dict:
-                key = record.get("key")
-                if type(key) is str and key:
-                    yield Sample(record, None, idx, source, lineno)
-                    continue
             problem = _unusable(record)
-        if problem is None:  # an integer key
+        if problem is None:
             yield Sample(record, None, idx, source, lineno)
             continue
         raw = line.decode("utf-8", "backslashreplace").rstrip("\n")

@@ -48,6 +48,37 @@ def test_matches_are_written_and_everything_is_accounted_for():
     assert dict(tally.rejected) == {"no-text": 1}
 
 
+def test_prepare_pairs_each_record_with_its_ids_across_chunks_whatever_was_removed(monkeypatch):
+    """Hot records, a rejected one, a list-valued field and no-matches in chunks of
+    any size: the same pairs, and the same counts in the same order, whether the
+    drops are sealed per record (tracking) or counted in bulk."""
+    records = [
+        *RECORDS,
+        {"key": "h", "alt": ["nothing", "a dog"]},
+        {"key": "i", "alt": "red cube photo"},
+    ]
+
+    def held(batch: int, tracking: bool):
+        monkeypatch.setattr(stages, "BATCH", batch)
+        tally = Tally("curate")
+        if tracking:
+            tally.track()
+        pairs = prepare(samples(records), tally, CurateConfig(), Matcher(ENTRIES).find_many)
+        kept, n, matched = stages.hold(pairs, tally)
+        ids = [(s.key, i if type(i) is list else sorted(i.union())) for s, i in kept]
+        return ids, (n, matched), list(tally.dropped.items()), dict(tally.rejected)
+
+    expected = (
+        [("a", [0, 1]), ("b", [2]), ("e", [0, 1]), ("g", [1]), ("h", [0]), ("i", [2, 3])],
+        (8, 6),
+        [("no-match", 2)],
+        {"no-text": 1},
+    )
+    for batch in (1, 2, 3, 1024):
+        for tracking in (False, True):
+            assert held(batch, tracking) == expected
+
+
 def test_filters_drop_under_their_own_rules():
     config = CurateConfig(html=True, text_filter=True, dedup=("url", "text"))
     out, tally = run(config)

@@ -201,8 +201,9 @@ class _CountThenBalance(Gathering):
         return Balancer(probs, self.config.seed)
 
     def release(self, held: list, balancer: Balancer, tally: Tally) -> Iterator[Sample]:
+        # `held` is freed by whoever holds it: the one-pass when it ends, with the
+        # collector still off; a worker process never (see parallel._Gathering)
         yield from stages.balance(held, tally, self.config, balancer)
-        held.clear()  # freed here: the collector, back on, would walk them all once more
 
 
 @contextmanager

@@ -110,8 +110,8 @@ def prepare(
     field = config.field
     screen = Screen(config) if config.html or config.text_filter or config.dedup else None
     chunk: list[Sample] = []
-    rules: list[str] = []  # per sample in the chunk: "" or the rule that removed it
-    texts: list[str] = []  # of the samples not removed
+    texts: list[str] = []  # of the samples not removed whose field holds one text
+    removed: dict[int, str] = {}  # chunk position -> the rule that removed that sample
     several: dict[int, Matches] = {}  # chunk position -> the matches of a list-valued field
     tracking = tally.tracking  # html_cleaned per record, to seal with the shards; else in bulk
     if screen is not None and config.html:
@@ -119,36 +119,53 @@ def prepare(
     try:
         for sample in samples:
             text = sample.record.get(field)
-            if isinstance(text, list):
-                labelled = texts_of(sample.record, (field,))
-                rule = _removed(labelled, sample, tally, screen, field)
-                if not rule:
-                    found = plain(match_many)([t for _, t in labelled])
-                    several[len(chunk)] = _matches(labelled, found)
-            elif not isinstance(text, str):
-                rule = NO_TEXT
-                tally.reject(NO_TEXT, f"record has no string '{field}'", sample)
-            elif screen is not None:
-                cleaned = screen.cleaned
-                text, rule = screen(sample.record, text)
-                if tracking and screen.cleaned != cleaned:
-                    tally.count("html_cleaned", sample)
-                if rule:
-                    tally.drop(rule, sample)
-            else:
-                rule = ""
-            chunk.append(sample)
-            rules.append(rule)
-            if not rule and len(chunk) - 1 not in several:
+            if screen is None and type(text) is str:  # the hot path: one text, nothing to screen
                 texts.append(text)
+            else:
+                text, rule = _prepared(
+                    sample, text, tally, config, screen, match_many, several, chunk
+                )
+                if rule:
+                    removed[len(chunk)] = rule
+                elif len(chunk) not in several:
+                    texts.append(text)
+            chunk.append(sample)
             if len(chunk) == BATCH:
-                yield from _paired(chunk, rules, match_many(texts), cache, several)
-                chunk, rules, texts, several = [], [], [], {}
+                yield from _paired(chunk, removed, match_many(texts), cache, several)
+                chunk, texts, removed, several = [], [], {}, {}
         if chunk:
-            yield from _paired(chunk, rules, match_many(texts), cache, several)
+            yield from _paired(chunk, removed, match_many(texts), cache, several)
     finally:
         if screen is not None and config.html and not tracking:
             tally.count("html_cleaned", None, screen.cleaned)
+
+
+def _prepared(
+    sample: Sample, text, tally: Tally, config: CurateConfig, screen, match_many, several, chunk
+) -> tuple[str, str]:
+    """`prepare` for a sample off its hot path: (its text, screened; the rule that
+    removes it, or ""). A list-valued field's matches go into `several`, at the
+    sample's chunk position."""
+    field = config.field
+    if isinstance(text, list):
+        labelled = texts_of(sample.record, (field,))
+        rule = _removed(labelled, sample, tally, screen, field)
+        if not rule:
+            found = plain(match_many)([t for _, t in labelled])
+            several[len(chunk)] = _matches(labelled, found)
+        return "", rule
+    if not isinstance(text, str):
+        tally.reject(NO_TEXT, f"record has no string '{field}'", sample)
+        return "", NO_TEXT
+    if screen is None:
+        return text, ""
+    cleaned = screen.cleaned
+    text, rule = screen(sample.record, text)
+    if tally.tracking and screen.cleaned != cleaned:
+        tally.count("html_cleaned", sample)
+    if rule:
+        tally.drop(rule, sample)
+    return text, rule
 
 
 def _removed(
@@ -250,26 +267,28 @@ def _grouped(chunk, labels, find_many, tally: Tally, cache: MatchCache | None) -
 
 def _paired(
     chunk: list[Sample],
-    rules: list[str],
+    removed: dict[int, str],
     found: list[list[int]],
     cache: MatchCache | None,
     several: dict[int, Matches] | None = None,
 ) -> Iterable[tuple[Sample, list[int]]]:
-    """The chunk's samples that were not removed, with their ids (in the cache too)."""
+    """The chunk's samples that were not `removed`, with their ids (in the cache too)."""
     if several:
         found = iter(found)
         found = [
-            several[i] if i in several else next(found) for i, rule in enumerate(rules) if not rule
+            several[i] if i in several else next(found)
+            for i in range(len(chunk))
+            if i not in removed
         ]
     if cache is None:
-        if len(found) == len(chunk):  # the hot path: nothing removed
+        if not removed:  # the hot path
             return zip(chunk, found, strict=True)
-        return zip(
-            [s for s, rule in zip(chunk, rules, strict=True) if not rule], found, strict=True
-        )
+        kept = [s for i, s in enumerate(chunk) if i not in removed]
+        return zip(kept, found, strict=True)
     pairs = []
     ids = iter(found)
-    for sample, rule in zip(chunk, rules, strict=True):
+    for i, sample in enumerate(chunk):
+        rule = removed.get(i)
         if rule:
             cache.note(sample.idx, rule)
         else:
@@ -303,13 +322,21 @@ def hold(
     under `no-match` now (with keep_all they are held, to be written marked)."""
     held: list[tuple[Sample, list[int]]] = []
     append = held.append
-    no_match = 0
-    for pair in pairs:
-        if pair[1] or keep_all:
-            append(pair)
-        else:
-            no_match += 1
-            tally.drop("no-match", pair[0])
+    no_match = bulk = 0  # bulk: drops counted at the end, when no shard seals them
+    tracking = tally.tracking
+    try:
+        for pair in pairs:
+            if pair[1] or keep_all:
+                append(pair)
+            elif tracking or not no_match:  # the first one gives the rule its place in the counts
+                no_match += 1
+                tally.drop("no-match", pair[0])
+            else:
+                no_match += 1
+                bulk += 1
+    finally:
+        if bulk:
+            tally.dropped["no-match"] += bulk
     matched = sum(1 for _, ids in held if ids) if keep_all else len(held)
     return held, len(held) + no_match, matched
 
