@@ -95,7 +95,9 @@ def test_a_server_that_is_down_stops_the_run_with_one_line():
     with ChatServer(echo) as server:
         url = server.url
     c = client(url, concurrency=2, retries=1)  # nothing listens there any more
-    with pytest.raises(VecapError, match=r"failed 8 requests in a row \(connection"):
+    # It stops at the 8th failure in a row; the other request in flight may fail first
+    # (9): a race of two threads, which a loaded machine loses now and then.
+    with pytest.raises(VecapError, match=r"failed [89] requests in a row \(connection"):
         c.generate(convs(20))
 
 

@@ -191,7 +191,7 @@ def test_tar_members_are_held_to_the_same_caps(name, tmp_path, bomb, eval_model)
 
 @pytest.mark.parametrize("command", [*CASES, "train", "eval"])
 def test_every_command_that_opens_images_takes_the_flags(command):
-    result = run_vecap(command, "--max-pixels", "0", "--max-image-bytes", "1")
+    result = run_vecap(*command.split(), "--max-pixels", "0", "--max-image-bytes", "1")
     assert result.code == 2 and "--max-pixels" in result.err, result.err
     assert "No such option" not in result.err
 

@@ -81,12 +81,19 @@ def expected_rejects(tmp_path) -> dict[str, str]:
     return {**dict.fromkeys(escapes, "bad-key"), "dup": "duplicate-key"}
 
 
+# The writer (the sink) rejects escaping names for every command. Two commands never
+# hand this tar's records to it, so they cannot show it: filter select rejects them
+# first (no-score: the records carry no filter.clip_score), and filter dedup drops
+# the escapes, which share one image, as duplicates (duplicate-exact).
+_WRITING = [command for command in CASES if command not in ("filter select", "filter dedup")]
+
+
 @pytest.mark.timeout(60)
-@pytest.mark.parametrize("command", CASES)
+@pytest.mark.parametrize("command", _WRITING)
 def test_tar_names_never_leave_or_overwrite_the_images_dir(command, tmp_path, escaping_tar):
     tar, good = escaping_tar
     out, rejects, stats = tmp_path / "out.jsonl", tmp_path / "rejects.jsonl", tmp_path / "s.json"
-    args = [command, *CASES[command], tar, "-o", out, "--images-dir", tmp_path / "imgs"]
+    args = [*command.split(), *CASES[command], tar, "-o", out, "--images-dir", tmp_path / "imgs"]
     result = run_vecap(*args, "--rejects", rejects, "--stats", stats, cwd=tmp_path)
     assert result.code == 0, result.err
     no_traceback(result)
@@ -134,7 +141,7 @@ def stealing_tar(tmp_path):
 @pytest.mark.parametrize("command", CASES)
 def test_tar_output_never_packs_files_a_tar_record_names(command, tmp_path, stealing_tar):
     tar, secret, _ = stealing_tar
-    result = run_vecap(command, *CASES[command], tar, "-q", "-o", tmp_path / "out.tar")
+    result = run_vecap(*command.split(), *CASES[command], tar, "-q", "-o", tmp_path / "out.tar")
     assert result.code == 0, result.err
     with tarfile.open(tmp_path / "out.tar") as out:
         names = out.getnames()
@@ -162,7 +169,7 @@ def test_two_steps_through_jsonl_never_launder_a_tar_records_paths(command, tmp_
     tar, secret, _ = stealing_tar
     rejects = tmp_path / "rejects.jsonl"
     first = run_vecap(
-        command, *CASES[command], tar, "-o", tmp_path / "mid.jsonl",
+        *command.split(), *CASES[command], tar, "-o", tmp_path / "mid.jsonl",
         "--images-dir", tmp_path / "imgs", "--rejects", rejects,
     )  # fmt: skip
     assert first.code == 0, first.err
