@@ -10,11 +10,11 @@ from typing import Annotated, ClassVar
 import typer
 
 from vecap_cli.cli.groups import DefaultCommandGroup
+from vecap_cli.cli.models import Pretrained, Tokenizer, model_option
 from vecap_cli.cli.options import RunOptions, report, run_command
 
 SUMMARY = "Evaluate a CLIP model: zero-shot classification or image-text retrieval."
 _DATA = "Dataset"
-_MODEL = "Model"
 
 
 class _EvalGroup(DefaultCommandGroup):
@@ -65,16 +65,7 @@ def run(
             show_default=False,
         ),
     ],
-    model: Annotated[
-        str,
-        typer.Option(
-            help="Any architecture vecap train takes (vecap-tiny, ViT-B-16, a model-config "
-            ".json) with --pretrained, an open_clip model directory (a vecap train run), or "
-            "a Hugging Face CLIPModel directory (with its saved image processor, if any).",
-            rich_help_panel=_MODEL,
-            show_default=False,
-        ),
-    ],
+    model: Annotated[str, model_option()],
     inputs: Annotated[
         list[str] | None,
         typer.Argument(
@@ -84,25 +75,8 @@ def run(
             show_default=False,
         ),
     ] = None,
-    pretrained: Annotated[
-        str | None,
-        typer.Option(
-            metavar="PATH",
-            help="open_clip/vecap checkpoint for --model ARCH (RUN/step_N.pt, or an open_clip "
-            "tag).",
-            rich_help_panel=_MODEL,
-            show_default=False,
-        ),
-    ] = None,
-    tokenizer: Annotated[
-        str | None,
-        typer.Option(
-            help="Tokenizer for a Hugging Face model whose directory has none "
-            "(VeCLIP checkpoints: t5-base).",
-            rich_help_panel=_MODEL,
-            show_default=False,
-        ),
-    ] = None,
+    pretrained: Pretrained = None,
+    tokenizer: Tokenizer = None,
     output: Annotated[
         str,
         typer.Option(

@@ -15,13 +15,14 @@ import typer
 
 from vecap_cli.cli import filter_dedup
 from vecap_cli.cli.groups import DefaultCommandGroup
+from vecap_cli.cli.models import MODEL, Pretrained, Tokenizer, image_batch_option, model_option
 from vecap_cli.cli.options import finite, record_command, report
 from vecap_cli.stream.runner import StreamOptions
 
 SUMMARY = (
     "Filter by a CLIP model's image-text score and DataComp's basic rules; deduplicate images."
 )
-_MODEL = "Model"
+_MODEL = MODEL
 _RULES = "Rules"
 
 
@@ -48,33 +49,9 @@ filter_app = typer.Typer(
 @filter_app.command("score")
 @record_command("filter score")
 def score(
-    model: Annotated[
-        str,
-        typer.Option(
-            help="What vecap eval loads: an architecture (ViT-B-32, vecap-tiny, a "
-            "model-config .json) with --pretrained, an open_clip model directory (a vecap "
-            "train run), or a Hugging Face CLIPModel directory.",
-            rich_help_panel=_MODEL,
-            show_default=False,
-        ),
-    ],
-    pretrained: Annotated[
-        str | None,
-        typer.Option(
-            metavar="PATH",
-            help="open_clip/vecap checkpoint (or open_clip tag) for --model ARCH.",
-            rich_help_panel=_MODEL,
-            show_default=False,
-        ),
-    ] = None,
-    tokenizer: Annotated[
-        str | None,
-        typer.Option(
-            help="Tokenizer for a Hugging Face model whose directory has none.",
-            rich_help_panel=_MODEL,
-            show_default=False,
-        ),
-    ] = None,
+    model: Annotated[str, model_option()],
+    pretrained: Pretrained = None,
+    tokenizer: Tokenizer = None,
     text_key: Annotated[
         str,
         typer.Option(
@@ -82,9 +59,7 @@ def score(
             rich_help_panel=_MODEL,
         ),
     ] = "alt",
-    batch_size: Annotated[
-        int, typer.Option(min=1, help="Images per forward pass.", rich_help_panel=_MODEL)
-    ] = 64,
+    batch_size: Annotated[int, image_batch_option()] = 64,
     device: Annotated[
         str,
         typer.Option(

@@ -4,6 +4,12 @@ from typing import Annotated
 
 import typer
 
+from vecap_cli.cli.models import (
+    image_batch_option,
+    model_option,
+    pretrained_option,
+    tokenizer_option,
+)
 from vecap_cli.cli.options import finite, record_command, report
 from vecap_cli.stream.runner import StreamOptions
 
@@ -59,33 +65,9 @@ def dedup(
             show_default=False,
         ),
     ] = None,
-    model: Annotated[
-        str | None,
-        typer.Option(
-            help="What `vecap eval --model` takes: an architecture (vecap-tiny, ViT-B-16, a "
-            "model-config .json) with --pretrained, a vecap train run, or a Hugging Face "
-            "CLIPModel directory.",
-            rich_help_panel=_MODEL,
-            show_default=False,
-        ),
-    ] = None,
-    pretrained: Annotated[
-        str | None,
-        typer.Option(
-            metavar="PATH",
-            help="open_clip/vecap checkpoint for --model ARCH.",
-            rich_help_panel=_MODEL,
-            show_default=False,
-        ),
-    ] = None,
-    tokenizer: Annotated[
-        str | None,
-        typer.Option(
-            help="Tokenizer for a Hugging Face model whose directory has none.",
-            rich_help_panel=_MODEL,
-            show_default=False,
-        ),
-    ] = None,
+    model: Annotated[str | None, model_option(_MODEL)] = None,
+    pretrained: Annotated[str | None, pretrained_option(_MODEL)] = None,
+    tokenizer: Annotated[str | None, tokenizer_option(_MODEL)] = None,
     device: Annotated[
         str | None,
         typer.Option(
@@ -94,9 +76,7 @@ def dedup(
             show_default=False,
         ),
     ] = None,
-    batch_size: Annotated[
-        int, typer.Option(min=1, help="Images per forward pass.", rich_help_panel=_MODEL)
-    ] = 64,
+    batch_size: Annotated[int, image_batch_option(_MODEL)] = 64,
     threads: Annotated[int, typer.Option(min=1, help="Image-decoding threads.")] = 4,
     *,
     opts: StreamOptions,
