@@ -163,8 +163,10 @@ def test_one_positive_is_the_clip_loss(backend):
     s = torch.tensor(100.0)
     ours = _grads(lambda *a: multipos_clip_loss(*a, positives=1, backend=backend), image, text, s)
     theirs = _grads(lambda *a: clip_loss(*a, backend=backend), image, text, s)
+    # elementwise, at fp32 rounding: the chunks differ (multipos.py's are smaller), so
+    # sums run in another order
     for got, want in zip(ours, theirs, strict=True):
-        torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-7)
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 
 def test_one_positive_is_the_siglip_loss():

@@ -43,6 +43,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from vecap_cli.core import tiles
 from vecap_cli.core.clip import TorchKernels as ClipKernels
 from vecap_cli.core.clip import _with_zero_bias_grad
 from vecap_cli.core.dispatch import choose_backend
@@ -61,8 +62,8 @@ def multipos_clip_loss_reference(image_features, text_features, logit_scale, pos
     """The softmax loss above, densely: (B, B·K) logits and their log-softmaxes."""
     b, k = image_features.shape[0], positives
     logits = logit_scale * image_features @ text_features.T  # (B, BK)
-    mask = _positive_mask(b, k, logits.device)
-    image_to_text = -(F.log_softmax(logits, dim=1) * mask).sum() / (b * k)
+    log_p = F.log_softmax(logits, dim=1).view(b, b, k)  # (B, B, K): image, image of text, k
+    image_to_text = -log_p.diagonal(dim1=0, dim2=1).sum() / (b * k)  # over each image's K
     labels = torch.arange(b * k, device=logits.device) // k
     text_to_image = F.cross_entropy(logits.T, labels)
     return (image_to_text + text_to_image) / 2
@@ -85,21 +86,32 @@ def _positives(g: torch.Tensor, start: int, k: int) -> torch.Tensor:
     return g.view(g.shape[0], -1, k).diagonal(start, dim1=0, dim2=1)
 
 
+def _chunk_rows(n: int) -> int:
+    """Rows of S per chunk: an eighth of tiles.TILE_ELEMENTS (4 MiB of fp32), where CLIP
+    and SigLIP take all of it. S is K times wider here, so CLIP's 32 MiB chunks and
+    their temporaries would be a third of the dense loss's memory at B = 4096, K = 2;
+    a chunk of 4 MiB is still 128 rows at B·K = 8192, which the matmuls run at speed."""
+    return max(1, tiles.TILE_ELEMENTS // 8 // max(n, 1))
+
+
 class TorchKernels:
     """Softmax kernels in torch: chunks of image rows of S, fp32, recomputed in backward."""
 
-    lse = ClipKernels.lse  # rectangular already: (B,) over texts, (BK,) over images
+    @staticmethod
+    def lse(x, y, scale, cols: bool):
+        """CLIP's, which is rectangular already: (B,) over texts, (BK,) over images."""
+        return ClipKernels.lse(x, y, scale, cols, rows=_chunk_rows(y.shape[0]))
 
     @staticmethod
     def grad(x, y, scale, lse_x, lse_y, k: int):
         x, y = x.float(), y.float()  # (B, D), (BK, D)
         gx = torch.empty_like(x)
         gy = torch.zeros_like(y)
-        for start, stop in row_chunks(x.shape[0], y.shape[0]):
+        for start, stop in row_chunks(x.shape[0], y.shape[0], _chunk_rows(y.shape[0])):
             xc = x[start:stop]  # (c, D)
             s = (xc * scale) @ y.T  # (c, BK)
-            g = torch.exp(s - lse_x[start:stop, None]).mul_(k)
-            g.add_(s.sub_(lse_y).exp_())  # K·P + Q
+            g = s.sub(lse_x[start:stop, None]).exp_().mul_(k)  # K·P: one new chunk
+            g.add_(s.sub_(lse_y).exp_())  # + Q, in s's memory
             _positives(g, start, k).sub_(2.0)
             torch.mm(g, y, out=gx[start:stop])
             gy.addmm_(g.T, xc)
@@ -119,7 +131,7 @@ class SigmoidKernels:
     def loss_rows(self, x, y, scale, bias, k: int):
         x, y = x.float(), y.float()
         out = x.new_empty(x.shape[0])  # (B,)
-        for start, stop in row_chunks(x.shape[0], y.shape[0]):
+        for start, stop in row_chunks(x.shape[0], y.shape[0], _chunk_rows(y.shape[0])):
             u = self._minus_z_logits(x[start:stop], y, scale, bias, start, k)
             out[start:stop] = F.softplus(u).sum(dim=1)
         return out
@@ -129,7 +141,7 @@ class SigmoidKernels:
         gx = torch.empty_like(x)
         gy = torch.zeros_like(y)
         gsum = x.new_zeros(())
-        for start, stop in row_chunks(x.shape[0], y.shape[0]):
+        for start, stop in row_chunks(x.shape[0], y.shape[0], _chunk_rows(y.shape[0])):
             xc = x[start:stop]
             t = self._minus_z_logits(xc, y, scale, bias, start, k).sigmoid_()
             t.neg_()
@@ -153,7 +165,8 @@ class _MultiPosClip(torch.autograd.Function):
         b = image.shape[0]
         with torch.autocast(image.device.type, enabled=False):
             lse_r, lse_c = kernels.lse(image, text, scale, cols=True)  # (B,), (BK,)
-            pos = (image.float()[:, None, :] * text.float().view(b, k, -1)).sum()  # Σ M∘(I·Tᵀ)
+            # Σ M∘(I·Tᵀ) = Σ_i Σ_k I_i·T_{iK+k}, as (B, K, D)·(B, D, 1): no (B, K, D) product
+            pos = torch.bmm(text.float().view(b, k, -1), image.float()[:, :, None]).sum()
             loss = (lse_r.sum() / b + lse_c.sum() / (b * k) - 2 * scale * pos / (b * k)) / 2
         ctx.save_for_backward(image, text, scale, lse_r, lse_c)
         ctx.kernels, ctx.k = kernels, k
