@@ -226,3 +226,19 @@ def test_torch_path_runs_on_cuda_tensors(fake_cuda):
     loss = loss + multipos_siglip_loss(image, text, 10.0, -1.0, positives=2)
     loss = loss + multipos_clip_loss_reference(image, text, 10.0, 2)
     assert loss.device.type == "cuda" and loss.dtype == torch.float32
+
+
+def test_the_benchmark_steps_run(monkeypatch):
+    """bench_multipos / make gpu-check's rows, tiny: both impls of both losses step."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_kernels.py"
+    spec = importlib.util.spec_from_file_location("bench_kernels_for_test", path)
+    bench = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, bench)  # its dataclasses look it up
+    spec.loader.exec_module(bench)
+    for op in bench.MULTIPOS:
+        for impl in ("dense", "vecap"):
+            bench._multipos_step(bench.Case(op, impl, "cpu", "float32", (8, 2, 16)), torch)()

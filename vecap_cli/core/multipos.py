@@ -88,9 +88,10 @@ def _positives(g: torch.Tensor, start: int, k: int) -> torch.Tensor:
 
 def _chunk_rows(n: int) -> int:
     """Rows of S per chunk: an eighth of tiles.TILE_ELEMENTS (4 MiB of fp32), where CLIP
-    and SigLIP take all of it. S is K times wider here, so CLIP's 32 MiB chunks and
-    their temporaries would be a third of the dense loss's memory at B = 4096, K = 2;
-    a chunk of 4 MiB is still 128 rows at B·K = 8192, which the matmuls run at speed."""
+    and SigLIP take all of it. S is K times wider here: at B = 4096, K = 2 the peak
+    above the inputs was 0.31× the dense loss's with CLIP's 32 MiB chunks, 0.26× with
+    8 MiB, 0.17× with 4 MiB (benchmarks/RESULTS.md). Smaller still costs time: each
+    chunk's Gᵀ·X updates all of the (B·K, D) gradient."""
     return max(1, tiles.TILE_ELEMENTS // 8 // max(n, 1))
 
 
@@ -178,8 +179,8 @@ class _MultiPosClip(torch.autograd.Function):
         with torch.autocast(image.device.type, enabled=False):
             gi, gt, gdot = ctx.kernels.grad(image, text, scale, lse_r, lse_c, ctx.k)
             w = grad_loss.float() / (2 * image.shape[0] * ctx.k)  # ∂loss/∂S = w·G
-            d_image, d_text = (w * scale) * gi, (w * scale) * gt
-        return d_image.to(image.dtype), d_text.to(text.dtype), w * gdot, None, None
+            gi, gt = gi.mul_(w * scale), gt.mul_(w * scale)  # in place: fp32 buffers of ours
+        return gi.to(image.dtype), gt.to(text.dtype), w * gdot, None, None
 
 
 class _MultiPosSigLip(torch.autograd.Function):
@@ -196,8 +197,8 @@ class _MultiPosSigLip(torch.autograd.Function):
         with torch.autocast(image.device.type, enabled=False):
             gi, gt, gdot, gsum = ctx.kernels.grad(image, text, scale, bias, ctx.k)
             w = -grad_loss.float() / image.shape[0]  # ∂loss/∂S = −T/B
-            d_image, d_text = (w * scale) * gi, (w * scale) * gt
-        return d_image.to(image.dtype), d_text.to(text.dtype), w * gdot, w * gsum, None, None
+            gi, gt = gi.mul_(w * scale), gt.mul_(w * scale)
+        return gi.to(image.dtype), gt.to(text.dtype), w * gdot, w * gsum, None, None
 
 
 # -- functional ------------------------------------------------------------------------
