@@ -66,8 +66,11 @@ def _softmax_ref(image, text, s, bias, k):
     return multipos_clip_loss_reference(image, text, s, k) + 0.0 * bias
 
 
-def _sigmoid(image, text, s, bias, k):
-    return multipos_siglip_loss(image, text, s, bias, positives=k)
+def _sigmoid(backend):
+    def run(image, text, s, bias, k):
+        return multipos_siglip_loss(image, text, s, bias, positives=k, backend=backend)
+
+    return run
 
 
 # -- references against the formulas -----------------------------------------------------
@@ -133,17 +136,19 @@ def test_softmax_fp16_small_scale(backend):
     _check(_softmax(backend), _softmax_ref, 21, 3, 64, torch.float16, scale=1 / 0.07, seed=3)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize(("b", "k"), [(1, 1), (1, 3), (37, 1), (37, 2), (19, 3)])
-def test_sigmoid_fp32(b, k):
+def test_sigmoid_fp32(backend, b, k):
     bias, r_bias = _check(
-        _sigmoid, multipos_siglip_loss_reference, b, k, 64, torch.float32, bias=-10.0
+        _sigmoid(backend), multipos_siglip_loss_reference, b, k, 64, torch.float32, bias=-10.0
     )
     assert_near(bias.grad, r_bias.grad, LOSS_TOL[torch.float32], torch.float32, "bias grad")
 
 
-def test_sigmoid_bf16():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_sigmoid_bf16(backend):
     bias, r_bias = _check(
-        _sigmoid, multipos_siglip_loss_reference, 37, 2, 64, torch.bfloat16, bias=-10.0
+        _sigmoid(backend), multipos_siglip_loss_reference, 37, 2, 64, torch.bfloat16, bias=-10.0
     )
     assert_near(bias.grad, r_bias.grad, LOSS_TOL[torch.bfloat16], torch.bfloat16, "bias grad")
 
@@ -169,13 +174,16 @@ def test_one_positive_is_the_clip_loss(backend):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 
-def test_one_positive_is_the_siglip_loss():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_one_positive_is_the_siglip_loss(backend):
     image, text = (t.float() for t in _features(37, 1, 64, seed=2))
     s, b = torch.tensor(10.0), torch.tensor(-10.0)
-    ours = _grads(lambda *a: multipos_siglip_loss(*a, positives=1), image, text, s, b)
-    theirs = _grads(siglip_loss, image, text, s, b)
-    for got, want in zip(ours, theirs, strict=True):
-        torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-7)
+    ours = _grads(
+        lambda *a: multipos_siglip_loss(*a, positives=1, backend=backend), image, text, s, b
+    )
+    theirs = _grads(lambda *a: siglip_loss(*a, backend=backend), image, text, s, b)
+    for got, want in zip(ours, theirs, strict=True):  # chunks differ: another sum order
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 
 # -- memory and arguments ------------------------------------------------------------------
@@ -214,8 +222,19 @@ def test_bad_shapes_are_refused(fn):
 
 
 @pytest.mark.skipif(not triton_available(), reason="triton is not installed")
-def test_cuda_tensors_run_the_triton_kernels(fake_cuda):
+def test_cuda_tensors_run_the_triton_kernels(fake_cuda, monkeypatch):
+    from vecap_cli.core import multipos_triton
+
     assert multipos._kernels(fake_cuda(4, 8), None).__name__ == "vecap_cli.core.multipos_triton"
+    called = []
+
+    def loss_rows(x, *args):
+        called.append(args[-1])
+        return x.new_zeros(x.shape[0])
+
+    monkeypatch.setattr(multipos_triton.Sigmoid, "loss_rows", staticmethod(loss_rows))
+    multipos_siglip_loss(fake_cuda(4, 8), fake_cuda(12, 8), 10.0, -10.0, positives=3)
+    assert called == [3]
 
 
 def test_torch_path_runs_on_cuda_tensors(fake_cuda):
@@ -223,7 +242,7 @@ def test_torch_path_runs_on_cuda_tensors(fake_cuda):
     (the positive masks and views included)."""
     image, text = fake_cuda(6, 8), fake_cuda(12, 8)
     loss = multipos_clip_loss(image, text, 10.0, positives=2, backend="torch")
-    loss = loss + multipos_siglip_loss(image, text, 10.0, -1.0, positives=2)
+    loss = loss + multipos_siglip_loss(image, text, 10.0, -1.0, positives=2, backend="torch")
     loss = loss + multipos_clip_loss_reference(image, text, 10.0, 2)
     assert loss.device.type == "cuda" and loss.dtype == torch.float32
 

@@ -26,7 +26,7 @@ The chain, imports going down:
 
     multipos_clip_loss, multipos_siglip_loss     functional
     _MultiPosClip, _MultiPosSigLip               autograd.Functions, O(B·K·D) saved
-    kernels   `multipos_triton` (softmax, CUDA) or the torch kernels below (CPU)
+    kernels   `multipos_triton` (CUDA) or the torch kernels below (CPU)
 
 The softmax gradient. With P = softmax over each row of S, Q over each column,
 ∂loss/∂S = (K·P + Q − 2·M) / (2BK), so a kernel set provides
@@ -39,6 +39,8 @@ whole: the oracles of the tests and the dense baseline of the benchmark.
 """
 
 from __future__ import annotations
+
+import importlib
 
 import torch
 import torch.nn.functional as F
@@ -237,12 +239,11 @@ def multipos_siglip_loss(
     image_features, text_features, logit_scale, logit_bias=None, *, positives: int, backend=None
 ):
     """The sigmoid multi-positive loss (module docstring), same layout as
-    `multipos_clip_loss`. The torch kernels run on every device for now (there is
-    no Triton kernel for it yet); `backend` is accepted for symmetry and checked."""
+    `multipos_clip_loss`; `logit_bias` None is 0. `backend` overrides dispatch."""
     _check(image_features, text_features, positives)
-    choose_backend(image_features, backend)  # validates `backend`; torch runs either way
+    kernels = SigmoidKernels()
+    if choose_backend(image_features, backend) == "triton":
+        kernels = importlib.import_module("vecap_cli.core.multipos_triton").Sigmoid
     scale = as_scale(logit_scale, image_features)
     bias = as_scale(0.0 if logit_bias is None else logit_bias, image_features)
-    return _MultiPosSigLip.apply(
-        image_features, text_features, scale, bias, positives, SigmoidKernels()
-    )
+    return _MultiPosSigLip.apply(image_features, text_features, scale, bias, positives, kernels)

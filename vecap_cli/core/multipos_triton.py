@@ -10,6 +10,8 @@ backward is one kernel, launched once per side, that recomputes S tile by tile:
 where M_ij = [j // K = i] is written `rows // ROW_GROUP == cols // COL_GROUP`
 (1 and K on the image side, K and 1 on the text side). As in CLIP's kernel,
 the positive term is subtracted in fp32 before G is cast to the input dtype.
+
+The sigmoid loss runs SigLIP's kernels with K labels per row (`Sigmoid`).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import torch
 import triton
 import triton.language as tl
 
+from vecap_cli.core import siglip_triton
 from vecap_cli.core import tiles_triton as tiles
 from vecap_cli.core.clip_triton import lse  # noqa: F401  (the kernel set's forward)
 
@@ -70,3 +73,15 @@ def grad(x, y, scale, lse_x, lse_y, k: int):
     gx, gdot = _grad_rows(x, y, scale, lse_x, lse_y, (k, 1), (1, k))
     gy, _ = _grad_rows(y, x, scale, lse_y, lse_x, (1, k), (k, 1))
     return gx, gy, gdot.sum()
+
+
+class Sigmoid:
+    """The sigmoid kernel set: `siglip_triton`'s kernels, K positive labels per image."""
+
+    @staticmethod
+    def loss_rows(x, y, scale, bias, k: int):
+        return siglip_triton.loss_rows(x, y, scale, bias, 0, positives=k)
+
+    @staticmethod
+    def grad(x, y, scale, bias, k: int):
+        return siglip_triton.grad(x, y, scale, bias, 0, positives=k)
