@@ -34,16 +34,17 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-BASELINES = {"open_clip", "sdpa"}
+BASELINES = {"open_clip", "sdpa", "dense"}
+MULTIPOS = {"multipos": "multipos_clip_loss", "multipos_siglip": "multipos_siglip_loss"}
 
 
 @dataclass(frozen=True)
 class Case:
-    op: str  # clip | siglip | attention
-    impl: str  # open_clip | vecap | sdpa
+    op: str  # clip | siglip | multipos | multipos_siglip | attention
+    impl: str  # open_clip | vecap | sdpa | dense (the multi-positive losses' references)
     device: str
     dtype: str
-    shape: tuple[int, ...]  # (B, D) for losses, (B, H, N, d) for attention
+    shape: tuple[int, ...]  # (B, D) for losses, (B, K, D) multi-positive, (B, H, N, d) attention
     causal: bool = False
     warmup: int = 1
     reps: int = 3
@@ -75,6 +76,12 @@ def cuda_cases(quick: bool) -> list[Case]:
         for b in sizes
         for impl in ("open_clip", "vecap")
     ]
+    cases += [  # K = 2 captions per image: B images against 2B texts
+        Case(op, impl, "cuda", "bfloat16", (b, 2, 512), False, *_reps("cuda", b))
+        for op in MULTIPOS
+        for b in ((4096,) if quick else (8192, 16384))
+        for impl in ("dense", "vecap")
+    ]
     batch = 16 if quick else 256
     for shape, causal in (((batch, 12, 197, 64), False), ((batch, 8, 77, 64), True)):
         cases += [
@@ -97,6 +104,8 @@ def _open_clip_loss():
 
 
 def _loss_step(case: Case, torch):
+    if case.op in MULTIPOS:
+        return _multipos_step(case, torch)
     b, d = case.shape
     dtype = getattr(torch, case.dtype)
     gen = torch.Generator(device=case.device).manual_seed(0)
@@ -122,6 +131,38 @@ def _loss_step(case: Case, torch):
     def step():
         image.grad = text.grad = scale.grad = None
         fn(image, text, scale, bias).backward()
+
+    return step
+
+
+def _multipos_step(case: Case, torch):
+    """B images against B·K texts; `dense` is the loss's torch reference (B×BK logits)."""
+    from vecap_cli.core import multipos
+
+    b, k, d = case.shape
+    gen = torch.Generator(device=case.device).manual_seed(0)
+
+    def unit_rows(n):
+        x = torch.randn(n, d, device=case.device, generator=gen)
+        return torch.nn.functional.normalize(x, dim=-1).to(getattr(torch, case.dtype))
+
+    image, text = unit_rows(b).requires_grad_(True), unit_rows(b * k).requires_grad_(True)
+    scale = torch.tensor(100.0, device=case.device, requires_grad=True)
+    bias = torch.tensor(-10.0, device=case.device, requires_grad=True)
+    name = MULTIPOS[case.op]
+    if case.impl == "dense":
+        reference = getattr(multipos, name + "_reference")
+        args = (scale, bias, k) if case.op == "multipos_siglip" else (scale, k)
+    else:
+        loss = getattr(multipos, name)
+        args = (scale, bias) if case.op == "multipos_siglip" else (scale,)
+
+    def step():
+        image.grad = text.grad = scale.grad = bias.grad = None
+        if case.impl == "dense":
+            reference(image, text, *args).backward()
+        else:
+            loss(image, text, *args, positives=k).backward()
 
     return step
 

@@ -7,12 +7,15 @@ On a CUDA machine (meant to finish in under 8 minutes on one H100/H200):
 1. parity: the Triton kernels compiled (TRITON_INTERPRET=0) on CUDA tensors
    against the fp64 torch references, in fp32, bf16 and fp16: CLIP loss (one
    process, and one rank's local form), SigLIP loss (label offset, the
-   negative-only block), flash attention forward and backward; the odd shapes
+   negative-only block), the multi-positive CLIP and SigLIP losses (K captions
+   per image),
+   flash attention forward and backward; the odd shapes
    of the CPU tests and the real ones (ViT-B/16's N = 197; the text tower's
    N = 77, causal, with padded captions). Values and every gradient must be
    within the bound of tests/core (vecap_cli/core/parity.py).
 2. bench: benchmarks/bench_kernels.py's CUDA rows, each in its own process:
-   fused CLIP and SigLIP loss beside open_clip at B = 8k to 64k (bf16), flash
+   fused CLIP and SigLIP loss beside open_clip at B = 8k to 64k (bf16), the
+   multi-positive losses (K = 2) beside their dense references at B = 8k, 16k, flash
    attention forward + backward beside SDPA in TFLOP/s; smallest first, and
    what does not fit the time budget is listed as skipped.
 3. train: 50 steps of `vecap train` on ViT-B-16, synthetic 224 px JPEG shards,
@@ -84,8 +87,8 @@ def log(message: str) -> None:
 class Spec:
     """One parity case: op, shape and the labels its table row shows."""
 
-    op: str  # clip | clip_local | siglip | siglip_offset | siglip_negative | attention
-    shape: tuple[int, ...]  # (B, D) / (b, n, D) / (B, H, Nq, Nk, d)
+    op: str  # clip | clip_local | siglip | siglip_offset | siglip_negative | multipos[_siglip] | attention
+    shape: tuple[int, ...]  # (B, D) / (b, n, D) / multipos (B, K, D) / (B, H, Nq, Nk, d)
     kind: str = "odd"  # odd (the CPU tests' shapes) | real
     causal: bool = False
     padded: bool = False
@@ -99,6 +102,8 @@ def parity_specs(smoke: bool) -> list[Spec]:
             Spec("siglip", (5, 16)),
             Spec("siglip_offset", (3, 9, 16)),
             Spec("siglip_negative", (5, 7, 16)),
+            Spec("multipos", (5, 2, 16)),
+            Spec("multipos_siglip", (5, 2, 16)),
             Spec("attention", (1, 2, 9, 9, 16), causal=True, padded=True),
         ]
     losses = [(1, 64), (37, 512), (70, 768)]
@@ -109,6 +114,16 @@ def parity_specs(smoke: bool) -> list[Spec]:
         Spec("siglip_offset", (21, 63, 64)),
         Spec("siglip_negative", (37, 37, 64)),
         Spec("siglip_negative", (19, 11, 64)),
+    ]
+    specs += [
+        Spec(op, shape, kind)
+        for op in ("multipos", "multipos_siglip")
+        for shape, kind in (
+            ((1, 3, 64), "odd"),
+            ((37, 2, 512), "odd"),
+            ((70, 3, 768), "odd"),
+            ((4096, 2, 512), "real"),
+        )
     ]
     attention = [  # tests/core/test_attention.py's shapes
         ((1, 2, 197, 197, 64), False),
@@ -150,6 +165,9 @@ def _leaves(tensors, dtype, device):
 def _run_loss(spec: Spec, dtype, device: str, backend: str):
     """(ours, reference): lists of [loss, grads…] for one loss case."""
     import torch
+
+    if spec.op.startswith("multipos"):
+        return _run_multipos(torch, spec, dtype, device, backend)
 
     from vecap_cli.core.clip import clip_loss, clip_loss_local, clip_loss_reference
     from vecap_cli.core.siglip import siglip_loss, siglip_loss_reference
@@ -203,6 +221,29 @@ def _run_loss(spec: Spec, dtype, device: str, backend: str):
         [t.to(dtype) for t in base[:features]] + [t.float() for t in base[features:]], f64, device
     )
     return run(ours_in, ours_fn), run(ref_in, ref_fn)
+
+
+def _run_multipos(torch, spec: Spec, dtype, device: str, backend: str):
+    """A multi-positive loss: B images, B·K texts, text j a noisy copy of image j // K."""
+    from vecap_cli.core import multipos
+
+    b, k, d = spec.shape
+    image, _ = _paired(torch, b, b, d, 0)
+    gen = torch.Generator().manual_seed(2)
+    noise = torch.randn(b * k, d, generator=gen, dtype=torch.float64)
+    text = torch.nn.functional.normalize(image.repeat_interleave(k, 0) + 0.7 * noise, dim=-1)
+    params = [torch.tensor(100.0)] + ([torch.tensor(-10.0)] if "siglip" in spec.op else [])
+    ours = _leaves([image, text], dtype, device) + _leaves(params, torch.float32, device)
+    ref = _leaves([image.to(dtype), text.to(dtype), *params], torch.float64, device)
+    name = "multipos_siglip_loss" if "siglip" in spec.op else "multipos_clip_loss"
+    out = []
+    for inputs, loss in (
+        (ours, getattr(multipos, name)(*ours, positives=k, backend=backend)),
+        (ref, getattr(multipos, name + "_reference")(*ref, k)),
+    ):
+        loss.backward()
+        out.append([loss] + [t.grad for t in inputs])
+    return out
 
 
 def _clip_local_reference(torch, image, text, all_image, all_text, scale, offset):
@@ -266,6 +307,8 @@ def _describe(spec: Spec) -> tuple[str, str]:
         "siglip": "SigLIP loss",
         "siglip_offset": "SigLIP loss, label offset",
         "siglip_negative": "SigLIP loss, negative_only",
+        "multipos": "multi-positive CLIP loss",
+        "multipos_siglip": "multi-positive sigmoid loss",
         "attention": "attention fwd+bwd",
     }
     case = f"{names[spec.op]} ({spec.kind})"
@@ -273,6 +316,9 @@ def _describe(spec: Spec) -> tuple[str, str]:
         b, h, nq, nk, d = spec.shape
         shape = f"B{b} H{h} N{nq}" + (f"×{nk}" if nk != nq else "") + f" d{d}"
         shape += " causal" * spec.causal + " padded" * spec.padded
+    elif spec.op.startswith("multipos"):
+        b, k, d = spec.shape
+        shape = f"B{b} K{k} D{d}"
     elif len(spec.shape) == 3:
         b, n, d = spec.shape
         shape = f"{b} rows × {n} cols, D{d}"

@@ -25,6 +25,17 @@ def _no_dispatch_override(monkeypatch):
     monkeypatch.delenv(ENV_VAR, raising=False)
 
 
+@pytest.fixture
+def fake_cuda():
+    """Tensors that say they live on cuda:0 (FakeTensorMode): they carry shapes and dtypes
+    through torch ops without memory or a device, enough for every dispatch decision and
+    for the torch path's forward on "CUDA" tensors."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode():
+        yield lambda *shape, dtype=torch.float32: torch.randn(*shape, device="cuda", dtype=dtype)
+
+
 def assert_near(
     actual: torch.Tensor, reference: torch.Tensor, rtol: float, dtype: torch.dtype, what: str = ""
 ) -> None:

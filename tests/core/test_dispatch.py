@@ -79,18 +79,7 @@ def test_torch_path_works_without_triton():
     )
 
 
-# -- the CUDA side of dispatch, without a GPU ------------------------------------------
-# FakeTensorMode makes tensors that say they live on cuda:0 and carry shapes and
-# dtypes through torch ops without memory or a device: enough for every dispatch
-# decision, and for the torch path's forward on "CUDA" tensors.
-
-
-@pytest.fixture
-def fake_cuda():
-    from torch._subclasses.fake_tensor import FakeTensorMode
-
-    with FakeTensorMode():
-        yield lambda *shape, dtype=torch.float32: torch.randn(*shape, device="cuda", dtype=dtype)
+# -- the CUDA side of dispatch, without a GPU (conftest's `fake_cuda`) -----------------
 
 
 @pytest.mark.skipif(not triton_available(), reason="triton is not installed")

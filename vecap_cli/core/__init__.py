@@ -8,10 +8,14 @@ open_clip; each name loads its own module on first use):
                     *, label_offset, backend=None)
     siglip_loss(image, text, logit_scale, logit_bias=None, *, label_offset=0,
                 negative_only=False, chunk_size=0, backend=None)
+    multipos_clip_loss(image, text, logit_scale, logit_bias=None, *, positives, backend=None)
+    multipos_siglip_loss(image, text, logit_scale, logit_bias=None, *, positives, backend=None)
+                                        K captions per image, texts (B·K, D) grouped by image
     flash_attention(q, k, v, causal=False, key_padding_mask=None, scale=None, *, backend=None)
     FusedClipLoss, FusedSigLipLoss      open_clip's ClipLoss / SigLipLoss interfaces
     use_fused_attention(model), restore_attention(model)
-    clip_loss_reference, siglip_loss_reference, attention_reference
+    clip_loss_reference, siglip_loss_reference, attention_reference,
+    multipos_clip_loss_reference, multipos_siglip_loss_reference
 
 Dispatch: CUDA tensors run the Triton kernels, CPU tensors the tiled torch path
 (which never holds the B×B logits either). The environment variable
@@ -35,6 +39,10 @@ _EXPORTS = {
     "siglip_loss": "vecap_cli.core.siglip",
     "siglip_loss_reference": "vecap_cli.core.siglip",
     "FusedSigLipLoss": "vecap_cli.core.siglip",
+    "multipos_clip_loss": "vecap_cli.core.multipos",
+    "multipos_clip_loss_reference": "vecap_cli.core.multipos",
+    "multipos_siglip_loss": "vecap_cli.core.multipos",
+    "multipos_siglip_loss_reference": "vecap_cli.core.multipos",
     "flash_attention": "vecap_cli.core.attention",
     "attention_reference": "vecap_cli.core.attention",
     "use_fused_attention": "vecap_cli.core.attention_patch",

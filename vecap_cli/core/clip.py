@@ -64,12 +64,13 @@ class TorchKernels:
     """The kernel set in torch: chunks of rows of S, fp32, recomputed in backward."""
 
     @staticmethod
-    def lse(x, y, scale, cols: bool):
+    def lse(x, y, scale, cols: bool, rows: int = 0):
+        """`rows`: rows of S per chunk, 0 as many as fit in tiles.TILE_ELEMENTS."""
         x, y = x.float(), y.float()  # (m, D), (n, D)
         lse_rows = x.new_empty(x.shape[0])  # (m,)
         col_max = x.new_full((y.shape[0],), float("-inf"))  # (n,) running max
         col_sum = x.new_zeros(y.shape[0])  # (n,) running sum of exp(S - col_max)
-        for start, stop in row_chunks(x.shape[0], y.shape[0]):
+        for start, stop in row_chunks(x.shape[0], y.shape[0], rows):
             s = (x[start:stop] * scale) @ y.T  # (c, n)
             lse_rows[start:stop] = torch.logsumexp(s, dim=1)
             if cols:

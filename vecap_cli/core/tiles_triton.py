@@ -123,6 +123,16 @@ def is_label(rows, cols, row_offset, col_offset):
 
 
 @triton.jit
+def is_group_label(rows, cols, row_offset, col_offset, row_group, col_group):
+    """`is_label` between groups: row i's labels are the columns j with
+    (j + col_offset) // col_group = (i + row_offset) // row_group (K positives per
+    image: groups 1 and K from the images' side, K and 1 from the texts')."""
+    return ((rows[:, None] + row_offset) // row_group) == (
+        (cols[None, :] + col_offset) // col_group
+    )
+
+
+@triton.jit
 def accumulate_rows(
     acc,
     g,
