@@ -95,4 +95,8 @@ def test_its_name_and_help_are_listed(throwaway, capsys):
 
 def test_an_unregistered_name_is_a_usage_error(pool, capsys):
     assert vecap("caption", pool, "--backend", "measure", "--model", "px") == 2
-    assert "'measure' is not one of 'hf', 'openclip', 'openai'" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert (
+        "Invalid value for '--backend': 'measure' is not one of 'hf', 'openclip', 'openai'" in err
+    )
+    assert "Value error" not in err  # a validator's prefix, not ours

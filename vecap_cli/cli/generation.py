@@ -15,12 +15,12 @@ import inspect
 from collections.abc import Callable
 from copy import copy
 from dataclasses import fields
-from typing import Annotated, Literal, get_args
+from typing import Annotated, get_args
 
 import typer
 
 import vecap_cli.steps.generation  # noqa: F401 -- registers every built-in backend
-from vecap_cli.cli.options import finite, record_command
+from vecap_cli.cli.options import finite, one_of, record_command
 from vecap_cli.generate.registry import Backend, ModelOptions, offered
 
 MODEL = "Model"
@@ -167,9 +167,11 @@ def _listed(param: inspect.Parameter, backends: list[Backend]) -> inspect.Parame
     kind, option = get_args(param.annotation)
     option = copy(option)
     option.help = listing(backends)
-    if param.name == "backend":
-        names = Literal[tuple(b.name for b in backends)]  # type: ignore[valid-type]
-        kind = names | None if type(None) in get_args(kind) else names
+    if param.name == "backend":  # checked here, not by typer's Literal: its error reads
+        # "Value error, 'x' is not one of ...", a validator's prefix
+        names = {b.name: b for b in backends}
+        option.parser = one_of(names)
+        option.metavar = f"<{'|'.join(names)}>"  # as typer writes a choice
     return param.replace(annotation=Annotated[kind, option])
 
 
