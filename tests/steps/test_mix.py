@@ -96,6 +96,65 @@ def test_draws_do_not_depend_on_how_the_pool_is_split():
     assert whole == parts
 
 
+LISTS = [
+    {"key": "a", "alt": "web a", "vecap": ["one", " ", "two", 3, "three"]},
+    {"key": "b", "alt": ["", "web b"], "vecap": []},
+    {"key": "c", "alt": [None, "  "]},
+]
+
+
+def test_list_valued_fields_hold_one_caption_per_non_blank_string():
+    assert available(LISTS[0], ("alt", "vecap")) == [
+        ("alt", "web a"),
+        ("vecap", "one"),
+        ("vecap", "two"),
+        ("vecap", "three"),
+    ]
+    assert available(LISTS[1], ("vecap", "alt"), first=True) == [("alt", "web b")]
+    assert available(LISTS[2], ("alt",)) == []
+
+
+def test_first_concat_and_all_read_lists():
+    out, tally = run(LISTS, policy="first", keys=("vecap", "alt"))
+    assert [r["text"] for r in out] == ["one", "web b"]
+    assert dict(tally.dropped) == {"no-caption": 1}
+    out, _ = run(LISTS, policy="concat", sep="|")
+    assert [r["text"] for r in out] == ["web a|one|two|three", "web b"]
+    out, tally = run(LISTS, policy="all")
+    assert [(r["key"], r["text"]) for r in out] == [
+        ("a_alt", "web a"),
+        ("a_vecap_0", "one"),
+        ("a_vecap_1", "two"),
+        ("a_vecap_2", "three"),
+        ("b_alt", "web b"),
+    ]
+    assert dict(tally.added) == {"all": 3} and dict(tally.dropped) == {"no-caption": 1}
+
+
+def test_a_list_field_is_drawn_by_its_weight_then_one_caption_uniformly():
+    records = [
+        {"key": f"k{i}", "alt": "a", "vecap": ["v0", "v1", "v2", "v3"]} for i in range(40_000)
+    ]
+    out, tally = run(records, keys=("alt", "vecap"), probs=(0.2, 0.8), seed=1)
+    share = Counter(r["text"] for r in out)
+    assert abs(share["a"] / 40_000 - 0.2) < 0.01
+    for i in range(4):  # 0.8 / 4 each
+        assert abs(share[f"v{i}"] / 40_000 - 0.2) < 0.01
+    assert dict(tally.extra["chosen"]) == {"alt": share["a"], "vecap": 40_000 - share["a"]}
+    # each epoch draws again, from (seed, key, epoch)
+    again, _ = run(records[:500], keys=("alt", "vecap"), probs=(0.2, 0.8), seed=1, epoch=1)
+    assert [r["text"] for r in again] != [r["text"] for r in out[:500]]
+
+
+def test_one_caption_per_field_draws_as_before_lists():
+    # the field draw is unchanged: a one-element list draws like its string
+    draw = CaptionDraw(("alt", "vecap"), (0.3, 0.7), seed=4)
+    for i in range(300):
+        assert draw({"alt": "a", "vecap": ["v"]}, f"k{i}", 2) == draw(
+            {"alt": "a", "vecap": "v"}, f"k{i}", 2
+        )
+
+
 @pytest.mark.parametrize(
     ("config", "message"),
     [

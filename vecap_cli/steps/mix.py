@@ -53,23 +53,36 @@ def check_probs(probs: tuple[float, ...], keys: tuple[str, ...], flag: str) -> N
         )
 
 
+def captions(value: object) -> list[str]:
+    """The captions a field holds: a non-blank string, or the non-blank strings of a
+    list (`caption --n K` and `rewrite --n K` write K of them); else none."""
+    if isinstance(value, str):
+        return [value] if value.strip() else []
+    if isinstance(value, list):
+        return [text for text in value if isinstance(text, str) and text.strip()]
+    return []
+
+
 def available(record: dict, keys: Iterable[str], first: bool = False) -> list[tuple[str, str]]:
-    """(field, caption) for each field that holds a non-blank string, in `keys` order."""
+    """(field, caption) for each caption of each field, in `keys` order and, within
+    a list-valued field, in list order; `first`: only the first of them."""
     found = []
     for name in keys:
-        value = record.get(name)
-        if isinstance(value, str) and value.strip():
-            found.append((name, value))
+        for text in captions(record.get(name)):
+            found.append((name, text))
             if first:
-                break
+                return found
     return found
 
 
 class CaptionDraw:
     """Draws one (field, caption) per sample and epoch from hash(seed, key, epoch).
 
-    Probabilities are renormalized over the fields a record has, so a record
-    without a rewrite trains on its AltText rather than being lost.
+    The field is drawn by its probability, renormalized over the fields a record
+    has, so a record without a rewrite trains on its AltText rather than being
+    lost; then, when that field holds several captions (a list), one of them,
+    each as likely, from hash(seed, key, epoch, "caption"). A record whose fields
+    hold one caption each draws exactly as before lists existed.
     """
 
     def __init__(self, keys: tuple[str, ...], probs: tuple[float, ...] | None, seed: int):
@@ -77,17 +90,32 @@ class CaptionDraw:
         self.weights = dict(zip(keys, probs or [1.0] * len(keys), strict=True))
         self.seed = seed
 
+    def fields(self, record: dict) -> list[tuple[str, list[str]]]:
+        """(field, its captions) for each field of `keys` with a caption and a weight."""
+        found = []
+        for name in self.keys:
+            if self.weights[name] > 0 and (texts := captions(record.get(name))):
+                found.append((name, texts))
+        return found
+
     def __call__(self, record: dict, key: str, epoch: int) -> tuple[str, str] | None:
-        found = [
-            (name, text) for name, text in available(record, self.keys) if self.weights[name] > 0
-        ]
-        if len(found) < 2:
-            return found[0] if found else None
-        threshold = uniform(self.seed, key, epoch) * sum(self.weights[name] for name, _ in found)
-        for name, text in found:
-            threshold -= self.weights[name]
+        found = self.fields(record)
+        if not found:
+            return None
+        name, texts = found[0] if len(found) == 1 else self._field(found, key, epoch)
+        if len(texts) == 1:
+            return name, texts[0]
+        return name, texts[int(uniform(self.seed, key, epoch, "caption") * len(texts))]
+
+    def _field(
+        self, found: list[tuple[str, list[str]]], key: str, epoch: int
+    ) -> tuple[str, list[str]]:
+        weights = self.weights
+        threshold = uniform(self.seed, key, epoch) * sum(weights[name] for name, _ in found)
+        for name, texts in found:
+            threshold -= weights[name]
             if threshold < 0:
-                return name, text
+                return name, texts
         return found[-1]  # float rounding at the top edge
 
 
@@ -208,9 +236,24 @@ def one_per_caption(samples: Iterable[Sample], tally: Tally, config: MixConfig) 
             tally.drop("no-caption", sample)
             continue
         tally.add("all", sample, len(found) - 1)
-        for name, text in found:
+        for name, text, suffix in _suffixed(found):
             count("chosen", sample, key=name)
-            yield sample.derive({**sample.record, "key": f"{sample.key}_{name}", "text": text})
+            yield sample.derive({**sample.record, "key": f"{sample.key}_{suffix}", "text": text})
+
+
+def _suffixed(found: list[tuple[str, str]]) -> Iterator[tuple[str, str, str]]:
+    """(field, caption, key suffix): the field's name, or NAME_I for the I-th
+    caption of a field holding several, so every derived key is distinct."""
+    per_field: dict[str, int] = {}
+    for name, _ in found:
+        per_field[name] = per_field.get(name, 0) + 1
+    seen: dict[str, int] = {}
+    for name, text in found:
+        if per_field[name] == 1:
+            yield name, text, name
+        else:
+            i = seen[name] = seen.get(name, -1) + 1
+            yield name, text, f"{name}_{i}"
 
 
 @policy("concat", "join them with --sep")
@@ -248,7 +291,11 @@ def _first(samples: Iterable[Sample], tally: Tally, keys: tuple[str, ...]) -> It
             record = sample.record
             for name in keys:
                 text = record.get(name)
-                if isinstance(text, str) and text.strip():
+                if isinstance(text, str):
+                    if text.strip():
+                        break
+                elif isinstance(text, list) and (texts := captions(text)):
+                    text = texts[0]
                     break
             else:
                 tally.drop("no-caption", sample)
