@@ -101,3 +101,77 @@ def test_metaclip2_matches_languages_without_a_list_against_other(pool):
     counts = orjson.loads(stats.read_bytes())
     assert "no-metadata-for-lang" not in counts["dropped"]
     assert counts["curate"]["languages"]["other"]["matches"] == 2
+
+
+def _without_conf(curate: dict) -> dict:
+    texts = [{k: v for k, v in t.items() if k != "lang_conf"} for t in curate.get("texts", [])]
+    rest = {k: v for k, v in curate.items() if k not in ("lang_conf", "texts")}
+    return {**rest, "texts": texts} if texts else rest
+
+
+def test_lang_key_uses_the_records_language_as_identification_would(pool):
+    common = ("curate", "--metadata", pool / "meta", "--rule", "metaclip2", "--keep-all")
+    identified = run_vecap(*common, pool / "pool.jsonl")
+    assert identified.code == 0, identified.err
+    (pool / "id.jsonl").write_bytes(identified.out)
+    by_key = {r["key"]: r["curate"] for r in identified.records()}
+    # every one-text record carries what identification said; the list record does not
+    given = [
+        {**r, "lang": by_key[r["key"]]["lang"]}
+        if r["key"] in by_key and "lang" in by_key[r["key"]]
+        else r
+        for r in RECORDS
+    ]
+    write_jsonl(pool / "given.jsonl", given)
+    result = run_vecap(*common, pool / "given.jsonl", "--lang-key", "lang")
+    assert result.code == 0, result.err
+    out = {r["key"]: r["curate"] for r in result.records()}
+    assert out["a"]["lang_conf"] is None and by_key["a"]["lang_conf"] > 0  # given, not identified
+    assert out["e"]["texts"][0]["lang_conf"] is not None  # no field: identified
+    assert {k: _without_conf(c) for k, c in out.items()} == {
+        k: _without_conf(c) for k, c in by_key.items()
+    }
+    # a previous run's output names its languages in curate.lang
+    again = run_vecap(*common, pool / "id.jsonl", "--lang-key", "curate.lang")
+    assert again.code == 0, again.err
+    langs = {k: c.get("lang") for k, c in by_key.items()}
+    assert {r["key"]: r["curate"].get("lang") for r in again.records()} == langs
+
+
+def test_a_given_language_decides_the_list_and_bad_ones_are_rejected(pool):
+    records = [
+        {"key": "fr", "alt": "ストック photo", "lang": "fr"},  # matched against fr's list
+        {"key": "none", "alt": "a dog", "lang": None},  # identified
+        {"key": "nolist", "alt": "a dog", "lang": "ru"},  # no list for ru, no other
+        {"key": "num", "alt": "a dog", "lang": 5},
+        {"key": "path", "alt": "a dog", "lang": "../../etc/passwd"},
+        {"key": "empty", "alt": "a dog", "lang": ""},
+        {"key": "dict", "alt": "a dog", "lang": {"en": 1}},
+        {"key": "notext", "lang": "en"},
+    ]
+    write_jsonl(pool / "p.jsonl", records)
+    result = run_vecap(
+        "curate", pool / "p.jsonl", "--metadata", pool / "meta", "--rule", "metaclip2",
+        "--lang-key", "lang", "--keep-all", "--rejects", pool / "rej.jsonl",
+        "--stats", pool / "stats.json",
+    )  # fmt: skip
+    assert result.code == 0, result.err
+    out = {r["key"]: r["curate"] for r in result.records()}
+    assert set(out) == {"fr", "none"}
+    assert (out["fr"]["lang"], out["fr"]["list"], out["fr"]["entries"]) == ("fr", "fr", [1])
+    assert out["none"]["lang"] == "en" and out["none"]["lang_conf"] > 0
+    stats = orjson.loads((pool / "stats.json").read_bytes())
+    assert stats["rejected"] == {"bad-lang": 4, "no-text": 1}
+    assert stats["dropped"] == {"no-metadata-for-lang": 1}
+    assert stats["in"] == stats["out"] + 1 + 5
+    rejects = [orjson.loads(line) for line in (pool / "rej.jsonl").read_bytes().splitlines()]
+    assert [r["reason"] for r in rejects] == ["bad-lang"] * 4 + ["no-text"]
+    assert "'lang' holds no language code" in rejects[0]["detail"]
+
+
+def test_lang_key_goes_with_metaclip2(pool):
+    result = run_vecap(
+        "curate", pool / "pool.jsonl", "--metadata", pool / "meta" / "en.json", "--lang-key", "lang"
+    )
+    assert result.code == 2 and "--lang-key goes with --rule metaclip2" in result.err
+    assert "Traceback" not in result.err

@@ -96,6 +96,20 @@ TPerLang = Annotated[
         show_default=False,
     ),
 ]
+LangKey = Annotated[
+    str | None,
+    typer.Option(
+        "--lang-key",
+        metavar="FIELD",
+        help="With --rule metaclip2: the record field that holds its texts' language "
+        "(a code as the lists are named: en, ja, zh-Hant; a dotted path such as curate.lang "
+        "reads a previous run's), used instead of identifying it, as MetaCLIP 2's curate.py "
+        "reads `lang` from its shards; curate.lang_conf is then null. Records without it are "
+        "identified; a field holding anything else is rejected under `bad-lang`.",
+        rich_help_panel=_MATCH,
+        show_default=False,
+    ),
+]
 Texts = Annotated[
     str,
     typer.Option(
@@ -183,6 +197,7 @@ def _config(
     rule="v1",
     t_per_lang=None,
     texts="any",
+    lang_key=None,
 ):
     from vecap_cli.steps.curate import CurateConfig
 
@@ -207,10 +222,13 @@ def _config(
             rule=rule,
             t_per_lang=fixed,
             texts=texts,
+            lang_key=lang_key or "",
         )
     except ValueError as err:
         if keep_all and keep_matched:
             hint = "--keep-matched"
+        elif "--lang-key" in str(err):
+            hint = "--lang-key"
         else:
             hint = "--field" if "field" in str(err) else "--dedup"
         raise typer.BadParameter(str(err), param_hint=hint) from None
@@ -230,6 +248,7 @@ def run(
     rule: Rule = "v1",
     t_per_lang: TPerLang = None,
     texts: Texts = "any",
+    lang_key: LangKey = None,
     save_counts: Annotated[
         str | None,
         typer.Option(
@@ -278,6 +297,7 @@ def run(
         rule,
         t_per_lang,
         texts,
+        lang_key,
     )
     report(passes.curate(opts, config, metadata, save_counts), opts)
 
@@ -309,6 +329,7 @@ def count_entries(
     text_filter: TextFilter = False,
     dedup: Dedup = None,
     rule: Rule = "v1",
+    lang_key: LangKey = None,
     merge: Annotated[
         bool,
         typer.Option("--merge", help="Add up the counts files given as inputs instead."),
@@ -331,7 +352,7 @@ def count_entries(
         return
     if metadata is None:
         raise typer.BadParameter("is required (or --merge)", param_hint="--metadata")
-    config = _config(field, html, text_filter, dedup, 1, 0, False, rule=rule)
+    config = _config(field, html, text_filter, dedup, 1, 0, False, rule=rule, lang_key=lang_key)
     stream = StreamOptions(
         inputs=tuple(inputs or ["-"]),
         output=output,
@@ -377,6 +398,7 @@ def balance_records(
     rule: Rule = "v1",
     t_per_lang: TPerLang = None,
     texts: Texts = "any",
+    lang_key: LangKey = None,
     *,
     opts: StreamOptions,
 ) -> None:
@@ -400,6 +422,7 @@ def balance_records(
         rule,
         t_per_lang,
         texts,
+        lang_key,
     )
     report(passes.balance(opts, config, metadata, counts), opts)
 

@@ -292,3 +292,29 @@ def test_other_against_a_reference(other_pool):
             c, t = counts[name][e], ts[name]
             miss *= 1.0 - (t / c if c > t else 1.0)
         assert out[key]["p"] == pytest.approx(1.0 - miss, abs=1e-12)
+
+
+def test_given_languages_shard_count_merge_and_balance_as_the_one_pass(pool):
+    """--lang-key: records naming a language (some right, some not, some none) curate
+    the same one-pass, sharded, and with workers."""
+    rng = random.Random(1)
+    lines = []
+    for line in pool_lines().splitlines():
+        record = orjson.loads(line)
+        choice = rng.random()
+        if choice < 0.4:
+            record["lang"] = rng.choice(["en", "fr", "ja", "th", "ru"])
+        elif choice < 0.45:
+            record["lang"] = 3  # rejected under bad-lang
+        lines.append(orjson.dumps(record))
+    (pool / "pool.jsonl").write_bytes(b"\n".join(lines) + b"\n")
+    config = CurateConfig(**{**WORLD.__dict__, "lang_key": "lang"})
+    one = sharded_equals_one_pass(pool, config)
+    assert one.rejected["bad-lang"] > 0
+    assert one.n_in == one.n_out + sum(one.dropped.values()) + sum(one.rejected.values())
+    out = records(pool / "out.jsonl")
+    given = [r for r in out if isinstance(r.get("lang"), str)]
+    assert given and all(t["lang_conf"] is None for r in given for t in r["curate"]["texts"])
+    assert all(t["lang"] == r["lang"] for r in given for t in r["curate"]["texts"])
+    with pytest.raises(ValueError, match="--lang-key goes with --rule metaclip2"):
+        CurateConfig(lang_key="lang")

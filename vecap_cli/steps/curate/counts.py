@@ -107,8 +107,8 @@ class Accumulator:
     ) -> Callable[[list[str]], list[list[int]]]:
         """`match_many` that also adds up what it finds."""
 
-        def record(texts: list[str]) -> list[list[int]]:
-            found = match_many(texts)
+        def record(texts: list[str], *langs) -> list[list[int]]:  # langs: --lang-key's
+            found = match_many(texts, *langs)
             self._ids.extend(chain.from_iterable(found))
             self._fold_full()
             return found

@@ -17,6 +17,7 @@ decided for each input in a `MatchCache` while counting, and
 
 from __future__ import annotations
 
+import re
 from array import array
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -32,8 +33,11 @@ from vecap_cli.stream.tally import Tally
 Pairs = Iterator[tuple[Sample, list[int]]]
 NO_TEXT = "no-text"  # a rejection: the record lacks the text field
 NO_METADATA = "no-metadata-for-lang"  # a drop: no list for any text's language, no `other`
+BAD_LANG = "bad-lang"  # a rejection: the --lang-key field holds no language code
 # cache codes (new ones go at the end)
-RULES = ("", NO_TEXT, "text-filter", "duplicate-url", "duplicate-text", NO_METADATA)
+RULES = ("", NO_TEXT, "text-filter", "duplicate-url", "duplicate-text", NO_METADATA, BAD_LANG)
+# what --lang-key accepts: a code as MetaCLIP 2's lists are named (en, zh, als, zh-Hant, ...)
+LANG_CODE = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,15}")
 
 
 @dataclass(frozen=True)
@@ -49,6 +53,7 @@ class CurateConfig:
     rule: str = "v1"  # a name in MATCH_RULES
     t_per_lang: tuple[tuple[str, int], ...] = ()  # metaclip2: t for these languages
     texts: str = "any"  # several texts: keep through any text's entries, or the chosen one's
+    lang_key: str = ""  # metaclip2: the record field that holds the language, when it does
 
     def __post_init__(self):
         if self.t <= 0:
@@ -62,6 +67,8 @@ class CurateConfig:
             raise ValueError(f"empty field name in {self.field!r}")
         if self.texts not in TEXTS:
             raise ValueError(f"unknown --texts {self.texts!r} (choose {', '.join(TEXTS)})")
+        if self.lang_key and not MATCH_RULES[self.rule].per_language:
+            raise ValueError("--lang-key goes with --rule metaclip2")
 
     @property
     def fields(self) -> tuple[str, ...]:
@@ -80,6 +87,7 @@ class CurateConfig:
             "text_filter": self.text_filter,
             "dedup": sorted(self.dedup),
             **({"rule": self.rule} if self.rule != "v1" else {}),  # v1's files stay as they were
+            **({"lang_key": self.lang_key} if self.lang_key else {}),
         }
 
 
@@ -221,32 +229,65 @@ def prepare_texts(
     `Matches`) for every record the filters let through. A record none of whose
     texts has a list to match (its language's, or `other`) is dropped under
     `no-metadata-for-lang`."""
-    fields = config.fields
+    fields, lang_key = config.fields, config.lang_key
     screen = Screen(config) if config.html or config.text_filter or config.dedup else None
     chunk: list[Sample] = []
     labels: list[list[tuple[str, str]] | str] = []  # per sample: its texts, or the rule removing it
+    langs: list[str | None] | None = [] if lang_key else None  # per sample: its given language
     if screen is not None and config.html:
         tally.declare("html_cleaned")
     try:
         for sample in samples:
             labelled = texts_of(sample.record, fields)
-            rule = _removed(labelled, sample, tally, screen, config.field)
+            rule = ""
+            if langs is not None:  # a bad language is rejected before the dedup sees it
+                lang = given_lang(sample.record, lang_key) if labelled else None
+                langs.append(lang or None)
+                if lang is False:
+                    tally.reject(BAD_LANG, f"'{lang_key}' holds no language code", sample)
+                    rule = BAD_LANG
+            rule = rule or _removed(labelled, sample, tally, screen, config.field)
             chunk.append(sample)
             labels.append(rule or labelled)
             if len(chunk) == BATCH:
-                yield from _grouped(chunk, labels, find_many, tally, cache)
+                yield from _grouped(chunk, labels, find_many, tally, cache, langs)
                 chunk, labels = [], []
+                langs = [] if lang_key else None
         if chunk:
-            yield from _grouped(chunk, labels, find_many, tally, cache)
+            yield from _grouped(chunk, labels, find_many, tally, cache, langs)
     finally:
         if screen is not None and config.html and not tally.tracking:
             tally.count("html_cleaned", None, screen.cleaned)
 
 
-def _grouped(chunk, labels, find_many, tally: Tally, cache: MatchCache | None) -> Pairs:
-    """Matches the chunk's texts in one call, then gives each record its own."""
+def given_lang(record: dict, lang_key: str) -> str | bool | None:
+    """The language `record` names in `lang_key` (a dotted path such as `curate.lang`
+    reads a nested field): a code, None when it names none (absent or null: the
+    text is identified), False when the field holds something else."""
+    value = record
+    for part in lang_key.split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+        if value is None:
+            return None
+    if isinstance(value, str) and LANG_CODE.fullmatch(value):
+        return value
+    return False
+
+
+def _grouped(chunk, labels, find_many, tally: Tally, cache: MatchCache | None, langs=None) -> Pairs:
+    """Matches the chunk's texts in one call, then gives each record its own;
+    `langs`: per sample, the language its record names (--lang-key), or None."""
     texts = [text for labelled in labels if not isinstance(labelled, str) for _, text in labelled]
-    found = iter(find_many(texts))
+    if langs is None:
+        found = iter(find_many(texts))
+    else:
+        given = [
+            lang
+            for labelled, lang in zip(labels, langs, strict=True)
+            if not isinstance(labelled, str)
+            for _ in labelled
+        ]
+        found = iter(find_many(texts, given))
     for sample, labelled in zip(chunk, labels, strict=True):
         if isinstance(labelled, str):  # removed, and counted, as it arrived
             if cache is not None:
@@ -492,5 +533,7 @@ class MatchCache:
                 raise VecapError(f"{sample.origin}: the input changed between curate's two passes")
             elif code == 1:
                 tally.reject(NO_TEXT, f"record has no string '{config.field}'", sample)
+            elif RULES[code] == BAD_LANG:
+                tally.reject(BAD_LANG, f"'{config.lang_key}' holds no language code", sample)
             else:
                 tally.drop(RULES[code], sample)

@@ -94,7 +94,7 @@ def texts_of(record: dict, fields: Sequence[str]) -> list[tuple[str, str]]:
 def plain(match_many: Callable[[list[str]], list[list[int]]]):
     """`match_many` (one list) as one giving a `Found` per text."""
 
-    def find(texts: list[str]) -> list[Found]:
+    def find(texts: list[str], langs=None) -> list[Found]:  # one list: no languages
         return [Found(ids) for ids in match_many(texts)]
 
     return find

@@ -100,13 +100,16 @@ class WorldMatcher:
         }
         self.n_entries = len(languages.entries)
 
-    def find_many(self, texts: list[str]) -> list[Found]:
+    def find_many(self, texts: list[str], langs: list[str | None] | None = None) -> list[Found]:
+        """`langs`: per text, a language its record names (`--lang-key`), used as is
+        (confidence None), or None to identify the text."""
         lid, matchers = self.lid, self.matchers
         fallback = OTHER if OTHER in matchers else None
         found = []
         groups: dict[str, list[int]] = {}
         for i, text in enumerate(texts):
-            lang, conf = lid(text)
+            given = langs[i] if langs is not None else None
+            lang, conf = (given, None) if given is not None else lid(text)
             listed = lang if lang in matchers else fallback
             found.append(Found(None, 0, lang, conf, listed))
             if listed is not None:
