@@ -124,6 +124,113 @@ def save_tiny_llama(directory: Path, seed: int = 0) -> Path:
     return Path(directory)
 
 
+def _byte_level_bpe(vocab_size: int = 512) -> tuple[list[str], list[str]]:
+    """(tokens by id, merges) of a byte-level BPE learnt on WORDS: a GGUF file
+    stores its vocabulary this way ("gpt2"), not as a tokenizer.json."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIALS[:4],  # <pad> <unk> <s> </s>: ids 0-3
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    text = [" ".join(WORDS), " ".join(w.lower() for w in WORDS), "user: assistant: system:"]
+    tokenizer.train_from_iterator(text * 3, trainer)
+    bpe = json.loads(tokenizer.to_str())["model"]
+    tokens = sorted(bpe["vocab"], key=bpe["vocab"].get)
+    merges = [m if isinstance(m, str) else " ".join(m) for m in bpe["merges"]]
+    return tokens, merges
+
+
+def _llama_cpp_permute(weight, heads: int):
+    """llama.cpp's row order for q_proj and k_proj (its convert_hf_to_gguf.py), which
+    transformers' GGUF loader undoes: (heads * 2 * half, in) with the halves interleaved."""
+    rows = weight.shape[0]
+    return weight.reshape(heads, 2, rows // heads // 2, -1).swapaxes(1, 2).reshape(weight.shape)
+
+
+def write_tiny_llama_gguf(
+    path: Path, tensor_type: str = "f32", seed: int = 0, architecture: str = "llama"
+) -> dict:
+    """A tiny Llama with a chat template as one GGUF file, written the way llama.cpp's
+    converter writes one: the config and the tokenizer as metadata, the matrices as
+    `tensor_type` (f32, f16 or q8_0; norms stay f32). Returns the weights as the
+    file holds them (rounded to `tensor_type`), by transformers' names, to compare a
+    loaded model with. `architecture` other than llama: a file nobody can load."""
+    import gguf
+    import numpy as np
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    _seeded(seed)
+    tokens, merges = _byte_level_bpe()
+    ids = {t: i for i, t in enumerate(tokens)}
+    heads, kv_heads, hidden = 4, 2, 32
+    config = LlamaConfig(
+        vocab_size=len(tokens),
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=2,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        max_position_embeddings=256,
+        tie_word_embeddings=False,  # llama.cpp writes output.weight only when untied
+    )
+    model = LlamaForCausalLM(config)
+    _louder(model, 0.5)
+
+    writer = gguf.GGUFWriter(str(path), architecture)
+    writer.add_name("vecap-tiny-llama")
+    writer.add_context_length(config.max_position_embeddings)
+    writer.add_embedding_length(hidden)
+    writer.add_block_count(config.num_hidden_layers)
+    writer.add_feed_forward_length(config.intermediate_size)
+    writer.add_head_count(heads)
+    writer.add_head_count_kv(kv_heads)
+    writer.add_rope_dimension_count(hidden // heads)
+    writer.add_rope_freq_base(config.rope_parameters["rope_theta"])
+    writer.add_layer_norm_rms_eps(config.rms_norm_eps)
+    writer.add_tokenizer_model("gpt2")
+    writer.add_token_list(tokens)
+    writer.add_token_merges(merges)
+    writer.add_token_types([3 if t in SPECIALS else 1 for t in tokens])  # 3: control
+    writer.add_bos_token_id(ids["<s>"])
+    writer.add_eos_token_id(ids["</s>"])
+    writer.add_unk_token_id(ids["<unk>"])
+    writer.add_pad_token_id(ids["<pad>"])
+    writer.add_chat_template(CHAT_TEMPLATE)
+
+    quant = {
+        "f32": gguf.GGMLQuantizationType.F32,
+        "f16": gguf.GGMLQuantizationType.F16,
+        "q8_0": gguf.GGMLQuantizationType.Q8_0,
+    }[tensor_type]
+    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, config.num_hidden_layers)
+    held = {}
+    for name, param in model.state_dict().items():
+        weight = param.numpy()
+        kind = quant if weight.ndim == 2 else gguf.GGMLQuantizationType.F32
+        # q8_0 blocks run along a row, so rounding before or after the permutation is one
+        held[name] = torch.from_numpy(
+            gguf.quants.dequantize(gguf.quants.quantize(weight, kind), kind)
+        )
+        if name.endswith("q_proj.weight"):
+            weight = _llama_cpp_permute(weight, heads)
+        elif name.endswith("k_proj.weight"):
+            weight = _llama_cpp_permute(weight, kv_heads)
+        data = gguf.quants.quantize(np.ascontiguousarray(weight), kind)
+        raw = None if kind == gguf.GGMLQuantizationType.F32 else kind
+        writer.add_tensor(names.get_name(name, (".weight",)), data, raw_dtype=raw)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return held
+
+
 def save_tiny_llava(
     directory: Path, seed: int = 0, hidden: int = 32, layers: int = 2, image_size: int = 32
 ) -> Path:

@@ -224,6 +224,13 @@ def test_a_missing_model_is_one_line_before_any_record_is_read(tmp_path, pool):
         1,
         f"vecap caption: error: cannot load model '{tmp_path}/nope': no such directory",
     )
+    result = run_vecap("caption", pool, "--model", tmp_path / "tiny.gguf")
+    assert (result.code, result.err.strip()) == (
+        1,
+        f"vecap caption: error: cannot load model '{tmp_path}/tiny.gguf': a file, where a "
+        "transformers model dir is needed (transformers reads only text-only language models "
+        "from GGUF files, no vision-language ones)",
+    )
     result = run_vecap("caption", pool, "--backend", "openai", "--model", "m", "--api-base", "x")
     assert result.code == 2  # a bad flag: a usage error (tests/hostile/test_generation.py)
     assert "'--api-base': 'x' is not an http(s) URL" in result.err

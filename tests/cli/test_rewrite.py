@@ -8,7 +8,7 @@ import pytest
 from tests.cli.test_contract import no_traceback
 from tests.conftest import SHARED_DATA, run_vecap, write_jsonl
 from tests.openai_server import ChatServer, model_answer
-from tests.tiny_models import ONE_THREAD, one_torch_thread, tiny_model
+from tests.tiny_models import ONE_THREAD, one_torch_thread, tiny_model, write_tiny_llama_gguf
 from vecap_cli.generate.load import chat_model
 
 VECS = ["a dog sitting on the grass", "a red car on a street", "a plate of food on a table"]
@@ -115,6 +115,42 @@ def test_a_tiny_llama_rewrites_through_its_chat_template(pool, tmp_path):
     assert generated == 3
     for key in "abf":
         assert out[key]["vecap"].strip()
+
+
+def test_a_gguf_file_rewrites_with_no_model_dir(pool, tmp_path):
+    pytest.importorskip("gguf")
+    pytest.importorskip("accelerate")
+    model = tmp_path / "tiny.gguf"
+    write_tiny_llama_gguf(model, "q8_0")
+    result = run_vecap(
+        "rewrite",
+        pool,
+        "--backend",
+        "hf",
+        "--model",
+        model,
+        "--max-new-tokens",
+        "8",
+        "--min-words",
+        "1",
+        "--batch-size",
+        "2",
+        "--stats",
+        tmp_path / "s.json",
+        env={**ONE_THREAD, "HF_HUB_OFFLINE": "1"},
+    )
+    assert result.code == 0, result.err
+    (summary,) = result.err.strip().splitlines()  # no loader's progress bar on stderr
+    assert summary.startswith("vecap rewrite: in 6 = out 6 + dropped 0 + rejected 0")
+    out = {r["key"]: r for r in result.records()}
+    assert list(out) == ["a", "b", "c", "d", "e", "f"]
+    assert out["e"]["vecap"] == "done before" and "vecap" not in out["d"]
+    stats = stats_of(tmp_path / "s.json")
+    assert stats["balanced"] and stats["in"] == stats["out"] == 6
+    counts = stats["rewrite"]
+    generated = sum(n for k, n in counts.items() if k in ("fused", "unchanged") or "fallback" in k)
+    assert generated == 3 and counts["blocked"] == 1
+    assert all(out[key]["vecap"].strip() for key in "abf")
 
 
 def test_the_openai_backend_falls_back_to_vec_when_a_request_fails_for_good(pool, tmp_path):

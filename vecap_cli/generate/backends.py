@@ -1,6 +1,7 @@
 """The built-in generation backends, registered when `vecap_cli.generate` is imported.
 
-hf: transformers models on this machine (hf_vlm for caption, hf_lm for rewrite);
+hf: transformers models on this machine (hf_vlm for caption, hf_lm for rewrite,
+from a model dir or, the language models, from a GGUF file: gguf_file);
 openclip: an open_clip CoCa (openclip_coca); openai: any OpenAI-compatible
 server, vLLM or SGLang (openai_client). Each model class, and torch,
 transformers, open_clip or httpx with it, is imported only in `build`.
@@ -12,7 +13,7 @@ import os
 from typing import TYPE_CHECKING
 
 from vecap_cli.errors import VecapError
-from vecap_cli.generate import endpoint
+from vecap_cli.generate import endpoint, gguf_file
 from vecap_cli.generate.registry import CAPTION, REWRITE, Backend, Request, register
 from vecap_cli.stream.images import ImageLimits
 
@@ -24,10 +25,16 @@ def _looks_local(model: str) -> bool:
     return model.startswith(("/", "./", "../", "~")) or os.path.exists(model)
 
 
-def check_hf_dir(model: str) -> None:
-    """A local transformers model dir must exist and hold config.json; hub ids load later."""
+def check_hf_dir(model: str, *, gguf: bool = False) -> None:
+    """A local transformers model dir must exist and hold config.json; hub ids load
+    later. A local file is a GGUF (a language model) where `gguf`, refused otherwise."""
     if not model:
         raise VecapError("--model is required")
+    if gguf_file.named(model) or gguf_file.is_file(model):
+        if not gguf:
+            raise VecapError(f"cannot load model '{model}': {gguf_file.NOT_A_VLM}")
+        gguf_file.check(model)
+        return
     if not _looks_local(model):
         return
     path = os.path.expanduser(model)
@@ -124,20 +131,19 @@ def _data_url(data: bytes, limits: ImageLimits) -> str:
     return data_url(data, limits)
 
 
-def _check_hf(request: Request) -> None:
+def _check_hf_vlm(request: Request) -> None:
     check_hf_dir(request.model)
+
+
+def _check_hf_lm(request: Request) -> None:
+    check_hf_dir(request.model, gguf=True)
 
 
 def _check_openclip(request: Request) -> None:
     check_openclip(request.model, request.pretrained)
 
 
-_HF = {
-    "model_help": "a transformers model dir (or hub id)",
-    "check": _check_hf,
-    "batch_size": 8,
-    "in_process": True,
-}
+_HF = {"batch_size": 8, "in_process": True}
 _SERVER = {  # batch: 2 x concurrency; the client is built anew each run (reads the API key)
     "model_help": "the served model name",
     "check": check_server,
@@ -150,12 +156,20 @@ register(
         CAPTION,
         _hf_captioner,
         help="transformers image-text-to-text models (LLaVA, BLIP, BLIP-2, Qwen2-VL...)",
+        model_help="a transformers model dir (or hub id)",
+        check=_check_hf_vlm,
         **_HF,
     )
 )
 register(
     Backend(
-        "hf", REWRITE, _hf_chat, help="a transformers causal LM (the default with --model)", **_HF
+        "hf",
+        REWRITE,
+        _hf_chat,
+        help="a transformers causal LM (the default with --model)",
+        model_help="a transformers model dir, a .gguf file or a hub id",
+        check=_check_hf_lm,
+        **_HF,
     )
 )
 register(

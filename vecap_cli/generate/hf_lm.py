@@ -1,9 +1,13 @@
-"""Chat completions from a transformers causal LM in a local dir (or a hub id):
-batched, left-padded, greedy, through the tokenizer's chat template."""
+"""Chat completions from a transformers causal LM in a local dir, a GGUF file
+(gguf_file) or a hub id: batched, left-padded, greedy, through the tokenizer's
+chat template."""
 
 from __future__ import annotations
 
+import contextlib
+
 from vecap_cli.errors import VecapError
+from vecap_cli.generate import gguf_file
 from vecap_cli.generate.base import default_dtype, resolve_device
 from vecap_cli.generate.hf_vlm import clean, quiet_transformers
 from vecap_cli.loading import load_error
@@ -36,13 +40,22 @@ class HFChat:
 
         quiet_transformers()
         self.device = resolve_device(device)
+        source, tokenizer_kwargs, model_kwargs = model, {}, {}
+        quiet = contextlib.nullcontext()
+        if gguf_file.is_file(model):
+            source, tokenizer_kwargs, model_kwargs = gguf_file.loading(model)
+            quiet = gguf_file.quiet_unpacking()
         try:
-            self.tokenizer = AutoTokenizer.from_pretrained(
-                model, trust_remote_code=trust_remote_code
-            )
-            self.model = AutoModelForCausalLM.from_pretrained(
-                model, dtype=default_dtype(self.device), trust_remote_code=trust_remote_code
-            )
+            with quiet:
+                self.tokenizer = AutoTokenizer.from_pretrained(
+                    source, trust_remote_code=trust_remote_code, **tokenizer_kwargs
+                )
+                self.model = AutoModelForCausalLM.from_pretrained(
+                    source,
+                    dtype=default_dtype(self.device),
+                    trust_remote_code=trust_remote_code,
+                    **model_kwargs,
+                )
         except Exception as err:  # damaged or hostile files: whatever the loader raises is one line
             raise load_error(f"cannot load the language model '{model}'", err) from None
         self.model.to(self.device).eval()
