@@ -150,6 +150,7 @@ register(
         CAPTION,
         _hf_captioner,
         help="transformers image-text-to-text models (LLaVA, BLIP, BLIP-2, Qwen2-VL...)",
+        takes_prompt=True,  # but BLIP, which follows no instruction (hf_vlm)
         **_HF,
     )
 )
@@ -177,6 +178,7 @@ register(
         _openai_captioner,
         help="a chat-completions server",
         prepare=_data_url,
+        takes_prompt=True,
         **_SERVER,
     )
 )
