@@ -12,7 +12,7 @@ import pytest
 from tests.conftest import tiny_image, write_jsonl
 from vecap_cli.cli.app import main
 from vecap_cli.errors import VecapError
-from vecap_cli.generate.base import Failed
+from vecap_cli.generate.base import Failed, Prompted
 from vecap_cli.generate.cache import FILE, Cached, Served, Store
 from vecap_cli.generate.registry import CAPTION, REWRITE, Backend, Request, register, unregister
 
@@ -264,6 +264,41 @@ def test_cached_asks_only_for_the_misses_in_batch_order(tmp_path):
     assert model.asked == [1, 2, 3]
     other = Cached(model, store, ("rewrite", "x", "m", None, "", 9))  # another scope
     assert other.generate([1]) == [Served("answer 1", False)] and model.asked[-1] == 1
+
+
+class Prompts:
+    """A captioner that answers with the prompt each image came with."""
+
+    def __init__(self):
+        self.asked = []
+
+    def prepare(self, data: bytes) -> str:
+        return f"image {data.decode()}"
+
+    def generate(self, batch: list) -> list[str]:
+        self.asked.extend(batch)
+        return [
+            f"{item.item} seen with {item.prompt}" if isinstance(item, Prompted) else item
+            for item in batch
+        ]
+
+
+def test_a_conditioned_answer_is_keyed_by_its_prompt_as_well_as_its_image(tmp_path):
+    model = Prompts()
+    cached = Cached(model, Store(tmp_path, max_chars=100), ("caption", "x", "m", None, "", 8))
+
+    def ask(image: bytes, alt: str) -> Prompted:
+        return Prompted(cached.prepare(image), f"ALT {alt}")  # as the caption stage wraps
+
+    assert cached.generate([ask(b"A", "Paris"), ask(b"A", "Rome"), ask(b"B", "Paris")]) == [
+        Served("image A seen with ALT Paris", False),
+        Served("image A seen with ALT Rome", False),  # same image, other AltText: asked
+        Served("image B seen with ALT Paris", False),
+    ]
+    assert cached.generate([ask(b"A", "Rome")]) == [Served("image A seen with ALT Rome", True)]
+    assert model.asked == [Prompted("image A", "ALT Paris"), Prompted("image A", "ALT Rome"),
+                           Prompted("image B", "ALT Paris")]  # fmt: skip
+    assert cached.generate([cached.prepare(b"A")])[0].hit is False  # unconditioned: its own
 
 
 def _hammer(directory: str, worker: int, rounds: int) -> None:

@@ -12,7 +12,7 @@ import pytest
 from tests.conftest import tiny_image
 from tests.tiny_models import one_torch_thread, tiny_model
 from vecap_cli.errors import VecapError
-from vecap_cli.generate.base import decode_rgb
+from vecap_cli.generate.base import Prompted, decode_rgb
 from vecap_cli.generate.load import captioner, chat_model
 
 PROMPT = "Describe the image concisely, less than 20 words."
@@ -45,6 +45,41 @@ def test_llava_gets_the_prompt_through_its_chat_template():
     model = captioner("hf", str(tiny_model("llava")), PROMPT, 4, device="cpu").backend
     assert model.text == f"<s>user: <image> {PROMPT}</s><s>assistant: "
     assert model.processor.tokenizer.padding_side == "left"
+
+
+def test_each_prompted_image_goes_with_its_own_prompt_and_batches_as_alone():
+    model = captioner("hf", str(tiny_model("llava")), PROMPT, 4, device="cpu").backend
+    alts = ["a", "b c d e f g", "h"]
+    batch = [
+        Prompted(image, f"Caption it. ALT: {alt}")
+        for image, alt in zip(images(3), alts, strict=True)
+    ]
+    model.processor = Spy(model.processor)
+    together = model.generate(batch)
+    assert model.processor.texts == [
+        f"<s>user: <image> Caption it. ALT: {alt}</s><s>assistant: " for alt in alts
+    ]
+    assert together == [model.generate([item])[0] for item in batch]
+
+
+class Spy:
+    """A processor that notes the texts it was given."""
+
+    def __init__(self, processor):
+        self.processor, self.texts = processor, []
+
+    def __call__(self, **kwargs):
+        self.texts.extend(kwargs.get("text", ()))
+        return self.processor(**kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self.processor, name)
+
+
+def test_blip_which_follows_no_instruction_refuses_a_prompted_image():
+    model = captioner("hf", str(tiny_model("blip")), PROMPT, 4, device="cpu")
+    with pytest.raises(VecapError, match=r"\(blip\) follows no instruction.*--condition-on"):
+        model.generate([Prompted(images(1)[0], "Caption it.")])
 
 
 def test_blip_captions_unconditionally():

@@ -2,6 +2,8 @@
 
 from typing import Annotated
 
+import typer
+
 from vecap_cli.cli import generation as g
 from vecap_cli.cli.options import report
 from vecap_cli.generate.registry import CAPTION, ModelOptions
@@ -25,6 +27,29 @@ def caption(
             "The instruction beside each image (VeCLIP's by default); BLIP, which follows no instructions, captions without it."
         ),
     ] = DEFAULT_PROMPT,
+    condition_on: Annotated[
+        str | None,
+        g.model_flag(
+            "Condition the caption on this field too (typically alt): it goes into the prompt "
+            "as quoted data (one JSON string, at most 500 characters, no control characters), "
+            "and the answer, a caption keeping the names and numbers the image supports, "
+            "goes to `vecap`; `vec` is left as it is. A record without a non-blank string "
+            "there (a list: its first) is rejected (condition-missing). Needs a backend "
+            "that reads a prompt: hf (not BLIP) or openai.",
+            metavar="FIELD",
+            show_default=False,
+        ),
+    ] = None,
+    prompt_file: Annotated[
+        str | None,
+        g.model_flag(
+            "Read the prompt from FILE instead of --prompt; with --condition-on, a template "
+            "naming {alt}, which becomes the quoted text (default: vecap's, "
+            "vecap_cli/steps/condition.txt).",
+            metavar="FILE",
+            show_default=False,
+        ),
+    ] = None,
     max_new_tokens: g.MaxNewTokens = 40,
     batch_size: g.BatchSize = None,
     decode_threads: Annotated[
@@ -36,7 +61,13 @@ def caption(
             show_default=False,
         ),
     ] = None,
-    overwrite: Annotated[bool, g.overwrite_flag("Caption", "vec")] = False,
+    overwrite: Annotated[
+        bool,
+        typer.Option(
+            "--overwrite",
+            help="Caption records that already have a `vec` (with --condition-on: a `vecap`) too.",
+        ),
+    ] = False,
     *,
     options: ModelOptions,
     opts: StreamOptions,
@@ -57,21 +88,36 @@ def caption(
     or over 16 characters per --max-new-tokens, is rejected (caption-url,
     caption-email, caption-instruction, caption-control-chars, caption-too-long,
     empty-caption), never written.
+
+    With --condition-on alt, one pass writes the VeCap (Altogether, MetaCLIP 1.2):
+    the model sees the image and the AltText, quoted as data it is told not to
+    obey, and keeps the AltText's names and numbers where the image supports
+    them. The answer is checked against the prompt without the AltText, so a
+    URL or an order that only the AltText holds is rejected, not copied.
     """
     flags = g.config_fields(locals())
     from functools import partial
 
     from vecap_cli.steps.caption import CaptionConfig, build_captioner
     from vecap_cli.steps.caption import caption as caption_stage
+    from vecap_cli.steps.condition import PromptError, resolve_prompt
     from vecap_cli.steps.generation import staged
     from vecap_cli.stream.runner import run_stream
 
-    config = CaptionConfig.of(
-        concurrency=options.concurrency,
-        processes=opts.workers,
-        image_limits=opts.image_limits,
-        **flags,
-    )
+    try:
+        flags["prompt"] = resolve_prompt(
+            flags["prompt"], flags.pop("prompt_file"), condition_on, DEFAULT_PROMPT
+        )
+        config = CaptionConfig.of(
+            concurrency=options.concurrency,
+            processes=opts.workers,
+            image_limits=opts.image_limits,
+            **flags,
+        )
+    except PromptError as err:
+        raise typer.BadParameter(str(err), param_hint=err.flag) from None
+    except ValueError as err:
+        raise typer.BadParameter(str(err), param_hint="--condition-on") from None
 
     def build():
         return partial(caption_stage, config=config, captioner=build_captioner(config, options))

@@ -6,7 +6,8 @@ output per input, in order:
 - captioners (hf_vlm, openclip_coca, openai_client.OpenAICaptioner) take
   prepared images: their registered `prepare` (a decoded RGB image, or a data
   URL for a server) runs in decode workers (`ahead.map_ahead`) so the model
-  never waits on JPEG decoding;
+  never waits on JPEG decoding; one registered with `takes_prompt` also takes
+  `Prompted` ones, each with a prompt of its own (caption --condition-on);
 - chat models (hf_lm, openai_client.OpenAIChat) take conversations, lists of
   `{"role", "content"}` messages, and apply the model's chat template.
 

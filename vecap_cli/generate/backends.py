@@ -158,6 +158,7 @@ register(
         help="transformers image-text-to-text models (LLaVA, BLIP, BLIP-2, Qwen2-VL...)",
         model_help="a transformers model dir (or hub id)",
         check=_check_hf_vlm,
+        takes_prompt=True,  # but BLIP, which follows no instruction (hf_vlm)
         **_HF,
     )
 )
@@ -191,6 +192,7 @@ register(
         _openai_captioner,
         help="a chat-completions server",
         prepare=_data_url,
+        takes_prompt=True,
         **_SERVER,
     )
 )

@@ -1,4 +1,4 @@
-"""What every backend shares: the per-item failure and the device choice."""
+"""What every backend shares: the per-item failure, a per-item prompt and the device choice."""
 
 from __future__ import annotations
 
@@ -15,6 +15,16 @@ class Failed:
 
     reason: str  # short, a counter name: "http-503", "timeout", "bad-response"
     detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Prompted:
+    """A prepared image with a prompt of its own, sent instead of the captioner's
+    (caption --condition-on: the AltText quoted in it). Backends that read a prompt
+    (`Backend.takes_prompt`) accept it wherever they accept a prepared image."""
+
+    item: object
+    prompt: str
 
 
 def resolve_device(device: str) -> str:

@@ -4,8 +4,8 @@ One SQLite file, DIR/answers.sqlite3, maps a key to a model's answer. The key
 is a sha256 of what decides the answer: the command, backend, model (and
 pretrained), prompt and --max-new-tokens (the `scope`), and the input itself:
 the image bytes' digest for caption (taken in the decode workers, by
-`Cached.prepare`), the exact conversation sent for rewrite (its prompt
-template is in it). Only answers are stored, never a `Failed` request;
+`Cached.prepare`) and, for caption --condition-on, the record's own prompt (its
+AltText), the exact conversation sent for rewrite (its prompt template is in it). Only answers are stored, never a `Failed` request;
 validation runs on every answer, cached or not, so a refused one is refused
 again, the same way.
 
@@ -28,6 +28,7 @@ from pathlib import Path
 import orjson
 
 from vecap_cli.errors import VecapError
+from vecap_cli.generate.base import Prompted
 
 FILE = "answers.sqlite3"
 BUSY_TIMEOUT_S = 60.0  # another process committing a batch holds the lock for milliseconds
@@ -128,6 +129,21 @@ class Store:
             raise self._fail(err) from None
 
 
+def _content(item) -> bytes:
+    """What decides the answer besides the scope: the image's digest, the prompt
+    of a `Prompted` one with it (its AltText), the conversation of a chat."""
+    if isinstance(item, Prompted):
+        return orjson.dumps(item.prompt) + _content(item.item)
+    return item.digest if isinstance(item, Keyed) else orjson.dumps(item)
+
+
+def _bare(item):
+    """The model's input, without the digest the key was made of."""
+    if isinstance(item, Prompted):
+        return Prompted(_bare(item.item), item.prompt)
+    return item.item if isinstance(item, Keyed) else item
+
+
 class Cached:
     """A backend (generate.load.Lazy) behind a Store: `generate(batch)` asks the
     backend only for the answers the store lacks (none: the model never loads),
@@ -143,14 +159,13 @@ class Cached:
         return Keyed(hashlib.sha256(data).digest(), self.model.prepare(data))
 
     def _key(self, item) -> bytes:
-        content = item.digest if isinstance(item, Keyed) else orjson.dumps(item)
-        return hashlib.sha256(self.scope + b"\0" + content).digest()
+        return hashlib.sha256(self.scope + b"\0" + _content(item)).digest()
 
     def generate(self, batch: list) -> list[Served]:
         keys = [self._key(item) for item in batch]
         found = self.store.get(keys)
         todo = [i for i, key in enumerate(keys) if key not in found]
-        asked = [batch[i].item if isinstance(batch[i], Keyed) else batch[i] for i in todo]
+        asked = [_bare(batch[i]) for i in todo]
         answers = dict(zip(todo, self.model.generate(asked) if asked else (), strict=True))
         self.store.put({keys[i]: a for i, a in answers.items() if isinstance(a, str)})
         return [

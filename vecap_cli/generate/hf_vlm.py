@@ -8,7 +8,8 @@ where it has one; models without one get the form they were trained on.
 
 from __future__ import annotations
 
-from vecap_cli.generate.base import decode_rgb, default_dtype, resolve_device
+from vecap_cli.errors import VecapError
+from vecap_cli.generate.base import Prompted, decode_rgb, default_dtype, resolve_device
 from vecap_cli.loading import load_error
 
 
@@ -66,18 +67,34 @@ class HFCaptioner:
         tokenizer = getattr(self.processor, "tokenizer", None)
         if tokenizer is not None:
             tokenizer.padding_side = "left"  # decoder-only LMs continue from the right edge
-        self.text = prompt_text(self.processor, self.model.config.model_type, prompt)
+        self.name, self.model_type = model, self.model.config.model_type
+        self.text = prompt_text(self.processor, self.model_type, prompt)
         self.max_new_tokens = max_new_tokens
         self._torch = torch
 
     def prepare(self, data: bytes):
         return decode_rgb(data)
 
-    def generate(self, images: list) -> list[str]:
+    def _text(self, item) -> str | None:
+        """The text beside `item`: its own prompt (`Prompted`), else the captioner's."""
+        if not isinstance(item, Prompted):
+            return self.text
+        text = prompt_text(self.processor, self.model_type, item.prompt)
+        if text is None:
+            raise VecapError(
+                f"'{self.name}' ({self.model_type}) follows no instruction: "
+                "it cannot caption --condition-on"
+            )
+        return text
+
+    def generate(self, batch: list) -> list[str]:
+        """`batch`: decoded images, or `Prompted` ones with their own prompt."""
         torch = self._torch
+        images = [item.item if isinstance(item, Prompted) else item for item in batch]
+        texts = [self._text(item) for item in batch]
         kwargs: dict = {"images": images, "return_tensors": "pt"}
-        if self.text is not None:
-            kwargs.update(text=[self.text] * len(images), padding=True)
+        if self.text is not None:  # None: BLIP, and then no item has a prompt
+            kwargs.update(text=texts, padding=True)
         inputs = self.processor(**kwargs).to(self.device, dtype=self.dtype)
         with torch.inference_mode():
             out = self.model.generate(

@@ -37,7 +37,7 @@ import httpx
 
 from vecap_cli.errors import VecapError
 from vecap_cli.generate import endpoint
-from vecap_cli.generate.base import Failed
+from vecap_cli.generate.base import Failed, Prompted
 from vecap_cli.rand import uniform
 
 _RETRY_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
@@ -343,21 +343,17 @@ class OpenAICaptioner:
     def prepare(self, data: bytes) -> str:
         return data_url(data)
 
-    def generate(self, urls: list[str]) -> list[str | Failed]:
-        return self.client.generate(
-            [
-                [
-                    {
-                        "role": "user",
-                        "content": [
-                            {"type": "image_url", "image_url": {"url": url}},
-                            {"type": "text", "text": self.prompt},
-                        ],
-                    }
-                ]
-                for url in urls
-            ]
-        )
+    def generate(self, urls: list) -> list[str | Failed]:
+        """`urls`: data URLs, or `Prompted` ones that bring their own prompt."""
+        return self.client.generate([self._conversation(url) for url in urls])
+
+    def _conversation(self, url) -> list[dict]:
+        url, prompt = (url.item, url.prompt) if isinstance(url, Prompted) else (url, self.prompt)
+        content = [
+            {"type": "image_url", "image_url": {"url": url}},
+            {"type": "text", "text": prompt},
+        ]
+        return [{"role": "user", "content": content}]
 
 
 class OpenAIChat:

@@ -78,6 +78,8 @@ class Backend:
     # Runs its model in this process (torch): each --workers process loads a copy of
     # its own; on a GPU, N copies on one device, which is refused (`workers_refusal`).
     in_process: bool = False
+    # captioners: reads a prompt, so takes a `Prompted` image (caption --condition-on)
+    takes_prompt: bool = False
 
     def workers_refusal(self, workers: int, on_gpu: Callable[[], bool]) -> str | None:
         """Why `--workers N` cannot run this backend, or None. `on_gpu()`: whether

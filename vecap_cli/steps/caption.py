@@ -9,6 +9,12 @@ instruction, control bytes, too long) is a counted rejection, `caption-REASON`.
 `build_captioner` assembles the backend the config names, from the registry;
 with --cache, the `cache` statistic counts the answers it served (hit) and
 those the model was asked for (miss).
+
+With `condition_on` (steps/condition.py) each image goes with a prompt of its
+own, the record's AltText quoted in it, and the answer is a VeCap, in `vecap`
+(`vec` untouched); a record without a conditioning text is rejected
+(`condition-missing`) before its image is read. The answer is checked against the
+prompt without the AltText: what only the AltText holds is not let through.
 """
 
 from __future__ import annotations
@@ -20,10 +26,11 @@ from typing import Protocol
 
 from vecap_cli.generate.ahead import map_ahead
 from vecap_cli.generate.answer import max_chars, refusal
-from vecap_cli.generate.base import Failed
+from vecap_cli.generate.base import Failed, Prompted
 from vecap_cli.generate.cache import served
 from vecap_cli.generate.load import load
 from vecap_cli.generate.registry import CAPTION, ModelOptions, Request, get
+from vecap_cli.steps import condition
 from vecap_cli.steps.batching import PASS, in_batches
 from vecap_cli.steps.generation import DEFAULT_PROMPT
 from vecap_cli.stream.images import DEFAULT_LIMITS, ImageLimits, ImageRejected
@@ -49,11 +56,19 @@ class CaptionConfig:
     overwrite: bool = False
     field: str = "vec"
     image_limits: ImageLimits = DEFAULT_LIMITS  # --max-image-bytes, --max-pixels
+    condition_on: str | None = None  # a record field quoted into `prompt`'s {alt}
 
     def identity(self) -> tuple:
         """What decides the captions: a resumed run must agree on it (batching, threads
         and processes may differ)."""
-        return (self.backend, self.model, self.pretrained, self.prompt, self.max_new_tokens)
+        return (
+            self.backend,
+            self.model,
+            self.pretrained,
+            self.prompt,
+            self.max_new_tokens,
+            self.condition_on,
+        )
 
     @classmethod
     def of(
@@ -67,9 +82,19 @@ class CaptionConfig:
     ) -> CaptionConfig:
         """The config, with the defaults that depend on the backend (its batch,
         `Backend.default_batch_size`) and the machine (decode threads: up to 4, one a
-        core, the cores shared by `processes`, --workers)."""
+        core, the cores shared by `processes`, --workers). With `condition_on`, the
+        caption goes to `vecap`; a backend that reads no prompt is a ValueError."""
+        chosen = get(CAPTION, backend)
+        if (on := fields.get("condition_on")) is not None:
+            if not on.strip():
+                raise ValueError("needs the name of a record field, not ''")
+            if not chosen.takes_prompt:
+                raise ValueError(
+                    f"--backend {backend} reads no prompt: it cannot condition a caption"
+                )
+            fields.setdefault("field", "vecap")
         if batch_size is None:
-            batch_size = get(CAPTION, backend).default_batch_size(concurrency)
+            batch_size = chosen.default_batch_size(concurrency)
         if decode_threads is None:
             decode_threads = max(1, min(4, len(os.sched_getaffinity(0)) // processes))
         return cls(backend=backend, batch_size=batch_size, decode_threads=decode_threads, **fields)
@@ -97,13 +122,17 @@ def caption(
     samples: Iterable[Sample], tally: Tally, config: CaptionConfig, captioner: Captioner
 ) -> Iterator[Sample]:
     tally.declare("caption", keyed=True)
-    field, overwrite = config.field, config.overwrite
+    field, overwrite, on = config.field, config.overwrite, config.condition_on
     limit = max_chars(config.max_new_tokens)
 
     def prepare(sample: Sample):
         if not overwrite and has_text(sample.record, field):
             return PASS  # never decoded
-        return captioner.prepare(sample.image_bytes(config.image_limits))
+        if on is None:
+            return captioner.prepare(sample.image_bytes(config.image_limits))
+        text = condition.condition_text(sample.record, on)  # before the image is read
+        image = captioner.prepare(sample.image_bytes(config.image_limits))
+        return Prompted(image, condition.render(config.prompt, text))
 
     def prepared() -> Iterator[tuple[Sample, object]]:
         threads = config.decode_threads
@@ -131,6 +160,8 @@ def _captioned(
     limit: int,
 ) -> Iterator[Sample]:
     """One batch's samples, captioned (or passed, or rejected)."""
+    conditioned = config.condition_on is not None
+    instruction = condition.instruction(config.prompt) if conditioned else config.prompt
     inputs = [item for _, item in group if item is not PASS]
     texts = iter(captioner.generate(inputs) if inputs else ())
     for sample, item in group:
@@ -143,7 +174,7 @@ def _captioned(
             tally.count("cache", sample, key=source)
         if isinstance(text, Failed):
             tally.reject(f"caption-{text.reason}", text.detail, sample)
-        elif (refused := refusal(text, config.prompt, limit)) is not None:
+        elif (refused := refusal(text, instruction, limit)) is not None:
             # A rejection, not a record without `vec`: rewrite and mix would quietly
             # train on the AltText alone, while --rejects keeps it for a rerun.
             reason, detail = refused
@@ -157,7 +188,7 @@ def _captioned(
 
 
 def _reject(tally: Tally, sample: Sample, err: BaseException) -> None:
-    if isinstance(err, ImageRejected):
+    if isinstance(err, (ImageRejected, condition.ConditionMissing)):
         tally.reject(err.reason, str(err), sample)
     else:
         tally.reject("bad-image", f"{type(err).__name__}: {err}", sample)
