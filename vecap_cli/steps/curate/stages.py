@@ -180,11 +180,11 @@ def _removed(
     labelled: list[tuple[str, str]], sample: Sample, tally: Tally, screen: Screen | None, field
 ) -> str:
     """Screens a record's texts in place: the rule that removes the record, or ""."""
+    if screen is None and labelled:
+        return ""
     if not labelled:
         tally.reject(NO_TEXT, f"record has no string '{field}'", sample)
         return NO_TEXT
-    if screen is None:
-        return ""
     cleaned = screen.cleaned
     rule = _screen_texts(screen, sample.record, labelled)
     if tally.tracking and screen.cleaned != cleaned:
@@ -233,20 +233,29 @@ def prepare_texts(
     screen = Screen(config) if config.html or config.text_filter or config.dedup else None
     chunk: list[Sample] = []
     labels: list[list[tuple[str, str]] | str] = []  # per sample: its texts, or the rule removing it
-    langs: list[str | None] | None = [] if lang_key else None  # per sample: its given language
+    given_lang = LangReader(lang_key) if lang_key else None
+    langs: list[str | None] | None = [] if lang_key else None  # per text matched: its given one
     if screen is not None and config.html:
         tally.declare("html_cleaned")
+    one = fields[0] if len(fields) == 1 else None
     try:
         for sample in samples:
-            labelled = texts_of(sample.record, fields)
-            rule = ""
-            if langs is not None:  # a bad language is rejected before the dedup sees it
-                lang = given_lang(sample.record, lang_key) if labelled else None
-                langs.append(lang or None)
+            record = sample.record
+            if one is not None and type(text := record.get(one)) is str:  # the common case
+                labelled = [(one, text)]
+            else:
+                labelled = texts_of(record, fields)
+            if given_lang is None:
+                rule = _removed(labelled, sample, tally, screen, config.field)
+            else:  # a bad language is rejected before the dedup sees the record
+                lang = given_lang(record) if labelled else None
                 if lang is False:
                     tally.reject(BAD_LANG, f"'{lang_key}' holds no language code", sample)
                     rule = BAD_LANG
-            rule = rule or _removed(labelled, sample, tally, screen, config.field)
+                else:
+                    rule = _removed(labelled, sample, tally, screen, config.field)
+                    if not rule:
+                        langs.extend([lang] * len(labelled))
             chunk.append(sample)
             labels.append(rule or labelled)
             if len(chunk) == BATCH:
@@ -260,34 +269,42 @@ def prepare_texts(
             tally.count("html_cleaned", None, screen.cleaned)
 
 
-def given_lang(record: dict, lang_key: str) -> str | bool | None:
-    """The language `record` names in `lang_key` (a dotted path such as `curate.lang`
-    reads a nested field): a code, None when it names none (absent or null: the
-    text is identified), False when the field holds something else."""
-    value = record
-    for part in lang_key.split("."):
-        value = value.get(part) if isinstance(value, dict) else None
+class LangReader:
+    """`read(record)`: the language `record` names in `lang_key` (a dotted path such
+    as `curate.lang` reads a nested field): a code; None when it names none (absent
+    or null: its texts are identified); False when the field holds something else.
+    The codes seen are remembered (a pool has a few hundred), up to a bound."""
+
+    MEMO = 4096
+
+    def __init__(self, lang_key: str):
+        self.path = lang_key.split(".")
+        self.valid: dict[str, bool] = {}
+
+    def __call__(self, record: dict) -> str | bool | None:
+        path = self.path
+        value = record.get(path[0])
+        for part in path[1:]:
+            if value is None:
+                break
+            value = value.get(part) if isinstance(value, dict) else False
         if value is None:
             return None
-    if isinstance(value, str) and LANG_CODE.fullmatch(value):
-        return value
-    return False
+        if type(value) is not str:
+            return False
+        ok = self.valid.get(value)
+        if ok is None:
+            ok = LANG_CODE.fullmatch(value) is not None
+            if len(self.valid) < self.MEMO:
+                self.valid[value] = ok
+        return value if ok else False
 
 
 def _grouped(chunk, labels, find_many, tally: Tally, cache: MatchCache | None, langs=None) -> Pairs:
     """Matches the chunk's texts in one call, then gives each record its own;
-    `langs`: per sample, the language its record names (--lang-key), or None."""
+    `langs`: per text, the language its record names (--lang-key), or None."""
     texts = [text for labelled in labels if not isinstance(labelled, str) for _, text in labelled]
-    if langs is None:
-        found = iter(find_many(texts))
-    else:
-        given = [
-            lang
-            for labelled, lang in zip(labels, langs, strict=True)
-            if not isinstance(labelled, str)
-            for _ in labelled
-        ]
-        found = iter(find_many(texts, given))
+    found = iter(find_many(texts) if langs is None else find_many(texts, langs))
     for sample, labelled in zip(chunk, labels, strict=True):
         if isinstance(labelled, str):  # removed, and counted, as it arrived
             if cache is not None:

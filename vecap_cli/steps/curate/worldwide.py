@@ -29,6 +29,7 @@ import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from itertools import repeat
 
 import orjson
 
@@ -107,8 +108,7 @@ class WorldMatcher:
         fallback = OTHER if OTHER in matchers else None
         found = []
         groups: dict[str, list[int]] = {}
-        for i, text in enumerate(texts):
-            given = langs[i] if langs is not None else None
+        for i, (text, given) in enumerate(zip(texts, langs or repeat(None), strict=False)):
             lang, conf = (given, None) if given is not None else lid(text)
             listed = lang if lang in matchers else fallback
             found.append(Found(None, 0, lang, conf, listed))
