@@ -20,7 +20,7 @@ from tests.tiny_models import one_torch_thread
 from vecap_cli.cli.app import main
 from vecap_cli.stream.runner import iter_samples
 from vecap_cli.stream.tally import Tally
-from vecap_cli.stream.teacher import read_teacher
+from vecap_cli.stream.teacher import augment_key, read_teacher
 
 SEED = 7
 
@@ -148,6 +148,7 @@ def test_rows_are_the_models_embeddings_of_the_seeded_augmentations(pool, one):
         meta = sample.record["teacher"]
         assert meta["augmentations"] == 2 and meta["dim"] == 32 and meta["seed"] == SEED
         assert meta["ensemble"] == "concat" and len(meta["models"]) == 1
+        assert meta["key"] == sample.key  # the key the views were drawn with
         assert image.dtype == np.float16 and image.shape == (2, 32)
         want_image, want_texts = expected(models, ["a"], sample)
         np.testing.assert_allclose(image.astype(np.float32), want_image, atol=2e-3)
@@ -223,6 +224,11 @@ def test_mix_and_curate_carry_the_embeddings_through(one, tmp_path):
     mixed_members = teacher_members(read(mixed))
     assert len(mixed_members) == 5  # r3 has no caption to mix
     assert all(mixed_members[key] == embedded[key] for key in mixed_members)
+    expanded = tmp_path / "expanded.tar"  # one record per caption: renamed KEY_alt, ...
+    assert here("mix", one / "o.tar", "--policy", "all", "-o", expanded, "-q") == 0
+    renamed = read(expanded)
+    assert len(renamed) == 15 and all(s.key != augment_key(s) for s in renamed)
+    assert all(teacher_members([s])[s.key] == embedded[augment_key(s)] for s in renamed)
     curated = tmp_path / "curated.tar"
     metadata = REPO / "tests" / "data" / "curate-metadata.json"
     assert here("curate", mixed, "--metadata", metadata, "--t", 1000, "-o", curated, "-q") == 0
@@ -230,6 +236,14 @@ def test_mix_and_curate_carry_the_embeddings_through(one, tmp_path):
     assert kept and all(kept[key] == embedded[key] for key in kept)
     for sample in read(curated):
         read_teacher(sample)
+
+
+@pytest.mark.parametrize("command", [["rewrite"], ["filter", "dedup", "--exact"]])
+def test_rewrite_and_filter_carry_the_embeddings_through(one, tmp_path, command):
+    out = tmp_path / "o.tar"
+    assert here(*command, one / "o.tar", "-o", out, "-q") == 0
+    embedded, kept = teacher_members(read(one / "o.tar")), teacher_members(read(out))
+    assert kept and all(kept[key] == embedded[key] for key in kept)
 
 
 def test_a_resumed_run_keeps_the_finished_shards(pool, one, tmp_path):

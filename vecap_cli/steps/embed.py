@@ -147,6 +147,7 @@ def _store(sample: Sample, item: _Item, image, texts, row: int, config: EmbedCon
         "seed": config.seed,
         "models": config.labels(),
         "ensemble": config.ensemble,
+        "key": sample.key,
     }
     return sample
 

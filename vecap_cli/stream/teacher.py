@@ -11,8 +11,10 @@ A sample that holds them has two more kinds of tar member and one more field:
   non-blank captions in order, as `steps.mix.captions` gives them);
 - the record's `teacher`: `{"image": "teacher.img.npy", "text": {FIELD:
   "teacher.FIELD.npy", ...}, "augmentations": K, "dim": D, "seed": SEED,
-  "models": ["name:pretrained", ...], "ensemble": "mean" | "concat"}`. A field
-  with no caption is not in `text`.
+  "models": ["name:pretrained", ...], "ensemble": "mean" | "concat", "key":
+  KEY}`. A field with no caption is not in `text`. `key` is the key the views
+  were drawn with: `vecap mix --policy all` renames the records it multiplies
+  (KEY_alt, ...), and their views are still those of KEY (`augment_key`).
 
 The member names are what the record names, and a record comes from the web: a
 name is read only when it is one plain file name (`[a-z0-9_-]` parts joined by
@@ -91,6 +93,14 @@ def read_teacher(sample) -> tuple:
     if not isinstance(texts, dict):
         raise TeacherError(f"{sample.key}: '{FIELD}.text' is not an object")
     return image, {field: _member(sample, name, dim) for field, name in texts.items()}
+
+
+def augment_key(sample) -> str:
+    """The key whose augmentations the stored image rows are: the record's key when
+    embedded, which a step that renames records (mix --policy all) leaves here."""
+    meta = sample.record.get(FIELD)
+    key = meta.get("key") if isinstance(meta, dict) else None
+    return key if isinstance(key, str) else sample.key
 
 
 def _count(value: object) -> bool:
