@@ -19,7 +19,10 @@ averages the normalized embeddings of teachers of one size, then normalizes.
 
 A record meets, in order: a teacher it already has (`has-teacher`, rejected:
 web data does not choose the embeddings a model distils from; --overwrite
-replaces them), then its image (the image path's rejections). A caption field
+replaces them), a caption field holding over MAX_CAPTIONS captions
+(`too-many-captions`), then its image (the image path's rejections); a member
+that would be over stream.teacher.MAX_BYTES (`teacher-too-large`) is not
+written. A caption field
 that is absent or holds no non-blank caption is left out of `teacher.text`;
 a record without any still gets its image embeddings.
 """
@@ -43,6 +46,11 @@ from vecap_cli.stream.sample import Sample
 from vecap_cli.stream.tally import Tally
 
 HAS_TEACHER = "has-teacher"
+TOO_MANY = "too-many-captions"
+TOO_LARGE = "teacher-too-large"
+# Captions of one field embedded at most: a web record's list is not a work order
+# (caption --n K writes a handful).
+MAX_CAPTIONS = 256
 
 
 @dataclass(frozen=True)
@@ -104,6 +112,8 @@ def embed(
         if _has_teacher(sample) and not config.overwrite:
             raise _Rejected(HAS_TEACHER, "the record has teacher embeddings (--overwrite)")
         texts = {f: c for f in config.text_keys if (c := captions(sample.record.get(f)))}
+        if any(len(c) > MAX_CAPTIONS for c in texts.values()):
+            raise _Rejected(TOO_MANY, f"a --text-keys field holds over {MAX_CAPTIONS} captions")
         image = decode(sample.image_bytes(config.image_limits), config.image_limits)
         views = [augment(image, config.seed, sample.key, i) for i in range(k)]
         return _Item([_stack([prep(v) for v in views]) for prep in teacher.preprocesses], texts)
@@ -125,20 +135,29 @@ def embed(
         images, embedded = teacher.embed(pixels, texts)  # (len(group) * K, D), (T, D)
         row = 0
         for i, (sample, item) in enumerate(group):
-            yield _store(sample, item, images[i * k : (i + 1) * k], embedded, row, config)
+            stored = _store(sample, item, images[i * k : (i + 1) * k], embedded, row, config)
             row += sum(map(len, item.texts.values()))
+            if stored is None:  # read_teacher would refuse it
+                tally.reject(TOO_LARGE, f"a teacher member is over {fmt.MAX_BYTES:,} bytes", sample)
+            else:
+                yield stored
 
 
-def _store(sample: Sample, item: _Item, image, texts, row: int, config: EmbedConfig) -> Sample:
-    """The sample with its members and its record's `teacher`; rows from `row` of
-    `texts` are its captions'."""
+def _store(
+    sample: Sample, item: _Item, image, texts, row: int, config: EmbedConfig
+) -> Sample | None:
+    """The sample with its members and its record's `teacher` (rows from `row` of
+    `texts` are its captions'), or None when a member would be over the cap."""
+    members = {fmt.IMAGE_MEMBER: fmt.to_npy(image)}
     names = {}
-    _strip(sample)  # what --overwrite replaces
-    sample.members[fmt.IMAGE_MEMBER] = fmt.to_npy(image)
     for field, caps in item.texts.items():
         names[field] = fmt.text_member(field)
-        sample.members[names[field]] = fmt.to_npy(texts[row : row + len(caps)])
+        members[names[field]] = fmt.to_npy(texts[row : row + len(caps)])
         row += len(caps)
+    if max(map(len, members.values())) > fmt.MAX_BYTES:
+        return None
+    _strip(sample)  # what --overwrite replaces
+    sample.members.update(members)
     sample.record[fmt.FIELD] = {
         "image": fmt.IMAGE_MEMBER,
         "text": names,
