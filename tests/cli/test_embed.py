@@ -8,6 +8,8 @@ import functools
 import io
 import json
 import random
+import subprocess
+import sys
 import tarfile
 
 import numpy as np
@@ -271,3 +273,13 @@ def test_jsonl_output_is_a_usage_error_in_one_line(pool, tmp_path):
     bad = run_vecap("embed", tar, "--model", "vecap-tiny", "--text-keys", "alt,../x", "-o",
                     tmp_path / "o.tar")  # fmt: skip
     assert bad.code == 2 and "teacher.FIELD.npy" in bad.err and "Traceback" not in bad.err
+
+
+def test_embed_help_does_not_import_torch():
+    code = (
+        "import sys\nfrom vecap_cli.cli.app import main\n"
+        "try:\n    main(['embed', '--help'])\nexcept SystemExit:\n    pass\n"
+        "print(sorted(m for m in ('torch', 'numpy', 'open_clip') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "--augmentations" in out.stdout and out.stdout.strip().splitlines()[-1] == "[]"
