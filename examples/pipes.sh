@@ -18,6 +18,10 @@ head -n 4 kept.jsonl | vecap caption --backend openclip --model local-dir:runs/c
 echo "# rewrite: AltText + VeC -> VeCap (rules), only the records the rules changed"
 vecap rewrite vec.jsonl --overwrite -q | grep -c '"vecap":"[^"]*, [A-Z]' || true
 
+echo "# embed: a teacher's embeddings of 2 seeded views of each image and of both captions"
+head -n 8 vecap.jsonl | vecap embed --model runs/mixed -k 2 --text-keys alt,vecap --format tar -q \
+    | tar t | sed -n 1,6p
+
 echo "# mix: VeCLIP's 50/50 draw into open_clip-ready tar shards, straight from a pipe"
 cat vecap.jsonl | vecap mix --keys alt,vecap --probs 0.5,0.5 --epoch 1 -q -o "$tmp/e1/%06d.tar" --shard-size 1000
 ls "$tmp/e1"

@@ -37,7 +37,8 @@ def _load(name: str):
 app = typer.Typer(
     name="vecap",
     cls=_LazyCommands,
-    help="VeCLIP-style data and training tools: curate → filter → caption → rewrite → mix → train → eval; "
+    help="VeCLIP-style data and training tools: curate → filter → caption → rewrite → embed → mix → train "
+    "→ eval; "
     "launch runs the record commands on a cluster.\n\n"
     "Each command reads and writes JSONL or webdataset tar streams, so they pipe together.",
     no_args_is_help=True,
@@ -48,7 +49,7 @@ app = typer.Typer(
 
 # Each command module has `register(app)`, called when the command is named (see
 # _LazyCommands); its heavy imports wait until it runs.
-COMMANDS = ("curate", "filter", "caption", "rewrite", "mix", "train", "eval", "launch")
+COMMANDS = ("curate", "filter", "caption", "rewrite", "embed", "mix", "train", "eval", "launch")
 
 
 def _version(value: bool) -> None:

@@ -34,7 +34,7 @@ def launch(
         typer.Argument(
             metavar="STEP ARGS",
             help="The command every task runs, with its flags: curate (run, balance, count), "
-            "caption, rewrite or mix. Put -- before it when its ARGS start with a flag.",
+            "filter (score, select), caption, rewrite, embed or mix. Put -- before it when its ARGS start with a flag.",
             show_default=False,
         ),
     ] = None,

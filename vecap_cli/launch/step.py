@@ -24,6 +24,7 @@ STEPS = {
     "filter select": True,
     "caption": True,
     "rewrite": True,
+    "embed": True,
     "mix": True,
 }
 
