@@ -3,10 +3,11 @@
     python report.py WORK
 
 Reads what the Makefile left in WORK and writes WORK/results.md (the `vecap
-eval --compare` table, the headline R@1, curation by AltText kind, how often
-AltText, VeC and VeCap state each attribute of the scene correctly, step times)
-and WORK/results.png (the metrics side by side, and text→image R@1 on the
-held-out split while training).
+eval --compare` table, the headline R@1, each row against AltText only and the
+mix, curation by AltText kind, how often AltText, VeC, the sampled VeCs and
+VeCap state each attribute of the scene correctly, step times) and
+WORK/results.png (the metrics side by side, and text→image R@1 on the held-out
+split while training).
 """
 
 from __future__ import annotations
@@ -19,8 +20,26 @@ from pathlib import Path
 
 from world import COLOURS, POSITIONS, SHAPES, plural
 
-RUNS = ("alt", "mixed")
-LABELS = {"alt": "AltText only", "mixed": "AltText + VeCap (mixed)"}
+RUNS = ("alt", "mixed", "vec", "vec-k", "pos", "distill", "teacher")  # the Makefile's CLIPS
+LABELS = {
+    "alt": "AltText only",
+    "mixed": "AltText + VeCap (mixed)",
+    "vec": "AltText + VeC",
+    "vec-k": "AltText + K sampled VeCs",
+    "pos": "mixed, multi-positive",
+    "distill": "mixed, distilled",
+    "teacher": "teacher (mixed, longer)",
+}
+WHAT = {  # what each row changes, for the rows table
+    "alt": "the AltText alone",
+    "mixed": "VeCLIP: AltText or VeCap, 50/50 per sample and epoch",
+    "vec": "the captioner's greedy VeC in place of VeCap",
+    "vec-k": "K VeCs sampled per image (`caption --n K`), one drawn per sample and epoch",
+    "pos": "AltText and VeCap both positives of the image each step (`train --positives 2`)",
+    "distill": "the mix plus distillation from the teacher's stored embeddings "
+    "(`embed`, `train --distill`)",
+    "teacher": "the mix trained longer: the reference the student distils from, not the same steps",
+}
 ATTRIBUTES = ("colour", "shape", "count", "size", "position", "background")
 STEPS = (  # (step, stats file) in pipeline order
     ("curate", "curate-stats.json"),
@@ -30,6 +49,21 @@ STEPS = (  # (step, stats file) in pipeline order
     ("mix", "mix-stats.json"),
     ("train CLIP, AltText only", "runs/alt-stats.json"),
     ("train CLIP, mixed", "runs/mixed-stats.json"),
+    ("train CLIP, AltText + VeC", "runs/vec-stats.json"),
+    ("caption K per image (sampled)", "caption-k-stats.json"),
+    ("mix, K sampled VeCs", "mix-k-stats.json"),
+    ("train CLIP, K sampled VeCs", "runs/vec-k-stats.json"),
+    ("train CLIP, multi-positive", "runs/pos-stats.json"),
+    ("train teacher (mixed, longer)", "runs/teacher-stats.json"),
+    ("embed (teacher)", "embed-stats.json"),
+    ("train CLIP, distilled", "runs/distill-stats.json"),
+)
+CONDITIONED = (  # the row the mini cannot run, and what a user runs on real data
+    "Not run: **conditioned captions (one pass)**. It needs a captioner that reads a "
+    "prompt, and the mini's CoCa reads none (`caption --condition-on` takes the hf and "
+    "openai backends). On real data: `vecap caption kept.jsonl --model ./llava-1.5-7b-hf "
+    "--condition-on alt -o vecap.jsonl`, then the same mix and `train --text-keys "
+    "alt,vecap`."
 )
 
 
@@ -101,6 +135,55 @@ def headline(work: Path) -> tuple[str, dict[str, dict]]:
     return text, metrics
 
 
+def rows(work: Path, metrics: dict[str, dict]) -> str:
+    """Each row against AltText only and the mix: text→image R@1, shape and colour top-1."""
+
+    def score(run: str) -> tuple[float, float, float]:
+        m = metrics[run]
+        return (
+            m["mini-test"]["image_retrieval_recall@1"],
+            m["mini-shape"]["acc1"],
+            m["mini-colour"]["acc1"],
+        )
+
+    lines = []
+    for run in RUNS:
+        r1, shape, colour = score(run)
+        stats = json.loads((work / "runs" / f"{run}-stats.json").read_text())
+        vs = " | ".join(
+            "" if run == base else f"{100 * (r1 - score(base)[0]):+.1f}"
+            for base in ("alt", "mixed")
+        )
+        lines.append(
+            f"| {label(work, run)} | {WHAT[run]} | {stats.get('steps', '?')} | "
+            f"{100 * r1:.1f} | {vs} | {100 * shape:.1f} | {100 * colour:.1f} |"
+        )
+    return "\n".join(
+        [
+            "| row | what changes | steps | text→image R@1 | vs AltText only | vs mixed | "
+            "shape top-1 | colour top-1 |",
+            "|---|---|---:|---:|---:|---:|---:|---:|",
+            *lines,
+            "",
+            CONDITIONED,
+        ]
+    )
+
+
+def label(work: Path, run: str) -> str:
+    """The row's label, with its K where the run has one."""
+    if run == "vec-k":
+        k = max(
+            (len(r["vec"]) for r in jsonl(work / "vec-k.jsonl") if isinstance(r["vec"], list)),
+            default=1,
+        )
+        return f"AltText + {k} sampled VeCs"
+    if run == "pos":
+        stats = json.loads((work / "runs" / "pos-stats.json").read_text())
+        return f"mixed, multi-positive (K = {stats.get('positives', '?')})"
+    return LABELS[run]
+
+
 def curation(work: Path, truth: dict[str, dict]) -> str:
     stats = json.loads((work / "curate-stats.json").read_text())
     kept = {r["key"] for r in jsonl(work / "kept.jsonl")}
@@ -132,10 +215,16 @@ def curation(work: Path, truth: dict[str, dict]) -> str:
 def captions(work: Path, truth: dict[str, dict]) -> str:
     records = jsonl(work / "vecap.jsonl")
     table = {field: stated(records, truth, field) for field in ("alt", "vec", "vecap")}
+    # each of the K sampled VeCs of a record, as a record of its own
+    sampled = [
+        {"key": r["key"], "vec": text}
+        for r in jsonl(work / "vec-k.jsonl")
+        for text in (r["vec"] if isinstance(r["vec"], list) else [r["vec"]])
+    ]
+    table["sampled"] = stated(sampled, truth, "vec")
+    fields = ("alt", "vec", "sampled", "vecap")
     rows = [
-        f"| {attr} | "
-        + " | ".join(f"{100 * table[f][attr]:.0f}%" for f in ("alt", "vec", "vecap"))
-        + " |"
+        f"| {attr} | " + " | ".join(f"{100 * table[f][attr]:.0f}%" for f in fields) + " |"
         for attr in ATTRIBUTES
     ]
     from world import Scene, describe
@@ -156,8 +245,8 @@ def captions(work: Path, truth: dict[str, dict]) -> str:
             f"The captioner's VeC is exactly the clean description for "
             f"{100 * exact / len(records):.0f}% of them.",
             "",
-            "| attribute | AltText | VeC | VeCap |",
-            "|---|---:|---:|---:|",
+            "| attribute | AltText | VeC | sampled VeC (each) | VeCap |",
+            "|---|---:|---:|---:|---:|",
             *rows,
             "",
             "| AltText | VeC | VeCap |",
@@ -196,17 +285,17 @@ def plot(work: Path, metrics: dict[str, dict]) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (bars, curves) = plt.subplots(1, 2, figsize=(11, 4.2), width_ratios=(3, 2))
-    width = 0.38
+    fig, (bars, curves) = plt.subplots(1, 2, figsize=(14, 4.8), width_ratios=(3, 2))
+    width = 0.84 / len(RUNS)
     for i, run in enumerate(RUNS):
         values = [100 * metrics[run][d][m] for d, m, _ in BARS]
-        xs = [x + (i - 0.5) * width for x in range(len(BARS))]
+        xs = [x + (i - (len(RUNS) - 1) / 2) * width for x in range(len(BARS))]
         drawn = bars.bar(xs, values, width, label=LABELS[run])
-        bars.bar_label(drawn, fmt="%.0f", fontsize=7)
+        bars.bar_label(drawn, fmt="%.0f", fontsize=5)
     bars.set_xticks(range(len(BARS)), [label for _, _, label in BARS], fontsize=8)
     bars.set_ylabel("% on the held-out split")
     bars.set_title("Held-out evaluation (vecap eval)")
-    bars.legend(fontsize=8)
+    bars.legend(fontsize=7)
     for run in RUNS:
         points = [
             (line["step"], 100 * line["val"]["t2i_r1"])
@@ -218,7 +307,7 @@ def plot(work: Path, metrics: dict[str, dict]) -> None:
     curves.set_xlabel("training step")
     curves.set_ylabel("text→image R@1 (%)")
     curves.set_title("Held-out R@1 while training")
-    curves.legend(fontsize=8)
+    curves.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(work / "results.png", dpi=110)
 
@@ -234,6 +323,8 @@ def main() -> None:
         "# VeCLIP in miniature: results",
         line,
         f"```\n{compare}\n```",
+        "## Which ideas pay",
+        rows(work, metrics),
         "## Curation",
         curation(work, truth),
         "## Captions",
