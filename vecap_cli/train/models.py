@@ -20,8 +20,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from vecap_cli import positions
 from vecap_cli.errors import VecapError
 from vecap_cli.loading import load_error, quietly, register_builtin_configs
+from vecap_cli.positions import check_context_length
 from vecap_cli.train.attention import ATTENTION
 
 LOGIT_SCALE_MAX = math.log(100)  # open_clip's clamp: temperature stays >= 0.01
@@ -34,6 +36,8 @@ class Bundle:
     val_transform: Callable
     tokenizer: Callable  # list[str] -> (n, context_length) int64
     coca: bool
+    context_length: int | None = None  # tokens the text tower reads (None: no table of its own)
+    resized_from: int | None = None  # the positions the loaded weights had, when resized
 
 
 def check_architecture(name: str) -> None:
@@ -50,33 +54,59 @@ def check_architecture(name: str) -> None:
 
 
 def build(
-    name: str, pretrained: str | None = None, *, seed: int = 0, device: str = "cpu"
+    name: str,
+    pretrained: str | None = None,
+    *,
+    seed: int = 0,
+    device: str = "cpu",
+    context_length: int | None = None,
 ) -> Bundle:
-    """The model (random init from `seed`, or `pretrained`), its transforms and tokenizer."""
+    """The model (random init from `seed`, or `pretrained`), its transforms and tokenizer.
+
+    `context_length` L (None: the architecture's): a fresh model is built with L
+    positions; weights with another number (--pretrained, a `local-dir:` run)
+    load as they are and are then stretched to L Long-CLIP's way, or truncated
+    (vecap_cli/positions.py).
+    """
     import open_clip
 
     check_architecture(name)
+    if context_length is not None:
+        check_context_length(context_length)
     if pretrained is not None and not os.path.isfile(pretrained):
         raise VecapError(f"--pretrained: cannot read '{pretrained}': no such file")
     try:  # first: a tokenizer that needs the network fails before a big model is built
         with quietly():
-            tokenizer = open_clip.get_tokenizer(name)
+            tokenizer = open_clip.get_tokenizer(name, context_length=context_length)
     except (OSError, ValueError) as err:
         why = str(err).splitlines()[0]
         raise VecapError(f"--model {name}: its tokenizer cannot be loaded: {why}") from None
+    fresh = pretrained is None and not name.startswith(("local-dir:", "hf-hub:"))
     torch.manual_seed(seed)  # every rank and every rerun starts from the same weights
     try:
         with quietly():
             model, train_tf, val_tf = open_clip.create_model_and_transforms(
-                name, pretrained=pretrained, device=device, output_dict=True, weights_only=True
+                name,
+                pretrained=pretrained,
+                device=device,
+                output_dict=True,
+                weights_only=True,
+                # loaded weights keep their own positions here: open_clip would resize
+                # them by plain interpolation, Long-CLIP's stretch comes after
+                force_context_length=context_length if fresh else None,
             )
     except Exception as err:  # a file from anywhere: whatever pickle or torch raises is one line
         what = f"--pretrained '{pretrained}' does not load into {name}" if pretrained else name
         raise load_error(what, err) from None
     coca = isinstance(model, open_clip.CoCa)
-    if coca and pretrained is None and not name.startswith(("local-dir:", "hf-hub:")):
+    if coca and fresh:
         _init_caption_head(model)
-    return Bundle(model, train_tf, val_tf, tokenizer, coca)
+    had = positions.context_length(model)
+    if context_length is not None:
+        positions.set_context_length(model, context_length)  # fresh: CoCa's decoder mask
+    length = positions.context_length(model)
+    resized = had if had != length and not fresh else None
+    return Bundle(model, train_tf, val_tf, tokenizer, coca, length, resized)
 
 
 def _init_caption_head(model: nn.Module) -> None:
