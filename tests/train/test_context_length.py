@@ -5,6 +5,7 @@ import orjson
 import pytest
 import torch
 
+from tests.core.conftest import BACKENDS
 from tests.train.conftest import shapes_records, write_jsonl
 from vecap_cli.cli.options import RunOptions
 from vecap_cli.errors import VecapError
@@ -109,11 +110,14 @@ def test_a_coca_keeps_its_cls_row_last_and_its_decoder_reads_the_new_length(tmp_
     assert out["logits"].shape[1] == 49  # the decoder predicts every token but the first
 
 
-def test_fused_attention_gives_the_same_text_embeddings_at_100_tokens(monkeypatch):
+@pytest.mark.parametrize("arch", ["vecap-tiny", "vecap-tiny-coca"])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_fused_attention_gives_the_same_text_embeddings_at_100_tokens(arch, backend, monkeypatch):
     from vecap_cli.core import attention_patch
+    from vecap_cli.core.dispatch import ENV_VAR
     from vecap_cli.train.models import build, set_attention
 
-    bundle = build("vecap-tiny", context_length=100, seed=1)
+    bundle = build(arch, context_length=100, seed=1)
     model = bundle.model.eval()
     tokens = bundle.tokenizer([LONG, "a dog on the beach"])
     with torch.no_grad():
@@ -124,6 +128,7 @@ def test_fused_attention_gives_the_same_text_embeddings_at_100_tokens(monkeypatc
         attention_patch, "flash_attention", lambda *a, **kw: calls.append(kw) or real(*a, **kw)
     )
     assert set_attention(model, "fused") == "fused"
+    monkeypatch.setenv(ENV_VAR, backend)  # triton: its interpreter, on the CPU
     with torch.no_grad():
         got = model.encode_text(tokens)
     assert any(kw["causal"] for kw in calls)  # the text tower ran fused, as causal
@@ -144,7 +149,7 @@ def pool(tmp_path_factory):
     return write_jsonl(work / "pool.jsonl", shapes_records(work, 16, seed=7))
 
 
-def test_a_fresh_model_trains_at_the_length_and_eval_reads_it_back(pool, tmp_path):
+def test_a_fresh_model_trains_at_the_length_and_eval_and_filter_score_read_it_back(pool, tmp_path):
     from vecap_cli.eval.models import load_model
 
     out = tmp_path / "run"
@@ -165,6 +170,13 @@ def test_a_fresh_model_trains_at_the_length_and_eval_reads_it_back(pool, tmp_pat
     with torch.no_grad():
         embeddings = [m.model.encode_text(m.tokenizer(texts)) for m in (by_step, by_dir, plain)]
     assert torch.equal(embeddings[0], embeddings[1]) and torch.equal(embeddings[0], embeddings[2])
+
+    from vecap_cli.placement import Placement
+    from vecap_cli.steps.filter.score import ClipScorer, ScoreConfig
+
+    for model, pretrained in ((str(out), None), ("vecap-tiny", str(step))):  # filter score
+        config = ScoreConfig(model=model, pretrained=pretrained, device="cpu", threads=0)
+        assert ClipScorer(config, Placement()).encoder.tokenizer(texts).shape == (2, 48)
 
     logs = []
     longer = load_model("vecap-tiny", str(step), log=logs.append, context_length=80)
@@ -200,3 +212,12 @@ def test_an_absurd_length_is_refused(bad):
         from vecap_cli.eval.models import load_model
 
         load_model("vecap-tiny", context_length=bad)
+
+
+def test_a_checkpoint_claiming_an_absurd_length_is_one_line(tmp_path):
+    from vecap_cli.eval.models import load_model
+
+    path = tmp_path / "hostile.pt"
+    torch.save({"state_dict": {}, "step": 1, "context_length": 10**9}, path)
+    with pytest.raises(VecapError, match=r"its context_length: 1000000000 tokens; choose from"):
+        load_model("vecap-tiny", str(path))
