@@ -85,6 +85,19 @@ def test_pretrained_positions_are_stretched_and_texts_tokenize_to_the_new_length
     assert model.encode_text(tokens).shape == (2, 64)
 
 
+def test_pretrained_weights_keep_the_positions_they_have_unless_told(tmp_path):
+    """open_clip alone would interpolate 48 trained positions down to vecap-tiny's 32."""
+    from vecap_cli.train.models import build
+
+    path = tmp_path / "long.pt"
+    torch.save(build("vecap-tiny", context_length=48, seed=2).model.state_dict(), path)
+    saved = torch.load(path, weights_only=True)["positional_embedding"]
+    bundle = build("vecap-tiny", str(path))
+    assert (bundle.context_length, bundle.resized_from) == (48, None)
+    assert torch.equal(bundle.model.positional_embedding.detach(), saved)
+    assert bundle.tokenizer(["a"]).shape == (1, 48)
+
+
 def test_fewer_tokens_than_pretrained_truncates(tiny_checkpoint):
     from vecap_cli.train.models import build
 

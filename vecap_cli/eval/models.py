@@ -138,7 +138,7 @@ def _load_open_clip(
         raise VecapError(f"--pretrained '{pretrained}': no such file or {arch} tag")
     if not pretrained and not local:
         log(f"warning: no --pretrained: {arch} has random weights")
-    saved = _saved_context_length(pretrained, arch) if pretrained else None
+    saved = saved_context_length(pretrained, arch) if pretrained else None
     try:
         with quietly():
             model, _, preprocess = open_clip.create_model_and_transforms(
@@ -165,7 +165,7 @@ def _load_open_clip(
     return LoadedModel(model, tokenizer, preprocess, arch.removeprefix("local-dir:"), pretrained)
 
 
-def _saved_context_length(path: str, arch: str) -> int | None:
+def saved_context_length(path: str, arch: str) -> int | None:
     """The text tokens the weights in `path` were trained with, when it tells: the
     length a `vecap train` checkpoint records, else the rows of its text positions
     (less CoCa's CLS row). Read memory-mapped: only what is looked at loads."""

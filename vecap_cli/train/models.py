@@ -22,6 +22,7 @@ from torch import nn
 
 from vecap_cli import positions
 from vecap_cli.errors import VecapError
+from vecap_cli.eval.models import saved_context_length
 from vecap_cli.loading import load_error, quietly, register_builtin_configs
 from vecap_cli.positions import check_context_length
 from vecap_cli.train.attention import ATTENTION
@@ -63,10 +64,10 @@ def build(
 ) -> Bundle:
     """The model (random init from `seed`, or `pretrained`), its transforms and tokenizer.
 
-    `context_length` L (None: the architecture's): a fresh model is built with L
-    positions; weights with another number (--pretrained, a `local-dir:` run)
-    load as they are and are then stretched to L Long-CLIP's way, or truncated
-    (vecap_cli/positions.py).
+    `context_length` L (None: the weights', else the architecture's): a fresh
+    model is built with L positions; weights with another number (--pretrained,
+    a `local-dir:` run) load with the positions they have and are then stretched
+    to L Long-CLIP's way, or truncated (vecap_cli/positions.py).
     """
     import open_clip
 
@@ -75,9 +76,10 @@ def build(
         check_context_length(context_length)
     if pretrained is not None and not os.path.isfile(pretrained):
         raise VecapError(f"--pretrained: cannot read '{pretrained}': no such file")
+    saved = saved_context_length(pretrained, name) if pretrained else None
     try:  # first: a tokenizer that needs the network fails before a big model is built
         with quietly():
-            tokenizer = open_clip.get_tokenizer(name, context_length=context_length)
+            tokenizer = open_clip.get_tokenizer(name, context_length=context_length or saved)
     except (OSError, ValueError) as err:
         why = str(err).splitlines()[0]
         raise VecapError(f"--model {name}: its tokenizer cannot be loaded: {why}") from None
@@ -91,13 +93,15 @@ def build(
                 device=device,
                 output_dict=True,
                 weights_only=True,
-                # loaded weights keep their own positions here: open_clip would resize
-                # them by plain interpolation, Long-CLIP's stretch comes after
-                force_context_length=context_length if fresh else None,
+                # weights load with the positions they have: open_clip would resize them
+                # to the architecture's by plain interpolation; Long-CLIP's comes after
+                force_context_length=context_length if fresh else saved,
             )
     except Exception as err:  # a file from anywhere: whatever pickle or torch raises is one line
         what = f"--pretrained '{pretrained}' does not load into {name}" if pretrained else name
         raise load_error(what, err) from None
+    if saved is not None:
+        positions.set_context_length(model, saved)  # CoCa's decoder too
     coca = isinstance(model, open_clip.CoCa)
     if coca and fresh:
         _init_caption_head(model)
