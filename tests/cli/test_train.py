@@ -99,6 +99,16 @@ def test_bad_flags_fail_in_one_line(pool, tmp_path, capsys, flags, code, says):
     assert lines[0].startswith("vecap train: error: ")
 
 
+@pytest.mark.parametrize("length", ["0", "100000"])
+def test_an_absurd_context_length_is_a_usage_error(pool, tmp_path, capsys, length):
+    code, err = vecap_in_process(
+        capsys, "train", pool, "-o", tmp_path / "o", "--context-length", length
+    )
+    text = re.sub(r"[│╭╮╰╯─\s]+", " ", err)  # typer's usage box, unwrapped
+    assert code == 2 and "--context-length" in text and "choose from 2 to 4096 tokens" in text
+    assert not (tmp_path / "o").exists()
+
+
 def test_strict_stops_at_the_first_bad_image_in_one_line(tmp_path, capsys):
     records = shapes_records(tmp_path, 12, seed=6)
     records[4]["image"] = "img/missing.png"

@@ -75,6 +75,17 @@ def train(
         str | None,
         _opt("Start from this local checkpoint (open_clip state dict).", _MODEL, metavar="PATH"),
     ] = _DEFAULT.pretrained,
+    context_length: Annotated[
+        int | None,
+        _opt(
+            "Text tokens per caption, for long (dense) captions (default: the model's own). "
+            "A fresh model is built with that many positions; --pretrained weights with fewer "
+            "are stretched Long-CLIP's way (the first 20 kept, the rest interpolated), with "
+            "more truncated. Checkpoints record it: eval and filter score read it back.",
+            _MODEL,
+            show_default=False,
+        ),
+    ] = _DEFAULT.context_length,
     loss: Annotated[
         Loss, _opt(f"{_LOSS_HELP}; CoCa adds its caption loss.", _MODEL)
     ] = _DEFAULT.loss,

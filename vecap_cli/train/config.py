@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+from vecap_cli.positions import MAX_CONTEXT_LENGTH
 from vecap_cli.train.attention import ATTENTION
 from vecap_cli.train.contrastive import LOSSES
 
@@ -32,6 +33,7 @@ class TrainConfig:
     # model
     model: str = "vecap-tiny"
     pretrained: str | None = None
+    context_length: int | None = None  # text tokens; None: the model's own
     loss: str = "clip"
     attn: str = "auto"
     caption_loss_weight: float = 2.0  # CoCa, open_clip's defaults
@@ -85,6 +87,8 @@ class TrainConfig:
             check_probs(self.text_probs, self.text_keys, "--text-probs")
         if self.train_num_samples is not None and self.train_num_samples < 1:
             raise ValueError("--train-num-samples: must be at least 1")
+        if self.context_length is not None and not (2 <= self.context_length <= MAX_CONTEXT_LENGTH):
+            raise ValueError(f"--context-length: choose from 2 to {MAX_CONTEXT_LENGTH} tokens")
 
     def as_dict(self) -> dict:
         """JSON-able, for checkpoints and --stats."""
@@ -95,6 +99,7 @@ class TrainConfig:
     RESUME_KEYS = (
         "inputs",
         "model",
+        "context_length",
         "loss",
         "batch_size",
         "epochs",

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from vecap_cli.errors import VecapError
+from vecap_cli.positions import with_context_length
 from vecap_cli.process_group import leave
 from vecap_cli.steps.mix import NO_P, NOT_DRAWN
 from vecap_cli.stream.runner import per_rank, write_stats
@@ -168,7 +169,22 @@ class Trainer:
     # -- setup ------------------------------------------------------------------
     def _model(self) -> Bundle:
         cfg, ctx = self.cfg, self.ctx
-        bundle = build(cfg.model, cfg.pretrained, seed=cfg.seed, device=str(ctx.device))
+        bundle = build(
+            cfg.model,
+            cfg.pretrained,
+            seed=cfg.seed,
+            device=str(ctx.device),
+            context_length=cfg.context_length,
+        )
+        if bundle.resized_from is not None and ctx.main:
+            how = (
+                "stretched Long-CLIP's way"
+                if bundle.resized_from < bundle.context_length
+                else "truncated"
+            )
+            self.opts.log(
+                f"text positions {how}: {bundle.resized_from} -> {bundle.context_length} tokens"
+            )
         self.raw = bundle.model
         self.attn = set_attention(self.raw, cfg.attn)
         if cfg.grad_checkpointing:
@@ -449,6 +465,7 @@ class Trainer:
             "rng": torch.get_rng_state(),
             "ranks": ranks,
             "model": self.cfg.model,
+            "context_length": self.bundle.context_length,  # what eval tokenizes to
             "config": self.cfg.as_dict(),
             "world_size": self.ctx.world_size,
             "steps_per_epoch": self.steps_per_epoch,
@@ -486,6 +503,7 @@ class Trainer:
                 epochs=cfg.epochs,
                 loss=self.state.losses[-1] if self.state.losses else None,
                 attention=self.attn,
+                context_length=self.bundle.context_length,
                 loss_impl="fused" if self.loss_fn.fused else "open_clip",
                 checkpoint=str(getattr(self, "last_checkpoint", "")) or None,
             )
@@ -495,6 +513,8 @@ class Trainer:
         import open_clip
 
         model_cfg = open_clip.get_model_config(self.cfg.model)
+        if model_cfg is not None and self.bundle.context_length is not None:
+            model_cfg = with_context_length(model_cfg, self.bundle.context_length)
         preprocess = dict(getattr(self.raw.visual, "preprocess_cfg", {}))
         checkpoint.export(self.cfg.output, self.raw.state_dict(), model_cfg, preprocess)
 
