@@ -1,11 +1,13 @@
 """Chat completions from a transformers causal LM in a local dir (or a hub id):
-batched, left-padded, greedy, through the tokenizer's chat template."""
+batched, left-padded, greedy (or sampled with a seed per
+conversation: generate/sampling.py), through the tokenizer's chat template."""
 
 from __future__ import annotations
 
 from vecap_cli.errors import VecapError
 from vecap_cli.generate.base import default_dtype, resolve_device
 from vecap_cli.generate.hf_vlm import clean, quiet_transformers
+from vecap_cli.generate.sampling import processors
 from vecap_cli.loading import load_error
 
 
@@ -30,6 +32,7 @@ class HFChat:
         max_new_tokens: int,
         device: str = "auto",
         trust_remote_code: bool = False,
+        temperature: float = 0.0,
     ):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -52,6 +55,7 @@ class HFChat:
         self.templated = bool(getattr(self.tokenizer, "chat_template", None))
         self.merge_system = False  # set when the template refuses a system turn
         self.max_new_tokens = max_new_tokens
+        self.temperature = temperature  # > 0: sampled, one seed per conversation
         self._torch = torch
 
     def render(self, messages: list[dict]) -> str:
@@ -69,7 +73,9 @@ class HFChat:
             self.merge_system = True
             return self.render(messages)
 
-    def generate(self, conversations: list[list[dict]]) -> list[str]:
+    def generate(
+        self, conversations: list[list[dict]], seeds: list[int] | None = None
+    ) -> list[str]:
         texts = [self.render(c) for c in conversations]
         # A chat template writes its own BOS; adding another would shift the model off-distribution.
         enc = self.tokenizer(
@@ -82,6 +88,7 @@ class HFChat:
                 do_sample=False,
                 num_beams=1,
                 pad_token_id=self.tokenizer.pad_token_id,
+                **processors(seeds, self.temperature),
             )  # (B, T_in + T_new)
         new = out[:, enc["input_ids"].shape[1] :]
         return [clean(t) for t in self.tokenizer.batch_decode(new, skip_special_tokens=True)]

@@ -9,6 +9,7 @@ where it has one; models without one get the form they were trained on.
 from __future__ import annotations
 
 from vecap_cli.generate.base import decode_rgb, default_dtype, resolve_device
+from vecap_cli.generate.sampling import processors
 from vecap_cli.loading import load_error
 
 
@@ -46,6 +47,7 @@ class HFCaptioner:
         max_new_tokens: int,
         device: str = "auto",
         trust_remote_code: bool = False,
+        temperature: float = 0.0,
     ):
         import torch
         from transformers import AutoModelForImageTextToText, AutoProcessor
@@ -68,12 +70,13 @@ class HFCaptioner:
             tokenizer.padding_side = "left"  # decoder-only LMs continue from the right edge
         self.text = prompt_text(self.processor, self.model.config.model_type, prompt)
         self.max_new_tokens = max_new_tokens
+        self.temperature = temperature  # > 0: sampled, one seed per image (generate/sampling.py)
         self._torch = torch
 
     def prepare(self, data: bytes):
         return decode_rgb(data)
 
-    def generate(self, images: list) -> list[str]:
+    def generate(self, images: list, seeds: list[int] | None = None) -> list[str]:
         torch = self._torch
         kwargs: dict = {"images": images, "return_tensors": "pt"}
         if self.text is not None:
@@ -81,7 +84,11 @@ class HFCaptioner:
         inputs = self.processor(**kwargs).to(self.device, dtype=self.dtype)
         with torch.inference_mode():
             out = self.model.generate(
-                **inputs, max_new_tokens=self.max_new_tokens, do_sample=False, num_beams=1
+                **inputs,
+                max_new_tokens=self.max_new_tokens,
+                do_sample=False,
+                num_beams=1,
+                **processors(seeds, self.temperature),
             )  # (B, T_in + T_new) for decoder-only models, (B, T_new) for BLIP
         prompt_ids = inputs.get("input_ids")
         n_in = 0 if prompt_ids is None else prompt_ids.shape[1]

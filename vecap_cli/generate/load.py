@@ -49,8 +49,10 @@ class Lazy:
                 self._backend = self._build()
         return self._backend
 
-    def generate(self, batch: list) -> list:
-        return self.backend.generate(batch)  # type: ignore[attr-defined]
+    def generate(self, batch: list, seeds: list[int] | None = None) -> list:
+        if seeds is None:  # a backend that never samples need not take seeds
+            return self.backend.generate(batch)  # type: ignore[attr-defined]
+        return self.backend.generate(batch, seeds=seeds)  # type: ignore[attr-defined]
 
 
 # With keep_models(): the model built last in this process, by what it was built
@@ -87,7 +89,8 @@ def kept(backend: Backend, request: Request) -> object:
 def load(serves: str, name: str, request: Request) -> Lazy | Cached:
     """The backend `name` of caption or rewrite; a captioner's `prepare` decodes
     within `request.limits` (bytes and pixels). With `options.cache`, behind the
-    answer cache, keyed by what decides an answer (generate/cache.py)."""
+    answer cache, keyed by what decides an answer (generate/cache.py): sampled, the
+    temperature too, and each answer's seed."""
     backend = get(serves, name)
     backend.check(request)
     prepare = partial(backend.prepare, limits=request.limits) if serves == CAPTION else None
@@ -97,6 +100,8 @@ def load(serves: str, name: str, request: Request) -> Lazy | Cached:
         return model
     r = request
     scope = (serves, name, r.model, r.pretrained, r.prompt, r.max_new_tokens)
+    if r.temperature > 0:  # greedy answers keep the keys they always had
+        scope = (*scope, ("temperature", r.temperature))
     return Cached(model, Store(options.cache, max_chars=options.max_reply_bytes), scope)
 
 
