@@ -2,10 +2,12 @@
 
 from typing import Annotated
 
+import typer
+
 from vecap_cli.cli import generation as g
 from vecap_cli.cli.options import report
 from vecap_cli.generate.registry import CAPTION, ModelOptions
-from vecap_cli.steps.generation import DEFAULT_PROMPT
+from vecap_cli.steps.generation import CAPTION_STYLES
 from vecap_cli.stream.runner import StreamOptions
 
 
@@ -20,12 +22,17 @@ def caption(
         ),
     ] = None,
     prompt: Annotated[
-        str,
+        str | None,
         g.model_flag(
-            "The instruction beside each image (VeCLIP's by default); BLIP, which follows no instructions, captions without it."
+            "The instruction beside each image, in place of --style's; BLIP, which "
+            "follows no instructions, captions without it.",
+            show_default=False,
         ),
-    ] = DEFAULT_PROMPT,
-    max_new_tokens: g.MaxNewTokens = 40,
+    ] = None,
+    style: Annotated[str, g.style_flag(CAPTION_STYLES, "The prompt")] = "default",
+    max_new_tokens: Annotated[int | None, g.max_new_tokens_flag(CAPTION_STYLES)] = None,
+    n: Annotated[int, g.n_flag("vec", "Captions")] = 1,
+    temperature: g.Temperature = 0.0,
     batch_size: g.BatchSize = None,
     decode_threads: Annotated[
         int | None,
@@ -45,7 +52,10 @@ def caption(
 
     Images come from the tar members or the `image` paths of JSONL records and
     are decoded in threads ahead of the model; generation is greedy, in
-    batches, bf16 on a GPU. --workers N runs N processes, each with its own
+    batches, bf16 on a GPU. --style picks the prompt: VeCLIP's, short or dense.
+    With --n K and --temperature T, K captions are sampled per image and `vec`
+    holds their JSON list; a draw refused as below is left out of it (counted in
+    caption-draws), a record with none left is rejected. --workers N runs N processes, each with its own
     server client (--concurrency requests each), cache connection or CPU model;
     one model on a GPU runs in one process (one task per GPU: vecap launch). Records that already have a `vec` pass through
     untouched unless --overwrite. An image that cannot be read or decoded is
@@ -66,12 +76,16 @@ def caption(
     from vecap_cli.steps.generation import staged
     from vecap_cli.stream.runner import run_stream
 
-    config = CaptionConfig.of(
-        concurrency=options.concurrency,
-        processes=opts.workers,
-        image_limits=opts.image_limits,
-        **flags,
-    )
+    try:
+        config = CaptionConfig.of(
+            concurrency=options.concurrency,
+            processes=opts.workers,
+            image_limits=opts.image_limits,
+            seed=opts.seed,
+            **flags,
+        )
+    except ValueError as err:
+        raise typer.BadParameter(str(err), param_hint="--n") from None
 
     def build():
         return partial(caption_stage, config=config, captioner=build_captioner(config, options))

@@ -9,10 +9,18 @@ instruction, control bytes, too long) is a counted rejection, `caption-REASON`.
 `build_captioner` assembles the backend the config names, from the registry;
 with --cache, the `cache` statistic counts the answers it served (hit) and
 those the model was asked for (miss).
+
+With --n K >= 2 (steps/draws.py) `vec` is a list: each draw is validated like a
+single answer. A draw whose request failed rejects the record (caption-REASON:
+a rerun asks again, and with --cache pays only for the draws that failed); a
+refused draw is left out of the list and counted in `caption-draws` as
+refused-REASON, beside the `kept` ones; a record whose K draws are all refused
+is rejected as with one. So `vec` holds 1..K captions, in draw order.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -25,7 +33,8 @@ from vecap_cli.generate.cache import served
 from vecap_cli.generate.load import load
 from vecap_cli.generate.registry import CAPTION, ModelOptions, Request, get
 from vecap_cli.steps.batching import PASS, in_batches
-from vecap_cli.steps.generation import DEFAULT_PROMPT
+from vecap_cli.steps.draws import Draws, ask
+from vecap_cli.steps.generation import CAPTION_STYLES, DEFAULT_PROMPT
 from vecap_cli.stream.images import DEFAULT_LIMITS, ImageLimits, ImageRejected
 from vecap_cli.stream.sample import Sample
 from vecap_cli.stream.tally import Tally
@@ -34,7 +43,10 @@ from vecap_cli.stream.tally import Tally
 class Captioner(Protocol):
     def prepare(self, data: bytes) -> object: ...  # in a worker thread: bytes → model input
 
-    def generate(self, batch: list) -> list[str | Failed]: ...
+    def generate(self, batch: list, seeds: list[int] | None = None) -> list[str | Failed]: ...
+
+
+DRAWS = "caption-draws"  # with --n >= 2: each draw, kept or refused-REASON
 
 
 @dataclass(frozen=True)
@@ -49,11 +61,16 @@ class CaptionConfig:
     overwrite: bool = False
     field: str = "vec"
     image_limits: ImageLimits = DEFAULT_LIMITS  # --max-image-bytes, --max-pixels
+    style: str = "default"  # what set prompt and max_new_tokens, unless given
+    draws: Draws = dataclasses.field(default_factory=Draws)  # --n, --temperature, --seed
 
     def identity(self) -> tuple:
         """What decides the captions: a resumed run must agree on it (batching, threads
-        and processes may differ)."""
-        return (self.backend, self.model, self.pretrained, self.prompt, self.max_new_tokens)
+        and processes may differ). The style and the draws only where not the default,
+        so that a run keeps the identity it had before they existed."""
+        base = (self.backend, self.model, self.pretrained, self.prompt, self.max_new_tokens)
+        style = () if self.style == "default" else (("style", self.style),)
+        return (*base, *style, *self.draws.identity())
 
     @classmethod
     def of(
@@ -63,16 +80,33 @@ class CaptionConfig:
         decode_threads: int | None,
         concurrency: int,
         processes: int = 1,
+        style: str = "default",
+        prompt: str | None = None,
+        max_new_tokens: int | None = None,
+        n: int = 1,
+        temperature: float = 0.0,
+        seed: int = 0,
         **fields,
     ) -> CaptionConfig:
         """The config, with the defaults that depend on the backend (its batch,
-        `Backend.default_batch_size`) and the machine (decode threads: up to 4, one a
-        core, the cores shared by `processes`, --workers)."""
+        `Backend.default_batch_size`), the style (prompt, --max-new-tokens) and the
+        machine (decode threads: up to 4, one a core, the cores shared by
+        `processes`, --workers). A bad --n/--temperature is a ValueError."""
         if batch_size is None:
             batch_size = get(CAPTION, backend).default_batch_size(concurrency)
         if decode_threads is None:
             decode_threads = max(1, min(4, len(os.sched_getaffinity(0)) // processes))
-        return cls(backend=backend, batch_size=batch_size, decode_threads=decode_threads, **fields)
+        preset = CAPTION_STYLES[style]
+        return cls(
+            backend=backend,
+            batch_size=batch_size,
+            decode_threads=decode_threads,
+            style=style,
+            prompt=preset.prompt if prompt is None else prompt,
+            max_new_tokens=preset.max_new_tokens if max_new_tokens is None else max_new_tokens,
+            draws=Draws(n, temperature, seed),
+            **fields,
+        )
 
 
 def build_captioner(config: CaptionConfig, options: ModelOptions) -> Captioner:
@@ -84,19 +118,31 @@ def build_captioner(config: CaptionConfig, options: ModelOptions) -> Captioner:
         prompt=config.prompt,
         pretrained=config.pretrained,
         limits=config.image_limits,
+        temperature=config.draws.temperature,
     )
     return load(CAPTION, config.backend, request)
 
 
+def texts(value: object) -> list[str]:
+    """The captions a field holds: one string, or the strings of a list (caption and
+    rewrite --n); blank ones and anything else left out."""
+    if isinstance(value, str):
+        return [value] if value.strip() else []
+    if isinstance(value, list):
+        return [v for v in value if isinstance(v, str) and v.strip()]
+    return []
+
+
 def has_text(record: dict, field: str) -> bool:
-    value = record.get(field)
-    return isinstance(value, str) and bool(value.strip())
+    return bool(texts(record.get(field)))
 
 
 def caption(
     samples: Iterable[Sample], tally: Tally, config: CaptionConfig, captioner: Captioner
 ) -> Iterator[Sample]:
     tally.declare("caption", keyed=True)
+    if config.draws.n > 1:
+        tally.declare(DRAWS, keyed=True)
     field, overwrite = config.field, config.overwrite
     limit = max_chars(config.max_new_tokens)
 
@@ -131,19 +177,41 @@ def _captioned(
     limit: int,
 ) -> Iterator[Sample]:
     """One batch's samples, captioned (or passed, or rejected)."""
-    inputs = [item for _, item in group if item is not PASS]
-    texts = iter(captioner.generate(inputs) if inputs else ())
+    draws = config.draws
+    asked = [(sample, item) for sample, item in group if item is not PASS]
+    answers = iter(
+        ask(
+            captioner.generate,
+            [[item] * draws.n for _, item in asked],
+            [sample.key for sample, _ in asked],
+            draws,
+            config.batch_size,
+        )
+    )
     for sample, item in group:
         if item is PASS:
             tally.count("caption", sample, key="skipped-existing")
             yield sample
             continue
-        text, source = served(next(texts))
-        if source is not None:
-            tally.count("cache", sample, key=source)
-        if isinstance(text, Failed):
-            tally.reject(f"caption-{text.reason}", text.detail, sample)
-        elif (refused := refusal(text, config.prompt, limit)) is not None:
+        kept: list[str] = []
+        failed = refused = None
+        for out in next(answers):
+            text, source = served(out)
+            if source is not None:
+                tally.count("cache", sample, key=source)
+            if isinstance(text, Failed):
+                failed = failed or text
+            elif (why := refusal(text, config.prompt, limit)) is not None:
+                refused = refused or why
+                if draws.n > 1:
+                    tally.count(DRAWS, sample, key=f"refused-{why[0]}")
+            else:
+                kept.append(text)
+                if draws.n > 1:
+                    tally.count(DRAWS, sample, key="kept")
+        if failed is not None:
+            tally.reject(f"caption-{failed.reason}", failed.detail, sample)
+        elif not kept:
             # A rejection, not a record without `vec`: rewrite and mix would quietly
             # train on the AltText alone, while --rejects keeps it for a rerun.
             reason, detail = refused
@@ -151,7 +219,7 @@ def _captioned(
                 "empty-caption" if reason == "empty" else f"caption-{reason}", detail, sample
             )
         else:
-            sample.record[config.field] = text
+            sample.record[config.field] = draws.value(kept)
             tally.count("caption", sample, key="captioned")
             yield sample
 
