@@ -50,23 +50,26 @@ def caption(
 ) -> None:
     """Caption every image with a vision-language model: the VeC, in `vec`.
 
-    Images come from the tar members or the `image` paths of JSONL records and
-    are decoded in threads ahead of the model; generation is greedy, in
-    batches, bf16 on a GPU. --style picks the prompt: VeCLIP's, short or dense.
-    With --n K and --temperature T, K captions are sampled per image and `vec`
-    holds their JSON list; a draw refused as below is left out of it (counted in
-    caption-draws), a record with none left is rejected. --workers N runs N processes, each with its own
-    server client (--concurrency requests each), cache connection or CPU model;
-    one model on a GPU runs in one process (one task per GPU: vecap launch). Records that already have a `vec` pass through
-    untouched unless --overwrite. An image that cannot be read or decoded is
-    rejected (image-missing, image-not-file, image-too-large, image-too-many-pixels,
-    bad-image); with --backend openai, a request that still fails after its
-    retries is rejected as caption-REASON. An answer is data, not trusted: one
-    holding a URL, an e-mail address or instruction-like text (ignore previous
-    instructions, visit, click...) that the prompt does not, control characters,
-    or over 16 characters per --max-new-tokens, is rejected (caption-url,
-    caption-email, caption-instruction, caption-control-chars, caption-too-long,
-    empty-caption), never written.
+    Images come from the tar members or the `image` paths of JSONL records
+    and are decoded in threads ahead of the model; generation is greedy, in
+    batches, bf16 on a GPU. --style picks the prompt: VeCLIP's, short or
+    dense. With --n K and --temperature T, K captions are sampled per image,
+    each seeded from (--seed, key, i), and `vec` holds their JSON list; a
+    draw refused as below is left out of it (counted in caption-draws), and
+    a record is rejected when none is left or a draw's request failed.
+    --workers N runs N processes, each with its own server client
+    (--concurrency requests each), cache connection or CPU model; one model
+    on a GPU runs in one process (one task per GPU: vecap launch). Records
+    that already have a `vec` pass through untouched unless --overwrite. An
+    image that cannot be read or decoded is rejected (image-missing,
+    image-not-file, image-too-large, image-too-many-pixels, bad-image); with
+    --backend openai, a request that still fails after its retries is
+    rejected as caption-REASON. An answer is data, not trusted: one holding
+    a URL, an e-mail address or instruction-like text (ignore previous
+    instructions, visit, click...) that the prompt does not, control
+    characters, or over 16 characters per --max-new-tokens, is rejected
+    (caption-url, caption-email, caption-instruction, caption-control-chars,
+    caption-too-long, empty-caption), never written.
     """
     flags = g.config_fields(locals())
     from functools import partial

@@ -154,7 +154,8 @@ CacheDir = Annotated[
     str | None,
     model_flag(
         "Keep every model answer in DIR/answers.sqlite3, keyed by the backend, model, prompt, "
-        "--max-new-tokens and the input (the image's bytes, the conversation sent): a rerun "
+        "--max-new-tokens and the input (the image's bytes, the conversation sent), and a "
+        "sampled one by its --temperature and seed (each of --n draws its own): a rerun "
         "or a resumed run asks the model only for answers not there (all there: it never "
         "loads). Shared safely by the processes of one machine; counted in --stats as "
         "cache hit/miss. A cache that cannot be opened or written is an error.",

@@ -58,24 +58,25 @@ def rewrite(
 ) -> None:
     """Fuse each record's AltText and VeC into one caption: the VeCap, in `vecap`.
 
-    An LLM keeps the AltText's knowledge (names, places, models, dates) and adds
-    the VeC's visual concepts, in one sentence; the AltText enters the prompt as
-    quoted data, so instructions inside it are not followed. An AltText that
-    hits --blocklist is not fused (VeCap = VeC). An answer that is not one
-    caption of --min-words..--max-words words, echoes the prompt or refuses,
-    holds a URL, an e-mail address or instruction-like text that the AltText
-    and VeC do not, control characters or over 16 characters per
-    --max-new-tokens, and a request that fails, fall back to VeCap = VeC. The rules backend needs
-    no model: it cleans the AltText (HTML, URLs, file names, shop boilerplate,
-    sizes, SKU codes) and appends the named things the VeC lacks. --style asks the
-    LLM for one short sentence or a dense description instead. With --n K and
-    --temperature T, K fusions are sampled per record and `vecap` holds their
-    JSON list; draw i fuses the AltText with VeC i (mod their count) where `vec` is a
-    list (caption --n), and falls back to that VeC. Records
-    without `vec` pass through without `vecap`; records that already have one
-    pass untouched unless --overwrite. Every case is counted in --stats.
-    --workers N runs N processes, each with its own server client (--concurrency
-    requests each), cache connection or CPU model; one model on a GPU runs in one
+    An LLM keeps the AltText's knowledge (names, places, models, dates) and
+    adds the VeC's visual concepts, in one sentence; the AltText enters the
+    prompt as quoted data, so instructions inside it are not followed. An
+    AltText that hits --blocklist is not fused (VeCap = VeC). An answer that
+    is not one caption of --min-words..--max-words words, echoes the prompt
+    or refuses, holds a URL, an e-mail address or instruction-like text that
+    the AltText and VeC do not, control characters or over 16 characters per
+    --max-new-tokens, and a request that fails, fall back to VeCap = VeC.
+    The rules backend needs no model: it cleans the AltText (HTML, URLs,
+    file names, shop boilerplate, sizes, SKU codes) and appends the named
+    things the VeC lacks. --style asks the LLM for one short sentence or a
+    dense description instead. With --n K and --temperature T, K fusions are
+    sampled per record and `vecap` holds their JSON list; draw i fuses the
+    AltText with VeC i (mod their count) where `vec` is a list (caption
+    --n), and falls back to that VeC. Records without `vec` pass through
+    without `vecap`; records that already have one pass untouched unless
+    --overwrite. Every case is counted in --stats. --workers N runs N
+    processes, each with its own server client (--concurrency requests
+    each), cache connection or CPU model; one model on a GPU runs in one
     process (one task per GPU: vecap launch).
     """
     flags = g.config_fields(locals())
