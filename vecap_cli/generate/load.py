@@ -14,10 +14,12 @@ for it and does not keep what it built.
 
 from __future__ import annotations
 
+import inspect
 import threading
 from collections.abc import Callable
 from functools import partial
 
+from vecap_cli.errors import VecapError
 from vecap_cli.generate.cache import Cached, Store
 from vecap_cli.generate.registry import (
     CAPTION,
@@ -34,9 +36,12 @@ class Lazy:
     """`generate` builds the backend on first call; `prepare` needs no model (decode workers)."""
 
     def __init__(
-        self, build: Callable[[], object], prepare: Callable[[bytes], object] | None = None
+        self,
+        build: Callable[[], object],
+        prepare: Callable[[bytes], object] | None = None,
+        name: str = "",
     ):
-        self._build = build
+        self._build, self.name = build, name
         self._backend: object | None = None
         self._lock = threading.Lock()
         if prepare is not None:
@@ -50,9 +55,12 @@ class Lazy:
         return self._backend
 
     def generate(self, batch: list, seeds: list[int] | None = None) -> list:
+        backend = self.backend
         if seeds is None:  # a backend that never samples need not take seeds
-            return self.backend.generate(batch)  # type: ignore[attr-defined]
-        return self.backend.generate(batch, seeds=seeds)  # type: ignore[attr-defined]
+            return backend.generate(batch)  # type: ignore[attr-defined]
+        if "seeds" not in inspect.signature(backend.generate).parameters:  # type: ignore[attr-defined]
+            raise VecapError(f"--backend {self.name} does not sample: it takes no --temperature")
+        return backend.generate(batch, seeds=seeds)  # type: ignore[attr-defined]
 
 
 # With keep_models(): the model built last in this process, by what it was built
@@ -94,7 +102,7 @@ def load(serves: str, name: str, request: Request) -> Lazy | Cached:
     backend = get(serves, name)
     backend.check(request)
     prepare = partial(backend.prepare, limits=request.limits) if serves == CAPTION else None
-    model = Lazy(partial(kept, backend, request), prepare)
+    model = Lazy(partial(kept, backend, request), prepare, name)
     options = request.options
     if options.cache is None:
         return model
