@@ -2,6 +2,7 @@
 what caption and rewrite write and count with them (fake models, no torch)."""
 
 import json
+from collections import Counter
 
 import pytest
 
@@ -114,6 +115,12 @@ def test_a_refused_draw_is_left_out_and_a_failed_one_rejects_the_record():
     assert tally.rejected.get("caption-url", 0) == all_refused
     assert failed and all_refused and out  # each case is met
     assert len(items) == len(out) + failed + all_refused
+    expect = Counter()
+    for ks in kinds.values():
+        names = {0: "refused-url", 1: "failed-http-503", 2: "kept"}
+        for k in ks:
+            expect[names[k] if k != 2 or 1 not in ks else "unused"] += 1
+    assert tally.extra["caption-draws"] == expect
 
 
 def test_texts_reads_one_string_or_the_strings_of_a_list():

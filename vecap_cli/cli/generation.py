@@ -63,7 +63,8 @@ def n_flag(field: str, what: str):
     return model_flag(
         f"{what} drawn per record: with 2 or more, `{field}` holds a JSON list of them "
         "(needs --temperature above 0). Draw i is seeded from (--seed, key, i): the same "
-        "draws with any batch size, --workers or sharding.",
+        "draws with any --workers or sharding, and any --batch-size but for float rounding "
+        "in a differently padded batch (bf16 on a GPU, rarely).",
         min=1,
     )
 

@@ -13,9 +13,10 @@ those the model was asked for (miss).
 With --n K >= 2 (steps/draws.py) `vec` is a list: each draw is validated like a
 single answer. A draw whose request failed rejects the record (caption-REASON:
 a rerun asks again, and with --cache pays only for the draws that failed); a
-refused draw is left out of the list and counted in `caption-draws` as
-refused-REASON, beside the `kept` ones; a record whose K draws are all refused
-is rejected as with one. So `vec` holds 1..K captions, in draw order.
+refused draw is left out of the list; a record whose K draws are all refused
+is rejected as with one. So `vec` holds 1..K captions, in draw order. Each
+draw is counted in `caption-draws`: kept, refused-REASON, failed-REASON, or
+unused (valid, in a record rejected for another draw's failure).
 """
 
 from __future__ import annotations
@@ -46,7 +47,9 @@ class Captioner(Protocol):
     def generate(self, batch: list, seeds: list[int] | None = None) -> list[str | Failed]: ...
 
 
-DRAWS = "caption-draws"  # with --n >= 2: each draw, kept or refused-REASON
+# with --n >= 2, each draw: kept, refused-REASON, failed-REASON, or unused (valid, but
+# its record was rejected for another draw's failed request)
+DRAWS = "caption-draws"
 
 
 @dataclass(frozen=True)
@@ -193,22 +196,12 @@ def _captioned(
             tally.count("caption", sample, key="skipped-existing")
             yield sample
             continue
-        kept: list[str] = []
-        failed = refused = None
-        for out in next(answers):
-            text, source = served(out)
-            if source is not None:
-                tally.count("cache", sample, key=source)
-            if isinstance(text, Failed):
-                failed = failed or text
-            elif (why := refusal(text, config.prompt, limit)) is not None:
-                refused = refused or why
-                if draws.n > 1:
-                    tally.count(DRAWS, sample, key=f"refused-{why[0]}")
-            else:
-                kept.append(text)
-                if draws.n > 1:
-                    tally.count(DRAWS, sample, key="kept")
+        kept, failed, refused, outcomes = _judged(next(answers), sample, tally, config, limit)
+        if failed is not None and kept:  # not written: the valid draws go unused this time
+            outcomes = ["unused" if key == "kept" else key for key in outcomes]
+        if draws.n > 1:
+            for key in outcomes:
+                tally.count(DRAWS, sample, key=key)
         if failed is not None:
             tally.reject(f"caption-{failed.reason}", failed.detail, sample)
         elif not kept:
@@ -222,6 +215,28 @@ def _captioned(
             sample.record[config.field] = draws.value(kept)
             tally.count("caption", sample, key="captioned")
             yield sample
+
+
+def _judged(outs: list, sample: Sample, tally: Tally, config: CaptionConfig, limit: int):
+    """A record's draws judged: the captions kept, the first failure and the first
+    refusal (or None), and each draw's outcome (kept, failed-REASON, refused-REASON)."""
+    kept: list[str] = []
+    failed = refused = None
+    outcomes = []
+    for out in outs:
+        text, source = served(out)
+        if source is not None:
+            tally.count("cache", sample, key=source)
+        if isinstance(text, Failed):
+            failed = failed or text
+            outcomes.append(f"failed-{text.reason}")
+        elif (why := refusal(text, config.prompt, limit)) is not None:
+            refused = refused or why
+            outcomes.append(f"refused-{why[0]}")
+        else:
+            kept.append(text)
+            outcomes.append("kept")
+    return kept, failed, refused, outcomes
 
 
 def _reject(tally: Tally, sample: Sample, err: BaseException) -> None:
