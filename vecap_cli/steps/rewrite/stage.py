@@ -213,17 +213,23 @@ def rewrite(
             )
             for sample, pairs in group:
                 if pairs is not PASS:
-                    fused, seen = [], counts(sample)
-                    for (alt, vec), output in zip(pairs, next(outputs), strict=True):  # type: ignore[arg-type]
-                        out, source = served(output)
-                        if source is not None:
-                            count("cache", sample, key=source)
-                        fused.append(_settle(out, alt, vec, validator, seen))
+                    fused = _fused(pairs, next(outputs), validator, counts(sample), count, sample)
                     sample.record["vecap"] = draws.value(fused)
                 yield sample
             tally.release(group[-1][0].idx + 1)
     finally:
         tally.release()
+
+
+def _fused(pairs, outputs, validator, seen, count, sample: Sample) -> list[str]:
+    """The VeCap of each draw of one record: its (alt, vec) pair's output, settled."""
+    fused = []
+    for (alt, vec), output in zip(pairs, outputs, strict=True):
+        out, source = served(output)
+        if source is not None:
+            count("cache", sample, key=source)
+        fused.append(_settle(out, alt, vec, validator, seen))
+    return fused
 
 
 def _settle(out: str | Failed, alt: str, vec: str, validator, count: Callable[[str], None]) -> str:
