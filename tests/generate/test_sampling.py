@@ -34,6 +34,15 @@ def test_a_row_draws_from_its_own_seed_whatever_the_rows_beside_it():
     assert (masked.isfinite().sum(-1) == 1).all()  # one finite score a row: what greedy takes
 
 
+def test_draws_follow_the_softmax_at_the_temperature_and_never_take_a_masked_token():
+    scores = torch.tensor([[0.0, 1.0, 2.0, float("-inf")]])
+    for temperature in (1.0, 0.5):
+        picks = [SeededSampler([seed], temperature).pick(scores)[0].item() for seed in range(3000)]
+        seen = torch.bincount(torch.tensor(picks), minlength=4) / len(picks)
+        want = torch.softmax(scores[0] / temperature, -1)
+        assert seen[3] == 0 and torch.allclose(seen, want, atol=0.03), (seen, want)
+
+
 @pytest.mark.parametrize("kind", ["llava", "coca"])
 def test_a_sampled_batch_captions_each_image_as_it_would_alone(kind):
     name = f"local-dir:{tiny_model('coca')}" if kind == "coca" else None
