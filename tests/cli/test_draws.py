@@ -79,6 +79,9 @@ def test_several_greedy_draws_are_a_usage_error_in_one_line(pool):
     result = run_vecap("caption", pool, "--model", "m", "--backend", "openai", "--n", "3")
     assert result.code == 2 and "--temperature above 0" in result.err
     no_traceback(result)
+    many = run_vecap("caption", pool, "--model", "m", "--n", "1000000000", "--temperature", "1")
+    assert many.code == 2 and "--n" in many.err
+    no_traceback(many)
     rules = run_vecap("rewrite", pool, "--n", "2", "--temperature", "1")
     assert rules.code == 2 and "fixed rules" in rules.err
     no_traceback(rules)

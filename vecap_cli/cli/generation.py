@@ -59,6 +59,9 @@ def style_flag(styles: dict, what: str):
     )
 
 
+MAX_DRAWS = 64  # a record's draws sit in memory together; LaCLIP used 4 rewrites per image
+
+
 def n_flag(field: str, what: str):
     return model_flag(
         f"{what} drawn per record: with 2 or more, `{field}` holds a JSON list of them "
@@ -66,6 +69,7 @@ def n_flag(field: str, what: str):
         "draws with any --workers or sharding, and any --batch-size but for float rounding "
         "in a differently padded batch (bf16 on a GPU, rarely).",
         min=1,
+        max=MAX_DRAWS,
     )
 
 
