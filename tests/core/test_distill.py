@@ -229,3 +229,18 @@ def test_torch_path_runs_on_cuda_tensors(fake_cuda):
     t_image, t_text = fake_cuda(6, 5, dtype=torch.float16), fake_cuda(6, 5, dtype=torch.float16)
     loss = distill_loss(image, text, 10.0, t_image, t_text, backend="torch")
     assert loss.device.type == "cuda" and loss.dtype == torch.float32
+
+
+def test_the_benchmark_steps_run(monkeypatch):
+    """bench_distill / make gpu-check's rows, tiny: both impls step."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_kernels.py"
+    spec = importlib.util.spec_from_file_location("bench_kernels_for_test", path)
+    bench = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, bench)  # its dataclasses look it up
+    spec.loader.exec_module(bench)
+    for impl in ("dense", "vecap"):
+        bench._distill_step(bench.Case("distill", impl, "cpu", "float32", (8, 16, 12)), torch)()

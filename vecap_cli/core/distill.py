@@ -95,9 +95,12 @@ def distill_loss_reference(
 
 
 def _chunk_rows(n: int) -> int:
-    """Rows per chunk: an eighth of tiles.TILE_ELEMENTS, as multipos takes: a chunk
-    holds S, T and three temporaries of its size, where CLIP holds two."""
-    return max(1, tiles.TILE_ELEMENTS // 8 // max(n, 1))
+    """Rows per chunk: a quarter of tiles.TILE_ELEMENTS (2M elements, 8 MiB of fp32),
+    since a chunk holds S, T and up to three temporaries of its size where CLIP holds
+    two. Not smaller: each chunk is some forty torch ops, and on a loaded CPU every op's
+    thread sync costs more than its arithmetic (B = 4096: 128-row chunks took 4× the
+    time of 1024-row ones, benchmarks/RESULTS.md)."""
+    return max(1, tiles.TILE_ELEMENTS // 4 // max(n, 1))
 
 
 class _OnlineColumns:
@@ -146,8 +149,8 @@ class TorchKernels:
             lse_sx[start:stop] = torch.logsumexp(s, dim=1)
             lse_tx[start:stop] = torch.logsumexp(t, dim=1)
             diff = t - s
-            p_t = torch.exp(t - lse_tx[start:stop, None])  # P^t
-            cross += (p_t.mul_(diff)).sum()
+            p_t = torch.sub(t, lse_tx[start:stop, None]).exp_()  # P^t
+            cross += torch.vdot(p_t.view(-1), diff.view(-1))  # no product tensor
             if columns is not None:
                 columns.add(s, t, diff)
         if columns is None:
@@ -164,8 +167,8 @@ class TorchKernels:
             xc = x[start:stop]  # (c, D)
             s = (xc * scale) @ y.T  # (c, n)
             t = (u[start:stop] * t_scale) @ v.T  # (c, n)
-            g = torch.exp(s - lse_sx[start:stop, None])  # P^s
-            g.sub_(torch.exp(t - lse_tx[start:stop, None]))  # − P^t
+            g = torch.sub(s, lse_sx[start:stop, None]).exp_()  # P^s
+            g.sub_(torch.sub(t, lse_tx[start:stop, None]).exp_())  # − P^t
             if lse_sy is not None:
                 g.add_(s.sub_(lse_sy).exp_()).sub_(t.sub_(lse_ty).exp_())  # + Q^s − Q^t
             torch.mm(g, y, out=gx[start:stop])
@@ -309,7 +312,7 @@ class FusedDistillClipLoss(FusedClipLoss):
         output_dict=False,
     ):
         contrastive = self._loss(image_features, text_features, logit_scale, None)
-        distill = self._distill(
+        distill = self.distillation(
             image_features, text_features, logit_scale,
             dist_image_features, dist_text_features, dist_logit_scale,
         )  # fmt: skip
@@ -317,7 +320,8 @@ class FusedDistillClipLoss(FusedClipLoss):
             return {"contrastive_loss": contrastive, "distill_loss": distill}
         return contrastive, distill
 
-    def _distill(self, image, text, scale, t_image, t_text, t_scale):
+    def distillation(self, image, text, scale, t_image, t_text, t_scale=TEACHER_SCALE):
+        """The distillation term alone, across this module's ranks."""
         if self.world_size == 1:
             return distill_loss(image, text, scale, t_image, t_text, t_scale, backend=self.backend)
         all_image, all_text = gather_features(
