@@ -95,12 +95,13 @@ def distill_loss_reference(
 
 
 def _chunk_rows(n: int) -> int:
-    """Rows per chunk: a quarter of tiles.TILE_ELEMENTS (2M elements, 8 MiB of fp32),
-    since a chunk holds S, T and up to three temporaries of its size where CLIP holds
-    two. Not smaller: each chunk is some forty torch ops, and on a loaded CPU every op's
-    thread sync costs more than its arithmetic (B = 4096: 128-row chunks took 4× the
-    time of 1024-row ones, benchmarks/RESULTS.md)."""
-    return max(1, tiles.TILE_ELEMENTS // 4 // max(n, 1))
+    """Rows per chunk: an eighth of tiles.TILE_ELEMENTS (1M elements, 4 MiB of fp32), as
+    multipos takes, since a chunk holds S, T and two or three temporaries of its size.
+    At B = 4096 (benchmarks/RESULTS.md) the peak was 0.17× dense's with these chunks,
+    0.25× with twice as many rows; the larger chunks ran faster on a loaded CPU (each
+    chunk is some forty torch ops, and there every op's thread sync costs more than
+    its arithmetic), 1.6× dense's time against 2.0×."""
+    return max(1, tiles.TILE_ELEMENTS // 8 // max(n, 1))
 
 
 class _OnlineColumns:
