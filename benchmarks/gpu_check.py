@@ -8,14 +8,15 @@ On a CUDA machine (meant to finish in under 8 minutes on one H100/H200):
    against the fp64 torch references, in fp32, bf16 and fp16: CLIP loss (one
    process, and one rank's local form), SigLIP loss (label offset, the
    negative-only block), the multi-positive CLIP and SigLIP losses (K captions
-   per image),
+   per image), the distillation loss (student D against a teacher's Dt),
    flash attention forward and backward; the odd shapes
    of the CPU tests and the real ones (ViT-B/16's N = 197; the text tower's
    N = 77, causal, with padded captions). Values and every gradient must be
    within the bound of tests/core (vecap_cli/core/parity.py).
 2. bench: benchmarks/bench_kernels.py's CUDA rows, each in its own process:
    fused CLIP and SigLIP loss beside open_clip at B = 8k to 64k (bf16), the
-   multi-positive losses (K = 2) beside their dense references at B = 8k, 16k, flash
+   multi-positive losses (K = 2) beside their dense references at B = 8k, 16k, the
+   distillation loss beside its dense reference at B = 16k, 32k (D 512, Dt 768), flash
    attention forward + backward beside SDPA in TFLOP/s; smallest first, and
    what does not fit the time budget is listed as skipped.
 3. train: 50 steps of `vecap train` on ViT-B-16, synthetic 224 px JPEG shards,
@@ -87,8 +88,11 @@ def log(message: str) -> None:
 class Spec:
     """One parity case: op, shape and the labels its table row shows."""
 
-    op: str  # clip | clip_local | siglip | siglip_offset | siglip_negative | multipos[_siglip] | attention
-    shape: tuple[int, ...]  # (B, D) / (b, n, D) / multipos (B, K, D) / (B, H, Nq, Nk, d)
+    # clip | clip_local | siglip | siglip_offset | siglip_negative | multipos[_siglip] |
+    # distill | attention
+    op: str
+    # (B, D) / (b, n, D) / multipos (B, K, D) / distill (B, D, Dt) / (B, H, Nq, Nk, d)
+    shape: tuple[int, ...]
     kind: str = "odd"  # odd (the CPU tests' shapes) | real
     causal: bool = False
     padded: bool = False
@@ -104,6 +108,7 @@ def parity_specs(smoke: bool) -> list[Spec]:
             Spec("siglip_negative", (5, 7, 16)),
             Spec("multipos", (5, 2, 16)),
             Spec("multipos_siglip", (5, 2, 16)),
+            Spec("distill", (5, 16, 12)),
             Spec("attention", (1, 2, 9, 9, 16), causal=True, padded=True),
         ]
     losses = [(1, 64), (37, 512), (70, 768)]
@@ -123,6 +128,15 @@ def parity_specs(smoke: bool) -> list[Spec]:
             ((37, 2, 512), "odd"),
             ((70, 3, 768), "odd"),
             ((4096, 2, 512), "real"),
+        )
+    ]
+    specs += [
+        Spec("distill", shape, kind)
+        for shape, kind in (
+            ((1, 64, 32), "odd"),
+            ((37, 33, 20), "odd"),
+            ((70, 512, 768), "odd"),
+            ((4096, 512, 768), "real"),
         )
     ]
     attention = [  # tests/core/test_attention.py's shapes
@@ -168,6 +182,8 @@ def _run_loss(spec: Spec, dtype, device: str, backend: str):
 
     if spec.op.startswith("multipos"):
         return _run_multipos(torch, spec, dtype, device, backend)
+    if spec.op == "distill":
+        return _run_distill(torch, spec, dtype, device, backend)
 
     from vecap_cli.core.clip import clip_loss, clip_loss_local, clip_loss_reference
     from vecap_cli.core.siglip import siglip_loss, siglip_loss_reference
@@ -246,6 +262,29 @@ def _run_multipos(torch, spec: Spec, dtype, device: str, backend: str):
     return out
 
 
+def _run_distill(torch, spec: Spec, dtype, device: str, backend: str):
+    """The distillation loss: student pairs (B, D) against a teacher's (B, Dt), scales 10
+    and 20 so neither softmax is one-hot; gradients of the student and its scale."""
+    from vecap_cli.core.distill import distill_loss, distill_loss_reference
+
+    b, d, dt = spec.shape
+    image, text = _paired(torch, b, b, d, 0)
+    t_image, t_text = _paired(torch, b, b, dt, 0, seed=3)
+    teacher = [t.to(dtype).to(device) for t in (t_image, t_text)]
+    ours = _leaves([image, text], dtype, device) + _leaves(
+        [torch.tensor(10.0)], torch.float32, device
+    )
+    ref = _leaves([image.to(dtype), text.to(dtype), torch.tensor(10.0)], torch.float64, device)
+    out = []
+    for inputs, loss in (
+        (ours, distill_loss(*ours, *teacher, 20.0, backend=backend)),
+        (ref, distill_loss_reference(*ref, *(t.double() for t in teacher), 20.0)),
+    ):
+        loss.backward()
+        out.append([loss] + [t.grad for t in inputs])
+    return out
+
+
 def _clip_local_reference(torch, image, text, all_image, all_text, scale, offset):
     """open_clip's local-loss ClipLoss on one rank, written out (B×B logits, fp64)."""
     cross_entropy = torch.nn.functional.cross_entropy
@@ -309,6 +348,7 @@ def _describe(spec: Spec) -> tuple[str, str]:
         "siglip_negative": "SigLIP loss, negative_only",
         "multipos": "multi-positive CLIP loss",
         "multipos_siglip": "multi-positive sigmoid loss",
+        "distill": "distillation loss",
         "attention": "attention fwd+bwd",
     }
     case = f"{names[spec.op]} ({spec.kind})"
@@ -319,6 +359,9 @@ def _describe(spec: Spec) -> tuple[str, str]:
     elif spec.op.startswith("multipos"):
         b, k, d = spec.shape
         shape = f"B{b} K{k} D{d}"
+    elif spec.op == "distill":
+        b, d, dt = spec.shape
+        shape = f"B{b} D{d} teacher D{dt}"
     elif len(spec.shape) == 3:
         b, n, d = spec.shape
         shape = f"{b} rows × {n} cols, D{d}"

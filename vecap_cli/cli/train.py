@@ -96,6 +96,34 @@ def train(
     contrastive_loss_weight: Annotated[
         float, _num("CoCa contrastive loss weight.", _MODEL, "--coca-contrastive-weight")
     ] = _DEFAULT.contrastive_loss_weight,
+    distill: Annotated[
+        bool,
+        _opt(
+            "MobileCLIP's distillation: the loss is (1 − λ) × contrastive + λ × the KL between "
+            "the stored teacher's and the student's image-text similarity softmaxes over the "
+            "batch (rows and columns). Reads the teacher embeddings `vecap embed` stores; each "
+            "sample's image is cropped as the stored augmentation drawn for it, and its caption's "
+            "teacher row is used. Records without them are rejected (no-teacher, bad-teacher).",
+            _MODEL,
+            "--distill",
+        ),
+    ] = _DEFAULT.distill,
+    distill_weight: Annotated[
+        float,
+        _num(
+            "λ of --distill (MobileCLIP's DataCompDR runs: 1, distillation alone).",
+            _MODEL,
+            "--distill-weight",
+        ),
+    ] = _DEFAULT.distill_weight,
+    teacher_scale: Annotated[
+        float,
+        _num(
+            "The teacher's logit scale under --distill (MobileCLIP's: 100).",
+            _MODEL,
+            "--teacher-scale",
+        ),
+    ] = _DEFAULT.teacher_scale,
     text_keys: Annotated[
         str | None,
         _opt(

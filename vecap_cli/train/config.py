@@ -38,6 +38,9 @@ class TrainConfig:
     attn: str = "auto"
     caption_loss_weight: float = 2.0  # CoCa, open_clip's defaults
     contrastive_loss_weight: float = 1.0
+    distill: bool = False  # MobileCLIP: match stored teacher embeddings' similarities
+    distill_weight: float = 1.0  # λ; MobileCLIP's DataCompDR runs train on distillation alone
+    teacher_scale: float = 100.0  # MobileCLIP's --distill-logit-scale
     # optimisation
     batch_size: int = 64  # per rank
     epochs: int = 1
@@ -75,6 +78,8 @@ class TrainConfig:
             (self.shuffle_buffer >= 1, "--shuffle-buffer", "must be at least 1"),
             (self.lr > 0, "--lr", "must be positive"),
             (self.warmup >= 0, "--warmup", "must be 0 or more"),
+            (0.0 <= self.distill_weight <= 1.0, "--distill-weight", "must be in [0, 1]"),
+            (self.teacher_scale > 0, "--teacher-scale", "must be positive"),
         ]
         for ok, flag, why in checks:
             if not ok:
@@ -110,4 +115,5 @@ class TrainConfig:
         "text_keys",
         "text_probs",
         "seed",
+        "distill",
     )

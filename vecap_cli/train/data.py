@@ -23,7 +23,8 @@ mix --online-curation`): each epoch a fresh balanced sample of the matched pool.
 Accounting: a sample is `in` when it leaves the shuffle buffer (or when the
 reader rejects its record), then is trained (`out`), dropped (`online-curation`,
 `no-caption`) or rejected (`no-curate-p`, `image-missing`, `bad-image`,
-`image-too-large`, ...: see `stream/images.py`). A batch carries the events of its
+`image-too-large`, ...: see `stream/images.py`; under `distill`, `no-teacher`
+and `bad-teacher`: see `teacher.py`). A batch carries the events of its
 window and the main process replays them on its Tally, so the counts, the
 --rejects file and --strict cover exactly the batches trained.
 """
@@ -35,6 +36,7 @@ import os
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
@@ -44,6 +46,7 @@ from vecap_cli.stream.images import DEFAULT_LIMITS, ImageLimits, ImageRejected, 
 from vecap_cli.stream.runner import iter_samples
 from vecap_cli.stream.sample import Sample
 from vecap_cli.stream.tally import Tally
+from vecap_cli.train.teacher import TeacherDraw, TeacherRejected
 
 DEFAULT_KEYS = ("text", "alt")  # the caption a mix step chose, else the AltText
 
@@ -66,6 +69,7 @@ class DataPlan:
     text_probs: tuple[float, ...] | None = None
     online_curation: bool = False  # keep a sample in an epoch with probability curate.p
     image_limits: ImageLimits = DEFAULT_LIMITS  # --max-image-bytes, --max-pixels
+    distill: bool = False  # read each sample's stored teacher embeddings (teacher.py)
 
 
 @dataclass
@@ -77,6 +81,7 @@ class Batch:
     n_in: int = 0
     events: list = field(default_factory=list)
     error: str = ""  # a worker that cannot go on says why here (no traceback)
+    teacher: tuple[torch.Tensor, torch.Tensor] | None = None  # --distill: image, text (b, Dt)
 
 
 class _Recorder(Tally):
@@ -240,6 +245,8 @@ class TrainData(IterableDataset):
         self.tokenizer = tokenizer
         self.caption = caption_picker(plan)
         self.online = OnlineDraw(plan.seed) if plan.online_curation else None
+        keys = plan.text_keys or DEFAULT_KEYS
+        self.teacher = TeacherDraw(plan.seed, keys) if plan.distill else None
         self.epoch, self.steps, self.first = 0, 0, 0
         self.positions: list[Position] = [(0, 0)] * plan.workers
 
@@ -263,7 +270,7 @@ class TrainData(IterableDataset):
         share = _Share(plan, self.epoch, slot, self.positions[worker])
         for _ in range(quota):
             try:
-                images, captions, n_in = self._fill(share)
+                images, captions, n_in, teachers = self._fill(share)
             except _NoData:
                 yield Batch(
                     torch.empty(0), torch.empty(0), worker, (0, 0), error=_no_data(plan, slot)
@@ -277,9 +284,10 @@ class TrainData(IterableDataset):
                 (share.pass_, share.taken),
                 n_in + read_rejects,
                 events,
+                teacher=_stack_teacher(teachers) if self.teacher else None,
             )
 
-    def _fill(self, share: _Share) -> tuple[list, list[str], int]:
+    def _fill(self, share: _Share) -> tuple[list, list[str], int, list]:
         # The transforms draw crops from torch's CPU generator: seeded per sample, and
         # given back as it was, so the caller's random stream (workers=0) is untouched.
         rng = torch.get_rng_state()
@@ -288,8 +296,8 @@ class TrainData(IterableDataset):
         finally:
             torch.set_rng_state(rng)
 
-    def _fill_seeded(self, share: _Share) -> tuple[list, list[str], int]:
-        images, captions, n_in = [], [], 0
+    def _fill_seeded(self, share: _Share) -> tuple[list, list[str], int, list]:
+        images, captions, n_in, teachers = [], [], 0, []
         recorder = share.recorder
         generator = torch.default_generator  # CPU only: torch.manual_seed also queues
         # lazy seeds for CUDA/XPU/MTIA, recording a stack trace each time (~1 ms)
@@ -307,11 +315,18 @@ class TrainData(IterableDataset):
             except ImageRejected as err:
                 recorder.reject(err.reason, str(err), sample)
                 continue
+            if self.teacher is not None:
+                try:
+                    image, *rows = self.teacher(sample, image, caption, self.epoch)
+                except TeacherRejected as err:
+                    recorder.reject(err.reason, str(err), sample)
+                    continue
+                teachers.append(rows)
             generator.manual_seed(augment_seed(self.plan.seed, sample.key, self.epoch, share.pass_))
             images.append(self.transform(image))
             captions.append(caption)
             share.good += 1
-        return images, captions, n_in
+        return images, captions, n_in, teachers
 
     def _drawn(self, sample: Sample, recorder: _Recorder) -> bool:
         """Online curation: whether the sample is in this epoch's draw (else counted)."""
@@ -323,6 +338,16 @@ class TrainData(IterableDataset):
             recorder.drop(NOT_DRAWN, sample)
             return False
         return True
+
+
+def _stack_teacher(rows: list) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(image rows, text rows), each (b, Dt) fp32; None when the widths disagree across
+    records (two teachers in one batch), which the loss then refuses in one line."""
+    widths = {row.shape for pair in rows for row in pair}
+    if len(widths) != 1:
+        return None
+    image, text = (torch.from_numpy(np.stack(column)) for column in zip(*rows, strict=True))
+    return image, text
 
 
 def _no_data(plan: DataPlan, slot: int) -> str:

@@ -97,13 +97,15 @@ def train_step(
     precision: str = "fp32",
     scaler: torch.amp.GradScaler | None = None,
     clip_norm: float | None = None,
+    teacher: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> dict[str, float]:
-    """One optimizer step; `raw` is the unwrapped model (under DDP or compile)."""
+    """One optimizer step; `raw` is the unwrapped model (under DDP or compile);
+    `teacher`: the batch's teacher embeddings, with --distill."""
     raw = raw or model
     model.train()
     optimizer.zero_grad(set_to_none=True)
     with autocast(precision, images.device):
-        parts = loss_fn(model(images, texts))
+        parts = loss_fn(model(images, texts), teacher)
         total = sum(parts.values())
     if scaler is not None:
         scaler.scale(total).backward()
@@ -155,6 +157,8 @@ class Trainer:
             coca=self.bundle.coca,
             contrastive_weight=cfg.contrastive_loss_weight,
             caption_weight=cfg.caption_loss_weight,
+            distill_weight=cfg.distill_weight if cfg.distill else None,
+            teacher_scale=cfg.teacher_scale,
         )
         self.optimizer = make_optimizer(self.raw, cfg)
         self.scaler = torch.amp.GradScaler("cuda") if self.precision == "fp16" else None
@@ -246,6 +250,7 @@ class Trainer:
             text_probs=cfg.text_probs,
             online_curation=cfg.online_curation,
             image_limits=self.opts.image_limits,
+            distill=cfg.distill,
         )
 
     def _fresh_positions(self) -> list[Position]:
@@ -376,6 +381,7 @@ class Trainer:
             precision=self.precision,
             scaler=self.scaler,
             clip_norm=self.cfg.grad_clip_norm,
+            teacher=batch.teacher,
         )
         metrics["loss"] = D.mean(metrics["loss"], self.ctx)
         return {"epoch": state.epoch, **metrics, "lr": lr}

@@ -2,7 +2,9 @@
 
 The contrastive part is the core's fused loss (same values and gradients as
 open_clip's, without the B×B logits), or on request (`fused=False`) open_clip's
-own ClipLoss / SigLipLoss. CoCa adds its captioning loss. Across ranks every
+own ClipLoss / SigLipLoss. CoCa adds its captioning loss. With --distill,
+MobileCLIP's objective: (1 − λ)·contrastive + λ·distill, the second the core's
+`distill_loss` against the batch's stored teacher embeddings. Across ranks every
 form uses the local-loss layout with gradients through the gather, which makes
 the DDP-averaged gradient that of the whole global batch.
 """
@@ -36,8 +38,14 @@ class TrainLoss(nn.Module):
         contrastive_weight: float = 1.0,
         caption_weight: float = 0.0,
         pad_id: int = 0,  # open_clip's tokenizer pads with 0
+        distill: nn.Module | None = None,  # a FusedDistillClipLoss
+        distill_weight: float = 0.0,
+        teacher_scale: float = 100.0,
     ):
         super().__init__()
+        self.distill = distill
+        self.distill_weight = distill_weight
+        self.teacher_scale = teacher_scale
         self.contrastive = contrastive
         self.contrastive_weight = contrastive_weight
         self.caption_weight = caption_weight
@@ -50,7 +58,8 @@ class TrainLoss(nn.Module):
 
         return isinstance(self.contrastive, FusedClipLoss | FusedSigLipLoss)
 
-    def forward(self, out: dict) -> dict[str, torch.Tensor]:
+    def forward(self, out: dict, teacher: tuple | None = None) -> dict[str, torch.Tensor]:
+        """`teacher`: (image rows, text rows) of the batch, with --distill."""
         parts = {}
         if self.contrastive_weight:
             loss = self.contrastive(
@@ -64,7 +73,20 @@ class TrainLoss(nn.Module):
             logits = out["logits"].permute(0, 2, 1)  # (b, vocab, ctx-1)
             caption = F.cross_entropy(logits, out["labels"], ignore_index=self.pad_id)
             parts["caption_loss"] = self.caption_weight * caption
+        if self.distill is not None:
+            parts["distill_loss"] = self.distill_weight * self._distill(out, teacher)
         return parts
+
+    def _distill(self, out: dict, teacher: tuple | None) -> torch.Tensor:
+        if teacher is None:
+            from vecap_cli.errors import VecapError
+
+            raise VecapError("--distill: a batch mixes teacher embeddings of different widths")
+        image, text = out["image_features"], out["text_features"]
+        t_image, t_text = (t.to(image.device) for t in teacher)
+        return self.distill.distillation(
+            image, text, out["logit_scale"], t_image, t_text, self.teacher_scale
+        )
 
 
 def make_loss(
@@ -76,9 +98,21 @@ def make_loss(
     coca: bool = False,
     contrastive_weight: float = 1.0,
     caption_weight: float = 2.0,
+    distill_weight: float | None = None,
+    teacher_scale: float = 100.0,
 ) -> TrainLoss:
-    """`fused`: the core's kernels; False: open_clip's own losses (which build the B×B logits)."""
+    """`fused`: the core's kernels; False: open_clip's own losses (which build the B×B logits).
+    `distill_weight` λ (None: no distillation) weighs the contrastive loss by 1 − λ."""
     contrastive = contrastive_loss(kind, rank=rank, world_size=world_size, fused=fused)
-    if not coca:
-        return TrainLoss(contrastive)
-    return TrainLoss(contrastive, contrastive_weight, caption_weight)
+    weights = (contrastive_weight, caption_weight) if coca else (1.0, 0.0)
+    if distill_weight is None:
+        return TrainLoss(contrastive, *weights)
+    from vecap_cli.core import FusedDistillClipLoss
+
+    distill = FusedDistillClipLoss(
+        local_loss=True, gather_with_grad=True, rank=rank, world_size=world_size
+    )
+    return TrainLoss(
+        contrastive, weights[0] * (1.0 - distill_weight), weights[1],
+        distill=distill, distill_weight=distill_weight, teacher_scale=teacher_scale,
+    )  # fmt: skip
