@@ -154,6 +154,7 @@ class Trainer:
             coca=self.bundle.coca,
             contrastive_weight=cfg.contrastive_loss_weight,
             caption_weight=cfg.caption_loss_weight,
+            positives=cfg.positives,
         )
         self.optimizer = make_optimizer(self.raw, cfg)
         self.scaler = torch.amp.GradScaler("cuda") if self.precision == "fp16" else None
@@ -164,6 +165,11 @@ class Trainer:
         self.tally = Tally("train", strict=opts.strict)
         self.data = TrainData(self._plan(), self.bundle.train_transform, self.bundle.tokenizer)
         self.valset = None
+        if cfg.positives > 1 and ctx.main:
+            opts.log(
+                f"--positives {cfg.positives}: each step {cfg.batch_size:,} images and "
+                f"{cfg.batch_size * cfg.positives:,} texts per rank (multi-positive {cfg.loss} loss)"
+            )
 
     # -- setup ------------------------------------------------------------------
     def _model(self) -> Bundle:
@@ -229,6 +235,7 @@ class Trainer:
             text_keys=cfg.text_keys,
             text_probs=cfg.text_probs,
             online_curation=cfg.online_curation,
+            positives=cfg.positives,
             image_limits=self.opts.image_limits,
         )
 
@@ -487,6 +494,7 @@ class Trainer:
                 loss=self.state.losses[-1] if self.state.losses else None,
                 attention=self.attn,
                 loss_impl="fused" if self.loss_fn.fused else "open_clip",
+                positives=cfg.positives,
                 checkpoint=str(getattr(self, "last_checkpoint", "")) or None,
             )
             write_stats(per_rank(self.opts.stats, ctx.rank, ctx.world_size), self.tally)
