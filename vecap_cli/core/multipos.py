@@ -240,8 +240,8 @@ class _MultiPosRows(torch.autograd.Function):
             lse, _ = kernels.lse(rows, cols, scale, cols=False)  # (m,)
             # Σ over label pairs = Σ over groups of (Σ its rows)·(Σ its columns)
             n_groups, first = m // rg, row_offset // rg * cg - col_offset
-            x = rows.float().view(n_groups, rg, -1).sum(dim=1)  # (groups, D)
-            y = cols.float()[first : first + n_groups * cg].view(n_groups, cg, -1).sum(dim=1)
+            x = rows.float().reshape(n_groups, rg, -1).sum(dim=1)  # (groups, D)
+            y = cols[first : first + n_groups * cg].float().reshape(n_groups, cg, -1).sum(dim=1)
             loss = (lse.sum() - scale * (x * y).sum() / cg) / m
         ctx.save_for_backward(rows, cols, scale, lse)
         ctx.kernels, ctx.groups, ctx.offsets = kernels, groups, offsets
