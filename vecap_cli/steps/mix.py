@@ -156,8 +156,8 @@ class CaptionDraw:
         weight among the fields with captions left, then one of its captions left,
         each as likely), the drawn text then removed from every field. The first is
         exactly `self(record, key, epoch)`; draw t > 0 takes its numbers from
-        hash(seed, key, epoch, t). Fewer than `k` when the record has fewer distinct
-        captions."""
+        hash(seed, key, epoch, "field", t) and hash(seed, key, epoch, "caption", t).
+        Fewer than `k` when the record has fewer distinct captions."""
         left = self.fields(record)
         drawn: list[tuple[str, str]] = []
         while left and len(drawn) < k:
@@ -173,7 +173,7 @@ class CaptionDraw:
         self, found: list[tuple[str, list[str]]], key: str, epoch: int, t: int = 0
     ) -> tuple[str, list[str]]:
         weights = self.weights
-        u = uniform(self.seed, key, epoch, *([t] if t else []))
+        u = uniform(self.seed, key, epoch, *(["field", t] if t else []))
         threshold = u * sum(weights[name] for name, _ in found)
         for name, texts in found:
             threshold -= weights[name]
