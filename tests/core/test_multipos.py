@@ -316,3 +316,15 @@ def test_local_form_refuses_offsets_past_the_batch():
         multipos_clip_loss_local(image, text, image, text, 1.0, positives=2, label_offset=3)
     with pytest.raises(ValueError, match="label_offset 1"):
         multipos_siglip_loss(image, text, 1.0, positives=2, label_offset=1)
+
+
+def test_the_local_form_builds_no_rank_by_batch_tensor():
+    """One rank's b images against the B·K gathered texts: no (b, B·K) logits either."""
+    b, k, world = 24, 2, 2
+    image, text = leaves(*_features(b * world, k, 16), dtype=torch.float32)
+    s = torch.tensor(20.0, requires_grad=True)
+    with _LargestTensor() as mode:
+        multipos_clip_loss_local(
+            image[b:], text[b * k :], image, text, s, positives=k, label_offset=b
+        ).backward()
+    assert 0 < mode.largest < b * world * b * k
