@@ -33,6 +33,7 @@ tiny sizes through the torch path: a check of the script itself (tests run it).
 from __future__ import annotations
 
 import argparse
+import functools
 import io
 import json
 import os
@@ -88,10 +89,11 @@ def log(message: str) -> None:
 class Spec:
     """One parity case: op, shape and the labels its table row shows."""
 
-    # clip | clip_local | siglip | siglip_offset | siglip_negative | multipos[_siglip] |
-    # distill | attention
+    # clip | clip_local | siglip | siglip_offset | siglip_negative | multipos[_siglip][_local]
+    # | distill | attention
     op: str
-    # (B, D) / (b, n, D) / multipos (B, K, D) / distill (B, D, Dt) / (B, H, Nq, Nk, d)
+    # (B, D) / (b, n, D) / multipos (B, K, D), _local (b, ranks, K, D) / distill (B, D, Dt)
+    # / attention (B, H, Nq, Nk, d)
     shape: tuple[int, ...]
     kind: str = "odd"  # odd (the CPU tests' shapes) | real
     causal: bool = False
@@ -109,6 +111,8 @@ def parity_specs(smoke: bool) -> list[Spec]:
             Spec("multipos", (5, 2, 16)),
             Spec("multipos_siglip", (5, 2, 16)),
             Spec("distill", (5, 16, 12)),
+            Spec("multipos_local", (3, 2, 2, 16)),
+            Spec("multipos_siglip_local", (3, 2, 2, 16)),
             Spec("attention", (1, 2, 9, 9, 16), causal=True, padded=True),
         ]
     losses = [(1, 64), (37, 512), (70, 768)]
@@ -138,6 +142,11 @@ def parity_specs(smoke: bool) -> list[Spec]:
             ((70, 512, 768), "odd"),
             ((4096, 512, 768), "real"),
         )
+    ]
+    specs += [  # one rank of 8 (the last: the largest label offset) against the gathered batch
+        Spec(op, shape, kind)
+        for op in ("multipos_local", "multipos_siglip_local")
+        for shape, kind in (((37, 3, 2, 512), "odd"), ((512, 8, 2, 512), "real"))
     ]
     attention = [  # tests/core/test_attention.py's shapes
         ((1, 2, 197, 197, 64), False),
@@ -243,6 +252,8 @@ def _run_multipos(torch, spec: Spec, dtype, device: str, backend: str):
     """A multi-positive loss: B images, B·K texts, text j a noisy copy of image j // K."""
     from vecap_cli.core import multipos
 
+    if spec.op.endswith("_local"):
+        return _run_multipos_local(torch, spec, dtype, device, backend)
     b, k, d = spec.shape
     image, _ = _paired(torch, b, b, d, 0)
     gen = torch.Generator().manual_seed(2)
@@ -283,6 +294,61 @@ def _run_distill(torch, spec: Spec, dtype, device: str, backend: str):
         loss.backward()
         out.append([loss] + [t.grad for t in inputs])
     return out
+
+
+def _run_multipos_local(torch, spec: Spec, dtype, device: str, backend: str):
+    """The last of `ranks` ranks' multi-positive loss: its b images and b·K texts against
+    all ranks' gathered ones (separate leaves, as after the gather)."""
+    from vecap_cli.core import multipos
+
+    b, ranks, k, d = spec.shape
+    offset = (ranks - 1) * b
+    image, _ = _paired(torch, b * ranks, b * ranks, d, 0)
+    gen = torch.Generator().manual_seed(2)
+    noise = torch.randn(b * ranks * k, d, generator=gen, dtype=torch.float64)
+    text = torch.nn.functional.normalize(image.repeat_interleave(k, 0) + 0.7 * noise, dim=-1)
+    sigmoid = "siglip" in spec.op
+    if sigmoid:
+        base, params = [image[offset:], text], [torch.tensor(100.0), torch.tensor(-10.0)]
+    else:
+        base, params = [image[offset:], text[offset * k :], image, text], [torch.tensor(100.0)]
+    ours_in = _leaves(base, dtype, device) + _leaves(params, torch.float32, device)
+    ref_in = _leaves([t.to(dtype) for t in base] + params, torch.float64, device)
+    if sigmoid:
+        ours = multipos.multipos_siglip_loss(
+            *ours_in, positives=k, label_offset=offset, backend=backend
+        )
+    else:
+        ours = multipos.multipos_clip_loss_local(
+            *ours_in, positives=k, label_offset=offset, backend=backend
+        )
+    ref = _multipos_local_reference(torch, ref_in, k, offset, sigmoid)
+    out = []
+    for inputs, loss in ((ours_in, ours), (ref_in, ref)):
+        loss.backward()
+        out.append([loss] + [t.grad for t in inputs])
+    return out
+
+
+def _multipos_local_reference(torch, inputs, k, offset, sigmoid):
+    """One rank's multi-positive loss written out densely (b × B·K logits, fp64)."""
+    functional = torch.nn.functional
+    if sigmoid:
+        image, all_text, scale, bias = inputs
+        logits = scale * image @ all_text.T + bias  # (b, BK)
+        rows = torch.arange(image.shape[0], device=image.device)[:, None] + offset
+        cols = torch.arange(all_text.shape[0], device=image.device)[None, :] // k
+        signs = (rows == cols) * 2.0 - 1.0
+        return -functional.logsigmoid(signs * logits).sum() / image.shape[0]
+    image, text, all_image, all_text, scale = inputs
+    b = image.shape[0]
+    log_p = functional.log_softmax(scale * image @ all_text.T, dim=1)  # (b, BK)
+    arange = functools.partial(torch.arange, device=image.device)
+    own = (arange(b) + offset)[:, None] * k + arange(k)  # (b, K): each image's texts
+    per_image = -log_p.gather(1, own).mean()
+    labels = arange(b * k) // k + offset
+    per_text = functional.cross_entropy(scale * text @ all_image.T, labels)
+    return (per_image + per_text) / 2
 
 
 def _clip_local_reference(torch, image, text, all_image, all_text, scale, offset):
@@ -349,6 +415,8 @@ def _describe(spec: Spec) -> tuple[str, str]:
         "multipos": "multi-positive CLIP loss",
         "multipos_siglip": "multi-positive sigmoid loss",
         "distill": "distillation loss",
+        "multipos_local": "multi-positive CLIP loss, one rank (local)",
+        "multipos_siglip_local": "multi-positive sigmoid loss, one rank",
         "attention": "attention fwd+bwd",
     }
     case = f"{names[spec.op]} ({spec.kind})"
@@ -356,6 +424,9 @@ def _describe(spec: Spec) -> tuple[str, str]:
         b, h, nq, nk, d = spec.shape
         shape = f"B{b} H{h} N{nq}" + (f"×{nk}" if nk != nq else "") + f" d{d}"
         shape += " causal" * spec.causal + " padded" * spec.padded
+    elif spec.op.endswith("_local") and spec.op.startswith("multipos"):
+        b, ranks, k, d = spec.shape
+        shape = f"b{b} of {ranks} ranks, K{k} D{d}"
     elif spec.op.startswith("multipos"):
         b, k, d = spec.shape
         shape = f"B{b} K{k} D{d}"

@@ -7,7 +7,8 @@ from typing import Annotated
 
 import typer
 
-from vecap_cli.cli.options import RunOptions, finite, floats, report, run_command
+from vecap_cli.cli.options import RunOptions, finite, floats, one_of, report, run_command
+from vecap_cli.steps.mix import PRESETS, preset_mix
 from vecap_cli.train.attention import ATTENTION
 from vecap_cli.train.config import DEVICES, PRECISIONS, TrainConfig
 from vecap_cli.train.contrastive import LOSSES
@@ -128,7 +129,8 @@ def train(
         str | None,
         _opt(
             "Caption fields, comma-separated: one is drawn per sample and epoch as `vecap mix "
-            "--policy random` draws it (default: text, else alt).",
+            "--policy random` draws it, among all captions of list-valued fields "
+            "(default: text, else alt).",
             _DATA,
             show_default=False,
         ),
@@ -137,6 +139,31 @@ def train(
         str | None,
         _opt("Probability of each --text-keys field (default: equal).", _DATA, show_default=False),
     ] = _DEFAULT.text_probs,
+    preset: Annotated[
+        str | None,
+        _opt(
+            "A published caption mix, setting --text-keys and --text-probs as `vecap mix "
+            "--preset` sets its --keys and --probs (not to be given with them): "
+            + ", ".join(f"{name} ({','.join(map(str, p.probs))})" for name, p in PRESETS.items())
+            + " of alt,vecap.",
+            _DATA,
+            parser=one_of(PRESETS),
+            metavar=f"<{'|'.join(PRESETS)}>",
+            show_default=False,
+        ),
+    ] = None,
+    positives: Annotated[
+        int,
+        _opt(
+            "Captions per image in a batch (K): each step trains B images against B·K texts "
+            "with the multi-positive loss, all K counting as positives. The K are drawn "
+            "without replacement per sample and epoch from all captions of --text-keys "
+            "(default: text and alt); a record with fewer repeats them, counted in "
+            "repeated-captions. 1: one caption, as ever. Not with CoCa.",
+            _DATA,
+            min=1,
+        ),
+    ] = _DEFAULT.positives,
     train_num_samples: Annotated[
         int | None,
         _opt("Samples per epoch (default: count the inputs once).", _DATA, show_default=False),
@@ -241,13 +268,12 @@ def _config(flags: dict, seed: int) -> TrainConfig:
     """The flags as a TrainConfig, each to the field of its name, converted here; a
     ValueError('--flag: why') from the config's checks is a usage error naming the flag."""
     values = {f.name: _plain(flags[f.name]) for f in fields(TrainConfig) if f.name in flags}
-    values.update(
-        text_keys=_names(flags["text_keys"]),
-        text_probs=floats(flags["text_probs"], "--text-probs"),
-        val=values["val"] or (),
-        seed=seed,
-    )
+    keys, probs = _names(flags["text_keys"]), floats(flags["text_probs"], "--text-probs")
+    values.update(val=values["val"] or (), seed=seed)
     try:
+        values["text_keys"], values["text_probs"] = preset_mix(
+            flags["preset"], keys, probs, ("--text-keys", "--text-probs")
+        )
         return TrainConfig(**values)
     except ValueError as err:
         flag, _, why = str(err).partition(": ")

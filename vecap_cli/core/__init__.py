@@ -9,7 +9,10 @@ open_clip; each name loads its own module on first use):
     siglip_loss(image, text, logit_scale, logit_bias=None, *, label_offset=0,
                 negative_only=False, chunk_size=0, backend=None)
     multipos_clip_loss(image, text, logit_scale, logit_bias=None, *, positives, backend=None)
-    multipos_siglip_loss(image, text, logit_scale, logit_bias=None, *, positives, backend=None)
+    multipos_clip_loss_local(image, text, all_image, all_text, logit_scale, logit_bias=None,
+                             *, positives, label_offset, backend=None)
+    multipos_siglip_loss(image, text, logit_scale, logit_bias=None, *, positives,
+                         label_offset=0, backend=None)
                                         K captions per image, texts (B·K, D) grouped by image
     distill_loss(image, text, logit_scale, teacher_image, teacher_text, teacher_scale=100,
                  *, backend=None)       MobileCLIP's KL to a frozen teacher's similarities
@@ -19,6 +22,7 @@ open_clip; each name loads its own module on first use):
     flash_attention(q, k, v, causal=False, key_padding_mask=None, scale=None, *, backend=None)
     FusedClipLoss, FusedSigLipLoss      open_clip's ClipLoss / SigLipLoss interfaces
     FusedDistillClipLoss                open_clip's DistillClipLoss interface
+    FusedMultiPosClipLoss, FusedMultiPosSigLipLoss   the same, K positives, across ranks
     use_fused_attention(model), restore_attention(model)
     clip_loss_reference, siglip_loss_reference, attention_reference,
     multipos_clip_loss_reference, multipos_siglip_loss_reference, distill_loss_reference
@@ -47,6 +51,9 @@ _EXPORTS = {
     "FusedSigLipLoss": "vecap_cli.core.siglip",
     "multipos_clip_loss": "vecap_cli.core.multipos",
     "multipos_clip_loss_reference": "vecap_cli.core.multipos",
+    "multipos_clip_loss_local": "vecap_cli.core.multipos",
+    "FusedMultiPosClipLoss": "vecap_cli.core.multipos",
+    "FusedMultiPosSigLipLoss": "vecap_cli.core.multipos",
     "multipos_siglip_loss": "vecap_cli.core.multipos",
     "multipos_siglip_loss_reference": "vecap_cli.core.multipos",
     "distill_loss": "vecap_cli.core.distill",

@@ -30,6 +30,7 @@ class TrainConfig:
     workers: int = 2
     resample: bool = False
     online_curation: bool = False  # draw each record per epoch from curate.p (MetaCLIP 1.2/2)
+    positives: int = 1  # captions per image in a batch (multi-positive loss when > 1)
     # model
     model: str = "vecap-tiny"
     pretrained: str | None = None
@@ -73,6 +74,7 @@ class TrainConfig:
             (self.precision in PRECISIONS, "--precision", f"choose from {', '.join(PRECISIONS)}"),
             (self.device in DEVICES, "--device", f"choose from {', '.join(DEVICES)}"),
             (self.batch_size >= 1, "--batch-size", "must be at least 1"),
+            (self.positives >= 1, "--positives", "must be at least 1"),
             (self.epochs >= 1, "--epochs", "must be at least 1"),
             (self.workers >= 0, "--workers", "must be 0 or more"),
             (self.shuffle_buffer >= 1, "--shuffle-buffer", "must be at least 1"),
@@ -114,6 +116,7 @@ class TrainConfig:
         "online_curation",
         "text_keys",
         "text_probs",
+        "positives",
         "seed",
         "distill",
     )

@@ -9,6 +9,12 @@ The DataLoader takes them round-robin, so batch j comes from worker j mod W.
 A share too short for its batches is read again (pass 1, 2, ...);
 `resample` draws shards with replacement instead of splitting them.
 
+With `positives` K > 1 (`--positives`) a batch holds B images and B·K texts,
+image i's captions at rows i·K … i·K + K − 1: K distinct captions drawn without
+replacement from the caption fields (`CaptionDraw.draw_k`). A record with fewer
+than K distinct captions repeats them in turn (a, b, a, ...) and is counted in
+`repeated-captions`: it still trains, as it would at K = 1.
+
 Everything random derives from (seed, epoch, slot, pass, position) or from
 (seed, key, epoch), so a worker's batches are a pure function of where it
 starts. A batch carries its worker's position after it, (pass, taken); a
@@ -68,14 +74,18 @@ class DataPlan:
     text_keys: tuple[str, ...] | None = None
     text_probs: tuple[float, ...] | None = None
     online_curation: bool = False  # keep a sample in an epoch with probability curate.p
+    positives: int = 1  # captions per image: texts (b·K, ...) grouped by image
     image_limits: ImageLimits = DEFAULT_LIMITS  # --max-image-bytes, --max-pixels
     distill: bool = False  # read each sample's stored teacher embeddings (teacher.py)
+
+
+REPEATED = "repeated-captions"  # records with fewer than K distinct captions (--positives K)
 
 
 @dataclass
 class Batch:
     images: torch.Tensor  # (b, 3, H, W)
-    texts: torch.Tensor  # (b, context_length) int64
+    texts: torch.Tensor  # (b·K, context_length) int64, image i's K at rows i·K …
     worker: int
     position: Position  # the worker's position after this batch
     n_in: int = 0
@@ -225,6 +235,24 @@ def caption_picker(plan: DataPlan) -> Callable[[Sample, int], str | None]:
     return drawn
 
 
+def positives_picker(plan: DataPlan) -> Callable[[Sample, int], list[str]]:
+    """`--positives K`: up to K distinct captions of a sample, drawn without replacement
+    from --text-keys (default: text and alt, equally)."""
+    keys = DEFAULT_KEYS if plan.text_keys is None else plan.text_keys
+    draw = CaptionDraw(keys, plan.text_probs, plan.seed)
+    k = plan.positives
+
+    def drawn(sample: Sample, epoch: int) -> list[str]:
+        return [text for _, text in draw.draw_k(sample.record, sample.key, epoch, k)]
+
+    return drawn
+
+
+def cycled(texts: list[str], k: int) -> list[str]:
+    """`k` captions from the distinct `texts` (at least one), repeated in turn."""
+    return [texts[i % len(texts)] for i in range(k)]
+
+
 def load_image(sample: Sample, limits: ImageLimits = DEFAULT_LIMITS):
     """The sample's image as RGB; ImageRejected (with its reason) when there is none
     to train on."""
@@ -243,7 +271,7 @@ class TrainData(IterableDataset):
         self.plan = plan
         self.transform = transform
         self.tokenizer = tokenizer
-        self.caption = caption_picker(plan)
+        self.caption = caption_picker(plan) if plan.positives == 1 else positives_picker(plan)
         self.online = OnlineDraw(plan.seed) if plan.online_curation else None
         keys = plan.text_keys or DEFAULT_KEYS
         self.teacher = TeacherDraw(plan.seed, keys) if plan.distill else None
@@ -307,7 +335,7 @@ class TrainData(IterableDataset):
             if self.online is not None and not self._drawn(sample, recorder):
                 continue
             caption = self.caption(sample, self.epoch)
-            if caption is None:
+            if not caption:  # None, or no caption of K
                 recorder.drop("no-caption", sample)
                 continue
             try:
@@ -324,9 +352,18 @@ class TrainData(IterableDataset):
                 teachers.append(rows)
             generator.manual_seed(augment_seed(self.plan.seed, sample.key, self.epoch, share.pass_))
             images.append(self.transform(image))
-            captions.append(caption)
+            if isinstance(caption, str):
+                captions.append(caption)
+            else:
+                captions += self._positives(caption, sample, recorder)
             share.good += 1
         return images, captions, n_in, teachers
+
+    def _positives(self, texts: list[str], sample: Sample, recorder: _Recorder) -> list[str]:
+        k = self.plan.positives
+        if len(texts) < k:
+            recorder.events.append(("count", (REPEATED, _bare(sample)), {}))
+        return cycled(texts, k)
 
     def _drawn(self, sample: Sample, recorder: _Recorder) -> bool:
         """Online curation: whether the sample is in this epoch's draw (else counted)."""

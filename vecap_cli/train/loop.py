@@ -159,6 +159,7 @@ class Trainer:
             caption_weight=cfg.caption_loss_weight,
             distill_weight=cfg.distill_weight if cfg.distill else None,
             teacher_scale=cfg.teacher_scale,
+            positives=cfg.positives,
         )
         self.optimizer = make_optimizer(self.raw, cfg)
         self.scaler = torch.amp.GradScaler("cuda") if self.precision == "fp16" else None
@@ -169,6 +170,11 @@ class Trainer:
         self.tally = Tally("train", strict=opts.strict)
         self.data = TrainData(self._plan(), self.bundle.train_transform, self.bundle.tokenizer)
         self.valset = None
+        if cfg.positives > 1 and ctx.main:
+            opts.log(
+                f"--positives {cfg.positives}: each step {cfg.batch_size:,} images and "
+                f"{cfg.batch_size * cfg.positives:,} texts per rank (multi-positive {cfg.loss} loss)"
+            )
 
     # -- setup ------------------------------------------------------------------
     def _model(self) -> Bundle:
@@ -249,6 +255,7 @@ class Trainer:
             text_keys=cfg.text_keys,
             text_probs=cfg.text_probs,
             online_curation=cfg.online_curation,
+            positives=cfg.positives,
             image_limits=self.opts.image_limits,
             distill=cfg.distill,
         )
@@ -511,6 +518,7 @@ class Trainer:
                 attention=self.attn,
                 context_length=self.bundle.context_length,
                 loss_impl="fused" if self.loss_fn.fused else "open_clip",
+                positives=cfg.positives,
                 checkpoint=str(getattr(self, "last_checkpoint", "")) or None,
             )
             write_stats(per_rank(self.opts.stats, ctx.rank, ctx.world_size), self.tally)

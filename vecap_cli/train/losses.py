@@ -6,7 +6,9 @@ own ClipLoss / SigLipLoss. CoCa adds its captioning loss. With --distill,
 MobileCLIP's objective: (1 − λ)·contrastive + λ·distill, the second the core's
 `distill_loss` against the batch's stored teacher embeddings. Across ranks every
 form uses the local-loss layout with gradients through the gather, which makes
-the DDP-averaged gradient that of the whole global batch.
+the DDP-averaged gradient that of the whole global batch. With `positives` K > 1
+(`--positives`) the contrastive part is the core's multi-positive loss; open_clip
+has none, and CoCa's caption loss wants one caption per image: both refused.
 """
 
 from __future__ import annotations
@@ -15,18 +17,32 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vecap_cli.errors import VecapError
 from vecap_cli.train.contrastive import LOSSES, Classes
 
 
-def contrastive_loss(kind: str, *, rank: int, world_size: int, fused: bool) -> nn.Module:
+def contrastive_loss(
+    kind: str, *, rank: int, world_size: int, fused: bool, positives: int = 1
+) -> nn.Module:
     """--loss `kind` (see contrastive.py), a ClipLoss- or SigLipLoss-shaped module:
-    forward(img, txt, logit_scale, logit_bias); `fused`: the core's, else open_clip's."""
+    forward(img, txt, logit_scale, logit_bias); `fused`: the core's, else open_clip's.
+    `positives` K: texts (B·K, D), image i's K captions at rows i·K … i·K + K − 1."""
     if fused:
         from vecap_cli.core import FusedClipLoss as ClipLoss
+        from vecap_cli.core import FusedMultiPosClipLoss, FusedMultiPosSigLipLoss
         from vecap_cli.core import FusedSigLipLoss as SigLipLoss
+
+        classes = Classes(ClipLoss, SigLipLoss, FusedMultiPosClipLoss, FusedMultiPosSigLipLoss)
     else:
+        if positives > 1:
+            raise VecapError(
+                f"--positives {positives}: open_clip's losses take one caption per image; "
+                "the multi-positive loss is the core's (fused) one"
+            )
         from open_clip.loss import ClipLoss, SigLipLoss
-    return LOSSES[kind].build(Classes(ClipLoss, SigLipLoss), rank, world_size)
+
+        classes = Classes(ClipLoss, SigLipLoss)
+    return LOSSES[kind].build(classes, rank, world_size, positives)
 
 
 class TrainLoss(nn.Module):
@@ -54,9 +70,15 @@ class TrainLoss(nn.Module):
     @property
     def fused(self) -> bool:
         """Whether the contrastive part runs on the core's kernels (--stats says which ran)."""
-        from vecap_cli.core import FusedClipLoss, FusedSigLipLoss
+        from vecap_cli.core import (
+            FusedClipLoss,
+            FusedMultiPosClipLoss,
+            FusedMultiPosSigLipLoss,
+            FusedSigLipLoss,
+        )
 
-        return isinstance(self.contrastive, FusedClipLoss | FusedSigLipLoss)
+        fused = FusedClipLoss | FusedSigLipLoss | FusedMultiPosClipLoss | FusedMultiPosSigLipLoss
+        return isinstance(self.contrastive, fused)
 
     def forward(self, out: dict, teacher: tuple | None = None) -> dict[str, torch.Tensor]:
         """`teacher`: (image rows, text rows) of the batch, with --distill."""
@@ -100,10 +122,24 @@ def make_loss(
     caption_weight: float = 2.0,
     distill_weight: float | None = None,
     teacher_scale: float = 100.0,
+    positives: int = 1,
 ) -> TrainLoss:
     """`fused`: the core's kernels; False: open_clip's own losses (which build the B×B logits).
-    `distill_weight` λ (None: no distillation) weighs the contrastive loss by 1 − λ."""
-    contrastive = contrastive_loss(kind, rank=rank, world_size=world_size, fused=fused)
+    `distill_weight` λ (None: no distillation) weighs the contrastive loss by 1 − λ.
+    `positives`: captions per image (texts (B·K, D) grouped by image)."""
+    if coca and positives > 1:
+        raise VecapError(
+            f"--positives {positives}: CoCa's caption loss wants one caption per image "
+            "(use --positives 1 with a CoCa model)"
+        )
+    if distill_weight is not None and positives > 1:
+        raise VecapError(
+            f"--positives {positives}: --distill matches one caption per image to the "
+            "teacher's (use --positives 1 with --distill)"
+        )
+    contrastive = contrastive_loss(
+        kind, rank=rank, world_size=world_size, fused=fused, positives=positives
+    )
     weights = (contrastive_weight, caption_weight) if coca else (1.0, 0.0)
     if distill_weight is None:
         return TrainLoss(contrastive, *weights)
