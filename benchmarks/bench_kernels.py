@@ -40,11 +40,12 @@ MULTIPOS = {"multipos": "multipos_clip_loss", "multipos_siglip": "multipos_sigli
 
 @dataclass(frozen=True)
 class Case:
-    op: str  # clip | siglip | multipos | multipos_siglip | attention
-    impl: str  # open_clip | vecap | sdpa | dense (the multi-positive losses' references)
+    op: str  # clip | siglip | multipos | multipos_siglip | distill | attention
+    impl: str  # open_clip | vecap | sdpa | dense (the multi-positive and distill references)
     device: str
     dtype: str
-    shape: tuple[int, ...]  # (B, D) for losses, (B, K, D) multi-positive, (B, H, N, d) attention
+    # (B, D) for losses, (B, K, D) multi-positive, (B, D, Dt) distill, (B, H, N, d) attention
+    shape: tuple[int, ...]
     causal: bool = False
     warmup: int = 1
     reps: int = 3
@@ -82,6 +83,11 @@ def cuda_cases(quick: bool) -> list[Case]:
         for b in ((4096,) if quick else (8192, 16384))
         for impl in ("dense", "vecap")
     ]
+    cases += [  # MobileCLIP's distillation: student D = 512 against a teacher's 768
+        Case("distill", impl, "cuda", "bfloat16", (b, 512, 768), False, *_reps("cuda", b))
+        for b in ((4096,) if quick else (16384, 32768))
+        for impl in ("dense", "vecap")
+    ]
     batch = 16 if quick else 256
     for shape, causal in (((batch, 12, 197, 64), False), ((batch, 8, 77, 64), True)):
         cases += [
@@ -106,6 +112,8 @@ def _open_clip_loss():
 def _loss_step(case: Case, torch):
     if case.op in MULTIPOS:
         return _multipos_step(case, torch)
+    if case.op == "distill":
+        return _distill_step(case, torch)
     b, d = case.shape
     dtype = getattr(torch, case.dtype)
     gen = torch.Generator(device=case.device).manual_seed(0)
@@ -163,6 +171,30 @@ def _multipos_step(case: Case, torch):
             reference(image, text, *args).backward()
         else:
             loss(image, text, *args, positives=k).backward()
+
+    return step
+
+
+def _distill_step(case: Case, torch):
+    """Student (B, D) against a frozen teacher's (B, Dt); `dense` is the loss's torch
+    reference (B×B student and teacher logits), `vecap` the tiled loss."""
+    from vecap_cli.core import distill
+
+    b, d, dt = case.shape
+    gen = torch.Generator(device=case.device).manual_seed(0)
+
+    def unit_rows(n, d):
+        x = torch.randn(n, d, device=case.device, generator=gen)
+        return torch.nn.functional.normalize(x, dim=-1).to(getattr(torch, case.dtype))
+
+    image, text = unit_rows(b, d).requires_grad_(True), unit_rows(b, d).requires_grad_(True)
+    t_image, t_text = unit_rows(b, dt), unit_rows(b, dt)
+    scale = torch.tensor(100.0, device=case.device, requires_grad=True)
+    loss = distill.distill_loss_reference if case.impl == "dense" else distill.distill_loss
+
+    def step():
+        image.grad = text.grad = scale.grad = None
+        loss(image, text, scale, t_image, t_text, distill.TEACHER_SCALE).backward()
 
     return step
 

@@ -8,14 +8,15 @@ On a CUDA machine (meant to finish in under 8 minutes on one H100/H200):
    against the fp64 torch references, in fp32, bf16 and fp16: CLIP loss (one
    process, and one rank's local form), SigLIP loss (label offset, the
    negative-only block), the multi-positive CLIP and SigLIP losses (K captions
-   per image),
+   per image), the distillation loss (student D against a teacher's Dt),
    flash attention forward and backward; the odd shapes
    of the CPU tests and the real ones (ViT-B/16's N = 197; the text tower's
    N = 77, causal, with padded captions). Values and every gradient must be
    within the bound of tests/core (vecap_cli/core/parity.py).
 2. bench: benchmarks/bench_kernels.py's CUDA rows, each in its own process:
    fused CLIP and SigLIP loss beside open_clip at B = 8k to 64k (bf16), the
-   multi-positive losses (K = 2) beside their dense references at B = 8k, 16k, flash
+   multi-positive losses (K = 2) beside their dense references at B = 8k, 16k, the
+   distillation loss beside its dense reference at B = 16k, 32k (D 512, Dt 768), flash
    attention forward + backward beside SDPA in TFLOP/s; smallest first, and
    what does not fit the time budget is listed as skipped.
 3. train: 50 steps of `vecap train` on ViT-B-16, synthetic 224 px JPEG shards,
@@ -32,6 +33,7 @@ tiny sizes through the torch path: a check of the script itself (tests run it).
 from __future__ import annotations
 
 import argparse
+import functools
 import io
 import json
 import os
@@ -87,8 +89,12 @@ def log(message: str) -> None:
 class Spec:
     """One parity case: op, shape and the labels its table row shows."""
 
-    op: str  # clip | clip_local | siglip | siglip_offset | siglip_negative | multipos[_siglip] | attention
-    shape: tuple[int, ...]  # (B, D) / (b, n, D) / multipos (B, K, D) / (B, H, Nq, Nk, d)
+    # clip | clip_local | siglip | siglip_offset | siglip_negative | multipos[_siglip][_local]
+    # | distill | attention
+    op: str
+    # (B, D) / (b, n, D) / multipos (B, K, D), _local (b, ranks, K, D) / distill (B, D, Dt)
+    # / attention (B, H, Nq, Nk, d)
+    shape: tuple[int, ...]
     kind: str = "odd"  # odd (the CPU tests' shapes) | real
     causal: bool = False
     padded: bool = False
@@ -104,6 +110,9 @@ def parity_specs(smoke: bool) -> list[Spec]:
             Spec("siglip_negative", (5, 7, 16)),
             Spec("multipos", (5, 2, 16)),
             Spec("multipos_siglip", (5, 2, 16)),
+            Spec("distill", (5, 16, 12)),
+            Spec("multipos_local", (3, 2, 2, 16)),
+            Spec("multipos_siglip_local", (3, 2, 2, 16)),
             Spec("attention", (1, 2, 9, 9, 16), causal=True, padded=True),
         ]
     losses = [(1, 64), (37, 512), (70, 768)]
@@ -124,6 +133,20 @@ def parity_specs(smoke: bool) -> list[Spec]:
             ((70, 3, 768), "odd"),
             ((4096, 2, 512), "real"),
         )
+    ]
+    specs += [
+        Spec("distill", shape, kind)
+        for shape, kind in (
+            ((1, 64, 32), "odd"),
+            ((37, 33, 20), "odd"),
+            ((70, 512, 768), "odd"),
+            ((4096, 512, 768), "real"),
+        )
+    ]
+    specs += [  # one rank of 8 (the last: the largest label offset) against the gathered batch
+        Spec(op, shape, kind)
+        for op in ("multipos_local", "multipos_siglip_local")
+        for shape, kind in (((37, 3, 2, 512), "odd"), ((512, 8, 2, 512), "real"))
     ]
     attention = [  # tests/core/test_attention.py's shapes
         ((1, 2, 197, 197, 64), False),
@@ -168,6 +191,8 @@ def _run_loss(spec: Spec, dtype, device: str, backend: str):
 
     if spec.op.startswith("multipos"):
         return _run_multipos(torch, spec, dtype, device, backend)
+    if spec.op == "distill":
+        return _run_distill(torch, spec, dtype, device, backend)
 
     from vecap_cli.core.clip import clip_loss, clip_loss_local, clip_loss_reference
     from vecap_cli.core.siglip import siglip_loss, siglip_loss_reference
@@ -227,6 +252,8 @@ def _run_multipos(torch, spec: Spec, dtype, device: str, backend: str):
     """A multi-positive loss: B images, B·K texts, text j a noisy copy of image j // K."""
     from vecap_cli.core import multipos
 
+    if spec.op.endswith("_local"):
+        return _run_multipos_local(torch, spec, dtype, device, backend)
     b, k, d = spec.shape
     image, _ = _paired(torch, b, b, d, 0)
     gen = torch.Generator().manual_seed(2)
@@ -244,6 +271,84 @@ def _run_multipos(torch, spec: Spec, dtype, device: str, backend: str):
         loss.backward()
         out.append([loss] + [t.grad for t in inputs])
     return out
+
+
+def _run_distill(torch, spec: Spec, dtype, device: str, backend: str):
+    """The distillation loss: student pairs (B, D) against a teacher's (B, Dt), scales 10
+    and 20 so neither softmax is one-hot; gradients of the student and its scale."""
+    from vecap_cli.core.distill import distill_loss, distill_loss_reference
+
+    b, d, dt = spec.shape
+    image, text = _paired(torch, b, b, d, 0)
+    t_image, t_text = _paired(torch, b, b, dt, 0, seed=3)
+    teacher = [t.to(dtype).to(device) for t in (t_image, t_text)]
+    ours = _leaves([image, text], dtype, device) + _leaves(
+        [torch.tensor(10.0)], torch.float32, device
+    )
+    ref = _leaves([image.to(dtype), text.to(dtype), torch.tensor(10.0)], torch.float64, device)
+    out = []
+    for inputs, loss in (
+        (ours, distill_loss(*ours, *teacher, 20.0, backend=backend)),
+        (ref, distill_loss_reference(*ref, *(t.double() for t in teacher), 20.0)),
+    ):
+        loss.backward()
+        out.append([loss] + [t.grad for t in inputs])
+    return out
+
+
+def _run_multipos_local(torch, spec: Spec, dtype, device: str, backend: str):
+    """The last of `ranks` ranks' multi-positive loss: its b images and b·K texts against
+    all ranks' gathered ones (separate leaves, as after the gather)."""
+    from vecap_cli.core import multipos
+
+    b, ranks, k, d = spec.shape
+    offset = (ranks - 1) * b
+    image, _ = _paired(torch, b * ranks, b * ranks, d, 0)
+    gen = torch.Generator().manual_seed(2)
+    noise = torch.randn(b * ranks * k, d, generator=gen, dtype=torch.float64)
+    text = torch.nn.functional.normalize(image.repeat_interleave(k, 0) + 0.7 * noise, dim=-1)
+    sigmoid = "siglip" in spec.op
+    if sigmoid:
+        base, params = [image[offset:], text], [torch.tensor(100.0), torch.tensor(-10.0)]
+    else:
+        base, params = [image[offset:], text[offset * k :], image, text], [torch.tensor(100.0)]
+    ours_in = _leaves(base, dtype, device) + _leaves(params, torch.float32, device)
+    ref_in = _leaves([t.to(dtype) for t in base] + params, torch.float64, device)
+    if sigmoid:
+        ours = multipos.multipos_siglip_loss(
+            *ours_in, positives=k, label_offset=offset, backend=backend
+        )
+    else:
+        ours = multipos.multipos_clip_loss_local(
+            *ours_in, positives=k, label_offset=offset, backend=backend
+        )
+    ref = _multipos_local_reference(torch, ref_in, k, offset, sigmoid)
+    out = []
+    for inputs, loss in ((ours_in, ours), (ref_in, ref)):
+        loss.backward()
+        out.append([loss] + [t.grad for t in inputs])
+    return out
+
+
+def _multipos_local_reference(torch, inputs, k, offset, sigmoid):
+    """One rank's multi-positive loss written out densely (b × B·K logits, fp64)."""
+    functional = torch.nn.functional
+    if sigmoid:
+        image, all_text, scale, bias = inputs
+        logits = scale * image @ all_text.T + bias  # (b, BK)
+        rows = torch.arange(image.shape[0], device=image.device)[:, None] + offset
+        cols = torch.arange(all_text.shape[0], device=image.device)[None, :] // k
+        signs = (rows == cols) * 2.0 - 1.0
+        return -functional.logsigmoid(signs * logits).sum() / image.shape[0]
+    image, text, all_image, all_text, scale = inputs
+    b = image.shape[0]
+    log_p = functional.log_softmax(scale * image @ all_text.T, dim=1)  # (b, BK)
+    arange = functools.partial(torch.arange, device=image.device)
+    own = (arange(b) + offset)[:, None] * k + arange(k)  # (b, K): each image's texts
+    per_image = -log_p.gather(1, own).mean()
+    labels = arange(b * k) // k + offset
+    per_text = functional.cross_entropy(scale * text @ all_image.T, labels)
+    return (per_image + per_text) / 2
 
 
 def _clip_local_reference(torch, image, text, all_image, all_text, scale, offset):
@@ -309,6 +414,9 @@ def _describe(spec: Spec) -> tuple[str, str]:
         "siglip_negative": "SigLIP loss, negative_only",
         "multipos": "multi-positive CLIP loss",
         "multipos_siglip": "multi-positive sigmoid loss",
+        "distill": "distillation loss",
+        "multipos_local": "multi-positive CLIP loss, one rank (local)",
+        "multipos_siglip_local": "multi-positive sigmoid loss, one rank",
         "attention": "attention fwd+bwd",
     }
     case = f"{names[spec.op]} ({spec.kind})"
@@ -316,9 +424,15 @@ def _describe(spec: Spec) -> tuple[str, str]:
         b, h, nq, nk, d = spec.shape
         shape = f"B{b} H{h} N{nq}" + (f"×{nk}" if nk != nq else "") + f" d{d}"
         shape += " causal" * spec.causal + " padded" * spec.padded
+    elif spec.op.endswith("_local") and spec.op.startswith("multipos"):
+        b, ranks, k, d = spec.shape
+        shape = f"b{b} of {ranks} ranks, K{k} D{d}"
     elif spec.op.startswith("multipos"):
         b, k, d = spec.shape
         shape = f"B{b} K{k} D{d}"
+    elif spec.op == "distill":
+        b, d, dt = spec.shape
+        shape = f"B{b} D{d} teacher D{dt}"
     elif len(spec.shape) == 3:
         b, n, d = spec.shape
         shape = f"{b} rows × {n} cols, D{d}"

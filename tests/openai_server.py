@@ -12,7 +12,8 @@ at a time, that many seconds apart (status line and headers included);
 `no_length` sends the body without a Content-Length, ended by closing;
 `echo_headers` puts the request's headers in every error body (a server that
 repeats the credentials it was sent); `gzip` compresses every body, asked or not. It listens on an ephemeral port and stops
-with the `with` block.
+with the `with` block. Every request body is kept in `bodies`; `answer_body`, when
+given, answers from the whole body (its `seed` and `temperature`: `sampled_answer`).
 """
 
 from __future__ import annotations
@@ -43,8 +44,11 @@ class ChatServer:
         gzip: bool = False,
         fail_if: Callable[[list[dict]], bool] | None = None,
         latency: float = 0.0,
+        answer_body: Callable[[dict], str] | None = None,
     ):
         self.answer = answer
+        self.answer_body = answer_body
+        self.bodies: list[dict] = []
         self.fail_if = fail_if
         self.latency = latency
         self.fail_first, self.fail_status = fail_first, fail_status
@@ -101,6 +105,7 @@ class ChatServer:
                     server.requests += 1
                     n = server.requests
                     server.headers.append(dict(self.headers))
+                    server.bodies.append(body)
                     server.clients.add(self.client_address)
                 if self.path != "/v1/chat/completions":
                     return self._send(404, {"error": {"message": "not found"}})
@@ -118,7 +123,10 @@ class ChatServer:
                 if server.latency:
                     time.sleep(server.latency)  # each request its own: not under the model's lock
                 with server._model_lock:
-                    text = server.answer(body["messages"])
+                    if server.answer_body is not None:
+                        text = server.answer_body(body)
+                    else:
+                        text = server.answer(body["messages"])
                 self._send(
                     200,
                     {
@@ -192,6 +200,13 @@ def digest_answer(messages: list[dict]) -> str:
     image = image_of(messages)
     data = image if image is not None else json.dumps(messages).encode()
     return f"a picture numbered {hashlib.sha1(data).hexdigest()[:8]}"
+
+
+def sampled_answer(body: dict) -> str:
+    """`digest_answer`, and the seed and temperature the request asked for: what a server
+    that honours a per-request seed answers the same each time."""
+    seed, temperature = body.get("seed"), body.get("temperature")
+    return f"{digest_answer(body['messages'])} drawn with seed {seed} at {temperature}"
 
 
 def model_answer(captioner=None, chat=None) -> Callable[[list[dict]], str]:

@@ -24,6 +24,7 @@ MAY_IMPORT: dict[str, frozenset[str]] = {
     **dict.fromkeys(LEAVES, frozenset()),
     "core": frozenset(),  # the kernels stand alone: no CLI, no streams, nothing of vecap
     "loading": LEAVES,  # model configs, shared by train, eval and the backends
+    "positions": LEAVES,  # a text tower's context length (Long-CLIP's stretch): train and eval
     "placement": LEAVES,  # ranks and devices, read from the environment at the edge
     "stream": LEAVES | {"placement"},  # no torch: `vecap mix --help` stays light
     "process_group": LEAVES
@@ -32,13 +33,15 @@ MAY_IMPORT: dict[str, frozenset[str]] = {
     # eval, placement, process_group: vecap filter scores and embeds (semantic dedup)
     # with the model loader and encoder vecap eval uses, on this rank's device
     "steps": LEAVES | {"loading", "placement", "process_group", "stream", "generate", "eval"},
-    "eval": LEAVES | {"loading", "placement", "process_group", "stream"},
-    "train": LEAVES | {"core", "loading", "placement", "process_group", "stream", "steps", "eval"},
+    "eval": LEAVES | {"loading", "positions", "placement", "process_group", "stream"},
+    "train": LEAVES
+    | {"core", "loading", "positions", "placement", "process_group", "stream", "steps", "eval"},
     # runs record commands as tasks of an engine's job; generate: a Ray actor keeps
     # the model its tasks load (generate.load.keep_models)
     "launch": LEAVES | {"stream", "generate"},
     "cli": LEAVES
-    | {"core", "loading", "placement", "stream", "generate", "steps", "eval", "train", "launch"},
+    | {"core", "loading", "positions", "placement", "stream", "generate", "steps"}
+    | {"eval", "train", "launch"},
     "__main__": frozenset({"cli"}),
 }
 

@@ -124,7 +124,8 @@ def test_progress_with_workers_is_one_bar_with_the_total(tmp_path):
 
 def test_a_command_offers_the_shared_flags_it_uses_and_no_other():
     """--seed where a command draws at random; --workers where its stage runs in worker
-    processes; caption and rewrite draw nothing, curate count neither draws nor opens images."""
+    processes; caption and rewrite draw their --n samples, curate count neither draws nor
+    opens images."""
     import typer
 
     from vecap_cli.cli.app import app
@@ -137,7 +138,7 @@ def test_a_command_offers_the_shared_flags_it_uses_and_no_other():
             command = command.get_command(None, name)
         return {param.name for param in command.params}
 
-    assert "seed" not in flags("caption") and "seed" not in flags("rewrite")
+    assert {"seed", "n", "temperature"} <= flags("caption") & flags("rewrite")
     assert {"workers", "decode_threads"} <= flags("caption") and "workers" in flags("rewrite")
     for path in [("mix",), ("curate", "run"), ("curate", "balance")]:
         assert {"seed", "workers", "max_pixels"} <= flags(*path), path

@@ -320,6 +320,7 @@ def test_llava_conditions_on_the_alttext_through_the_cli(pool, tmp_path):
         (["--backend", "openclip", "--model", "coca"], 2, "--backend openclip reads no prompt"),
         (["--prompt-file", "{tmp}/no-alt.txt"], 2, "lacks {alt}"),
         (["--prompt-file", "{tmp}/nope.txt"], 2, "cannot read"),
+        (["--style", "dense"], 2, "--style picks an unconditioned prompt"),
     ],
 )
 def test_a_condition_that_cannot_be_met_is_one_line(pool, tmp_path, flags, code, says):

@@ -293,6 +293,17 @@ def test_eval_takes_every_model_name_train_takes(trained, captions, tmp_path):
     assert (dir_result["model"], dir_result["pretrained"]) == (str(trained), str(trained))
 
 
+def test_context_length_overrides_what_the_run_was_trained_with(trained, captions, tmp_path):
+    result = run_vecap(
+        "eval", "--task", "retrieval", "--model", trained, "--context-length", "64", *captions,
+        "-o", tmp_path / "long.json",
+    )  # fmt: skip
+    assert result.code == 0, result.err
+    assert "vecap eval: text positions stretched Long-CLIP's way: 32 -> 64 tokens" in result.err
+    bad = run_vecap("eval", "--task", "retrieval", "--model", trained, "--context-length", "1")
+    assert bad.code == 2 and "--context-length" in bad.err
+
+
 def clip_benchmark_build(files: list, output) -> list[dict]:
     """clip_benchmark's own aggregation (`clip_benchmark build FILES --output CSV`), its rows."""
     from argparse import Namespace

@@ -80,6 +80,25 @@ def test_resume_refuses_a_run_with_other_settings(pool, tmp_path, capsys):
     assert len(err.strip().splitlines()) == 1
     code, err = vecap_in_process(capsys, "train", pool, "-o", out, *quick)  # no --resume
     assert code == 1 and "holds checkpoints of another run: --resume latest continues it" in err
+    code, err = vecap_in_process(
+        capsys, "train", pool, "-o", out, *quick, "--positives", "2", "--resume", "latest"
+    )
+    assert code == 1 and err.strip().endswith("was trained with --positives 1, not 2"), err
+
+
+def test_preset_sets_the_text_mix_and_refuses_its_own_flags(capsys, tmp_path, pool):
+    from vecap_cli.cli.train import _config
+
+    flags = {"inputs": ["x"], "output": "o", "text_keys": None, "text_probs": None, "val": None}
+    cfg = _config({**flags, "preset": "recap"}, seed=0)
+    assert (cfg.text_keys, cfg.text_probs) == (("alt", "vecap"), (0.2, 0.8))
+    assert _config({**flags, "preset": None}, seed=0).text_keys is None
+    code, err = vecap_in_process(
+        capsys, "train", pool, "-o", tmp_path / "o", "--preset", "veclip", "--text-keys", "alt"
+    )
+    assert code == 2 and "--preset: sets --text-keys and --text-probs itself" in err, err
+    code, err = vecap_in_process(capsys, "train", pool, "-o", tmp_path / "o", "--positives", "0")
+    assert code == 2 and "Invalid value for '--positives'" in err, err
 
 
 @pytest.mark.parametrize(
@@ -97,6 +116,16 @@ def test_bad_flags_fail_in_one_line(pool, tmp_path, capsys, flags, code, says):
     lines = err.strip().splitlines()
     assert len(lines) == 1 and says in lines[0], err
     assert lines[0].startswith("vecap train: error: ")
+
+
+@pytest.mark.parametrize("length", ["0", "100000"])
+def test_an_absurd_context_length_is_a_usage_error(pool, tmp_path, capsys, length):
+    code, err = vecap_in_process(
+        capsys, "train", pool, "-o", tmp_path / "o", "--context-length", length
+    )
+    text = re.sub(r"[│╭╮╰╯─\s]+", " ", err)  # typer's usage box, unwrapped
+    assert code == 2 and "--context-length" in text and "choose from 2 to 4096 tokens" in text
+    assert not (tmp_path / "o").exists()
 
 
 def test_strict_stops_at_the_first_bad_image_in_one_line(tmp_path, capsys):
@@ -158,5 +187,6 @@ def test_every_flag_names_the_config_field_it_sets():
     from vecap_cli.cli.train import train
     from vecap_cli.train.config import TrainConfig
 
-    own = set(inspect.signature(train.__wrapped__).parameters) - {"opts"}
+    # --preset is no field: _config turns it into text_keys and text_probs
+    own = set(inspect.signature(train.__wrapped__).parameters) - {"opts", "preset"}
     assert own <= {f.name for f in fields(TrainConfig)}

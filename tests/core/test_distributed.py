@@ -16,9 +16,16 @@ import torch.multiprocessing as mp
 from tests.core.conftest import LOSS_TOL, assert_near, leaves, paired_features
 from vecap_cli.core.clip import FusedClipLoss
 from vecap_cli.core.dispatch import triton_available
+from vecap_cli.core.multipos import (
+    FusedMultiPosClipLoss,
+    FusedMultiPosSigLipLoss,
+    multipos_clip_loss_reference,
+    multipos_siglip_loss_reference,
+)
 from vecap_cli.core.siglip import FusedSigLipLoss
 
 WORLD, B, D, SEED = 2, 13, 32, 7
+K = 3  # the multi-positive cases: B images and B·K texts per rank
 BACKENDS = ["torch", "triton"] if triton_available() else ["torch"]
 
 
@@ -59,6 +66,24 @@ def _cases(rank):
     return cases
 
 
+def _multipos_cases(rank):
+    dist_args = {"rank": rank, "world_size": WORLD, "positives": K}
+    cases = {}
+    for backend in BACKENDS:
+        cases[f"multipos_clip/{backend}"] = FusedMultiPosClipLoss(backend=backend, **dist_args)
+        cases[f"multipos_siglip/{backend}"] = FusedMultiPosSigLipLoss(backend=backend, **dist_args)
+    return cases
+
+
+def _multipos_features():
+    """Images (WORLD·B, D) and their K texts each (WORLD·B·K, D), grouped by image."""
+    gen = torch.Generator().manual_seed(SEED)
+    image = torch.nn.functional.normalize(torch.randn(WORLD * B, D, generator=gen), dim=-1)
+    noise = torch.randn(WORLD * B * K, D, generator=gen)
+    text = image.repeat_interleave(K, dim=0) + 0.7 * noise
+    return image.double(), torch.nn.functional.normalize(text, dim=-1).double()
+
+
 def _run_case(loss_fn, dtype, image, text):
     image, text = leaves(image, text, dtype=dtype)
     scale, bias = leaves(torch.tensor(50.0, dtype=dtype), torch.tensor(-5.0, dtype=dtype))
@@ -97,6 +122,11 @@ def _worker(rank, port, out_dir):
                 out = _run_case(fn, dtype, image[mine], text[mine])
             warned += [f"{name}: {w}" for w in _collective_warnings(caught)]
             results[name] = {k: v.detach().double() for k, v in out.items()}
+        image, text = _multipos_features()
+        texts = slice(rank * B * K, (rank + 1) * B * K)
+        for name, fn in _multipos_cases(rank).items():
+            out = _run_case(fn, torch.float32, image[mine], text[texts])
+            results[name] = {k: v.detach().double() for k, v in out.items()}
         torch.save(results, f"{out_dir}/rank{rank}.pt")
         with open(f"{out_dir}/rank{rank}.warnings.json", "w") as f:
             json.dump(warned, f)
@@ -130,9 +160,22 @@ def single():
     """One process, the whole global batch."""
     image, text = paired_features(B * WORLD, D, seed=SEED)
     losses = _open_clip_loss()
+    image_k, text_k = _multipos_features()
     return {
         "clip": _run_case(losses.ClipLoss(), torch.float64, image, text),
         "siglip": _run_case(losses.SigLipLoss(), torch.float64, image, text),
+        "multipos_clip": _run_case(
+            lambda i, t, s, b: multipos_clip_loss_reference(i, t, s, K) + 0.0 * b,
+            torch.float64,
+            image_k,
+            text_k,
+        ),
+        "multipos_siglip": _run_case(
+            lambda i, t, s, b: multipos_siglip_loss_reference(i, t, s, b, K),
+            torch.float64,
+            image_k,
+            text_k,
+        ),
     }
 
 
@@ -170,7 +213,15 @@ def test_the_warning_check_sees_the_old_gather(ranks):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize(("case", "loss"), [("clip_local", "clip"), ("siglip", "siglip")])
+@pytest.mark.parametrize(
+    ("case", "loss"),
+    [
+        ("clip_local", "clip"),
+        ("siglip", "siglip"),
+        ("multipos_clip", "multipos_clip"),
+        ("multipos_siglip", "multipos_siglip"),
+    ],
+)
 def test_ranks_together_equal_one_process(ranks, single, backend, case, loss):
     """What DDP sees: the mean rank loss and averaged gradients are the global batch's."""
     per_rank = [r[f"{case}/{backend}"] for r in ranks]
@@ -181,5 +232,5 @@ def test_ranks_together_equal_one_process(ranks, single, backend, case, loss):
     for key in ("image", "text"):
         got = torch.cat([r[key] for r in per_rank]) / WORLD
         assert_near(got, want[key], TOL, F32, key)
-    for key in ("scale", "bias") if loss == "siglip" else ("scale",):
+    for key in ("scale", "bias") if loss.endswith("siglip") else ("scale",):
         assert_near(sum(r[key] for r in per_rank) / WORLD, want[key], TOL, F32, key)

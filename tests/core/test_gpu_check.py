@@ -52,7 +52,7 @@ def test_cpu_smoke_prints_one_table_with_every_part():
     rows = [[c.strip() for c in line.strip("|").split("|")] for line in lines[2:]]
     assert all(len(r) == 8 for r in rows)
     by_part = {part: [r for r in rows if r[0] == part] for part in ("parity", "bench", "train")}
-    assert len(by_part["parity"]) == 8 and all(r[4] == "PASS" for r in by_part["parity"])
+    assert len(by_part["parity"]) == 11 and all(r[4] == "PASS" for r in by_part["parity"])
     assert len(by_part["bench"]) == 6 and all(r[4] == "ok" for r in by_part["bench"])
     assert [r[4] for r in by_part["train"]] == ["ok", "ok"]
     fused, unfused = by_part["train"]

@@ -13,6 +13,7 @@ from vecap_cli.core.clip import clip_loss
 from vecap_cli.core.dispatch import triton_available
 from vecap_cli.core.multipos import (
     multipos_clip_loss,
+    multipos_clip_loss_local,
     multipos_clip_loss_reference,
     multipos_siglip_loss,
     multipos_siglip_loss_reference,
@@ -228,8 +229,8 @@ def test_cuda_tensors_run_the_triton_kernels(fake_cuda, monkeypatch):
     assert multipos._kernels(fake_cuda(4, 8), None).__name__ == "vecap_cli.core.multipos_triton"
     called = []
 
-    def loss_rows(x, *args):
-        called.append(args[-1])
+    def loss_rows(x, y, scale, bias, k, offset):
+        called.append(k)
         return x.new_zeros(x.shape[0])
 
     monkeypatch.setattr(multipos_triton.Sigmoid, "loss_rows", staticmethod(loss_rows))
@@ -261,3 +262,69 @@ def test_the_benchmark_steps_run(monkeypatch):
     for op in bench.MULTIPOS:
         for impl in ("dense", "vecap"):
             bench._multipos_step(bench.Case(op, impl, "cpu", "float32", (8, 2, 16)), torch)()
+
+
+# -- one rank's local form -------------------------------------------------------------------
+
+
+def _ranks_loss(loss, world):
+    """The mean of `world` ranks' local losses on slices of one batch, as DDP sees it."""
+
+    def run(image, text, s, bias, k):
+        b = image.shape[0] // world
+        parts = [
+            loss(r, image[r * b : (r + 1) * b], text[r * b * k : (r + 1) * b * k], image, text, s)
+            for r in range(world)
+        ]
+        return sum(parts) / world + 0.0 * bias
+
+    return run
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize(("world", "b", "k"), [(1, 7, 3), (3, 5, 2), (2, 9, 1)])
+def test_local_softmax_ranks_are_the_whole_batch(backend, world, b, k):
+    """Each rank's images and texts against everyone's: the ranks' mean loss and the
+    gradients through it are the one-process loss of the whole batch's."""
+
+    def loss(rank, image, text, all_image, all_text, s):
+        return multipos_clip_loss_local(
+            image, text, all_image, all_text, s,
+            positives=k, label_offset=rank * b, backend=backend,
+        )  # fmt: skip
+
+    _check(_ranks_loss(loss, world), _softmax_ref, b * world, k, 32, torch.float32)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize(("world", "b", "k"), [(3, 5, 2), (2, 9, 1)])
+def test_local_sigmoid_ranks_are_the_whole_batch(backend, world, b, k):
+    def loss(rank, image, text, all_image, all_text, s):
+        return multipos_siglip_loss(
+            image, all_text, s, -4.0, positives=k, label_offset=rank * b, backend=backend
+        )
+
+    def ref(image, text, s, bias, k):
+        return multipos_siglip_loss_reference(image, text, s, -4.0, k) + 0.0 * bias
+
+    _check(_ranks_loss(loss, world), ref, b * world, k, 32, torch.float32)
+
+
+def test_local_form_refuses_offsets_past_the_batch():
+    image, text = torch.randn(4, 8), torch.randn(8, 8)
+    with pytest.raises(ValueError, match="label_offset 3"):
+        multipos_clip_loss_local(image, text, image, text, 1.0, positives=2, label_offset=3)
+    with pytest.raises(ValueError, match="label_offset 1"):
+        multipos_siglip_loss(image, text, 1.0, positives=2, label_offset=1)
+
+
+def test_the_local_form_builds_no_rank_by_batch_tensor():
+    """One rank's b images against the B·K gathered texts: no (b, B·K) logits either."""
+    b, k, world = 24, 2, 2
+    image, text = leaves(*_features(b * world, k, 16), dtype=torch.float32)
+    s = torch.tensor(20.0, requires_grad=True)
+    with _LargestTensor() as mode:
+        multipos_clip_loss_local(
+            image[b:], text[b * k :], image, text, s, positives=k, label_offset=b
+        ).backward()
+    assert 0 < mode.largest < b * world * b * k

@@ -52,3 +52,18 @@ def test_a_server_client_is_built_for_each_run(keeping, tmp_path):
         assert Chat.builds == 2
     finally:
         unregister(server)
+
+
+def test_a_backend_that_takes_no_seeds_cannot_sample_and_says_so_in_one_line():
+    from vecap_cli.errors import VecapError
+    from vecap_cli.generate.registry import ModelOptions, Request
+
+    greedy = register(Backend("greedy-only", REWRITE, Chat, help="no seeds", reuse=False))
+    try:
+        request = Request("m", 4, ModelOptions(), temperature=1.0)
+        model = load.load(REWRITE, "greedy-only", request)
+        assert len(model.generate([[{"role": "user", "content": "x"}]])) == 1  # greedy: fine
+        with pytest.raises(VecapError, match="--backend greedy-only does not sample"):
+            model.generate([[{"role": "user", "content": "x"}]], seeds=[1])
+    finally:
+        unregister(greedy)

@@ -6,6 +6,7 @@ import pytest
 from vecap_cli.cli.app import main
 from vecap_cli.steps.mix import (
     POLICIES,
+    PRESETS,
     CaptionDraw,
     MixConfig,
     OnlineDraw,
@@ -14,6 +15,7 @@ from vecap_cli.steps.mix import (
     curate_p,
     mix,
     policy,
+    preset_mix,
 )
 from vecap_cli.stream.sample import Sample
 from vecap_cli.stream.tally import Tally
@@ -311,3 +313,75 @@ def test_mix_epoch_online_curation_accounts_for_every_record(tmp_path):
         assert orjson.loads(rejects.read_bytes())["record"]["key"] == "never-curated"
     assert epochs[0] != epochs[1]
     assert set(epochs[0]) == drawn_keys(records, 0, seed=3)[0]
+
+
+# -- K captions without replacement (train --positives K) ------------------------------------
+
+
+def test_draw_k_starts_with_the_single_draw_and_never_repeats_a_caption():
+    draw = CaptionDraw(("alt", "vecap"), (0.3, 0.7), seed=2)
+    record = {"alt": "a", "vecap": ["v0", "v1", "v2"]}
+    for i in range(300):
+        got = draw.draw_k(record, f"k{i}", 1, 3)
+        assert got[0] == draw(record, f"k{i}", 1)
+        assert len(got) == 3 and len({text for _, text in got}) == 3
+        assert all(text in (["a"] if name == "alt" else record["vecap"]) for name, text in got)
+        assert got == draw.draw_k(record, f"k{i}", 1, 3)  # a function of (seed, key, epoch)
+    # all four, in any order, when K is the record's number of captions
+    assert sorted(t for _, t in draw.draw_k(record, "x", 0, 4)) == ["a", "v0", "v1", "v2"]
+
+
+def test_draw_k_gives_fewer_when_the_record_has_fewer_distinct_captions():
+    draw = CaptionDraw(("alt", "vecap"), None, seed=0)
+    got = draw.draw_k({"alt": "same", "vecap": ["same", " "]}, "k", 0, 3)
+    assert [text for _, text in got] == ["same"]  # the one distinct caption, once
+    assert draw.draw_k({"alt": 5}, "k", 0, 2) == []
+    weightless = CaptionDraw(("alt", "vecap"), (1.0, 0.0), seed=0)
+    assert weightless.draw_k({"alt": "a", "vecap": "v"}, "k", 0, 2) == [("alt", "a")]
+
+
+def test_draw_k_draws_each_field_by_its_weight_and_epochs_draw_anew():
+    draw = CaptionDraw(("alt", "vecap"), (0.2, 0.8), seed=3)
+    record = {"alt": "a", "vecap": ["v0", "v1", "v2", "v3"]}
+    pairs = [draw.draw_k(record, f"k{i}", 0, 2) for i in range(20_000)]
+    with_alt = sum(any(name == "alt" for name, _ in pair) for pair in pairs) / len(pairs)
+    # alt first (0.2), else second: 0.2 of the weight among alt and vecap's three left
+    assert abs(with_alt - (0.2 + 0.8 * 0.2)) < 0.015
+    again = [draw.draw_k(record, f"k{i}", 1, 2) for i in range(200)]
+    assert again != pairs[:200]
+
+
+# -- presets ------------------------------------------------------------------------------------
+
+
+def test_presets_are_the_published_mixes():
+    got = {name: (p.keys, p.probs) for name, p in PRESETS.items()}
+    assert got == {
+        "veclip": (("alt", "vecap"), (0.5, 0.5)),
+        "recap": (("alt", "vecap"), (0.2, 0.8)),
+        "metaclip12": (("alt", "vecap"), (0.85, 0.15)),
+    }
+    for p in PRESETS.values():
+        MixConfig(keys=p.keys, probs=p.probs)  # valid mixes
+
+
+def test_a_preset_with_its_own_flags_is_refused():
+    assert preset_mix(None, ("x",), None, ("--keys", "--probs")) == (("x",), None)
+    assert preset_mix("recap", None, None, ("--keys", "--probs")) == (("alt", "vecap"), (0.2, 0.8))
+    with pytest.raises(ValueError, match="--preset: sets --keys and --probs itself"):
+        preset_mix("veclip", None, (0.5, 0.5), ("--keys", "--probs"))
+
+
+def test_mix_preset_draws_its_ratio(tmp_path, capsys):
+    records = [{"key": f"k{i}", "alt": "a", "vecap": "v"} for i in range(4000)]
+    src = tmp_path / "in.jsonl"
+    src.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in records))
+    with pytest.raises(SystemExit) as done:
+        main(["mix", str(src), "-o", str(tmp_path / "out.jsonl"), "--preset", "metaclip12"])
+    assert done.value.code == 0
+    texts = Counter(orjson.loads(x)["text"] for x in (tmp_path / "out.jsonl").read_bytes().split())
+    assert abs(texts["v"] / 4000 - 0.15) < 0.02
+    with pytest.raises(SystemExit) as done:
+        main(["mix", str(src), "--preset", "recap", "--keys", "alt"])
+    err = capsys.readouterr().err
+    assert done.value.code == 2 and "--preset: sets --keys and --probs itself" in err, err

@@ -201,3 +201,52 @@ def test_online_curation_trains_what_mix_draws_for_the_epoch(tmp_path):
 
 def _drops(got):
     return [event for batch in got for event in batch.events if event[0] == "drop"]
+
+
+# -- --positives K: B images and B·K texts ----------------------------------------------------
+
+
+def test_positives_put_each_images_k_captions_in_its_rows(tmp_path):
+    """Image i's captions at rows i·K … i·K + K − 1: the record's own, distinct, and
+    a record with fewer than K repeats them, counted in repeated-captions."""
+    records = shapes_records(tmp_path, 12, seed=6)
+    for r in records:
+        r["vecap"] = [r["vecap"], f"{r['alt']} again"]  # 3 distinct captions per record
+    records[5]["vecap"] = records[5]["alt"]  # one distinct caption: repeated
+    pool = write_jsonl(tmp_path / "p.jsonl", records)
+    k = 3
+    got = batches(pool, 3, batch_size=4, seed=2, positives=k, text_keys=("alt", "vecap"))
+    owner = {}  # tokenized caption -> its record
+    for r in records:
+        texts = [r["alt"], *(r["vecap"] if isinstance(r["vecap"], list) else [r["vecap"]])]
+        for row in TOKENIZER(texts):
+            owner[tuple(row.tolist())] = r["key"]
+    repeated = 0
+    for batch in got:
+        assert batch.images.shape[0] == 4 and batch.texts.shape[0] == 4 * k
+        for i in range(4):
+            rows = [tuple(t.tolist()) for t in batch.texts[i * k : (i + 1) * k]]
+            assert len({owner[row] for row in rows}) == 1  # one record's captions
+            if len(set(rows)) < k:
+                assert owner[rows[0]] == records[5]["key"] and len(set(rows)) == 1
+                repeated += 1
+        repeated_events = [e for e in batch.events if e[1][0] == "repeated-captions"]
+        assert len(repeated_events) == sum(
+            len({tuple(t.tolist()) for t in batch.texts[i * k : (i + 1) * k]}) < k for i in range(4)
+        )
+    assert repeated == 1  # record 5, once: the 3 batches are the 12 records
+    again = batches(pool, 3, batch_size=4, seed=2, positives=k, text_keys=("alt", "vecap"))
+    assert all(same(a, b) for a, b in zip(got, again, strict=True))
+
+
+def test_positives_draw_from_text_and_alt_by_default(tmp_path):
+    records = shapes_records(tmp_path, 8, seed=7)
+    for r in records:
+        r["text"] = r.pop("vecap")
+    pool = write_jsonl(tmp_path / "p.jsonl", records)
+    (batch,) = batches(pool, 1, batch_size=8, positives=2)
+    tally = Tally("train")
+    replay(batch.events, tally)
+    assert "repeated-captions" not in tally.extra  # both captions of each, distinct
+    want = {tuple(t.tolist()) for r in records for t in TOKENIZER([r["alt"], r["text"]])}
+    assert {tuple(t.tolist()) for t in batch.texts} == want

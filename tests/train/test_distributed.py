@@ -9,11 +9,21 @@ import torch
 
 pytest.importorskip("open_clip")
 
-CASES = [("clip", "vecap-tiny"), ("siglip", "vecap-tiny-sigmoid")]
+# (loss, model, captions per image: --positives)
+CASES = [
+    ("clip", "vecap-tiny", 1),
+    ("siglip", "vecap-tiny-sigmoid", 1),
+    ("clip", "vecap-tiny", 2),
+    ("siglip", "vecap-tiny-sigmoid", 3),
+]
 BATCH = 12  # global
 
 
-def _batch(arch: str):
+def _name(kind: str, k: int) -> str:
+    return kind if k == 1 else f"{kind}-positives{k}"
+
+
+def _batch(arch: str, k: int = 1):
     from vecap_cli.train.models import build
 
     gen = torch.Generator().manual_seed(7)
@@ -21,12 +31,12 @@ def _batch(arch: str):
     words = ["red", "blue", "green", "cube", "ball", "dog", "cat", "on", "a", "table"]
     captions = [
         " ".join(words[int(i)] for i in torch.randint(0, 10, (5,), generator=gen))
-        for _ in range(BATCH)
+        for _ in range(BATCH * k)
     ]
-    return images, build(arch).tokenizer(captions)
+    return images, build(arch).tokenizer(captions)  # texts (BATCH·K, ctx), grouped by image
 
 
-def _one_step(kind: str, arch: str, rank: int, world: int) -> dict:
+def _one_step(kind: str, arch: str, rank: int, world: int, k: int = 1) -> dict:
     from torch.nn.parallel import DistributedDataParallel
 
     from vecap_cli.train.config import TrainConfig
@@ -37,11 +47,11 @@ def _one_step(kind: str, arch: str, rank: int, world: int) -> dict:
     model = build(arch, seed=3).model
     cfg = TrainConfig(inputs=("-",), output="-", lr=1e-3)
     optimizer = make_optimizer(model, cfg)
-    images, texts = _batch(arch)
-    part = slice(rank * BATCH // world, (rank + 1) * BATCH // world)
+    images, texts = _batch(arch, k)
+    lo, hi = rank * BATCH // world, (rank + 1) * BATCH // world
     wrapped = DistributedDataParallel(model) if world > 1 else model
-    loss = make_loss(kind, rank=rank, world_size=world)
-    metrics = train_step(wrapped, loss, optimizer, images[part], texts[part], raw=model)
+    loss = make_loss(kind, rank=rank, world_size=world, positives=k)
+    metrics = train_step(wrapped, loss, optimizer, images[lo:hi], texts[lo * k : hi * k], raw=model)
     return {
         "loss": metrics["loss"],
         "grads": {n: p.grad.clone() for n, p in model.named_parameters()},
@@ -56,10 +66,10 @@ def _rank(rank: int, world: int, port: int, out: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
-        for kind, arch in CASES:
+        for kind, arch, k in CASES:
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
-                result = _one_step(kind, arch, rank, world)
+                result = _one_step(kind, arch, rank, world, k)
             result["warnings"] = [
                 f"{w.category.__name__}: {w.message}"
                 for w in caught
@@ -70,7 +80,7 @@ def _rank(rank: int, world: int, port: int, out: str) -> None:
             dist.all_gather_object(losses, result["loss"])
             result["loss"] = sum(losses) / world
             if rank == 0:
-                torch.save(result, os.path.join(out, f"{kind}.pt"))
+                torch.save(result, os.path.join(out, f"{_name(kind, k)}.pt"))
     finally:
         dist.destroy_process_group()
 
@@ -88,10 +98,11 @@ def two_ranks(tmp_path_factory):
     return out
 
 
-@pytest.mark.parametrize(("kind", "arch"), CASES)
-def test_two_gloo_ranks_equal_one_process_on_the_global_batch(two_ranks, kind, arch):
-    ddp = torch.load(two_ranks / f"{kind}.pt", weights_only=True)
-    one = _one_step(kind, arch, 0, 1)
+@pytest.mark.parametrize(("kind", "arch", "k"), CASES)
+def test_two_gloo_ranks_equal_one_process_on_the_global_batch(two_ranks, kind, arch, k):
+    """K > 1 too: each rank's images against all ranks' B·K texts and back."""
+    ddp = torch.load(two_ranks / f"{_name(kind, k)}.pt", weights_only=True)
+    one = _one_step(kind, arch, 0, 1, k)
     assert ddp["loss"] == pytest.approx(one["loss"], rel=1e-5)
     for name, grad in one["grads"].items():  # fp32 sums in another order: relative to the largest
         atol = 1e-5 * grad.abs().max().item()
@@ -103,10 +114,11 @@ def test_two_gloo_ranks_equal_one_process_on_the_global_batch(two_ranks, kind, a
     assert moved  # the step did something
 
 
-@pytest.mark.parametrize(("kind", "arch"), CASES)
-def test_the_ddp_step_raises_no_deprecated_gather_warning(two_ranks, kind, arch):
+@pytest.mark.parametrize(("kind", "arch", "k"), CASES)
+def test_the_ddp_step_raises_no_deprecated_gather_warning(two_ranks, kind, arch, k):
     """torch 2.14 deprecates torch.distributed.nn.all_gather; the fused losses do not use it."""
-    assert torch.load(two_ranks / f"{kind}.pt", weights_only=True)["warnings"] == []
+    path = two_ranks / f"{_name(kind, k)}.pt"
+    assert torch.load(path, weights_only=True)["warnings"] == []
 
 
 def _one_step_start(arch: str) -> dict:

@@ -238,3 +238,40 @@ def test_online_curation_without_any_p_is_one_clear_error(tmp_path, capsys):
     assert code == 1
     assert "--online-curation: no record of the 8 in the inputs has a curate.p" in err
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("loss", ["clip", "siglip"])
+def test_positives_train_k_captions_per_image(tmp_path, loss):
+    """--positives 2: batches of 4 images and 8 texts through the multi-positive loss."""
+    pool = write_jsonl(tmp_path / "p.jsonl", shapes_records(tmp_path, 8, seed=8))
+    log, stats = tmp_path / "log.jsonl", tmp_path / "stats.json"
+    tally = run(
+        [pool],
+        tmp_path / "out",
+        RunOptions(quiet=True, stats=str(stats)),
+        loss=loss,
+        positives=2,
+        text_keys=("alt", "vecap"),
+        batch_size=4,
+        workers=0,
+        warmup=1,
+        log=str(log),
+    )
+    steps, _ = steps_logged(log)
+    assert len(steps) == 2 and all(s["loss"] == s["loss"] for s in steps)  # finite
+    assert tally.n_out == 8  # images, not texts
+    written = orjson.loads(stats.read_bytes())
+    assert written["positives"] == 2 and written["loss_impl"] == "fused"
+    saved = torch.load(tmp_path / "out" / "step_00000002.pt", weights_only=True)
+    assert saved["config"]["positives"] == 2
+
+
+def test_positives_with_coca_is_one_clear_error(tmp_path, capsys):
+    pool = write_jsonl(tmp_path / "p.jsonl", shapes_records(tmp_path, 8, seed=8))
+    code, err = vecap_in_process(
+        capsys, "train", pool, "-o", tmp_path / "o", "--model", "vecap-tiny-coca",
+        "--positives", "2", "--batch-size", "4", "--workers", "0",
+    )  # fmt: skip
+    lines = err.strip().splitlines()
+    assert code == 1 and len(lines) == 1, err
+    assert "--positives 2: CoCa's caption loss wants one caption per image" in lines[0]

@@ -1,5 +1,7 @@
 """The objective: open_clip's losses (or the core's, identical) behind one interface."""
 
+import re
+
 import pytest
 import torch
 
@@ -65,7 +67,7 @@ def test_a_registered_loss_is_a_config_choice_built_by_its_name(monkeypatch):
 
     built = []
 
-    def throwaway(classes, rank, world_size):
+    def throwaway(classes, rank, world_size, positives):
         built.append((classes.clip.__name__, rank, world_size))
         return torch.nn.Identity()
 
@@ -74,3 +76,30 @@ def test_a_registered_loss_is_a_config_choice_built_by_its_name(monkeypatch):
     assert type(make_loss("throwaway", rank=1, world_size=2).contrastive) is torch.nn.Identity
     assert type(make_loss("throwaway", fused=False).contrastive) is torch.nn.Identity
     assert built == [("FusedClipLoss", 1, 2), ("ClipLoss", 0, 1)]
+
+
+def test_positives_build_the_multi_positive_losses():
+    from vecap_cli.core.multipos import multipos_clip_loss, multipos_siglip_loss
+
+    image, text = features(b=4)[0], features(b=8, seed=1)[1]
+    scale, bias = torch.tensor(10.0), torch.tensor(-2.0)
+    for kind, want in (("clip", multipos_clip_loss), ("siglip", multipos_siglip_loss)):
+        loss = make_loss(kind, positives=2)
+        assert loss.fused and type(loss.contrastive).__name__.startswith("FusedMultiPos")
+        got = loss({"image_features": image, "text_features": text, "logit_scale": scale,
+                    "logit_bias": bias})["contrastive_loss"]  # fmt: skip
+        assert torch.allclose(got, want(image, text, scale, bias, positives=2))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "says"),
+    [
+        ({"fused": False}, "--positives 2: open_clip's losses take one caption per image"),
+        ({"coca": True}, "--positives 2: CoCa's caption loss wants one caption per image"),
+    ],
+)
+def test_positives_refuse_what_has_no_multi_positive_form(kwargs, says):
+    from vecap_cli.errors import VecapError
+
+    with pytest.raises(VecapError, match=re.escape(says)):
+        make_loss("clip", positives=2, **kwargs)

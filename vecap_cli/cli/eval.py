@@ -10,7 +10,7 @@ from typing import Annotated, ClassVar
 import typer
 
 from vecap_cli.cli.groups import DefaultCommandGroup
-from vecap_cli.cli.models import Pretrained, Tokenizer, model_option
+from vecap_cli.cli.models import ContextLength, Pretrained, Tokenizer, model_option
 from vecap_cli.cli.options import RunOptions, report, run_command
 
 SUMMARY = "Evaluate a CLIP model: zero-shot classification or image-text retrieval."
@@ -77,6 +77,7 @@ def run(
     ] = None,
     pretrained: Pretrained = None,
     tokenizer: Tokenizer = None,
+    context_length: ContextLength = None,
     output: Annotated[
         str,
         typer.Option(
@@ -177,6 +178,7 @@ def run(
         model=model,
         pretrained=pretrained,
         tokenizer=tokenizer,
+        context_length=context_length,
         classnames=classnames,
         templates=templates,
         ks=_ks(recall_k),

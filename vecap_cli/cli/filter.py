@@ -55,7 +55,8 @@ def score(
     text_key: Annotated[
         str,
         typer.Option(
-            help="The field scored against the image; records without it are rejected, `no-text`.",
+            help="The field scored against the image; records without it are rejected, "
+            "`no-text`, and those where it is a list (caption/rewrite --n), `text-list`.",
             rich_help_panel=_MODEL,
         ),
     ] = "alt",
@@ -135,7 +136,8 @@ def score(
     The score is the cosine of the L2-normalized image and text (--text-key)
     embeddings, computed as `vecap eval` embeds: the same model loading and
     preprocessing, in batches, on the GPU when there is one. A record meets its
-    text first (`no-text` rejected, --text-filter), then its image (rejected
+    text first (`no-text` rejected, `text-list` for a list of captions from
+    caption/rewrite --n; --text-filter), then its image (rejected
     when it cannot be read or decoded: image-missing, image-not-file,
     image-too-large, image-too-many-pixels, bad-image; --min-side, --max-aspect
     on the image's own size), then its score (--min-score). A record whose

@@ -3,7 +3,7 @@
 `@generation_command` declares them once for both commands. It adds the device
 and server flags to the command's signature and hands their values over as one
 `ModelOptions`; it adds INPUT... and the stream flags (`record_command`), --workers
-included, less --seed, since neither command draws anything at random; and it reads
+and --seed (of the --n sampled draws) included; and it reads
 --backend's choices, and the help that names backends (--backend, --model,
 --batch-size), from the backend registry each time typer builds the command,
 so that a backend registered after import, by a plugin or a test, is offered
@@ -37,7 +37,50 @@ def overwrite_flag(verb: str, field: str):
     return typer.Option("--overwrite", help=f"{verb} records that already have a `{field}` too.")
 
 
-MaxNewTokens = Annotated[int, model_flag("Most tokens generated per record.", min=1)]
+def by_style(styles: dict, value) -> str:
+    default = value(styles["default"])
+    others = ", ".join(f"{value(s)} for {name}" for name, s in styles.items() if name != "default")
+    return f"{default}; {others}" if others else str(default)
+
+
+def max_new_tokens_flag(styles: dict):
+    """--max-new-tokens, its default given by --style (`styles`: name -> a preset)."""
+    default = by_style(styles, lambda s: s.max_new_tokens)
+    return model_flag(
+        f"Most tokens generated per draw (default: {default}).", min=1, show_default=False
+    )
+
+
+def style_flag(styles: dict, what: str):
+    """--style: a preset of `styles` (name -> a preset with `help`)."""
+    listing = "; ".join(f"{name}: {s.help}" for name, s in styles.items())
+    return model_flag(
+        f"{what} preset: {listing}.", parser=one_of(styles), metavar=f"<{'|'.join(styles)}>"
+    )
+
+
+MAX_DRAWS = 64  # a record's draws sit in memory together; LaCLIP used 4 rewrites per image
+
+
+def n_flag(field: str, what: str):
+    return model_flag(
+        f"{what} drawn per record: with 2 or more, `{field}` holds a JSON list of them "
+        "(needs --temperature above 0). Draw i is seeded from (--seed, key, i): the same "
+        "draws with any --workers or sharding, and any --batch-size but for float rounding "
+        "in a differently padded batch (bf16 on a GPU, rarely).",
+        min=1,
+        max=MAX_DRAWS,
+    )
+
+
+Temperature = Annotated[
+    float,
+    model_flag(
+        "Sampling temperature of each draw; 0: greedy decoding (one draw only).",
+        min=0.0,
+        callback=finite,
+    ),
+]
 BatchSize = Annotated[int | None, model_flag(min=1, show_default=False)]  # help: _batch_help
 Device = Annotated[str, model_flag("auto (a GPU when one is visible, bf16), cpu, cuda or cuda:N.")]
 TrustRemoteCode = Annotated[
@@ -116,7 +159,8 @@ CacheDir = Annotated[
     str | None,
     model_flag(
         "Keep every model answer in DIR/answers.sqlite3, keyed by the backend, model, prompt, "
-        "--max-new-tokens and the input (the image's bytes, the conversation sent): a rerun "
+        "--max-new-tokens and the input (the image's bytes, the conversation sent), and a "
+        "sampled one by its --temperature and seed (each of --n draws its own): a rerun "
         "or a resumed run asks the model only for answers not there (all there: it never "
         "loads). Shared safely by the processes of one machine; counted in --stats as "
         "cache hit/miss. A cache that cannot be opened or written is an error.",
@@ -230,7 +274,7 @@ def generation_command(serves: str):
     """caption's and rewrite's `record_command`: see this module's docstring."""
 
     def decorate(fn):
-        command = record_command(serves, omit=("seed",), workers=True)(_with_model_options(fn))
+        command = record_command(serves, workers=True)(_with_model_options(fn))
         return _LiveBackends(command, serves)
 
     return decorate

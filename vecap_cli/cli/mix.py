@@ -6,7 +6,7 @@ from typing import Annotated
 import typer
 
 from vecap_cli.cli.options import floats, one_of, record_command, report
-from vecap_cli.steps.mix import POLICIES, MixConfig
+from vecap_cli.steps.mix import POLICIES, PRESETS, MixConfig, preset_mix
 from vecap_cli.steps.mix import mix as mix_stage
 from vecap_cli.stream.runner import StreamOptions, run_stream
 
@@ -22,13 +22,32 @@ def mix(
         ),
     ] = "random",
     keys: Annotated[
-        str, typer.Option(help="Caption fields, comma-separated, in order.")
-    ] = "alt,vecap",
+        str | None,
+        typer.Option(
+            help="Caption fields, comma-separated, in order (default: alt,vecap). A field "
+            "holding a list (caption/rewrite --n K) offers each of its captions.",
+            show_default=False,
+        ),
+    ] = None,
     probs: Annotated[
         str | None,
         typer.Option(
             help="Probability of each key for --policy random, comma-separated (default: equal). "
             "A record lacking a key draws among the keys it has.",
+            show_default=False,
+        ),
+    ] = None,
+    preset: Annotated[
+        str | None,
+        typer.Option(
+            parser=one_of(PRESETS),
+            metavar=f"<{'|'.join(PRESETS)}>",
+            help="A published mix, setting --keys and --probs (not to be given with it): "
+            + "; ".join(
+                f"{name}: alt,vecap {','.join(map(str, p.probs))}, {p.help}"
+                for name, p in PRESETS.items()
+            )
+            + ".",
             show_default=False,
         ),
     ] = None,
@@ -57,10 +76,12 @@ def mix(
     under `no-caption`.
     """
     try:
+        names = None if keys is None else tuple(k.strip() for k in keys.split(","))
+        names, weights = preset_mix(preset, names, floats(probs, "--probs"), ("--keys", "--probs"))
         config = MixConfig(
             policy=policy,
-            keys=tuple(k.strip() for k in keys.split(",")),
-            probs=floats(probs, "--probs"),
+            keys=names or MixConfig.keys,
+            probs=weights,
             seed=opts.seed,
             epoch=epoch,
             sep=sep,

@@ -5,6 +5,8 @@ from typing import Annotated
 
 import typer
 
+from vecap_cli.positions import MAX_CONTEXT_LENGTH
+
 MODEL = "Model"
 
 
@@ -40,5 +42,18 @@ def image_batch_option(panel: str = MODEL) -> typer.models.OptionInfo:
     return typer.Option(min=1, help="Images per forward pass.", rich_help_panel=panel)
 
 
+def context_length_option(panel: str = MODEL) -> typer.models.OptionInfo:
+    return typer.Option(
+        min=2,
+        max=MAX_CONTEXT_LENGTH,
+        help="Text tokens per caption (default: what the weights were trained with, as a "
+        "vecap train checkpoint records it). More stretches an open_clip model's text "
+        "positions Long-CLIP's way, fewer truncates them.",
+        rich_help_panel=panel,
+        show_default=False,
+    )
+
+
 Pretrained = Annotated[str | None, pretrained_option()]
+ContextLength = Annotated[int | None, context_length_option()]
 Tokenizer = Annotated[str | None, tokenizer_option()]

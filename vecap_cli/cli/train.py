@@ -7,7 +7,8 @@ from typing import Annotated
 
 import typer
 
-from vecap_cli.cli.options import RunOptions, finite, floats, report, run_command
+from vecap_cli.cli.options import RunOptions, finite, floats, one_of, report, run_command
+from vecap_cli.steps.mix import PRESETS, preset_mix
 from vecap_cli.train.attention import ATTENTION
 from vecap_cli.train.config import DEVICES, PRECISIONS, TrainConfig
 from vecap_cli.train.contrastive import LOSSES
@@ -75,6 +76,17 @@ def train(
         str | None,
         _opt("Start from this local checkpoint (open_clip state dict).", _MODEL, metavar="PATH"),
     ] = _DEFAULT.pretrained,
+    context_length: Annotated[
+        int | None,
+        _opt(
+            "Text tokens per caption, for long (dense) captions (default: the model's own). "
+            "A fresh model is built with that many positions; --pretrained weights with fewer "
+            "are stretched Long-CLIP's way (the first 20 kept, the rest interpolated), with "
+            "more truncated. Checkpoints record it: eval and filter score read it back.",
+            _MODEL,
+            show_default=False,
+        ),
+    ] = _DEFAULT.context_length,
     loss: Annotated[
         Loss, _opt(f"{_LOSS_HELP}; CoCa adds its caption loss.", _MODEL)
     ] = _DEFAULT.loss,
@@ -85,11 +97,40 @@ def train(
     contrastive_loss_weight: Annotated[
         float, _num("CoCa contrastive loss weight.", _MODEL, "--coca-contrastive-weight")
     ] = _DEFAULT.contrastive_loss_weight,
+    distill: Annotated[
+        bool,
+        _opt(
+            "MobileCLIP's distillation: the loss is (1 − λ) × contrastive + λ × the KL between "
+            "the stored teacher's and the student's image-text similarity softmaxes over the "
+            "batch (rows and columns). Reads the teacher embeddings `vecap embed` stores; each "
+            "sample's image is cropped as the stored augmentation drawn for it, and its caption's "
+            "teacher row is used. Records without them are rejected (no-teacher, bad-teacher).",
+            _MODEL,
+            "--distill",
+        ),
+    ] = _DEFAULT.distill,
+    distill_weight: Annotated[
+        float,
+        _num(
+            "λ of --distill (MobileCLIP's DataCompDR runs: 1, distillation alone).",
+            _MODEL,
+            "--distill-weight",
+        ),
+    ] = _DEFAULT.distill_weight,
+    teacher_scale: Annotated[
+        float,
+        _num(
+            "The teacher's logit scale under --distill (MobileCLIP's: 100).",
+            _MODEL,
+            "--teacher-scale",
+        ),
+    ] = _DEFAULT.teacher_scale,
     text_keys: Annotated[
         str | None,
         _opt(
             "Caption fields, comma-separated: one is drawn per sample and epoch as `vecap mix "
-            "--policy random` draws it (default: text, else alt).",
+            "--policy random` draws it, among all captions of list-valued fields "
+            "(default: text, else alt).",
             _DATA,
             show_default=False,
         ),
@@ -98,6 +139,31 @@ def train(
         str | None,
         _opt("Probability of each --text-keys field (default: equal).", _DATA, show_default=False),
     ] = _DEFAULT.text_probs,
+    preset: Annotated[
+        str | None,
+        _opt(
+            "A published caption mix, setting --text-keys and --text-probs as `vecap mix "
+            "--preset` sets its --keys and --probs (not to be given with them): "
+            + ", ".join(f"{name} ({','.join(map(str, p.probs))})" for name, p in PRESETS.items())
+            + " of alt,vecap.",
+            _DATA,
+            parser=one_of(PRESETS),
+            metavar=f"<{'|'.join(PRESETS)}>",
+            show_default=False,
+        ),
+    ] = None,
+    positives: Annotated[
+        int,
+        _opt(
+            "Captions per image in a batch (K): each step trains B images against B·K texts "
+            "with the multi-positive loss, all K counting as positives. The K are drawn "
+            "without replacement per sample and epoch from all captions of --text-keys "
+            "(default: text and alt); a record with fewer repeats them, counted in "
+            "repeated-captions. 1: one caption, as ever. Not with CoCa.",
+            _DATA,
+            min=1,
+        ),
+    ] = _DEFAULT.positives,
     train_num_samples: Annotated[
         int | None,
         _opt("Samples per epoch (default: count the inputs once).", _DATA, show_default=False),
@@ -202,13 +268,12 @@ def _config(flags: dict, seed: int) -> TrainConfig:
     """The flags as a TrainConfig, each to the field of its name, converted here; a
     ValueError('--flag: why') from the config's checks is a usage error naming the flag."""
     values = {f.name: _plain(flags[f.name]) for f in fields(TrainConfig) if f.name in flags}
-    values.update(
-        text_keys=_names(flags["text_keys"]),
-        text_probs=floats(flags["text_probs"], "--text-probs"),
-        val=values["val"] or (),
-        seed=seed,
-    )
+    keys, probs = _names(flags["text_keys"]), floats(flags["text_probs"], "--text-probs")
+    values.update(val=values["val"] or (), seed=seed)
     try:
+        values["text_keys"], values["text_probs"] = preset_mix(
+            flags["preset"], keys, probs, ("--text-keys", "--text-probs")
+        )
         return TrainConfig(**values)
     except ValueError as err:
         flag, _, why = str(err).partition(": ")

@@ -2,7 +2,7 @@
 
 S = s·X·Yᵀ + b and z = +1 on the label (column i + offset of row i), −1 off it.
 With `positives` K > 1 (the multi-positive loss, `vecap_cli.core.multipos`) row i's
-labels are the K columns i·K … i·K + K − 1 (and offset is 0).
+labels are the K columns (i + offset)·K … (i + offset)·K + K − 1.
 
 - `_loss_kernel`: per row of X, Σ_j softplus(−z·S), tile by tile.
 - `_grad_kernel`: per row of X and slice of D, T·Y for T = z·σ(−z·S), plus

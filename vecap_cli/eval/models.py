@@ -26,8 +26,10 @@ from dataclasses import dataclass
 
 import torch
 
+from vecap_cli import positions
 from vecap_cli.errors import VecapError, first_line
 from vecap_cli.loading import load_error, quietly
+from vecap_cli.positions import check_context_length
 
 _TOKENIZER_FILES = (
     "tokenizer.json",
@@ -59,7 +61,12 @@ def load_model(
     device: torch.device | str = "cpu",
     seed: int = 0,
     log: Callable[[str], None] = lambda line: None,
+    context_length: int | None = None,
 ) -> LoadedModel:
+    """`context_length`: text tokens (None: what the weights were trained with; more
+    than that stretches their positions Long-CLIP's way, fewer truncates them)."""
+    if context_length is not None:
+        check_context_length(context_length)
     torch.manual_seed(seed)  # a model without weights is the same random model on every rank
     directory = model.removeprefix("local-dir:")
     if os.path.isdir(directory) or model.startswith("local-dir:"):
@@ -69,9 +76,9 @@ def load_model(
             )
         hf = os.path.isfile(os.path.join(directory, "config.json"))
         if not model.startswith("local-dir:") and hf:
-            loaded = _load_hf(model, tokenizer, log)
+            loaded = _load_hf(model, tokenizer, log, context_length)
         elif os.path.isfile(os.path.join(directory, "open_clip_config.json")):
-            loaded = _load_open_clip(f"local-dir:{directory}", None, log)
+            loaded = _load_open_clip(f"local-dir:{directory}", None, log, context_length)
             loaded.pretrained = directory  # where its weights came from
         elif model.startswith("local-dir:"):
             raise VecapError(f"--model '{model}': no open_clip_config.json in '{directory}'")
@@ -81,11 +88,11 @@ def load_model(
                 "nor open_clip_config.json (open_clip)"
             )
     elif model.endswith(".json"):
-        loaded = _load_open_clip(_register(model), pretrained, log)
+        loaded = _load_open_clip(_register(model), pretrained, log, context_length)
     elif "/" in model and not model.startswith("hf-hub:") and not _open_clip_name(model):
-        loaded = _load_hf(model, tokenizer, log)  # a hub id, where the network allows
+        loaded = _load_hf(model, tokenizer, log, context_length)  # a hub id, where allowed
     else:
-        loaded = _load_open_clip(model, pretrained, log)
+        loaded = _load_open_clip(model, pretrained, log, context_length)
     loaded.model.to(device).eval()
     return loaded
 
@@ -111,7 +118,9 @@ def _register(path: str) -> str:
     return os.path.splitext(os.path.basename(path))[0]
 
 
-def _load_open_clip(arch: str, pretrained: str | None, log) -> LoadedModel:
+def _load_open_clip(
+    arch: str, pretrained: str | None, log, context_length: int | None = None
+) -> LoadedModel:
     import open_clip
 
     local = arch.startswith(("local-dir:", "hf-hub:"))
@@ -129,17 +138,80 @@ def _load_open_clip(arch: str, pretrained: str | None, log) -> LoadedModel:
         raise VecapError(f"--pretrained '{pretrained}': no such file or {arch} tag")
     if not pretrained and not local:
         log(f"warning: no --pretrained: {arch} has random weights")
+    saved = saved_context_length(pretrained, arch) if pretrained else None
     try:
         with quietly():
             model, _, preprocess = open_clip.create_model_and_transforms(
-                arch, pretrained=pretrained or None, weights_only=True
+                # the positions the weights have: open_clip would interpolate them to
+                # the architecture's own number, and the text would be cut there
+                arch,
+                pretrained=pretrained or None,
+                weights_only=True,
+                force_context_length=saved,
             )
-            tokenizer = open_clip.get_tokenizer(arch)
+            if saved is not None:
+                positions.set_context_length(model, saved)  # CoCa's decoder too
+            if context_length is not None:
+                _resize(model, context_length, log)
+            tokenizer = open_clip.get_tokenizer(
+                arch, context_length=positions.context_length(model)
+            )
+    except VecapError:
+        raise
     except Exception as err:  # a file from anywhere: whatever pickle or torch raises is one line
         what = f"'{pretrained}' into {arch}" if pretrained else f"'{arch}'"
         raise load_error(f"cannot load {what}", err) from None
     log(f"preprocessing: open_clip's for {arch} ({_describe_open_clip(model)})")
     return LoadedModel(model, tokenizer, preprocess, arch.removeprefix("local-dir:"), pretrained)
+
+
+def saved_context_length(path: str, arch: str) -> int | None:
+    """The text tokens the weights in `path` were trained with, when it tells: the
+    length a `vecap train` checkpoint records, else the rows of its text positions
+    (less CoCa's CLS row). Read memory-mapped: only what is looked at loads."""
+    import open_clip
+
+    if not os.path.isfile(path):
+        return None  # an open_clip tag: the architecture's own length
+    try:
+        with quietly():
+            payload = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # not a zip checkpoint, or damaged: the real load says why
+        return None
+    if not isinstance(payload, dict):
+        return None
+    recorded = payload.get("context_length")
+    if recorded is not None:
+        return check_context_length(recorded, f"'{path}': its context_length")
+    state = payload.get("state_dict", payload)
+    table = next(
+        (
+            state[key]
+            for key in (
+                "positional_embedding",
+                "text.positional_embedding",
+                "module.positional_embedding",
+                "module.text.positional_embedding",
+            )
+            if isinstance(state, dict) and isinstance(state.get(key), torch.Tensor)
+        ),
+        None,
+    )
+    if table is None or table.ndim != 2:
+        return None
+    text_cfg = (open_clip.get_model_config(arch) or {}).get("text_cfg", {})
+    rows = table.shape[0] - (1 if text_cfg.get("embed_cls") else 0)
+    if rows == text_cfg.get("context_length", rows):
+        return None  # the architecture's own: nothing to force
+    return check_context_length(rows, f"'{path}': its text positions")
+
+
+def _resize(model, length: int, log) -> None:
+    had = positions.set_context_length(model, length)
+    if had < length:
+        log(f"text positions stretched Long-CLIP's way: {had} -> {length} tokens")
+    elif had > length:
+        log(f"text positions truncated: {had} -> {length} tokens")
 
 
 def _describe_open_clip(model) -> str:
@@ -157,9 +229,11 @@ def _floats(values) -> str:
     return "(" + ", ".join(f"{v:.4g}" for v in values) + ")"
 
 
-def _load_hf(model_id: str, tokenizer: str | None, log) -> LoadedModel:
+def _load_hf(
+    model_id: str, tokenizer: str | None, log, context_length: int | None = None
+) -> LoadedModel:
     """A CLIPModel directory or hub id (a download only where the network and
-    HF_HUB_OFFLINE allow)."""
+    HF_HUB_OFFLINE allow); `context_length` may cut texts shorter, not longer."""
     import transformers
     from transformers import AutoConfig, AutoTokenizer, CLIPModel
 
@@ -191,11 +265,21 @@ def _load_hf(model_id: str, tokenizer: str | None, log) -> LoadedModel:
         raise VecapError(f"no tokenizer in '{source}'{hint} ({first_line(err)})") from None
     return LoadedModel(
         HFClip(model),
-        HFTokenizer(tok, config.text_config.max_position_embeddings),
+        HFTokenizer(tok, _hf_length(config, context_length)),
         _hf_preprocess(model_id, config.vision_config.image_size, log),
         model_id,
         model_id,
     )
+
+
+def _hf_length(config, context_length: int | None) -> int:
+    most = config.text_config.max_position_embeddings
+    if context_length is not None and context_length > most:
+        raise VecapError(
+            f"--context-length {context_length}: this Hugging Face CLIPModel has {most} text "
+            "positions (vecap stretches open_clip models only)"
+        )
+    return context_length or most
 
 
 class HFClip(torch.nn.Module):

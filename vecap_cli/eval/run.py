@@ -36,6 +36,7 @@ class EvalConfig:
     model: str
     pretrained: str | None = None
     tokenizer: str | None = None  # HF only: where the tokenizer is, when not in the model dir
+    context_length: int | None = None  # text tokens; None: what the weights were trained with
     classnames: str | None = None  # file or built-in name; default: the image folders
     templates: str = "openai"
     ks: tuple[int, ...] = (1, 5, 10)
@@ -99,7 +100,15 @@ def _evaluate(config: EvalConfig, run: RunOptions, tally: Tally, group: Group, d
         classnames = _classnames(config, dataset.classnames)
         templates = load_templates(config.templates)
     log = run.log if group.main else (lambda line: None)  # one line, not one per rank
-    loaded = load_model(config.model, config.pretrained, config.tokenizer, device, run.seed, log)
+    loaded = load_model(
+        config.model,
+        config.pretrained,
+        config.tokenizer,
+        device,
+        run.seed,
+        log,
+        context_length=config.context_length,
+    )
     with progress("eval", not run.quiet and group.main) as update:
         common = dict(
             amp=config.amp,

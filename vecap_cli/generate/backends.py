@@ -81,6 +81,7 @@ def server_spec(request: Request) -> ServerSpec:
         retries=options.retries,
         timeout=options.timeout,
         max_reply_bytes=options.max_reply_bytes,
+        temperature=request.temperature,
     )
 
 
@@ -94,6 +95,7 @@ def _hf_captioner(request: Request):
         request.max_new_tokens,
         options.device,
         options.trust_remote_code,
+        request.temperature,
     )
 
 
@@ -101,14 +103,24 @@ def _hf_chat(request: Request):
     from vecap_cli.generate.hf_lm import HFChat
 
     options = request.options
-    return HFChat(request.model, request.max_new_tokens, options.device, options.trust_remote_code)
+    return HFChat(
+        request.model,
+        request.max_new_tokens,
+        options.device,
+        options.trust_remote_code,
+        request.temperature,
+    )
 
 
 def _coca(request: Request):
     from vecap_cli.generate.openclip_coca import CocaCaptioner
 
     return CocaCaptioner(
-        request.model, request.pretrained, request.max_new_tokens, request.options.device
+        request.model,
+        request.pretrained,
+        request.max_new_tokens,
+        request.options.device,
+        request.temperature,
     )
 
 

@@ -5,7 +5,11 @@ is a sha256 of what decides the answer: the command, backend, model (and
 pretrained), prompt and --max-new-tokens (the `scope`), and the input itself:
 the image bytes' digest for caption (taken in the decode workers, by
 `Cached.prepare`) and, for caption --condition-on, the record's own prompt (its
-AltText), the exact conversation sent for rewrite (its prompt template is in it). Only answers are stored, never a `Failed` request;
+AltText), the exact conversation sent for rewrite (its prompt template is in it).
+A sampled answer (--n, --temperature) is keyed by its temperature (in the scope)
+and its seed too: the seed of draw i of a record derives from (--seed, key, i),
+so each of a record's K draws has a key of its own, and a rerun replays all K.
+Only answers are stored, never a `Failed` request;
 validation runs on every answer, cached or not, so a refused one is refused
 again, the same way.
 
@@ -158,15 +162,26 @@ class Cached:
     def _prepare(self, data: bytes) -> Keyed:
         return Keyed(hashlib.sha256(data).digest(), self.model.prepare(data))
 
-    def _key(self, item) -> bytes:
-        return hashlib.sha256(self.scope + b"\0" + _content(item)).digest()
+    def _key(self, item, seed: int | None = None) -> bytes:
+        content = _content(item)
+        if seed is not None:
+            content += b"\0seed=%d" % seed
+        return hashlib.sha256(self.scope + b"\0" + content).digest()
 
-    def generate(self, batch: list) -> list[Served]:
-        keys = [self._key(item) for item in batch]
+    def generate(self, batch: list, seeds: list[int] | None = None) -> list[Served]:
+        keys = [
+            self._key(item, None if seeds is None else seeds[i]) for i, item in enumerate(batch)
+        ]
         found = self.store.get(keys)
         todo = [i for i, key in enumerate(keys) if key not in found]
         asked = [_bare(batch[i]) for i in todo]
-        answers = dict(zip(todo, self.model.generate(asked) if asked else (), strict=True))
+        if not asked:
+            fresh = []
+        elif seeds is None:
+            fresh = self.model.generate(asked)
+        else:
+            fresh = self.model.generate(asked, seeds=[seeds[i] for i in todo])
+        answers = dict(zip(todo, fresh, strict=True))
         self.store.put({keys[i]: a for i, a in answers.items() if isinstance(a, str)})
         return [
             Served(answers[i], False) if i in answers else Served(found[key], True)

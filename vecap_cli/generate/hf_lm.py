@@ -1,6 +1,6 @@
 """Chat completions from a transformers causal LM in a local dir, a GGUF file
-(gguf_file) or a hub id: batched, left-padded, greedy, through the tokenizer's
-chat template."""
+(gguf_file) or a hub id: batched, left-padded, greedy (or sampled with a seed per
+conversation: generate/sampling.py), through the tokenizer's chat template."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from vecap_cli.errors import VecapError
 from vecap_cli.generate import gguf_file
 from vecap_cli.generate.base import default_dtype, resolve_device
 from vecap_cli.generate.hf_vlm import clean, quiet_transformers
+from vecap_cli.generate.sampling import processors
 from vecap_cli.loading import load_error
 
 
@@ -34,6 +35,7 @@ class HFChat:
         max_new_tokens: int,
         device: str = "auto",
         trust_remote_code: bool = False,
+        temperature: float = 0.0,
     ):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -65,6 +67,7 @@ class HFChat:
         self.templated = bool(getattr(self.tokenizer, "chat_template", None))
         self.merge_system = False  # set when the template refuses a system turn
         self.max_new_tokens = max_new_tokens
+        self.temperature = temperature  # > 0: sampled, one seed per conversation
         self._torch = torch
 
     def render(self, messages: list[dict]) -> str:
@@ -82,7 +85,9 @@ class HFChat:
             self.merge_system = True
             return self.render(messages)
 
-    def generate(self, conversations: list[list[dict]]) -> list[str]:
+    def generate(
+        self, conversations: list[list[dict]], seeds: list[int] | None = None
+    ) -> list[str]:
         texts = [self.render(c) for c in conversations]
         # A chat template writes its own BOS; adding another would shift the model off-distribution.
         enc = self.tokenizer(
@@ -95,6 +100,7 @@ class HFChat:
                 do_sample=False,
                 num_beams=1,
                 pad_token_id=self.tokenizer.pad_token_id,
+                **processors(seeds, self.temperature),
             )  # (B, T_in + T_new)
         new = out[:, enc["input_ids"].shape[1] :]
         return [clean(t) for t in self.tokenizer.batch_decode(new, skip_special_tokens=True)]

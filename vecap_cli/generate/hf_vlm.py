@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from vecap_cli.errors import VecapError
 from vecap_cli.generate.base import Prompted, decode_rgb, default_dtype, resolve_device
+from vecap_cli.generate.sampling import processors
 from vecap_cli.loading import load_error
 
 
@@ -47,6 +48,7 @@ class HFCaptioner:
         max_new_tokens: int,
         device: str = "auto",
         trust_remote_code: bool = False,
+        temperature: float = 0.0,
     ):
         import torch
         from transformers import AutoModelForImageTextToText, AutoProcessor
@@ -70,6 +72,7 @@ class HFCaptioner:
         self.name, self.model_type = model, self.model.config.model_type
         self.text = prompt_text(self.processor, self.model_type, prompt)
         self.max_new_tokens = max_new_tokens
+        self.temperature = temperature  # > 0: sampled, one seed per image (generate/sampling.py)
         self._torch = torch
 
     def prepare(self, data: bytes):
@@ -87,7 +90,7 @@ class HFCaptioner:
             )
         return text
 
-    def generate(self, batch: list) -> list[str]:
+    def generate(self, batch: list, seeds: list[int] | None = None) -> list[str]:
         """`batch`: decoded images, or `Prompted` ones with their own prompt."""
         torch = self._torch
         images = [item.item if isinstance(item, Prompted) else item for item in batch]
@@ -98,7 +101,11 @@ class HFCaptioner:
         inputs = self.processor(**kwargs).to(self.device, dtype=self.dtype)
         with torch.inference_mode():
             out = self.model.generate(
-                **inputs, max_new_tokens=self.max_new_tokens, do_sample=False, num_beams=1
+                **inputs,
+                max_new_tokens=self.max_new_tokens,
+                do_sample=False,
+                num_beams=1,
+                **processors(seeds, self.temperature),
             )  # (B, T_in + T_new) for decoder-only models, (B, T_new) for BLIP
         prompt_ids = inputs.get("input_ids")
         n_in = 0 if prompt_ids is None else prompt_ids.shape[1]

@@ -14,10 +14,12 @@ for it and does not keep what it built.
 
 from __future__ import annotations
 
+import inspect
 import threading
 from collections.abc import Callable
 from functools import partial
 
+from vecap_cli.errors import VecapError
 from vecap_cli.generate.cache import Cached, Store
 from vecap_cli.generate.registry import (
     CAPTION,
@@ -34,9 +36,12 @@ class Lazy:
     """`generate` builds the backend on first call; `prepare` needs no model (decode workers)."""
 
     def __init__(
-        self, build: Callable[[], object], prepare: Callable[[bytes], object] | None = None
+        self,
+        build: Callable[[], object],
+        prepare: Callable[[bytes], object] | None = None,
+        name: str = "",
     ):
-        self._build = build
+        self._build, self.name = build, name
         self._backend: object | None = None
         self._lock = threading.Lock()
         if prepare is not None:
@@ -49,8 +54,13 @@ class Lazy:
                 self._backend = self._build()
         return self._backend
 
-    def generate(self, batch: list) -> list:
-        return self.backend.generate(batch)  # type: ignore[attr-defined]
+    def generate(self, batch: list, seeds: list[int] | None = None) -> list:
+        backend = self.backend
+        if seeds is None:  # a backend that never samples need not take seeds
+            return backend.generate(batch)  # type: ignore[attr-defined]
+        if "seeds" not in inspect.signature(backend.generate).parameters:  # type: ignore[attr-defined]
+            raise VecapError(f"--backend {self.name} does not sample: it takes no --temperature")
+        return backend.generate(batch, seeds=seeds)  # type: ignore[attr-defined]
 
 
 # With keep_models(): the model built last in this process, by what it was built
@@ -87,16 +97,19 @@ def kept(backend: Backend, request: Request) -> object:
 def load(serves: str, name: str, request: Request) -> Lazy | Cached:
     """The backend `name` of caption or rewrite; a captioner's `prepare` decodes
     within `request.limits` (bytes and pixels). With `options.cache`, behind the
-    answer cache, keyed by what decides an answer (generate/cache.py)."""
+    answer cache, keyed by what decides an answer (generate/cache.py): sampled, the
+    temperature too, and each answer's seed."""
     backend = get(serves, name)
     backend.check(request)
     prepare = partial(backend.prepare, limits=request.limits) if serves == CAPTION else None
-    model = Lazy(partial(kept, backend, request), prepare)
+    model = Lazy(partial(kept, backend, request), prepare, name)
     options = request.options
     if options.cache is None:
         return model
     r = request
     scope = (serves, name, r.model, r.pretrained, r.prompt, r.max_new_tokens)
+    if r.temperature > 0:  # greedy answers keep the keys they always had
+        scope = (*scope, ("temperature", r.temperature))
     return Cached(model, Store(options.cache, max_chars=options.max_reply_bytes), scope)
 
 

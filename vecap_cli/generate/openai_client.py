@@ -55,6 +55,7 @@ class ServerSpec:
     max_reply_bytes: int = 1 << 20  # a chat completion of 77 tokens is ~1 KB
     backoff: float = 0.5  # first wait; doubles each retry, +/- 25% jitter
     max_backoff: float = 30.0
+    temperature: float = 0.0  # 0: greedy; above: sampled, with each request's seed
 
 
 class _Retry(Exception):
@@ -107,15 +108,18 @@ class ChatClient:
         self.stats = {"requests": 0, "retries": 0}
 
     # -- one request ----------------------------------------------------------
-    def complete(self, messages: list[dict]) -> str | Failed:
-        body = json.dumps(
-            {
-                "model": self.spec.model,
-                "messages": messages,
-                "max_tokens": self.spec.max_new_tokens,
-                "temperature": 0,  # greedy
-            }
-        ).encode()
+    def complete(self, messages: list[dict], seed: int | None = None) -> str | Failed:
+        request = {
+            "model": self.spec.model,
+            "messages": messages,
+            "max_tokens": self.spec.max_new_tokens,
+            "temperature": 0,  # greedy
+        }
+        if seed is not None and self.spec.temperature > 0:
+            # vLLM and SGLang draw a request with a seed from its own generator:
+            # the same answer each time, whatever else the server is running
+            request.update(temperature=self.spec.temperature, seed=seed)
+        body = json.dumps(request).encode()
         last: _Retry | None = None
         for attempt in range(self.spec.retries + 1):
             if attempt:
@@ -197,8 +201,12 @@ class ChatClient:
         return data
 
     # -- a batch --------------------------------------------------------------
-    def generate(self, conversations: list[list[dict]]) -> list[str | Failed]:
-        return list(self._pool.map(self.complete, conversations))
+    def generate(
+        self, conversations: list[list[dict]], seeds: list[int] | None = None
+    ) -> list[str | Failed]:
+        if seeds is None:
+            return list(self._pool.map(self.complete, conversations))
+        return list(self._pool.map(self.complete, conversations, seeds))
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
@@ -343,9 +351,9 @@ class OpenAICaptioner:
     def prepare(self, data: bytes) -> str:
         return data_url(data)
 
-    def generate(self, urls: list) -> list[str | Failed]:
+    def generate(self, urls: list, seeds: list[int] | None = None) -> list[str | Failed]:
         """`urls`: data URLs, or `Prompted` ones that bring their own prompt."""
-        return self.client.generate([self._conversation(url) for url in urls])
+        return self.client.generate([self._conversation(url) for url in urls], seeds)
 
     def _conversation(self, url) -> list[dict]:
         url, prompt = (url.item, url.prompt) if isinstance(url, Prompted) else (url, self.prompt)
@@ -360,5 +368,7 @@ class OpenAIChat:
     def __init__(self, spec: ServerSpec):
         self.client = ChatClient(spec)
 
-    def generate(self, conversations: list[list[dict]]) -> list[str | Failed]:
-        return self.client.generate(conversations)
+    def generate(
+        self, conversations: list[list[dict]], seeds: list[int] | None = None
+    ) -> list[str | Failed]:
+        return self.client.generate(conversations, seeds)

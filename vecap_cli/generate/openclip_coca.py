@@ -24,7 +24,12 @@ def _open_clip_generates() -> bool:
 
 class CocaCaptioner:
     def __init__(
-        self, model: str, pretrained: str | None, max_new_tokens: int, device: str = "auto"
+        self,
+        model: str,
+        pretrained: str | None,
+        max_new_tokens: int,
+        device: str = "auto",
+        temperature: float = 0.0,
     ):
         import open_clip
         import torch
@@ -51,6 +56,7 @@ class CocaCaptioner:
         self.seq_len = max(min(max_new_tokens + 1, context), 2)  # + the start token
         self.min_len = min(5, self.seq_len - 1)  # open_clip's default floor, where it fits
         self.context = context
+        self.temperature = temperature  # > 0: sampled by `greedy`'s loop, a seed per image
         self.sot = getattr(self.tokenizer, "sot_token_id", 49406)
         self.eot = getattr(self.tokenizer, "eot_token_id", 49407)
         self._torch = torch
@@ -58,12 +64,16 @@ class CocaCaptioner:
     def prepare(self, data: bytes):
         return decode_rgb(data)
 
-    def generate(self, images: list) -> list[str]:
+    def generate(self, images: list, seeds: list[int] | None = None) -> list[str]:
         torch = self._torch
         batch = torch.stack([self.preprocess(im) for im in images]).to(self.device)  # (B, 3, H, W)
         autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device != "cpu")
         with torch.inference_mode(), autocast:
-            if _open_clip_generates():
+            if seeds is not None and self.temperature > 0:
+                from vecap_cli.generate.sampling import SeededSampler
+
+                out = self.greedy(batch, SeededSampler(seeds, self.temperature))
+            elif _open_clip_generates():
                 out = self.model.generate(
                     batch,
                     seq_len=self.seq_len,
@@ -76,8 +86,9 @@ class CocaCaptioner:
                 out = self.greedy(batch)
         return [self._decode(row) for row in out.tolist()]
 
-    def greedy(self, batch):
-        """open_clip's greedy path (top_k=1), for when its `generate` is unavailable.
+    def greedy(self, batch, sampler=None):
+        """open_clip's greedy path (top_k=1), for when its `generate` is unavailable;
+        with a `sampler` (generate/sampling.py), each row's token is drawn from its seed.
 
         open_clip 3.x imports transformers' BeamSearchScorer to enable `generate`,
         and transformers 5 no longer has it, so `generate` asserts. The loop is
@@ -101,7 +112,7 @@ class CocaCaptioner:
             )["logits"][:, -1]  # (B, V)
             if out.shape[1] < self.min_len:
                 logits[:, self.eot] = float("-inf")
-            step = logits.argmax(-1)
+            step = logits.argmax(-1) if sampler is None else sampler.pick(logits)
             if out.shape[1] + 1 == self.seq_len:
                 step = torch.full_like(step, self.eot)
             step = torch.where(done, torch.full_like(step, pad), step)

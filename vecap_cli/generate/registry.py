@@ -45,6 +45,8 @@ class Request:
     prompt: str = ""  # captioners: the instruction beside each image
     pretrained: str | None = None  # openclip: a tag or checkpoint for `model`
     limits: ImageLimits = DEFAULT_LIMITS  # captioners: what `prepare` decodes
+    # 0: greedy; above: sampled, `generate(batch, seeds=[one per item])` (--n, --temperature)
+    temperature: float = 0.0
 
 
 def _nothing_to_check(request: Request) -> None:
@@ -58,7 +60,9 @@ class Backend:
     `build` returns the model: for caption, `generate(prepared images) ->
     list[str | Failed]`; for rewrite, `generate(conversations)` likewise, or,
     for a backend that needs no model, a fuser of (alt, vec) pairs whose output
-    is a caption by construction. It runs when a batch first needs the model,
+    is a caption by construction. With `Request.temperature` above 0, a model
+    samples: `generate(batch, seeds=...)`, one seed per item, each item's answer
+    fixed by its seed. It runs when a batch first needs the model,
     so heavy imports belong inside it; `check` runs at once, without loading.
     """
 

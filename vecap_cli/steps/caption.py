@@ -15,10 +15,19 @@ own, the record's AltText quoted in it, and the answer is a VeCap, in `vecap`
 (`vec` untouched); a record without a conditioning text is rejected
 (`condition-missing`) before its image is read. The answer is checked against the
 prompt without the AltText: what only the AltText holds is not let through.
+
+With --n K >= 2 (steps/draws.py) `vec` is a list: each draw is validated like a
+single answer. A draw whose request failed rejects the record (caption-REASON:
+a rerun asks again, and with --cache pays only for the draws that failed); a
+refused draw is left out of the list; a record whose K draws are all refused
+is rejected as with one. So `vec` holds 1..K captions, in draw order. Each
+draw is counted in `caption-draws`: kept, refused-REASON, failed-REASON, or
+unused (valid, in a record rejected for another draw's failure).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -32,7 +41,8 @@ from vecap_cli.generate.load import load
 from vecap_cli.generate.registry import CAPTION, ModelOptions, Request, get
 from vecap_cli.steps import condition
 from vecap_cli.steps.batching import PASS, in_batches
-from vecap_cli.steps.generation import DEFAULT_PROMPT
+from vecap_cli.steps.draws import Draws, ask
+from vecap_cli.steps.generation import CAPTION_STYLES, DEFAULT_PROMPT
 from vecap_cli.stream.images import DEFAULT_LIMITS, ImageLimits, ImageRejected
 from vecap_cli.stream.sample import Sample
 from vecap_cli.stream.tally import Tally
@@ -41,7 +51,12 @@ from vecap_cli.stream.tally import Tally
 class Captioner(Protocol):
     def prepare(self, data: bytes) -> object: ...  # in a worker thread: bytes → model input
 
-    def generate(self, batch: list) -> list[str | Failed]: ...
+    def generate(self, batch: list, seeds: list[int] | None = None) -> list[str | Failed]: ...
+
+
+# with --n >= 2, each draw: kept, refused-REASON, failed-REASON, or unused (valid, but
+# its record was rejected for another draw's failed request)
+DRAWS = "caption-draws"
 
 
 @dataclass(frozen=True)
@@ -57,18 +72,17 @@ class CaptionConfig:
     field: str = "vec"
     image_limits: ImageLimits = DEFAULT_LIMITS  # --max-image-bytes, --max-pixels
     condition_on: str | None = None  # a record field quoted into `prompt`'s {alt}
+    style: str = "default"  # what set prompt and max_new_tokens, unless given
+    draws: Draws = dataclasses.field(default_factory=Draws)  # --n, --temperature, --seed
 
     def identity(self) -> tuple:
         """What decides the captions: a resumed run must agree on it (batching, threads
-        and processes may differ)."""
-        return (
-            self.backend,
-            self.model,
-            self.pretrained,
-            self.prompt,
-            self.max_new_tokens,
-            self.condition_on,
-        )
+        and processes may differ). The conditioning, the style and the draws only where
+        not the default, so that a run keeps the identity it had before they existed."""
+        base = (self.backend, self.model, self.pretrained, self.prompt, self.max_new_tokens)
+        on = () if self.condition_on is None else (("condition_on", self.condition_on),)
+        style = () if self.style == "default" else (("style", self.style),)
+        return (*base, *on, *style, *self.draws.identity())
 
     @classmethod
     def of(
@@ -78,12 +92,19 @@ class CaptionConfig:
         decode_threads: int | None,
         concurrency: int,
         processes: int = 1,
+        style: str = "default",
+        prompt: str | None = None,
+        max_new_tokens: int | None = None,
+        n: int = 1,
+        temperature: float = 0.0,
+        seed: int = 0,
         **fields,
     ) -> CaptionConfig:
         """The config, with the defaults that depend on the backend (its batch,
-        `Backend.default_batch_size`) and the machine (decode threads: up to 4, one a
-        core, the cores shared by `processes`, --workers). With `condition_on`, the
-        caption goes to `vecap`; a backend that reads no prompt is a ValueError."""
+        `Backend.default_batch_size`), the style (prompt, --max-new-tokens) and the
+        machine (decode threads: up to 4, one a core, the cores shared by
+        `processes`, --workers). With `condition_on`, the caption goes to `vecap`; a
+        backend that reads no prompt, or a bad --n/--temperature, is a ValueError."""
         chosen = get(CAPTION, backend)
         if (on := fields.get("condition_on")) is not None:
             if not on.strip():
@@ -97,7 +118,17 @@ class CaptionConfig:
             batch_size = chosen.default_batch_size(concurrency)
         if decode_threads is None:
             decode_threads = max(1, min(4, len(os.sched_getaffinity(0)) // processes))
-        return cls(backend=backend, batch_size=batch_size, decode_threads=decode_threads, **fields)
+        preset = CAPTION_STYLES[style]
+        return cls(
+            backend=backend,
+            batch_size=batch_size,
+            decode_threads=decode_threads,
+            style=style,
+            prompt=preset.prompt if prompt is None else prompt,
+            max_new_tokens=preset.max_new_tokens if max_new_tokens is None else max_new_tokens,
+            draws=Draws(n, temperature, seed),
+            **fields,
+        )
 
 
 def build_captioner(config: CaptionConfig, options: ModelOptions) -> Captioner:
@@ -109,19 +140,31 @@ def build_captioner(config: CaptionConfig, options: ModelOptions) -> Captioner:
         prompt=config.prompt,
         pretrained=config.pretrained,
         limits=config.image_limits,
+        temperature=config.draws.temperature,
     )
     return load(CAPTION, config.backend, request)
 
 
+def texts(value: object) -> list[str]:
+    """The captions a field holds: one string, or the strings of a list (caption and
+    rewrite --n); blank ones and anything else left out."""
+    if isinstance(value, str):
+        return [value] if value.strip() else []
+    if isinstance(value, list):
+        return [v for v in value if isinstance(v, str) and v.strip()]
+    return []
+
+
 def has_text(record: dict, field: str) -> bool:
-    value = record.get(field)
-    return isinstance(value, str) and bool(value.strip())
+    return bool(texts(record.get(field)))
 
 
 def caption(
     samples: Iterable[Sample], tally: Tally, config: CaptionConfig, captioner: Captioner
 ) -> Iterator[Sample]:
     tally.declare("caption", keyed=True)
+    if config.draws.n > 1:
+        tally.declare(DRAWS, keyed=True)
     field, overwrite, on = config.field, config.overwrite, config.condition_on
     limit = max_chars(config.max_new_tokens)
 
@@ -162,19 +205,31 @@ def _captioned(
     """One batch's samples, captioned (or passed, or rejected)."""
     conditioned = config.condition_on is not None
     instruction = condition.instruction(config.prompt) if conditioned else config.prompt
-    inputs = [item for _, item in group if item is not PASS]
-    texts = iter(captioner.generate(inputs) if inputs else ())
+    draws = config.draws
+    asked = [(sample, item) for sample, item in group if item is not PASS]
+    answers = iter(
+        ask(
+            captioner.generate,
+            [[item] * draws.n for _, item in asked],
+            [sample.key for sample, _ in asked],
+            draws,
+            config.batch_size,
+        )
+    )
     for sample, item in group:
         if item is PASS:
             tally.count("caption", sample, key="skipped-existing")
             yield sample
             continue
-        text, source = served(next(texts))
-        if source is not None:
-            tally.count("cache", sample, key=source)
-        if isinstance(text, Failed):
-            tally.reject(f"caption-{text.reason}", text.detail, sample)
-        elif (refused := refusal(text, instruction, limit)) is not None:
+        kept, failed, refused, outcomes = _judged(next(answers), sample, tally, instruction, limit)
+        if failed is not None and kept:  # not written: the valid draws go unused this time
+            outcomes = ["unused" if key == "kept" else key for key in outcomes]
+        if draws.n > 1:
+            for key in outcomes:
+                tally.count(DRAWS, sample, key=key)
+        if failed is not None:
+            tally.reject(f"caption-{failed.reason}", failed.detail, sample)
+        elif not kept:
             # A rejection, not a record without `vec`: rewrite and mix would quietly
             # train on the AltText alone, while --rejects keeps it for a rerun.
             reason, detail = refused
@@ -182,9 +237,32 @@ def _captioned(
                 "empty-caption" if reason == "empty" else f"caption-{reason}", detail, sample
             )
         else:
-            sample.record[config.field] = text
+            sample.record[config.field] = draws.value(kept)
             tally.count("caption", sample, key="captioned")
             yield sample
+
+
+def _judged(outs: list, sample: Sample, tally: Tally, instruction: str, limit: int):
+    """A record's draws judged against `instruction` (the prompt, without a
+    conditioning text): the captions kept, the first failure and the first refusal
+    (or None), and each draw's outcome (kept, failed-REASON, refused-REASON)."""
+    kept: list[str] = []
+    failed = refused = None
+    outcomes = []
+    for out in outs:
+        text, source = served(out)
+        if source is not None:
+            tally.count("cache", sample, key=source)
+        if isinstance(text, Failed):
+            failed = failed or text
+            outcomes.append(f"failed-{text.reason}")
+        elif (why := refusal(text, instruction, limit)) is not None:
+            refused = refused or why
+            outcomes.append(f"refused-{why[0]}")
+        else:
+            kept.append(text)
+            outcomes.append("kept")
+    return kept, failed, refused, outcomes
 
 
 def _reject(tally: Tally, sample: Sample, err: BaseException) -> None:

@@ -4,7 +4,7 @@ Importing this module registers every built-in backend: the generation ones
 (vecap_cli.generate registers hf, openclip and openai) and rewrite's
 model-free `rules`, registered here, a floor above them, because its fusion is
 rewrite's own record logic (rewrite/rules.py). Light on purpose: the CLI reads
---backend's choices and --prompt's default from here at start-up; the rules
+--backend's choices and caption's --style presets from here at start-up; the rules
 fusion loads when built. `staged` builds either command's stage for one
 process or for --workers of them.
 """
@@ -12,6 +12,7 @@ process or for --workers of them.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 from vecap_cli.errors import VecapError
@@ -23,6 +24,34 @@ if TYPE_CHECKING:
 
 # VeCLIP's prompt for LLaVA (arXiv 2310.07699, section 3).
 DEFAULT_PROMPT = "Describe the image concisely, less than 20 words."
+
+
+@dataclass(frozen=True)
+class CaptionStyle:
+    """A `vecap caption --style`: the prompt, and the --max-new-tokens it needs."""
+
+    prompt: str
+    max_new_tokens: int
+    help: str
+
+
+# Short and dense synthetic captions help CLIP differently (arXiv 2410.02740):
+# `short` for the one-sentence kind, `dense` for a detailed description.
+CAPTION_STYLES = {
+    "default": CaptionStyle(DEFAULT_PROMPT, 40, "VeCLIP's prompt"),
+    "short": CaptionStyle(
+        "Describe the image in one short sentence of about 15 words.",
+        40,
+        "one sentence of about 15 words",
+    ),
+    "dense": CaptionStyle(
+        "Describe the image in detail, in a few sentences: the main subjects and what "
+        "they are doing, their colors, shapes and materials, the setting and the "
+        "background, and any visible text.",
+        200,
+        "a detailed description in a few sentences",
+    ),
+}
 
 
 def _rules(request: Request):

@@ -43,6 +43,49 @@ class MixConfig:
             check_probs(self.probs, self.keys, "--probs")
 
 
+@dataclass(frozen=True)
+class Preset:
+    """A published caption mix: `mix --preset` / `train --preset` NAME sets the fields
+    and their probabilities. `alt` is the web AltText; `vecap` the synthetic caption
+    that `vecap rewrite` (and `vecap caption --condition-on`) write."""
+
+    keys: tuple[str, ...]
+    probs: tuple[float, ...]
+    help: str  # its line in --help: the mix and where it was published
+
+
+PRESETS: dict[str, Preset] = {
+    "veclip": Preset(
+        ("alt", "vecap"), (0.5, 0.5), "AltText and VeCap 50/50 (VeCLIP, arXiv 2310.07699)"
+    ),
+    "recap": Preset(
+        ("alt", "vecap"),
+        (0.2, 0.8),
+        "the recaption with p = 0.8 (Recap-DataComp-1B, arXiv 2406.08478)",
+    ),
+    "metaclip12": Preset(
+        ("alt", "vecap"),
+        (0.85, 0.15),
+        "synthetic captions at 0.15 (MetaCLIP 1.2 / Altogether, arXiv 2410.17251)",
+    ),
+}
+
+
+def preset_mix(
+    name: str | None,
+    keys: tuple[str, ...] | None,
+    probs: tuple[float, ...] | None,
+    flags: tuple[str, str],
+) -> tuple[tuple[str, ...] | None, tuple[float, ...] | None]:
+    """(keys, probs): the preset's when `name` is given, else the flags'. A preset
+    with its explicit flags is ambiguous: ValueError('--preset: why')."""
+    if name is None:
+        return keys, probs
+    if keys is not None or probs is not None:
+        raise ValueError(f"--preset: sets {' and '.join(flags)} itself; give one or the other")
+    return PRESETS[name].keys, PRESETS[name].probs
+
+
 def check_probs(probs: tuple[float, ...], keys: tuple[str, ...], flag: str) -> None:
     """One probability per key, each finite and non-negative, summing to 1."""
     if len(probs) != len(keys):
@@ -107,11 +150,31 @@ class CaptionDraw:
             return name, texts[0]
         return name, texts[int(uniform(self.seed, key, epoch, "caption") * len(texts))]
 
+    def draw_k(self, record: dict, key: str, epoch: int, k: int) -> list[tuple[str, str]]:
+        """Up to `k` distinct (field, caption), drawn without replacement for
+        `train --positives K`: each draw as the single draw above (the field by its
+        weight among the fields with captions left, then one of its captions left,
+        each as likely), the drawn text then removed from every field. The first is
+        exactly `self(record, key, epoch)`; draw t > 0 takes its numbers from
+        hash(seed, key, epoch, "field", t) and hash(seed, key, epoch, "caption", t).
+        Fewer than `k` when the record has fewer distinct captions."""
+        left = self.fields(record)
+        drawn: list[tuple[str, str]] = []
+        while left and len(drawn) < k:
+            t = len(drawn)
+            name, texts = left[0] if len(left) == 1 else self._field(left, key, epoch, t)
+            u = uniform(self.seed, key, epoch, "caption", *([t] if t else []))
+            text = texts[0] if len(texts) == 1 else texts[int(u * len(texts))]
+            drawn.append((name, text))
+            left = [(n, rest) for n, ts in left if (rest := [x for x in ts if x != text])]
+        return drawn
+
     def _field(
-        self, found: list[tuple[str, list[str]]], key: str, epoch: int
+        self, found: list[tuple[str, list[str]]], key: str, epoch: int, t: int = 0
     ) -> tuple[str, list[str]]:
         weights = self.weights
-        threshold = uniform(self.seed, key, epoch) * sum(weights[name] for name, _ in found)
+        u = uniform(self.seed, key, epoch, *(["field", t] if t else []))
+        threshold = u * sum(weights[name] for name, _ in found)
         for name, texts in found:
             threshold -= weights[name]
             if threshold < 0:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+from vecap_cli.positions import MAX_CONTEXT_LENGTH
 from vecap_cli.train.attention import ATTENTION
 from vecap_cli.train.contrastive import LOSSES
 
@@ -29,13 +30,18 @@ class TrainConfig:
     workers: int = 2
     resample: bool = False
     online_curation: bool = False  # draw each record per epoch from curate.p (MetaCLIP 1.2/2)
+    positives: int = 1  # captions per image in a batch (multi-positive loss when > 1)
     # model
     model: str = "vecap-tiny"
     pretrained: str | None = None
+    context_length: int | None = None  # text tokens; None: the model's own
     loss: str = "clip"
     attn: str = "auto"
     caption_loss_weight: float = 2.0  # CoCa, open_clip's defaults
     contrastive_loss_weight: float = 1.0
+    distill: bool = False  # MobileCLIP: match stored teacher embeddings' similarities
+    distill_weight: float = 1.0  # λ; MobileCLIP's DataCompDR runs train on distillation alone
+    teacher_scale: float = 100.0  # MobileCLIP's --distill-logit-scale
     # optimisation
     batch_size: int = 64  # per rank
     epochs: int = 1
@@ -68,11 +74,14 @@ class TrainConfig:
             (self.precision in PRECISIONS, "--precision", f"choose from {', '.join(PRECISIONS)}"),
             (self.device in DEVICES, "--device", f"choose from {', '.join(DEVICES)}"),
             (self.batch_size >= 1, "--batch-size", "must be at least 1"),
+            (self.positives >= 1, "--positives", "must be at least 1"),
             (self.epochs >= 1, "--epochs", "must be at least 1"),
             (self.workers >= 0, "--workers", "must be 0 or more"),
             (self.shuffle_buffer >= 1, "--shuffle-buffer", "must be at least 1"),
             (self.lr > 0, "--lr", "must be positive"),
             (self.warmup >= 0, "--warmup", "must be 0 or more"),
+            (0.0 <= self.distill_weight <= 1.0, "--distill-weight", "must be in [0, 1]"),
+            (self.teacher_scale > 0, "--teacher-scale", "must be positive"),
         ]
         for ok, flag, why in checks:
             if not ok:
@@ -85,6 +94,8 @@ class TrainConfig:
             check_probs(self.text_probs, self.text_keys, "--text-probs")
         if self.train_num_samples is not None and self.train_num_samples < 1:
             raise ValueError("--train-num-samples: must be at least 1")
+        if self.context_length is not None and not (2 <= self.context_length <= MAX_CONTEXT_LENGTH):
+            raise ValueError(f"--context-length: choose from 2 to {MAX_CONTEXT_LENGTH} tokens")
 
     def as_dict(self) -> dict:
         """JSON-able, for checkpoints and --stats."""
@@ -95,6 +106,7 @@ class TrainConfig:
     RESUME_KEYS = (
         "inputs",
         "model",
+        "context_length",
         "loss",
         "batch_size",
         "epochs",
@@ -104,5 +116,7 @@ class TrainConfig:
         "online_curation",
         "text_keys",
         "text_probs",
+        "positives",
         "seed",
+        "distill",
     )

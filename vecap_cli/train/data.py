@@ -9,6 +9,12 @@ The DataLoader takes them round-robin, so batch j comes from worker j mod W.
 A share too short for its batches is read again (pass 1, 2, ...);
 `resample` draws shards with replacement instead of splitting them.
 
+With `positives` K > 1 (`--positives`) a batch holds B images and B·K texts,
+image i's captions at rows i·K … i·K + K − 1: K distinct captions drawn without
+replacement from the caption fields (`CaptionDraw.draw_k`). A record with fewer
+than K distinct captions repeats them in turn (a, b, a, ...) and is counted in
+`repeated-captions`: it still trains, as it would at K = 1.
+
 Everything random derives from (seed, epoch, slot, pass, position) or from
 (seed, key, epoch), so a worker's batches are a pure function of where it
 starts. A batch carries its worker's position after it, (pass, taken); a
@@ -23,7 +29,8 @@ mix --online-curation`): each epoch a fresh balanced sample of the matched pool.
 Accounting: a sample is `in` when it leaves the shuffle buffer (or when the
 reader rejects its record), then is trained (`out`), dropped (`online-curation`,
 `no-caption`) or rejected (`no-curate-p`, `image-missing`, `bad-image`,
-`image-too-large`, ...: see `stream/images.py`). A batch carries the events of its
+`image-too-large`, ...: see `stream/images.py`; under `distill`, `no-teacher`
+and `bad-teacher`: see `teacher.py`). A batch carries the events of its
 window and the main process replays them on its Tally, so the counts, the
 --rejects file and --strict cover exactly the batches trained.
 """
@@ -35,6 +42,7 @@ import os
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
@@ -44,6 +52,7 @@ from vecap_cli.stream.images import DEFAULT_LIMITS, ImageLimits, ImageRejected, 
 from vecap_cli.stream.runner import iter_samples
 from vecap_cli.stream.sample import Sample
 from vecap_cli.stream.tally import Tally
+from vecap_cli.train.teacher import TeacherDraw, TeacherRejected
 
 DEFAULT_KEYS = ("text", "alt")  # the caption a mix step chose, else the AltText
 
@@ -65,18 +74,24 @@ class DataPlan:
     text_keys: tuple[str, ...] | None = None
     text_probs: tuple[float, ...] | None = None
     online_curation: bool = False  # keep a sample in an epoch with probability curate.p
+    positives: int = 1  # captions per image: texts (b·K, ...) grouped by image
     image_limits: ImageLimits = DEFAULT_LIMITS  # --max-image-bytes, --max-pixels
+    distill: bool = False  # read each sample's stored teacher embeddings (teacher.py)
+
+
+REPEATED = "repeated-captions"  # records with fewer than K distinct captions (--positives K)
 
 
 @dataclass
 class Batch:
     images: torch.Tensor  # (b, 3, H, W)
-    texts: torch.Tensor  # (b, context_length) int64
+    texts: torch.Tensor  # (b·K, context_length) int64, image i's K at rows i·K …
     worker: int
     position: Position  # the worker's position after this batch
     n_in: int = 0
     events: list = field(default_factory=list)
     error: str = ""  # a worker that cannot go on says why here (no traceback)
+    teacher: tuple[torch.Tensor, torch.Tensor] | None = None  # --distill: image, text (b, Dt)
 
 
 class _Recorder(Tally):
@@ -220,6 +235,24 @@ def caption_picker(plan: DataPlan) -> Callable[[Sample, int], str | None]:
     return drawn
 
 
+def positives_picker(plan: DataPlan) -> Callable[[Sample, int], list[str]]:
+    """`--positives K`: up to K distinct captions of a sample, drawn without replacement
+    from --text-keys (default: text and alt, equally)."""
+    keys = DEFAULT_KEYS if plan.text_keys is None else plan.text_keys
+    draw = CaptionDraw(keys, plan.text_probs, plan.seed)
+    k = plan.positives
+
+    def drawn(sample: Sample, epoch: int) -> list[str]:
+        return [text for _, text in draw.draw_k(sample.record, sample.key, epoch, k)]
+
+    return drawn
+
+
+def cycled(texts: list[str], k: int) -> list[str]:
+    """`k` captions from the distinct `texts` (at least one), repeated in turn."""
+    return [texts[i % len(texts)] for i in range(k)]
+
+
 def load_image(sample: Sample, limits: ImageLimits = DEFAULT_LIMITS):
     """The sample's image as RGB; ImageRejected (with its reason) when there is none
     to train on."""
@@ -238,8 +271,10 @@ class TrainData(IterableDataset):
         self.plan = plan
         self.transform = transform
         self.tokenizer = tokenizer
-        self.caption = caption_picker(plan)
+        self.caption = caption_picker(plan) if plan.positives == 1 else positives_picker(plan)
         self.online = OnlineDraw(plan.seed) if plan.online_curation else None
+        keys = plan.text_keys or DEFAULT_KEYS
+        self.teacher = TeacherDraw(plan.seed, keys) if plan.distill else None
         self.epoch, self.steps, self.first = 0, 0, 0
         self.positions: list[Position] = [(0, 0)] * plan.workers
 
@@ -263,7 +298,7 @@ class TrainData(IterableDataset):
         share = _Share(plan, self.epoch, slot, self.positions[worker])
         for _ in range(quota):
             try:
-                images, captions, n_in = self._fill(share)
+                images, captions, n_in, teachers = self._fill(share)
             except _NoData:
                 yield Batch(
                     torch.empty(0), torch.empty(0), worker, (0, 0), error=_no_data(plan, slot)
@@ -277,9 +312,10 @@ class TrainData(IterableDataset):
                 (share.pass_, share.taken),
                 n_in + read_rejects,
                 events,
+                teacher=_stack_teacher(teachers) if self.teacher else None,
             )
 
-    def _fill(self, share: _Share) -> tuple[list, list[str], int]:
+    def _fill(self, share: _Share) -> tuple[list, list[str], int, list]:
         # The transforms draw crops from torch's CPU generator: seeded per sample, and
         # given back as it was, so the caller's random stream (workers=0) is untouched.
         rng = torch.get_rng_state()
@@ -288,8 +324,8 @@ class TrainData(IterableDataset):
         finally:
             torch.set_rng_state(rng)
 
-    def _fill_seeded(self, share: _Share) -> tuple[list, list[str], int]:
-        images, captions, n_in = [], [], 0
+    def _fill_seeded(self, share: _Share) -> tuple[list, list[str], int, list]:
+        images, captions, n_in, teachers = [], [], 0, []
         recorder = share.recorder
         generator = torch.default_generator  # CPU only: torch.manual_seed also queues
         # lazy seeds for CUDA/XPU/MTIA, recording a stack trace each time (~1 ms)
@@ -299,7 +335,7 @@ class TrainData(IterableDataset):
             if self.online is not None and not self._drawn(sample, recorder):
                 continue
             caption = self.caption(sample, self.epoch)
-            if caption is None:
+            if not caption:  # None, or no caption of K
                 recorder.drop("no-caption", sample)
                 continue
             try:
@@ -307,11 +343,27 @@ class TrainData(IterableDataset):
             except ImageRejected as err:
                 recorder.reject(err.reason, str(err), sample)
                 continue
+            if self.teacher is not None:
+                try:
+                    image, *rows = self.teacher(sample, image, caption, self.epoch)
+                except TeacherRejected as err:
+                    recorder.reject(err.reason, str(err), sample)
+                    continue
+                teachers.append(rows)
             generator.manual_seed(augment_seed(self.plan.seed, sample.key, self.epoch, share.pass_))
             images.append(self.transform(image))
-            captions.append(caption)
+            if isinstance(caption, str):
+                captions.append(caption)
+            else:
+                captions += self._positives(caption, sample, recorder)
             share.good += 1
-        return images, captions, n_in
+        return images, captions, n_in, teachers
+
+    def _positives(self, texts: list[str], sample: Sample, recorder: _Recorder) -> list[str]:
+        k = self.plan.positives
+        if len(texts) < k:
+            recorder.events.append(("count", (REPEATED, _bare(sample)), {}))
+        return cycled(texts, k)
 
     def _drawn(self, sample: Sample, recorder: _Recorder) -> bool:
         """Online curation: whether the sample is in this epoch's draw (else counted)."""
@@ -323,6 +375,16 @@ class TrainData(IterableDataset):
             recorder.drop(NOT_DRAWN, sample)
             return False
         return True
+
+
+def _stack_teacher(rows: list) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(image rows, text rows), each (b, Dt) fp32; None when the widths disagree across
+    records (two teachers in one batch), which the loss then refuses in one line."""
+    widths = {row.shape for pair in rows for row in pair}
+    if len(widths) != 1:
+        return None
+    image, text = (torch.from_numpy(np.stack(column)) for column in zip(*rows, strict=True))
+    return image, text
 
 
 def _no_data(plan: DataPlan, slot: int) -> str:

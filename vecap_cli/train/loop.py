@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from vecap_cli.errors import VecapError
+from vecap_cli.positions import with_context_length
 from vecap_cli.process_group import leave
 from vecap_cli.steps.mix import NO_P, NOT_DRAWN
 from vecap_cli.stream.runner import per_rank, write_stats
@@ -96,13 +97,15 @@ def train_step(
     precision: str = "fp32",
     scaler: torch.amp.GradScaler | None = None,
     clip_norm: float | None = None,
+    teacher: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> dict[str, float]:
-    """One optimizer step; `raw` is the unwrapped model (under DDP or compile)."""
+    """One optimizer step; `raw` is the unwrapped model (under DDP or compile);
+    `teacher`: the batch's teacher embeddings, with --distill."""
     raw = raw or model
     model.train()
     optimizer.zero_grad(set_to_none=True)
     with autocast(precision, images.device):
-        parts = loss_fn(model(images, texts))
+        parts = loss_fn(model(images, texts), teacher)
         total = sum(parts.values())
     if scaler is not None:
         scaler.scale(total).backward()
@@ -154,6 +157,9 @@ class Trainer:
             coca=self.bundle.coca,
             contrastive_weight=cfg.contrastive_loss_weight,
             caption_weight=cfg.caption_loss_weight,
+            distill_weight=cfg.distill_weight if cfg.distill else None,
+            teacher_scale=cfg.teacher_scale,
+            positives=cfg.positives,
         )
         self.optimizer = make_optimizer(self.raw, cfg)
         self.scaler = torch.amp.GradScaler("cuda") if self.precision == "fp16" else None
@@ -164,11 +170,31 @@ class Trainer:
         self.tally = Tally("train", strict=opts.strict)
         self.data = TrainData(self._plan(), self.bundle.train_transform, self.bundle.tokenizer)
         self.valset = None
+        if cfg.positives > 1 and ctx.main:
+            opts.log(
+                f"--positives {cfg.positives}: each step {cfg.batch_size:,} images and "
+                f"{cfg.batch_size * cfg.positives:,} texts per rank (multi-positive {cfg.loss} loss)"
+            )
 
     # -- setup ------------------------------------------------------------------
     def _model(self) -> Bundle:
         cfg, ctx = self.cfg, self.ctx
-        bundle = build(cfg.model, cfg.pretrained, seed=cfg.seed, device=str(ctx.device))
+        bundle = build(
+            cfg.model,
+            cfg.pretrained,
+            seed=cfg.seed,
+            device=str(ctx.device),
+            context_length=cfg.context_length,
+        )
+        if bundle.resized_from is not None and ctx.main:
+            how = (
+                "stretched Long-CLIP's way"
+                if bundle.resized_from < bundle.context_length
+                else "truncated"
+            )
+            self.opts.log(
+                f"text positions {how}: {bundle.resized_from} -> {bundle.context_length} tokens"
+            )
         self.raw = bundle.model
         self.attn = set_attention(self.raw, cfg.attn)
         if cfg.grad_checkpointing:
@@ -229,7 +255,9 @@ class Trainer:
             text_keys=cfg.text_keys,
             text_probs=cfg.text_probs,
             online_curation=cfg.online_curation,
+            positives=cfg.positives,
             image_limits=self.opts.image_limits,
+            distill=cfg.distill,
         )
 
     def _fresh_positions(self) -> list[Position]:
@@ -360,6 +388,7 @@ class Trainer:
             precision=self.precision,
             scaler=self.scaler,
             clip_norm=self.cfg.grad_clip_norm,
+            teacher=batch.teacher,
         )
         metrics["loss"] = D.mean(metrics["loss"], self.ctx)
         return {"epoch": state.epoch, **metrics, "lr": lr}
@@ -449,6 +478,7 @@ class Trainer:
             "rng": torch.get_rng_state(),
             "ranks": ranks,
             "model": self.cfg.model,
+            "context_length": self.bundle.context_length,  # what eval tokenizes to
             "config": self.cfg.as_dict(),
             "world_size": self.ctx.world_size,
             "steps_per_epoch": self.steps_per_epoch,
@@ -486,7 +516,9 @@ class Trainer:
                 epochs=cfg.epochs,
                 loss=self.state.losses[-1] if self.state.losses else None,
                 attention=self.attn,
+                context_length=self.bundle.context_length,
                 loss_impl="fused" if self.loss_fn.fused else "open_clip",
+                positives=cfg.positives,
                 checkpoint=str(getattr(self, "last_checkpoint", "")) or None,
             )
             write_stats(per_rank(self.opts.stats, ctx.rank, ctx.world_size), self.tally)
@@ -495,6 +527,8 @@ class Trainer:
         import open_clip
 
         model_cfg = open_clip.get_model_config(self.cfg.model)
+        if model_cfg is not None and self.bundle.context_length is not None:
+            model_cfg = with_context_length(model_cfg, self.bundle.context_length)
         preprocess = dict(getattr(self.raw.visual, "preprocess_cfg", {}))
         checkpoint.export(self.cfg.output, self.raw.state_dict(), model_cfg, preprocess)
 

@@ -110,7 +110,8 @@ def test_min_score_and_the_basic_rules_are_counted_and_balance(models):
 
 
 def test_bad_records_are_rejected_under_their_reasons(models, tmp_path):
-    samples = pool(5)
+    samples = pool(6)
+    samples[5].record["alt"] = ["two captions", "from caption --n"]
     samples[0].record.pop("alt")
     samples[1].record["alt"] = "   "
     samples[2].members = {}  # no image at all
@@ -123,6 +124,7 @@ def test_bad_records_are_rejected_under_their_reasons(models, tmp_path):
         "image-missing": 1,
         "bad-image": 1,
         "filter-not-object": 1,
+        "text-list": 1,
     }
 
 

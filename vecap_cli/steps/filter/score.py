@@ -6,7 +6,8 @@ quantity DataComp's CLIP-score baselines and DFN filter by. Images are read and
 decoded through the one image path (stream/images.py) in threads running ahead
 of the model; the model sees batches, in input order.
 
-On the way, each record meets, in this order: its text (`no-text`, rejected;
+On the way, each record meets, in this order: its text (`no-text` or, a list
+from caption/rewrite --n, `text-list`, rejected;
 --text-filter, dropped), its image (the image path's rejections; --min-side,
 --max-aspect, dropped), then its score (--min-score, dropped under
 `clip-score-below`). Every score written is also counted into a histogram
@@ -36,6 +37,7 @@ FIELD = "filter"  # the record's object that filter steps write into
 SCORE = "clip_score"
 BELOW = "clip-score-below"
 NO_TEXT = "no-text"
+TEXT_LIST = "text-list"  # a list of captions (caption/rewrite --n): which one to score is not ours
 HISTOGRAM = "clip_score_histogram"  # the tally's keyed count: bin -> records
 
 
@@ -93,6 +95,9 @@ def score(
 
     def prepare(sample: Sample) -> tuple[str, object]:
         text = sample.record.get(key)
+        if isinstance(text, list):
+            detail = f"'{key}' holds a list of {len(text)}, not one text: score after vecap mix"
+            raise _Out(TEXT_LIST, detail, drop=False)
         if not isinstance(text, str) or not text.strip():
             raise _Out(NO_TEXT, f"no text in '{key}'", drop=False)
         if not isinstance(sample.record.get(FIELD, {}), dict):

@@ -6,12 +6,14 @@ concepts of the caption, one sentence, invent nothing. The AltText is web text
 anyone could have written, so it enters the prompt only as a JSON string
 literal inside a data block that the instruction tells the model never to
 obey: "ignore previous instructions" in an AltText is a string to fuse, not a
-command. `--prompt-file` replaces all of it with a template of your own.
+command. `--style` (STYLES) asks for one short sentence or a dense description
+instead; `--prompt-file` replaces all of it with a template of your own.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 
 from vecap_cli.errors import VecapError
 
@@ -54,6 +56,46 @@ EXAMPLES = (
 )
 
 
+_ONE = "Write ONE sentence that keeps the specific knowledge in ALT that fits the image"
+_LENGTH = "Answer with the caption only, in English, under 40 words."
+assert _ONE in SYSTEM and _LENGTH in SYSTEM
+
+
+@dataclass(frozen=True)
+class RewriteStyle:
+    """A `vecap rewrite --style`: the instruction, and the defaults of the answer's length."""
+
+    system: str
+    max_new_tokens: int  # --max-new-tokens
+    max_words: int  # --max-words
+    help: str
+
+
+# Short and dense synthetic captions help CLIP differently (arXiv 2410.02740). The
+# few-shot examples stay one sentence each: they teach what to keep and what to ignore.
+STYLES = {
+    "default": RewriteStyle(SYSTEM, 77, 60, "one sentence under 40 words"),
+    "short": RewriteStyle(
+        SYSTEM.replace(_ONE, _ONE.replace("ONE sentence", "ONE short sentence")).replace(
+            _LENGTH, "Answer with the caption only, in English, in about 15 words."
+        ),
+        77,
+        60,
+        "one short sentence of about 15 words",
+    ),
+    "dense": RewriteStyle(
+        SYSTEM.replace(
+            _ONE,
+            "Write a detailed description of a few sentences that keeps the specific "
+            "knowledge in ALT that fits the image",
+        ).replace(_LENGTH, "Answer with the description only, in English, under 120 words."),
+        200,
+        150,
+        "a detailed description of a few sentences, under 120 words",
+    ),
+}
+
+
 def quote(text: str, limit: int = MAX_ALT_CHARS) -> str:
     """A JSON string literal: quotes, newlines and control characters escaped, length capped."""
     return json.dumps(" ".join(text.split())[:limit], ensure_ascii=False)
@@ -63,8 +105,8 @@ def user_message(alt: str, vec: str) -> str:
     return f"ALT: {quote(alt)}\nVEC: {quote(vec)}"
 
 
-def default_messages(alt: str, vec: str) -> list[dict]:
-    messages = [{"role": "system", "content": SYSTEM}]
+def default_messages(alt: str, vec: str, system: str = SYSTEM) -> list[dict]:
+    messages = [{"role": "system", "content": system}]
     for ex_alt, ex_vec, answer in EXAMPLES:
         messages.append({"role": "user", "content": user_message(ex_alt, ex_vec)})
         messages.append({"role": "assistant", "content": answer})
@@ -73,11 +115,12 @@ def default_messages(alt: str, vec: str) -> list[dict]:
 
 
 class Prompt:
-    """Builds the conversation for one (alt, vec) pair; `instruction` is what an echo would copy."""
+    """Builds the conversation for one (alt, vec) pair; `instruction` is what an echo would
+    copy. `system`: the instruction of the built-in prompt (a --style's)."""
 
-    def __init__(self, template: str | None = None):
-        self.template = template
-        self.instruction = template or SYSTEM
+    def __init__(self, template: str | None = None, system: str = SYSTEM):
+        self.template, self.system = template, system
+        self.instruction = template or system
 
     @classmethod
     def from_file(cls, path: str) -> Prompt:
@@ -93,7 +136,7 @@ class Prompt:
 
     def messages(self, alt: str, vec: str) -> list[dict]:
         if self.template is None:
-            return default_messages(alt, vec)
+            return default_messages(alt, vec, self.system)
         # One user message; the placeholders take quoted values, so the file's own
         # braces stay as written (no str.format).
         text = self.template.replace("{alt}", quote(alt)).replace("{vec}", quote(vec))
