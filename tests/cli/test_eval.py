@@ -187,6 +187,20 @@ def test_compare_prints_runs_side_by_side_with_deltas(tmp_path):
     )
 
 
+def test_compare_into_a_file_is_as_wide_as_its_table_however_many_runs(tmp_path):
+    runs = [tmp_path / f"run-{i}.json" for i in range(8)]
+    for i, path in enumerate(runs):
+        metrics = {"image_retrieval_recall@1": 0.1 + i / 100, "text_retrieval_recall@1": 0.2}
+        path.write_text(json.dumps({"dataset": "mini-test", "task": "zeroshot_retrieval",
+                                    "metrics": metrics}))  # fmt: skip
+    result = run_vecap("eval", "--compare", *runs)
+    assert result.code == 0, result.err
+    text = result.out.decode()
+    assert "…" not in text  # no header or number cut to fit 80 columns
+    assert "run-7 (Δ)" in text and "mini-test" in text and "text→image R@1" in text
+    assert "17.00 (+7.00)" in text
+
+
 def test_compare_is_a_command_and_the_flag_its_alias(tmp_path):
     for name, recall in (("alt", 0.055), ("veclip", 0.223)):
         result = {"dataset": "coco", "task": "zeroshot_retrieval",

@@ -233,7 +233,9 @@ def compare(
     table = compare_table(load_results(results))
     console = Console()
     if not console.is_terminal:  # a file or a pipe: as wide as the table, not 80 columns
-        console = Console(width=console.measure(table).maximum)
+        # measured on a console wide enough for it: measuring on this one caps it at 80
+        width = Console(width=100_000).measure(table).maximum
+        console = Console(width=width)
     console.print(table)
 
 
