@@ -136,33 +136,34 @@ def headline(work: Path) -> tuple[str, dict[str, dict]]:
 
 
 def rows(work: Path, metrics: dict[str, dict]) -> str:
-    """Each row against AltText only and the mix: text→image R@1, shape and colour top-1."""
+    """Each row against AltText only and the mix: R@1 both ways, shape and colour top-1."""
 
-    def score(run: str) -> tuple[float, float, float]:
+    def score(run: str) -> tuple[float, float, float, float]:
         m = metrics[run]
         return (
             m["mini-test"]["image_retrieval_recall@1"],
+            m["mini-test"]["text_retrieval_recall@1"],
             m["mini-shape"]["acc1"],
             m["mini-colour"]["acc1"],
         )
 
+    def delta(run: str, base: str, i: int) -> str:
+        return "" if run == base else f"{100 * (score(run)[i] - score(base)[i]):+.1f}"
+
     lines = []
     for run in RUNS:
-        r1, shape, colour = score(run)
+        t2i, i2t, shape, colour = score(run)
         stats = json.loads((work / "runs" / f"{run}-stats.json").read_text())
-        vs = " | ".join(
-            "" if run == base else f"{100 * (r1 - score(base)[0]):+.1f}"
-            for base in ("alt", "mixed")
-        )
         lines.append(
             f"| {label(work, run)} | {WHAT[run]} | {stats.get('steps', '?')} | "
-            f"{100 * r1:.1f} | {vs} | {100 * shape:.1f} | {100 * colour:.1f} |"
+            f"{100 * t2i:.1f} | {delta(run, 'alt', 0)} | {delta(run, 'mixed', 0)} | "
+            f"{100 * i2t:.1f} | {delta(run, 'mixed', 1)} | {100 * shape:.1f} | {100 * colour:.1f} |"
         )
     return "\n".join(
         [
             "| row | what changes | steps | text→image R@1 | vs AltText only | vs mixed | "
-            "shape top-1 | colour top-1 |",
-            "|---|---|---:|---:|---:|---:|---:|---:|",
+            "image→text R@1 | vs mixed | shape top-1 | colour top-1 |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
             *lines,
             "",
             CONDITIONED,
