@@ -5,7 +5,7 @@ from typing import Annotated
 
 import typer
 
-from vecap_cli.cli.models import MODEL, Tokenizer, image_batch_option, model_option
+from vecap_cli.cli.models import MODEL, Tokenizer, device_option, image_batch_option, model_option
 from vecap_cli.cli.options import one_of, record_command, report
 from vecap_cli.stream.runner import StreamOptions
 from vecap_cli.stream.teacher import ENSEMBLES, field_ok
@@ -97,14 +97,7 @@ def embed(
         ),
     ] = False,
     batch_size: Annotated[int, image_batch_option()] = 64,
-    device: Annotated[
-        str,
-        typer.Option(
-            metavar="auto|cpu|cuda",
-            help="torch device; auto: this rank's GPU when there is one, else cpu.",
-            rich_help_panel=MODEL,
-        ),
-    ] = "auto",
+    device: Annotated[str, device_option(MODEL)] = "auto",
     decode_threads: Annotated[
         int | None,
         typer.Option(

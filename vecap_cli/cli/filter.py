@@ -15,7 +15,14 @@ import typer
 
 from vecap_cli.cli import filter_dedup
 from vecap_cli.cli.groups import DefaultCommandGroup
-from vecap_cli.cli.models import MODEL, Pretrained, Tokenizer, image_batch_option, model_option
+from vecap_cli.cli.models import (
+    MODEL,
+    Pretrained,
+    Tokenizer,
+    device_option,
+    image_batch_option,
+    model_option,
+)
 from vecap_cli.cli.options import finite, record_command, report
 from vecap_cli.stream.runner import StreamOptions
 
@@ -61,14 +68,7 @@ def score(
         ),
     ] = "alt",
     batch_size: Annotated[int, image_batch_option()] = 64,
-    device: Annotated[
-        str,
-        typer.Option(
-            metavar="auto|cpu|cuda",
-            help="torch device; auto: this rank's GPU when there is one, else cpu.",
-            rich_help_panel=_MODEL,
-        ),
-    ] = "auto",
+    device: Annotated[str, device_option(_MODEL)] = "auto",
     decode_threads: Annotated[
         int | None,
         typer.Option(

@@ -42,6 +42,14 @@ def image_batch_option(panel: str = MODEL) -> typer.models.OptionInfo:
     return typer.Option(min=1, help="Images per forward pass.", rich_help_panel=panel)
 
 
+def device_option(panel: str = MODEL) -> typer.models.OptionInfo:
+    return typer.Option(
+        metavar="auto|cpu|cuda",
+        help="torch device; auto: this rank's GPU when there is one, else cpu.",
+        rich_help_panel=panel,
+    )
+
+
 def context_length_option(panel: str = MODEL) -> typer.models.OptionInfo:
     return typer.Option(
         min=2,
