@@ -108,3 +108,22 @@ def test_augment_key_survives_a_rename():
     renamed = sample(key="r0")
     renamed.record["key"] = "r0_alt"
     assert augment_key(renamed) == "r0" and augment_key(sample()) == "k"
+
+
+def test_a_record_naming_too_many_caption_fields_is_refused_unread():
+    """One hostile record may not make the reader load a member thousands of times."""
+    from vecap_cli.stream.teacher import MAX_FIELDS
+
+    many = sample()
+    many.record["teacher"]["text"] = {f"f{i}": "teacher.img.npy" for i in range(MAX_FIELDS + 1)}
+    with pytest.raises(TeacherError, match=f"names {MAX_FIELDS + 1} fields, over {MAX_FIELDS}"):
+        read_teacher(many)
+
+
+def test_only_the_fields_asked_for_are_read():
+    two = sample({"alt": to_npy(unit(3, 8, 1)), "vecap": to_npy(unit(1, 8, 2))})
+    del two.members["teacher.vecap.npy"]  # would fail if read
+    _, texts = read_teacher(two, fields=("alt",))
+    assert set(texts) == {"alt"} and texts["alt"].shape == (3, 8)
+    with pytest.raises(TeacherError, match="does not carry"):
+        read_teacher(two)

@@ -236,3 +236,31 @@ def test_blank_captions_are_not_rows_as_embed_skips_them():
     draw = TeacherDraw(seed=5, keys=("alt",))
     _, _, row = draw(Sample(record, members), Image.new("RGB", (8, 8)), "two", 0)
     np.testing.assert_array_equal(row, _text_rows(2)[1].astype(np.float32))
+
+
+def test_mixs_text_trains_against_the_embedded_field_it_copies():
+    """With the default keys (text, alt), mix's `text` is a copy of an embedded field
+    (vecap here); embed embeds no `text`, so its row is that field's."""
+    record, members = _teacher_sample({"key": "r3", "alt": "the alt"})
+    record["vecap"] = ["fused one", "fused two"]
+    record["text"] = "fused two"
+    record["teacher"]["text"]["vecap"] = "teacher.vecap.npy"
+    members["teacher.vecap.npy"] = _npy(_text_rows(2))
+    draw = TeacherDraw(seed=5, keys=("text", "alt"))
+    _, _, row = draw(Sample(record, members), Image.new("RGB", (8, 8)), "fused two", 0)
+    np.testing.assert_array_equal(row, _text_rows(2)[1].astype(np.float32))
+
+
+def test_a_record_of_another_teacher_width_is_rejected_not_batched():
+    from vecap_cli.errors import VecapError
+    from vecap_cli.train.teacher import teacher_dim
+
+    record, members = _teacher_sample({"key": "r4", "alt": "one"})
+    with pytest.raises(TeacherRejected, match=f"teacher width {DT}, not this run's 12"):
+        TeacherDraw(seed=5, keys=("alt",), dim=12)(
+            Sample(record, members), Image.new("RGB", (8, 8)), "one", 0
+        )
+    plain = [Sample({"key": f"p{i}", "alt": "x"}) for i in range(3)]
+    assert teacher_dim([*plain, Sample(record, members)]) == DT
+    with pytest.raises(VecapError, match="none of the first 3 records has teacher embeddings"):
+        teacher_dim(plain, limit=3)

@@ -42,6 +42,9 @@ _FIELD = re.compile(r"[a-z0-9_-]+")
 # the .npy versions np.save writes, and their header readers
 _HEADERS = {(1, 0): "read_array_header_1_0", (2, 0): "read_array_header_2_0"}
 _UNIT = 2e-2  # float16 rounding leaves a unit row's norm within ~1e-3 of 1
+# caption fields a record's `teacher.text` may name: embed writes one per --text-keys
+# field; a record naming thousands (each read, each up to MAX_BYTES) is refused
+MAX_FIELDS = 64
 
 
 class TeacherError(VecapError):
@@ -75,11 +78,12 @@ def to_npy(rows) -> bytes:
     return out.getvalue()
 
 
-def read_teacher(sample) -> tuple:
+def read_teacher(sample, fields=None) -> tuple:
     """(image (K, D) float16 ndarray, {field: (C, D) float16 ndarray}) of a sample
-    `vecap embed` wrote; TeacherError when the record names no teacher, or a member
-    that is missing, badly named, over MAX_BYTES, not a float16 .npy, of the wrong
-    shape, or not of unit rows."""
+    `vecap embed` wrote; `fields`: only these of its caption fields (None: all).
+    TeacherError when the record names no teacher, more than MAX_FIELDS caption
+    fields, or a member that is missing, badly named, over MAX_BYTES, not a float16
+    .npy, of the wrong shape, or not of unit rows."""
     meta = sample.record.get(FIELD)
     if not isinstance(meta, dict):
         raise TeacherError(f"{sample.key}: no '{FIELD}' object in the record")
@@ -89,10 +93,24 @@ def read_teacher(sample) -> tuple:
     image = _member(sample, meta.get("image"), dim)
     if image.shape[0] != k:
         raise TeacherError(f"{sample.key}: {meta['image']} holds {image.shape[0]} rows, not {k}")
-    texts = meta.get("text", {})
+    texts = teacher_texts(sample)
+    if fields is not None:
+        texts = {field: name for field, name in texts.items() if field in fields}
+    return image, {field: _member(sample, name, dim) for field, name in texts.items()}
+
+
+def teacher_texts(sample) -> dict:
+    """The record's `teacher.text`: {caption field: member name}, checked for shape
+    (an object of at most MAX_FIELDS entries); the members themselves are not read."""
+    meta = sample.record.get(FIELD)
+    texts = meta.get("text", {}) if isinstance(meta, dict) else {}
     if not isinstance(texts, dict):
         raise TeacherError(f"{sample.key}: '{FIELD}.text' is not an object")
-    return image, {field: _member(sample, name, dim) for field, name in texts.items()}
+    if len(texts) > MAX_FIELDS:
+        raise TeacherError(
+            f"{sample.key}: '{FIELD}.text' names {len(texts):,} fields, over {MAX_FIELDS}"
+        )
+    return texts
 
 
 def augment_key(sample) -> str:

@@ -77,6 +77,7 @@ class DataPlan:
     positives: int = 1  # captions per image: texts (b·K, ...) grouped by image
     image_limits: ImageLimits = DEFAULT_LIMITS  # --max-image-bytes, --max-pixels
     distill: bool = False  # read each sample's stored teacher embeddings (teacher.py)
+    teacher_dim: int = 0  # with distill: the run's teacher width (teacher.teacher_dim)
 
 
 REPEATED = "repeated-captions"  # records with fewer than K distinct captions (--positives K)
@@ -274,7 +275,7 @@ class TrainData(IterableDataset):
         self.caption = caption_picker(plan) if plan.positives == 1 else positives_picker(plan)
         self.online = OnlineDraw(plan.seed) if plan.online_curation else None
         keys = plan.text_keys or DEFAULT_KEYS
-        self.teacher = TeacherDraw(plan.seed, keys) if plan.distill else None
+        self.teacher = TeacherDraw(plan.seed, keys, plan.teacher_dim) if plan.distill else None
         self.epoch, self.steps, self.first = 0, 0, 0
         self.positions: list[Position] = [(0, 0)] * plan.workers
 
@@ -426,3 +427,15 @@ def count_samples(inputs: Iterable[str]) -> int:
     return sum(1 for _ in iter_samples([_literal(n) for n in inputs], tally)) + sum(
         tally.rejected.values()
     )
+
+
+def first_teacher_dim(inputs: tuple[str, ...]) -> int:
+    """--distill: the teacher width of the run, from the first input's records (all
+    ranks read the same first file, so they agree)."""
+    from vecap_cli.train.teacher import teacher_dim
+
+    samples = iter_samples([_literal(inputs[0])], Tally("train"))
+    try:
+        return teacher_dim(samples)
+    finally:
+        samples.close()

@@ -34,6 +34,7 @@ from vecap_cli.train.data import (
     TrainData,
     count_samples,
     expected_samples,
+    first_teacher_dim,
     loader,
     replay,
 )
@@ -164,6 +165,7 @@ class Trainer:
         self.optimizer = make_optimizer(self.raw, cfg)
         self.scaler = torch.amp.GradScaler("cuda") if self.precision == "fp16" else None
         self.workers = max(1, cfg.workers)
+        self.teacher_dim = first_teacher_dim(self.inputs) if cfg.distill else 0
         self.steps_per_epoch = self._steps_per_epoch()
         self.total = self.steps_per_epoch * cfg.epochs
         self.state = State(positions=self._fresh_positions())
@@ -258,6 +260,7 @@ class Trainer:
             positives=cfg.positives,
             image_limits=self.opts.image_limits,
             distill=cfg.distill,
+            teacher_dim=self.teacher_dim,
         )
 
     def _fresh_positions(self) -> list[Position]:
