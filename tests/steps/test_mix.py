@@ -385,3 +385,20 @@ def test_mix_preset_draws_its_ratio(tmp_path, capsys):
         main(["mix", str(src), "--preset", "recap", "--keys", "alt"])
     err = capsys.readouterr().err
     assert done.value.code == 2 and "--preset: sets --keys and --probs itself" in err, err
+
+
+def test_all_refuses_a_field_of_more_captions_than_it_may_multiply():
+    """Each caption becomes a record carrying the whole one: a web record's list of
+    thousands would write its square; it is a counted rejection instead."""
+    from vecap_cli.steps.mix import MAX_CAPTIONS
+
+    records = [
+        {"key": "big", "alt": "a", "vec": [f"c{i}" for i in range(MAX_CAPTIONS + 1)]},
+        {"key": "ok", "alt": "a", "vec": [f"c{i}" for i in range(MAX_CAPTIONS)]},
+    ]
+    out, tally = run(records, policy="all", keys=("alt", "vec"))
+    assert len(out) == MAX_CAPTIONS + 1 and {r["key"][:2] for r in out} == {"ok"}
+    assert dict(tally.rejected) == {"too-many-captions": 1}
+    # drawing one caption is no multiplication: the same record trains
+    drawn, _ = run(records[:1], keys=("alt", "vec"))
+    assert len(drawn) == 1

@@ -38,7 +38,7 @@ from vecap_cli.errors import VecapError
 from vecap_cli.generate.ahead import map_ahead
 from vecap_cli.placement import Placement, device_name
 from vecap_cli.steps.batching import in_batches
-from vecap_cli.steps.mix import captions
+from vecap_cli.steps.mix import MAX_CAPTIONS, TOO_MANY, captions
 from vecap_cli.stream import teacher as fmt
 from vecap_cli.stream.augment import augment
 from vecap_cli.stream.images import DEFAULT_LIMITS, ImageLimits, ImageRejected, decode
@@ -46,11 +46,7 @@ from vecap_cli.stream.sample import Sample
 from vecap_cli.stream.tally import Tally
 
 HAS_TEACHER = "has-teacher"
-TOO_MANY = "too-many-captions"
 TOO_LARGE = "teacher-too-large"
-# Captions of one field embedded at most: a web record's list is not a work order
-# (caption --n K writes a handful).
-MAX_CAPTIONS = 256
 
 
 @dataclass(frozen=True)

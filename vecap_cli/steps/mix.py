@@ -16,6 +16,7 @@ that draw, shared with `vecap train --online-curation` like `CaptionDraw`.
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
@@ -94,6 +95,13 @@ def check_probs(probs: tuple[float, ...], keys: tuple[str, ...], flag: str) -> N
         raise ValueError(
             f"{flag} must be finite, non-negative and sum to 1 (they sum to {sum(probs):g})"
         )
+
+
+# The most captions one field may hold where each becomes work of its own (`mix
+# --policy all` writes a record per caption, `vecap embed` embeds each): caption
+# and rewrite --n write at most 64; a web record holding thousands is refused.
+MAX_CAPTIONS = 256
+TOO_MANY = "too-many-captions"
 
 
 def captions(value: object) -> list[str]:
@@ -298,6 +306,14 @@ def one_per_caption(samples: Iterable[Sample], tally: Tally, config: MixConfig) 
         if not found:
             tally.drop("no-caption", sample)
             continue
+        if len(found) > MAX_CAPTIONS:  # each becomes a record carrying the whole one
+            counts = Counter(name for name, _ in found)
+            field, n = counts.most_common(1)[0]
+            if n > MAX_CAPTIONS:
+                tally.reject(
+                    TOO_MANY, f"'{field}' holds {n:,} captions, over {MAX_CAPTIONS}", sample
+                )
+                continue
         tally.add("all", sample, len(found) - 1)
         for name, text, suffix in _suffixed(found):
             count("chosen", sample, key=name)
