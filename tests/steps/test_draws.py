@@ -19,6 +19,8 @@ from vecap_cli.steps.rewrite import RewriteConfig
 def test_several_greedy_draws_are_refused_in_one_line():
     with pytest.raises(ValueError, match="3 draws need --temperature above 0"):
         Draws(3, 0.0)
+    with pytest.raises(ValueError, match=r"below 0\.001 sampling is greedy"):
+        Draws(2, 1e-40)  # scores / T would overflow: every row the last token
     assert Draws(1, 0.0).identity() == ()  # the identity runs had before --n
     assert Draws(1, 0.7).sampled and Draws(1, 0.7).value(["a"]) == "a"
     assert Draws(2, 0.7).value(["a", "b"]) == ["a", "b"]

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 
 from vecap_cli.rand import seed32
 
+MIN_TEMPERATURE = 1e-3  # the lowest that samples: below it, greedy in all but overflow
+
 
 @dataclass(frozen=True)
 class Draws:
@@ -33,6 +35,11 @@ class Draws:
             raise ValueError(f"--n {self.n}: a record needs at least one draw")
         if not (math.isfinite(self.temperature) and self.temperature >= 0):
             raise ValueError(f"--temperature {self.temperature}: expected a number >= 0")
+        if 0 < self.temperature < MIN_TEMPERATURE:  # scores / T overflow to inf, then NaN
+            raise ValueError(
+                f"--temperature {self.temperature}: below {MIN_TEMPERATURE} sampling is "
+                "greedy decoding, or overflows: use 0 for greedy"
+            )
         if self.n >= 2 and self.temperature == 0:
             raise ValueError(
                 f"{self.n} draws need --temperature above 0: greedy decoding would give "
