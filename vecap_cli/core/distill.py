@@ -17,10 +17,12 @@ P = row softmax, Q = column softmax. Where we chose:
 - KL, not MobileCLIP's cross-entropy −Σ p^t log p^s: the two differ by the
   teacher's entropy, a constant of the batch, so every gradient is the same;
   KL is 0 when the student matches, which makes the logged number readable.
-- One teacher. MobileCLIP distils from an ensemble of two (768 + 768 dims)
-  and averages the two teachers' softmaxes (`--distill-average-after-softmax`);
-  vecap's stored teacher embeddings are already the ensemble's mean
-  ("ensemble": "mean" in the record), so T is one matrix.
+- One teacher matrix. MobileCLIP distils from an ensemble of two (768 + 768
+  dims) and averages the two teachers' softmaxes
+  (`--distill-average-after-softmax`); `vecap embed` stores the ensemble as one
+  row per view, concatenated (its default: a dot product of two such rows is the
+  mean of the teachers' cosines) or averaged, so T is one matrix: the softmax of
+  the teachers' mean similarity, not the mean of their softmaxes.
 - t is a constant: MobileCLIP's DataCompDR runs fix it at 100
   (`--distill-logit-scale 100`); the teacher gets no gradient at all.
 
