@@ -283,3 +283,24 @@ def test_embed_help_does_not_import_torch():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert "--augmentations" in out.stdout and out.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_rejects_are_written_in_input_order_though_decoding_runs_ahead(pool, tmp_path):
+    """The reader rejects a bad record as it reads ahead; the stage rejects an earlier
+    one only when its turn comes: --rejects still reads in input order."""
+    _, models = pool
+    rng = random.Random(3)
+    good = [({"key": f"g{i}", "alt": "a dog"}, {"png": image_bytes(rng)}) for i in range(4)]
+    broken = ({"key": "broken", "alt": "a dog"}, {"png": b"\x89PNG not really"})
+    path = write_tar(tmp_path / "in.tar", [good[0], broken, *good[1:3]])
+    with tarfile.open(path, "a") as out:  # then a record whose JSON does not parse
+        for ext, data in (("json", b"{not json"), ("png", image_bytes(rng))):
+            info = tarfile.TarInfo(f"badjson.{ext}")
+            info.size = len(data)
+            out.addfile(info, io.BytesIO(data))
+    code = here("embed", path, *flags(models, "a"), "--batch-size", 2, "-o", tmp_path / "o.tar",
+                "--rejects", tmp_path / "r.jsonl")  # fmt: skip
+    assert code == 0
+    lines = [orjson.loads(line) for line in (tmp_path / "r.jsonl").read_bytes().splitlines()]
+    assert [line["reason"] for line in lines] == ["bad-image", "bad-json"]
+    assert [line["idx"] for line in lines] == sorted(line["idx"] for line in lines)

@@ -124,19 +124,30 @@ def embed(
                 yield sample, item
 
     # a forward pass holds --batch-size images: that many over K records
-    for group in in_batches(prepared(), max(1, config.batch_size // k)):
-        items = [item for _, item in group]
-        pixels = [_cat([item.pixels[m] for item in items]) for m in range(len(items[0].pixels))]
-        texts = [text for item in items for caps in item.texts.values() for text in caps]
-        images, embedded = teacher.embed(pixels, texts)  # (len(group) * K, D), (T, D)
-        row = 0
-        for i, (sample, item) in enumerate(group):
-            stored = _store(sample, item, images[i * k : (i + 1) * k], embedded, row, config)
-            row += sum(map(len, item.texts.values()))
-            if stored is None:  # read_teacher would refuse it
-                tally.reject(TOO_LARGE, f"a teacher member is over {fmt.MAX_BYTES:,} bytes", sample)
-            else:
-                yield stored
+    tally.hold()  # decoding runs ahead of the batches: --rejects in input order all the same
+    try:
+        for group in in_batches(prepared(), max(1, config.batch_size // k)):
+            yield from _embedded(group, teacher, tally, config)
+            tally.release(group[-1][0].idx + 1)
+    finally:
+        tally.release()
+
+
+def _embedded(group: list, teacher: Teacher, tally: Tally, config: EmbedConfig) -> Iterator[Sample]:
+    """One batch's samples with their teacher members (or rejected)."""
+    k = config.augmentations
+    items = [item for _, item in group]
+    pixels = [_cat([item.pixels[m] for item in items]) for m in range(len(items[0].pixels))]
+    texts = [text for item in items for caps in item.texts.values() for text in caps]
+    images, embedded = teacher.embed(pixels, texts)  # (len(group) * K, D), (T, D)
+    row = 0
+    for i, (sample, item) in enumerate(group):
+        stored = _store(sample, item, images[i * k : (i + 1) * k], embedded, row, config)
+        row += sum(map(len, item.texts.values()))
+        if stored is None:  # read_teacher would refuse it
+            tally.reject(TOO_LARGE, f"a teacher member is over {fmt.MAX_BYTES:,} bytes", sample)
+        else:
+            yield stored
 
 
 def _store(
