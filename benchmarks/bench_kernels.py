@@ -30,6 +30,7 @@ import resource
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -369,6 +370,36 @@ def table(results: list[tuple[Case, dict]]) -> str:
             f"| {peak} | {vs_time} | {vs_mem} | {tflops} |"
         )
     return "\n".join(rows)
+
+
+def one_op_main(
+    doc: str,
+    cpu: Callable[[bool], list[Case]],
+    cuda: Callable[[bool], list[Case]],
+    argv: list[str] | None = None,
+) -> None:
+    """The command line of a benchmark of one op (bench_multipos, bench_distill):
+    its CPU and CUDA cases, each in a fresh process, paired cases alternating over
+    three rounds on CPU (load drifts on shared hosts), then the table."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes, to check the script")
+    parser.add_argument("--device", choices=("cpu", "cuda", "all"), default="all")
+    args = parser.parse_args(argv)
+
+    import torch
+
+    cases = cpu(args.quick) if args.device in ("cpu", "all") else []
+    if args.device in ("cuda", "all") and torch.cuda.is_available():
+        cases += cuda(args.quick)
+    results = []
+    for group in _paired(cases):
+        merged: dict[Case, dict] = {}
+        for _ in range(3 if group[0].device == "cpu" else 1):
+            for case in group:
+                merged[case] = _better(merged.get(case), run_case(case))
+                print(f"{case.op} {case.impl} {case.shape}: {merged[case]}", file=sys.stderr)
+        results += merged.items()
+    print(table(results))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -19,7 +19,6 @@ three rounds on CPU.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -41,25 +40,7 @@ def cuda_cases(quick: bool) -> list[bk.Case]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="small sizes, to check the script")
-    parser.add_argument("--device", choices=("cpu", "cuda", "all"), default="all")
-    args = parser.parse_args(argv)
-
-    import torch
-
-    cases = cpu_cases(args.quick) if args.device in ("cpu", "all") else []
-    if args.device in ("cuda", "all") and torch.cuda.is_available():
-        cases += cuda_cases(args.quick)
-    results = []
-    for group in bk._paired(cases):
-        merged: dict[bk.Case, dict] = {}
-        for _ in range(3 if group[0].device == "cpu" else 1):  # alternate: load drifts
-            for case in group:
-                merged[case] = bk._better(merged.get(case), bk.run_case(case))
-                print(f"{case.op} {case.impl} {case.shape}: {merged[case]}", file=sys.stderr)
-        results += merged.items()
-    print(bk.table(results))
+    bk.one_op_main(__doc__, cpu_cases, cuda_cases, argv)
 
 
 if __name__ == "__main__":
