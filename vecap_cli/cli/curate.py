@@ -10,6 +10,7 @@ The group sends `vecap curate ARGS` to `run` unless ARGS starts with a command
 name (cli/groups.py), so the one-pass reads like every other record command.
 """
 
+import inspect
 from typing import Annotated
 
 import typer
@@ -186,13 +187,14 @@ KeepMatched = Annotated[
 
 
 def _config(
+    *,
     field,
     html,
     text_filter,
     dedup,
-    t,
-    seed,
-    keep_all,
+    t=1,
+    seed=0,
+    keep_all=False,
     keep_matched=False,
     rule="v1",
     t_per_lang=None,
@@ -232,6 +234,12 @@ def _config(
         else:
             hint = "--field" if "field" in str(err) else "--dedup"
         raise typer.BadParameter(str(err), param_hint=hint) from None
+
+
+def _flags(values: dict) -> dict:
+    """The flags a command passes to `_config`, picked from its `locals()` by name."""
+    names = inspect.signature(_config).parameters
+    return {name: value for name, value in values.items() if name in names}
 
 
 @curate_app.command("run")
@@ -285,20 +293,7 @@ def run(
     """
     from vecap_cli.steps.curate import passes
 
-    config = _config(
-        field,
-        html,
-        text_filter,
-        dedup,
-        t,
-        opts.seed,
-        keep_all,
-        keep_matched,
-        rule,
-        t_per_lang,
-        texts,
-        lang_key,
-    )
+    config = _config(seed=opts.seed, **_flags(locals()))
     report(passes.curate(opts, config, metadata, save_counts), opts)
 
 
@@ -352,7 +347,7 @@ def count_entries(
         return
     if metadata is None:
         raise typer.BadParameter("is required (or --merge)", param_hint="--metadata")
-    config = _config(field, html, text_filter, dedup, 1, 0, False, rule=rule, lang_key=lang_key)
+    config = _config(**_flags(locals()))  # counting draws nothing: no t, no seed
     stream = StreamOptions(
         inputs=tuple(inputs or ["-"]),
         output=output,
@@ -410,20 +405,7 @@ def balance_records(
     """
     from vecap_cli.steps.curate import passes
 
-    config = _config(
-        field,
-        html,
-        text_filter,
-        dedup,
-        t,
-        opts.seed,
-        keep_all,
-        keep_matched,
-        rule,
-        t_per_lang,
-        texts,
-        lang_key,
-    )
+    config = _config(seed=opts.seed, **_flags(locals()))
     report(passes.balance(opts, config, metadata, counts), opts)
 
 
