@@ -76,6 +76,9 @@ def pool(tmp_path):
 def command_args(command: str, pool, url: str) -> tuple[list, list, int]:
     """The command's words, its flags, and which execution of the input pipe stalls
     (curate under --resume reads its input twice: counting, then the record pass)."""
+    if command == "embed":  # a model of its own, built only for it
+        flags = ["-k", "2", "--text-keys", "alt,vecap", "--device", "cpu", "--batch-size", "16"]
+        return ["embed"], [*teacher(pool), *flags], 1
     return {
         "mix": (["mix"], [], 1),
         "mix all": (["mix"], ["--policy", "all"], 1),
@@ -86,9 +89,20 @@ def command_args(command: str, pool, url: str) -> tuple[list, list, int]:
                            "--counts", pool / "counts.json", "--t", "80"], 1),
         "caption": (["caption"], ["--backend", "openai", "--model", "m", "--api-base", url,
                                   "--overwrite", "--concurrency", "2"], 1),
+        "caption --n": (["caption"], ["--backend", "openai", "--model", "m", "--api-base", url,
+                                      "--overwrite", "--n", "2", "--temperature", "0.7"], 1),
         # dedup always reads twice: the survey, then the record pass, which stalls
         "filter dedup": (["filter", "dedup"], ["--exact", "--phash-distance", "0"], 2),
     }[command]  # fmt: skip
+
+
+def teacher(pool) -> list:
+    """--model/--pretrained of a tiny open_clip model written into the pool (embed's)."""
+    from tests.eval.tiny import write_openclip
+
+    (pool / "teacher").mkdir(exist_ok=True)
+    config, checkpoint = write_openclip(pool / "teacher")
+    return ["--model", config, "--pretrained", checkpoint]
 
 
 def stalling_input(pool, stall_on: int) -> str:
@@ -113,7 +127,7 @@ def progress_shards(folder) -> int:
 
 
 def outputs(folder) -> dict:
-    names = sorted(n for n in os.listdir(folder / "out") if n.endswith(".jsonl"))
+    names = sorted(n for n in os.listdir(folder / "out") if n.endswith((".jsonl", ".tar")))
     return {n: (folder / "out" / n).read_bytes() for n in names}
 
 
@@ -127,7 +141,7 @@ def stats_of(folder) -> dict:
 @pytest.mark.parametrize(
     "command",
     ["mix", "mix all", "mix first", "rewrite", "curate", "curate balance", "caption",
-     "filter dedup"],
+     "caption --n", "filter dedup", "embed"],
 )  # fmt: skip
 def test_kill_9_then_resume_equals_an_uninterrupted_run(pool, command):
     if command == "curate balance":  # it matches 1,024 records at a time: more of them
@@ -145,7 +159,7 @@ def test_kill_9_then_resume_equals_an_uninterrupted_run(pool, command):
         words, flags, stall_on = command_args(command, pool, server.url)
         args = [
             *words, stalling_input(pool, stall_on), *flags,
-            "-o", "out/%04d.jsonl", "--shard-size", str(SHARD),
+            "-o", f"out/%04d.{'tar' if command == 'embed' else 'jsonl'}", "--shard-size", str(SHARD),
             "--stats", "stats.json", "--rejects", "rejects.jsonl",
         ]  # fmt: skip
         first = run_in(whole, args)
