@@ -11,8 +11,9 @@ from tests.steps.rewrite.test_stage import run as run_rewrite
 from tests.steps.test_caption import FakeCaptioner, samples
 from tests.steps.test_caption import run as run_caption
 from vecap_cli.generate.base import Failed
-from vecap_cli.steps.caption import CaptionConfig, texts
+from vecap_cli.steps.caption import CaptionConfig
 from vecap_cli.steps.draws import Draws, ask
+from vecap_cli.steps.mix import captions
 from vecap_cli.steps.rewrite import RewriteConfig
 
 
@@ -125,10 +126,10 @@ def test_a_refused_draw_is_left_out_and_a_failed_one_rejects_the_record():
     assert tally.extra["caption-draws"] == expect
 
 
-def test_texts_reads_one_string_or_the_strings_of_a_list():
-    assert texts("a cat") == ["a cat"] and texts("  ") == []
-    assert texts(["a", "", 3, None, "b"]) == ["a", "b"]
-    assert texts({"a": 1}) == [] and texts(None) == []
+def test_captions_reads_one_string_or_the_strings_of_a_list():
+    assert captions("a cat") == ["a cat"] and captions("  ") == []
+    assert captions(["a", "", 3, None, "b"]) == ["a", "b"]
+    assert captions({"a": 1}) == [] and captions(None) == []
 
 
 def test_caption_passes_a_record_whose_vec_is_already_a_list():

@@ -43,6 +43,7 @@ from vecap_cli.steps import condition
 from vecap_cli.steps.batching import PASS, in_batches
 from vecap_cli.steps.draws import Draws, ask
 from vecap_cli.steps.generation import CAPTION_STYLES, DEFAULT_PROMPT
+from vecap_cli.steps.mix import captions
 from vecap_cli.stream.images import DEFAULT_LIMITS, ImageLimits, ImageRejected
 from vecap_cli.stream.sample import Sample
 from vecap_cli.stream.tally import Tally
@@ -145,18 +146,8 @@ def build_captioner(config: CaptionConfig, options: ModelOptions) -> Captioner:
     return load(CAPTION, config.backend, request)
 
 
-def texts(value: object) -> list[str]:
-    """The captions a field holds: one string, or the strings of a list (caption and
-    rewrite --n); blank ones and anything else left out."""
-    if isinstance(value, str):
-        return [value] if value.strip() else []
-    if isinstance(value, list):
-        return [v for v in value if isinstance(v, str) and v.strip()]
-    return []
-
-
 def has_text(record: dict, field: str) -> bool:
-    return bool(texts(record.get(field)))
+    return bool(captions(record.get(field)))
 
 
 def caption(

@@ -28,8 +28,9 @@ from vecap_cli.generate.cache import served
 from vecap_cli.generate.registry import REWRITE, get
 from vecap_cli.steps import generation  # noqa: F401 -- registers rules
 from vecap_cli.steps.batching import PASS, in_batches
-from vecap_cli.steps.caption import has_text, texts
+from vecap_cli.steps.caption import has_text
 from vecap_cli.steps.draws import Draws, ask
+from vecap_cli.steps.mix import captions
 from vecap_cli.steps.rewrite.prompt import STYLES, Prompt
 from vecap_cli.steps.rewrite.safety import Blocklist
 from vecap_cli.steps.rewrite.validate import Validator
@@ -165,7 +166,7 @@ def rewrite(
         if not overwrite and has_text(record, "vecap"):
             count("rewrite", sample, key="skipped-existing")
             return sample, PASS
-        vecs = texts(record.get("vec"))
+        vecs = captions(record.get("vec"))
         if not vecs:
             count("rewrite", sample, key="no-vec")
             return sample, PASS
